@@ -1,0 +1,33 @@
+# csfcn: `make test` (and, with the training issue, `make demo`) work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test test-slow lint venv clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install when the package metadata changes. torch==2.13.0 is pinned for the CPU wheel
+# this machine image provides; elsewhere pip resolves the range in pyproject.toml.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	TRITON_INTERPRET=1 $(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,95 @@
+"""``python -m convert SRC DST``: convert a CSFCN checkpoint; the direction comes from the paths.
+
+Examples::
+
+    python -m convert runs/demo/export DST.safetensors      # Flax (Orbax dir) -> PyTorch
+    python -m convert CSFCN_best_model.pth flax_params/     # upstream .pth -> Flax
+    python -m convert model.safetensors upstream.pth        # ours -> upstream naming
+    python -m convert resnet18.pth init.safetensors --variant csfcn --num-classes 19
+                                                            # ImageNet backbone -> new model
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+
+from convert.formats import (
+    kind_of,
+    load_imagenet_backbone,
+    model_flat,
+    read_checkpoint,
+    read_torch_file,
+    write_checkpoint,
+)
+from convert.table import ConversionError
+from jax_csfcn.model_config import STEMS, VARIANTS, ModelConfig
+
+KIND_NAMES = {
+    "orbax": "Flax params (Orbax directory)",
+    "safetensors": "PyTorch (.safetensors, config in metadata)",
+    "pth": "PyTorch state_dict (.pth, upstream naming)",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m convert",
+        description=__doc__.split("\n\n")[0],
+        epilog="Formats: *.safetensors (ours), *.pth/*.pt (upstream state_dict), a directory (Flax, Orbax).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", help="checkpoint to read")
+    p.add_argument("dst", help="checkpoint to write (its suffix picks the format)")
+    p.add_argument("--no-strict", dest="strict", action="store_false", help="load what matches instead of failing")
+    g = p.add_argument_group("only when SRC is an ImageNet ResNet-18 (torchvision/timm)")
+    g.add_argument("--variant", choices=VARIANTS, default="csfcn")
+    g.add_argument("--num-classes", type=int, default=19)
+    g.add_argument("--stem", choices=STEMS, default="torchvision")
+    g.add_argument("--seed", type=int, default=0, help="init seed of the non-backbone layers")
+    return p
+
+
+def _is_imagenet(path: str) -> bool:
+    if kind_of(path) == "orbax":
+        return False
+    tensors, _ = read_torch_file(path)
+    return "layer1.0.conv1.weight" in tensors and not any(k.startswith("resnet.") for k in tensors)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        src_kind, dst_kind = kind_of(args.src), kind_of(args.dst)
+        if _is_imagenet(args.src):
+            from jax_csfcn.model import build_model
+
+            config = ModelConfig(variant=args.variant, num_classes=args.num_classes, stem=args.stem)
+            flat = model_flat(build_model(config, seed=args.seed))
+            flat, n = load_imagenet_backbone(config, flat, args.src, strict=args.strict)
+            note = f"ImageNet backbone: {n} tensors into resnet.*, other layers initialised (seed {args.seed})"
+        else:
+            config, flat = read_checkpoint(args.src, strict=args.strict)
+            note = None
+        write_checkpoint(args.dst, config, flat)
+    except (ConversionError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    per_module = collections.Counter(str(p[0]) for p in flat)
+    size = collections.Counter()
+    for p, a in flat.items():
+        size[str(p[0])] += a.size
+    print(f"{args.src}  [{KIND_NAMES[src_kind]}]")
+    print(f"  -> {args.dst}  [{KIND_NAMES[dst_kind]}]")
+    print(f"config: {config.to_json()}")
+    if note:
+        print(note)
+    for mod in sorted(per_module):
+        print(f"  {mod:<12} {per_module[mod]:>4} tensors {size[mod]:>12,} values")
+    print(f"  {'total':<12} {len(flat):>4} tensors {sum(size.values()):>12,} values")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""ResNet-18 backbone returning the 1/8 and 1/32 feature maps (Flax NNX, NHWC).
+
+Paths mirror torchvision's ``resnet18`` (``conv1``, ``bn1``, ``layer1``..``layer4`` with
+``N.conv1/bn1/conv2/bn2/downsample.0/downsample.1``), so an ImageNet checkpoint of
+torchvision or timm loads by name.  The ``deep`` stem mirrors timm's ``resnet18d`` stem
+(``conv1.0/1/3/4/6`` then ``bn1``), i.e. ResNet-v1c as in mmsegmentation.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from jax_csfcn.layers import BatchNorm2d, conv2d
+from jax_csfcn.model_config import STEMS
+
+
+class BasicBlock(nnx.Module):
+    def __init__(self, cin: int, cout: int, stride: int, *, dtype=None, rngs: nnx.Rngs):
+        self.conv1 = conv2d(cin, cout, 3, stride=stride, dtype=dtype, rngs=rngs)
+        self.bn1 = BatchNorm2d(cout, dtype=dtype)
+        self.conv2 = conv2d(cout, cout, 3, dtype=dtype, rngs=rngs)
+        self.bn2 = BatchNorm2d(cout, dtype=dtype)
+        if stride != 1 or cin != cout:
+            self.downsample = nnx.List(
+                [conv2d(cin, cout, 1, stride=stride, dtype=dtype, rngs=rngs), BatchNorm2d(cout, dtype=dtype)]
+            )
+        else:
+            self.downsample = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = jax.nn.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
+        return jax.nn.relu(out + identity)
+
+
+class ResNet18(nnx.Module):
+    """ResNet-18 trunk; ``__call__`` returns ``(feat8, feat32)`` = (layer2, layer4) outputs."""
+
+    def __init__(self, stem: str = "torchvision", *, dtype=None, rngs: nnx.Rngs):
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
+        self.stem = stem
+        if stem == "torchvision":
+            self.conv1 = conv2d(3, 64, 7, stride=2, dtype=dtype, rngs=rngs)
+        else:
+            # Sequential indices 2 and 5 are ReLUs (no parameters) in the PyTorch layout.
+            self.conv1 = nnx.Dict(
+                {
+                    "0": conv2d(3, 32, 3, stride=2, dtype=dtype, rngs=rngs),
+                    "1": BatchNorm2d(32, dtype=dtype),
+                    "3": conv2d(32, 32, 3, dtype=dtype, rngs=rngs),
+                    "4": BatchNorm2d(32, dtype=dtype),
+                    "6": conv2d(32, 64, 3, dtype=dtype, rngs=rngs),
+                }
+            )
+        self.bn1 = BatchNorm2d(64, dtype=dtype)
+        widths = (64, 128, 256, 512)
+        cin = 64
+        for i, (cout, stride) in enumerate(zip(widths, (1, 2, 2, 2)), start=1):
+            blocks = [
+                BasicBlock(cin, cout, stride, dtype=dtype, rngs=rngs),
+                BasicBlock(cout, cout, 1, dtype=dtype, rngs=rngs),
+            ]
+            setattr(self, f"layer{i}", nnx.List(blocks))
+            cin = cout
+
+    def _stem(self, x: jax.Array) -> jax.Array:
+        if self.stem == "torchvision":
+            return self.conv1(x)
+        c = self.conv1
+        x = jax.nn.relu(c["1"](c["0"](x)))
+        x = jax.nn.relu(c["4"](c["3"](x)))
+        return c["6"](x)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x = jax.nn.relu(self.bn1(self._stem(x)))
+        # max-pool 3x3/2 pad 1; reduce_window pads with -inf like torch.
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for block in self.layer1:
+            x = block(x)
+        for block in self.layer2:
+            x = block(x)
+        feat8 = x
+        for block in (*self.layer3, *self.layer4):
+            x = block(x)
+        return feat8, x

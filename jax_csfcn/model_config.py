@@ -1,0 +1,50 @@
+"""The model configuration and the architecture constants (no JAX or torch imports).
+
+Shared by the Flax model, the PyTorch twin and the converter, so that deployment code can
+read a checkpoint's config without importing JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+VARIANTS = ("csfcn", "csfcn_tiny")
+STEMS = ("torchvision", "deep")
+PYRAMID_GRIDS = (6, 3, 2, 1)  # CFC pooling grids (MODEL.md, CFC step 2)
+SFC_GROUPS = 2  # SFC groups G
+HEAD_UPSAMPLE = 8  # logits are 8x the 1/8 feature map
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; travels inside every checkpoint we write."""
+
+    variant: str = "csfcn"
+    num_classes: int = 19
+    stem: str = "torchvision"
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"model.variant={self.variant!r}: choose one of {VARIANTS}")
+        if self.stem not in STEMS:
+            raise ValueError(f"model.stem={self.stem!r}: choose one of {STEMS}")
+        if int(self.num_classes) < 1:
+            raise ValueError(f"model.num_classes={self.num_classes}: must be >= 1")
+        object.__setattr__(self, "num_classes", int(self.num_classes))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_mapping(cls, m) -> ModelConfig:
+        m = dict(m)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(m) - known
+        if unknown:
+            raise KeyError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**m)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_mapping(json.loads(text))

@@ -1,0 +1,147 @@
+"""PyTorch-matching primitives in JAX (NHWC).
+
+Each function here reproduces one PyTorch op exactly (up to float rounding), because the
+Flax model must compute the same function as the upstream PyTorch CSFCN:
+
+* ``grid_sample``       == ``F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=True)``
+* ``resize_bilinear``   == ``F.interpolate(mode="bilinear", align_corners=True)``
+* ``adaptive_avg_pool`` == ``F.adaptive_avg_pool2d`` (floor/ceil bins, not ``jax.image``)
+* ``pixel_shuffle``     == ``nn.PixelShuffle`` channel order, on the NHWC channel axis
+
+The separable linear ops (resize, pooling) are written as two small dense contractions with
+interpolation / averaging matrices built on the host: they are exact, differentiable without
+scatter, and map onto matrix units.  They run under the ``interp`` named scope so that the
+FLOP counter in :mod:`jax_csfcn.summary` can tell them from learned layers.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Data-movement ops are tagged with this scope; the FLOP counter skips it.
+INTERP_SCOPE = "interp"
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@functools.lru_cache(maxsize=256)
+def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) bilinear weights of PyTorch's align_corners=True resize along one axis."""
+    m = np.zeros((n_out, n_in), np.float32)
+    # torch: scale = (in - 1) / (out - 1), 0 when out == 1; src = scale * dst.
+    scale = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0.0)
+    src = np.arange(n_out, dtype=np.float32) * scale
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = (src - i0).astype(np.float32)
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, i0), 1.0 - lam)
+    np.add.at(m, (rows, i1), lam)
+    return m
+
+
+@functools.lru_cache(maxsize=256)
+def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) averaging weights of PyTorch's adaptive pooling bins along one axis.
+
+    Bin i spans [floor(i * L / n), ceil((i + 1) * L / n)); integer arithmetic as in ATen.
+    """
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def _separable(x: jax.Array, mh: np.ndarray, mw: np.ndarray) -> jax.Array:
+    """Apply (Ho, H) along height and (Wo, W) along width of an NHWC tensor."""
+    with jax.named_scope(INTERP_SCOPE):
+        mh = jnp.asarray(mh, x.dtype)
+        mw = jnp.asarray(mw, x.dtype)
+        y = jnp.einsum("ph,nhwc->npwc", mh, x, precision=_HIGHEST)
+        return jnp.einsum("qw,npwc->npqc", mw, y, precision=_HIGHEST)
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear resize of NHWC ``x`` to ``size=(H, W)`` with ``align_corners=True``."""
+    _, h, w, _ = x.shape
+    oh, ow = size
+    if (oh, ow) == (h, w):
+        return x
+    return _separable(x, _align_corners_matrix(h, oh), _align_corners_matrix(w, ow))
+
+
+def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Adaptive average pooling of NHWC ``x`` to ``size=(H, W)`` with PyTorch's bins."""
+    _, h, w, _ = x.shape
+    oh, ow = size
+    return _separable(x, _adaptive_pool_matrix(h, oh), _adaptive_pool_matrix(w, ow))
+
+
+def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
+    """NHWC pixel shuffle: ``out[n, r*y+i, r*x+j, k] = in[n, y, x, k*r*r + i*r + j]``."""
+    n, h, w, c = x.shape
+    if c % (r * r):
+        raise ValueError(f"pixel_shuffle: channels {c} not divisible by r*r={r * r}")
+    k = c // (r * r)
+    x = x.reshape(n, h, w, k, r, r)
+    x = x.transpose(0, 1, 4, 2, 5, 3)  # n, h, i, w, j, k
+    return x.reshape(n, h * r, w * r, k)
+
+
+def grid_sample(x: jax.Array, grid: jax.Array) -> jax.Array:
+    """Bilinear sampling of NHWC ``x`` at ``grid`` (N, Ho, Wo, 2) holding (x, y) in [-1, 1].
+
+    Zero padding and ``align_corners=True``: normalised -1 / +1 are the centres of the first
+    and last pixels.  Gradients flow to ``x`` and to ``grid`` as in PyTorch.
+    """
+    n, h, w, c = x.shape
+    gn, oh, ow, two = grid.shape
+    if gn != n or two != 2:
+        raise ValueError(f"grid_sample: grid {grid.shape} does not match input {x.shape}")
+    grid = grid.astype(jnp.float32)  # coordinates in fp32 whatever the storage dtype
+    ix = (grid[..., 0] + 1.0) / 2.0 * (w - 1)
+    iy = (grid[..., 1] + 1.0) / 2.0 * (h - 1)
+    # Far-away points contribute nothing; clipping them keeps the int cast in range and
+    # leaves every point with a non-zero tap untouched (and so its gradient).
+    ix = jnp.clip(ix, -2.0, w + 1.0)
+    iy = jnp.clip(iy, -2.0, h + 1.0)
+    x0 = jnp.floor(ix)
+    y0 = jnp.floor(iy)
+    x1 = x0 + 1.0
+    y1 = y0 + 1.0
+    flat = x.reshape(n, h * w, c)
+
+    def tap(xi, yi, weight):
+        valid = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+        idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
+        vals = jax.vmap(lambda f, i: f[i])(flat, idx.reshape(n, -1))
+        weight = jnp.where(valid, weight, 0.0).reshape(n, -1, 1)
+        return vals * weight.astype(x.dtype)
+
+    out = (
+        tap(x0, y0, (x1 - ix) * (y1 - iy))
+        + tap(x1, y0, (ix - x0) * (y1 - iy))
+        + tap(x0, y1, (x1 - ix) * (iy - y0))
+        + tap(x1, y1, (ix - x0) * (iy - y0))
+    )
+    return out.reshape(n, oh, ow, c)
+
+
+def pyramid_pool(x: jax.Array, grids: tuple[int, ...]) -> jax.Array:
+    """CFC's pyramid pooling: NHWC ``x`` -> (N, S, C) over all bins of all grids.
+
+    Grid g pools to (g, max(1, round(ar * g))) bins with ``ar = W / H`` (Python's round,
+    halves to even), bins flattened row-major and grids concatenated in order.
+    """
+    n, h, w, c = x.shape
+    ar = w / h
+    pooled = []
+    for g in grids:
+        p = adaptive_avg_pool(x, (g, max(1, round(ar * g))))
+        pooled.append(p.reshape(n, -1, c))
+    return jnp.concatenate(pooled, axis=1)

@@ -1,0 +1,114 @@
+"""Parameters and forward FLOPs of CSFCN per top-level module.
+
+    python -m jax_csfcn.summary --config configs/cityscapes_csfcn.py
+    python -m jax_csfcn.summary --config configs/camvid_csfcn.py --config.data.image_size='(720, 960)'
+
+FLOPs are counted exactly from the traced program (no arrays are allocated): every
+convolution and matrix product is 2 x its multiply-adds.  Resampling (bilinear resize,
+adaptive pooling, grid sampling), normalisation and activations are not counted, which is
+the convention of MODEL.md's table (189.2 GFLOPs for CSFCN at 1024x2048).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_csfcn.model import CSFCN, build_model
+from jax_csfcn.ops import INTERP_SCOPE
+
+
+def _sub_jaxprs(params):
+    for v in params.values():
+        for item in v if isinstance(v, (tuple, list)) else (v,):
+            if isinstance(item, jax.extend.core.ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, jax.extend.core.Jaxpr):
+                yield item
+
+
+def jaxpr_flops(jaxpr) -> int:
+    """2 x multiply-adds of all convs and dot products outside the ``interp`` scope."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if INTERP_SCOPE in str(eqn.source_info.name_stack).split("/"):
+            continue
+        if name == "conv_general_dilated":
+            out = eqn.outvars[0].aval.shape
+            rhs = eqn.invars[1].aval.shape
+            out_feature_dim = eqn.params["dimension_numbers"].out_spec[1]
+            macs_per_out = math.prod(rhs) // out[out_feature_dim]
+            total += 2 * math.prod(out) * macs_per_out
+        elif name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lhs_contract)
+        for sub in _sub_jaxprs(eqn.params):
+            total += jaxpr_flops(sub)
+    return total
+
+
+def _flops_of(fn, *args) -> tuple[int, object]:
+    closed = jax.make_jaxpr(fn)(*args)
+    out = jax.eval_shape(fn, *args)
+    return jaxpr_flops(closed.jaxpr), out
+
+
+def module_table(model: CSFCN, image_size: tuple[int, int], batch: int = 1) -> list[tuple[str, int, int]]:
+    """[(module, parameters, forward FLOPs)] for resnet, cfc, sfc, conv_out32."""
+    graphdef, state = nnx.split(model)
+
+    def call(name):
+        def f(state, *xs):
+            return getattr(nnx.merge(graphdef, state), name)(*xs)
+
+        return f
+
+    x = jax.ShapeDtypeStruct((batch, *image_size, 3), jnp.float32)
+    rows = []
+    f_backbone, (feat8, feat32) = _flops_of(call("resnet"), state, x)
+    f_cfc, cfc_out = _flops_of(call("cfc"), state, feat32)
+    f_sfc, sfc_out = _flops_of(call("sfc"), state, feat8, cfc_out)
+    f_head, _ = _flops_of(call("conv_out32"), state, sfc_out)
+    for name, flops in (("resnet", f_backbone), ("cfc", f_cfc), ("sfc", f_sfc), ("conv_out32", f_head)):
+        n_params = sum(int(v.size) for v in jax.tree.leaves(nnx.state(getattr(model, name), nnx.Param)))
+        rows.append((name, n_params, flops))
+    return rows
+
+
+def format_table(rows, image_size, config) -> str:
+    h, w = image_size
+    lines = [
+        f"{config.variant}  classes={config.num_classes}  stem={config.stem}  input 1x3x{h}x{w}",
+        f"{'module':<12}{'params':>14}{'GFLOPs':>10}",
+    ]
+    for name, p, f in rows:
+        lines.append(f"{name:<12}{p:>14,}{f / 1e9:>10.2f}")
+    lines.append(f"{'total':<12}{sum(r[1] for r in rows):>14,}{sum(r[2] for r in rows) / 1e9:>10.2f}")
+    return "\n".join(lines)
+
+
+def main(argv) -> None:
+    from absl import flags
+
+    config = flags.FLAGS.config
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments {argv[1:]}; use --config.FIELD=VALUE overrides")
+    model = nnx.eval_shape(lambda: build_model(config.model.to_dict()))
+    size = tuple(int(s) for s in config.data.image_size)
+    print(format_table(module_table(model, size), size, model.config))
+
+
+if __name__ == "__main__":
+    from absl import app
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", "configs/cityscapes_csfcn.py", "Config file (a get_config() module); override with --config.a.b=v"
+    )
+    app.run(main, argv=sys.argv)

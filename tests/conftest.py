@@ -1,0 +1,33 @@
+"""Shared test helpers: fresh seeded random inputs, layout helpers, error metrics."""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(__file__))  # tests/random_weights.py
+
+
+def rel_l2(a, b) -> float:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def nchw(a) -> np.ndarray:
+    return np.asarray(a).transpose(0, 3, 1, 2)
+
+
+def nhwc(a) -> np.ndarray:
+    return np.asarray(a).transpose(0, 2, 3, 1)
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's id: fresh per test, reproducible across runs."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))

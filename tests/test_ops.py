@@ -1,0 +1,143 @@
+"""Each JAX primitive against the PyTorch op it mirrors: forward and gradients, fp32."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import nchw, nhwc, rel_l2
+
+from jax_csfcn import ops
+
+TOL = 1e-5
+
+
+def _vjp_jax(fn, *args, cot):
+    out, vjp = jax.vjp(fn, *map(jnp.asarray, args))
+    return np.asarray(out), [np.asarray(g) for g in vjp(jnp.asarray(cot))]
+
+
+GRID_CASES = [
+    # (N, C, H, W, Ho, Wo, spread): spread > 1 puts samples outside the map
+    (1, 3, 5, 7, 5, 7, 1.0),
+    (2, 4, 13, 9, 6, 11, 1.5),
+    (3, 8, 37, 41, 37, 41, 1.2),
+    (4, 64, 16, 32, 16, 32, 1.0),
+    (2, 5, 1, 9, 3, 4, 2.0),
+    (2, 6, 8, 1, 5, 2, 3.0),
+]
+
+
+@pytest.mark.parametrize("n,c,h,w,oh,ow,spread", GRID_CASES)
+def test_grid_sample_matches_torch(rng, n, c, h, w, oh, ow, spread):
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    grid = rng.uniform(-spread, spread, (n, oh, ow, 2)).astype(np.float32)
+    cot = rng.standard_normal((n, oh, ow, c)).astype(np.float32)
+
+    out, (gx, gg) = _vjp_jax(ops.grid_sample, x, grid, cot=cot)
+
+    xt = torch.from_numpy(nchw(x)).requires_grad_()
+    gt = torch.from_numpy(grid).requires_grad_()
+    ref = F.grid_sample(xt, gt, mode="bilinear", padding_mode="zeros", align_corners=True)
+    ref.backward(torch.from_numpy(nchw(cot)))
+    assert rel_l2(out, nhwc(ref.detach())) <= TOL
+    assert rel_l2(gx, nhwc(xt.grad)) <= TOL
+    assert rel_l2(gg, gt.grad) <= TOL
+
+
+def test_grid_sample_exact_borders_and_far_outside(rng):
+    """Samples exactly on the corners/edges, just outside, and very far away."""
+    n, h, w, c = 2, 6, 9, 3
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    pts = np.array([-1.0, 1.0, 0.0, -1.0 - 1e-3, 1.0 + 1e-3, 1.0 + 2.0 / (w - 1), -1.3, 50.0, -1e9, 1e9], np.float32)
+    gx, gy = np.meshgrid(pts, pts)
+    grid = np.broadcast_to(np.stack([gx, gy], -1), (n, *gx.shape, 2)).copy()
+    out = np.asarray(ops.grid_sample(jnp.asarray(x), jnp.asarray(grid)))
+    ref = F.grid_sample(torch.from_numpy(nchw(x)), torch.from_numpy(grid), align_corners=True)
+    np.testing.assert_allclose(out, nhwc(ref), rtol=1e-5, atol=1e-6)
+
+
+RESIZE_CASES = [
+    (1, 4, 4, 16, 16),
+    (2, 3, 5, 12, 19),
+    (1, 7, 3, 1, 9),
+    (3, 2, 32, 64, 128),
+    (2, 12, 15, 45, 60),
+    (1, 9, 1, 5, 5),
+]
+
+
+@pytest.mark.parametrize("n,h,w,oh,ow", RESIZE_CASES)
+def test_resize_bilinear_align_corners_matches_torch(rng, n, h, w, oh, ow):
+    c = 5
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    cot = rng.standard_normal((n, oh, ow, c)).astype(np.float32)
+    out, (gx,) = _vjp_jax(lambda a: ops.resize_bilinear(a, (oh, ow)), x, cot=cot)
+    xt = torch.from_numpy(nchw(x)).requires_grad_()
+    ref = F.interpolate(xt, (oh, ow), mode="bilinear", align_corners=True)
+    ref.backward(torch.from_numpy(nchw(cot)))
+    assert rel_l2(out, nhwc(ref.detach())) <= TOL
+    assert rel_l2(gx, nhwc(xt.grad)) <= TOL
+
+
+def test_resize_by_scale_factor_matches_torch(rng):
+    """The Tiny head upsamples with scale_factor=8: same mapping as the explicit size."""
+    x = rng.standard_normal((2, 11, 7, 3)).astype(np.float32)
+    out = ops.resize_bilinear(jnp.asarray(x), (88, 56))
+    ref = F.interpolate(torch.from_numpy(nchw(x)), scale_factor=8, mode="bilinear", align_corners=True)
+    assert rel_l2(out, nhwc(ref)) <= TOL
+
+
+POOL_CASES = [
+    (32, 64, 6, 12),
+    (12, 15, 6, 8),
+    (7, 5, 3, 2),
+    (23, 30, 2, 3),
+    (11, 13, 6, 7),
+    (5, 5, 1, 1),
+    (3, 4, 6, 12),
+]
+
+
+@pytest.mark.parametrize("h,w,oh,ow", POOL_CASES)
+def test_adaptive_avg_pool_matches_torch(rng, h, w, oh, ow):
+    n, c = 2, 4
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    cot = rng.standard_normal((n, oh, ow, c)).astype(np.float32)
+    out, (gx,) = _vjp_jax(lambda a: ops.adaptive_avg_pool(a, (oh, ow)), x, cot=cot)
+    xt = torch.from_numpy(nchw(x)).requires_grad_()
+    ref = F.adaptive_avg_pool2d(xt, (oh, ow))
+    ref.backward(torch.from_numpy(nchw(cot)))
+    assert rel_l2(out, nhwc(ref.detach())) <= TOL
+    assert rel_l2(gx, nhwc(xt.grad)) <= TOL
+
+
+@pytest.mark.parametrize("h,w", [(32, 64), (12, 15), (45, 60), (7, 7), (1, 3)])
+def test_pyramid_pool_bins_match_upstream_psp(rng, h, w):
+    from torch_deploy.model import pyramid_pool
+
+    x = rng.standard_normal((2, h, w, 6)).astype(np.float32)
+    out = np.asarray(ops.pyramid_pool(jnp.asarray(x), (6, 3, 2, 1)))
+    ref = pyramid_pool(torch.from_numpy(nchw(x))).permute(0, 2, 1).numpy()
+    assert out.shape == ref.shape
+    assert rel_l2(out, ref) <= TOL
+
+
+@pytest.mark.parametrize("n,h,w,k,r", [(1, 2, 3, 1, 8), (2, 5, 4, 19, 8), (1, 3, 7, 11, 8), (3, 4, 4, 2, 2)])
+def test_pixel_shuffle_matches_torch(rng, n, h, w, k, r):
+    x = rng.standard_normal((n, h, w, k * r * r)).astype(np.float32)
+    cot = rng.standard_normal((n, h * r, w * r, k)).astype(np.float32)
+    out, (gx,) = _vjp_jax(lambda a: ops.pixel_shuffle(a, r), x, cot=cot)
+    xt = torch.from_numpy(nchw(x)).requires_grad_()
+    ref = F.pixel_shuffle(xt, r)
+    ref.backward(torch.from_numpy(nchw(cot)))
+    np.testing.assert_array_equal(out, nhwc(ref.detach()))  # a permutation: bit-exact
+    np.testing.assert_array_equal(gx, nhwc(xt.grad))
+
+
+def test_pixel_shuffle_rejects_bad_channels():
+    with pytest.raises(ValueError, match="not divisible"):
+        ops.pixel_shuffle(jnp.zeros((1, 2, 2, 10)), 8)

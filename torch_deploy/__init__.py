@@ -1,0 +1,41 @@
+"""CSFCN in PyTorch for deployment: the reference twin and (later) the fast path.
+
+import torch_deploy
+model = torch_deploy.load_model("model.safetensors")   # eval mode, NCHW logits
+"""
+
+from __future__ import annotations
+
+
+def load_model(path, *, strict: bool = True, map_location="cpu"):
+    """The PyTorch twin in eval mode from any supported checkpoint.
+
+    ``path``: our ``.safetensors`` export, an upstream ``.pth`` state_dict (config inferred
+    from the tensor shapes), or an Orbax directory of Flax params (converted on the fly).
+    """
+    import torch
+
+    from convert.formats import infer_config, kind_of, read_checkpoint, read_torch_file
+    from convert.table import flax_to_torch
+    from jax_csfcn.model_config import ModelConfig
+    from torch_deploy.model import CSFCN
+
+    if kind_of(path) == "orbax":
+        config, flat = read_checkpoint(path, strict=strict)
+        tensors = flax_to_torch(flat)
+    else:
+        tensors, meta = read_torch_file(path)
+        config = (
+            ModelConfig.from_json(meta["csfcn_config"]) if "csfcn_config" in meta else infer_config(tensors, str(path))
+        )
+    model = CSFCN(config)
+    sd = {k: torch.from_numpy(v.copy()) for k, v in tensors.items()}
+    result = model.load_state_dict(sd, strict=strict)
+    if not strict and (result.missing_keys or result.unexpected_keys):
+        import warnings
+
+        warnings.warn(f"{path}: missing {result.missing_keys}, unexpected {result.unexpected_keys}", stacklevel=2)
+    return model.to(map_location).eval()
+
+
+__all__ = ["load_model"]
