@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_csfcn.ops import at_least_f32
+
 # torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"): std = sqrt(2 / fan_out),
 # fan_out = out_channels * kh * kw (plain normal, not truncated).
 kaiming_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -71,7 +73,7 @@ class BatchNorm2d(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         out_dtype = self.dtype or x.dtype
-        xf = x.astype(jnp.float32)
+        xf = at_least_f32(x)
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:

@@ -58,16 +58,16 @@ class CFC(nnx.Module):
         query = self.query_conv(x).reshape(n, h * w, -1)  # step 3
         key = self.key_conv(pooled)
         value = self.value_conv(pooled)
-        attn = jax.nn.softmax(jnp.einsum("bnd,bsd->bns", query, key).astype(jnp.float32), axis=-1)  # step 4
+        attn = jax.nn.softmax(ops.at_least_f32(jnp.einsum("bnd,bsd->bns", query, key)), axis=-1)  # step 4
         context = jnp.einsum("bns,bsc->bnc", attn.astype(value.dtype), value).reshape(n, h, w, c)
         context = self.local_attention(context)  # step 5
         return x + context  # step 6
 
 
-def base_grid(h: int, w: int) -> jax.Array:
+def base_grid(h: int, w: int, dtype=jnp.float32) -> jax.Array:
     """(H, W, 2) grid of (x, y) = (linspace(-1, 1, W), linspace(-1, 1, H)), align_corners=True."""
-    xs = jnp.linspace(-1.0, 1.0, w, dtype=jnp.float32)
-    ys = jnp.linspace(-1.0, 1.0, h, dtype=jnp.float32)
+    xs = jnp.linspace(-1.0, 1.0, w, dtype=dtype)
+    ys = jnp.linspace(-1.0, 1.0, h, dtype=dtype)
     return jnp.stack(jnp.broadcast_arrays(xs[None, :], ys[:, None]), axis=-1)
 
 
@@ -85,10 +85,10 @@ def _merge_groups(t: jax.Array, groups: int) -> jax.Array:
 def sfc_sample_and_gate(cp: jax.Array, sp: jax.Array, r: jax.Array, groups: int = SFC_GROUPS) -> jax.Array:
     """MODEL.md SFC steps 4-7 given cp, sp (N, H, W, 128) and the 10-channel map r."""
     n, h, w, _ = cp.shape
-    off_cp = _split_groups(r[..., 0 : 2 * groups], groups).astype(jnp.float32)
-    off_sp = _split_groups(r[..., 2 * groups : 4 * groups], groups).astype(jnp.float32)
-    norm = jnp.array([w, h], jnp.float32)  # offsets / (W, H), as upstream
-    grid = base_grid(h, w)[None]
+    off_cp = ops.at_least_f32(_split_groups(r[..., 0 : 2 * groups], groups))
+    off_sp = ops.at_least_f32(_split_groups(r[..., 2 * groups : 4 * groups], groups))
+    norm = jnp.array([w, h], off_cp.dtype)  # offsets / (W, H), as upstream
+    grid = base_grid(h, w, off_cp.dtype)[None]
     with jax.named_scope(ops.INTERP_SCOPE):
         cp_s = _merge_groups(ops.grid_sample(_split_groups(cp, groups), grid + off_cp / norm), groups)
         sp_s = _merge_groups(ops.grid_sample(_split_groups(sp, groups), grid + off_sp / norm), groups)

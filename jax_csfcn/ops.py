@@ -30,13 +30,14 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 @functools.lru_cache(maxsize=256)
 def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) bilinear weights of PyTorch's align_corners=True resize along one axis."""
-    m = np.zeros((n_out, n_in), np.float32)
+    # Built in float64 and rounded once to the compute dtype.
+    m = np.zeros((n_out, n_in), np.float64)
     # torch: scale = (in - 1) / (out - 1), 0 when out == 1; src = scale * dst.
-    scale = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0.0)
-    src = np.arange(n_out, dtype=np.float32) * scale
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    src = np.arange(n_out, dtype=np.float64) * scale
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = (src - i0).astype(np.float32)
+    lam = src - i0
     rows = np.arange(n_out)
     np.add.at(m, (rows, i0), 1.0 - lam)
     np.add.at(m, (rows, i1), lam)
@@ -49,12 +50,17 @@ def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
 
     Bin i spans [floor(i * L / n), ceil((i + 1) * L / n)); integer arithmetic as in ATen.
     """
-    m = np.zeros((n_out, n_in), np.float32)
+    m = np.zeros((n_out, n_in), np.float64)
     for i in range(n_out):
         start = (i * n_in) // n_out
         end = -((-(i + 1) * n_in) // n_out)
         m[i, start:end] = 1.0 / (end - start)
     return m
+
+
+def at_least_f32(x: jax.Array) -> jax.Array:
+    """Cast bf16/fp16 up to fp32 and leave fp32/fp64 alone (for statistics and coordinates)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _separable(x: jax.Array, mh: np.ndarray, mw: np.ndarray) -> jax.Array:
@@ -103,7 +109,7 @@ def grid_sample(x: jax.Array, grid: jax.Array) -> jax.Array:
     gn, oh, ow, two = grid.shape
     if gn != n or two != 2:
         raise ValueError(f"grid_sample: grid {grid.shape} does not match input {x.shape}")
-    grid = grid.astype(jnp.float32)  # coordinates in fp32 whatever the storage dtype
+    grid = at_least_f32(grid)  # coordinates in fp32 (or better) whatever the storage dtype
     ix = (grid[..., 0] + 1.0) / 2.0 * (w - 1)
     iy = (grid[..., 1] + 1.0) / 2.0 * (h - 1)
     # Far-away points contribute nothing; clipping them keeps the int cast in range and

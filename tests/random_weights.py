@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from convert import model_flat, set_model_flat
 from jax_csfcn.layers import BatchNorm2d
@@ -40,7 +41,7 @@ def randomize_like_trained(model, seed: int, calib_shape=(2, 128, 256, 3)) -> di
     for bn in bns:
         bn.momentum = 1.0
     model.train()
-    model(jnp.asarray(rng.standard_normal(calib_shape), jnp.float32))
+    nnx.jit(lambda m, x: m(x))(model, jnp.asarray(rng.standard_normal(calib_shape), jnp.float32))
     for bn in bns:
         bn.momentum = 0.1
     model.eval()

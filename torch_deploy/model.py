@@ -110,9 +110,10 @@ class CFC(nn.Module):
 def sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
     """Sampling grid (n*G, H, W, 2) from the (n, 2G, H, W) offsets, as upstream."""
     norm = torch.tensor([w, h], dtype=offsets.dtype, device=offsets.device)
-    ys = torch.linspace(-1.0, 1.0, h, device=offsets.device).view(-1, 1).expand(h, w)
-    xs = torch.linspace(-1.0, 1.0, w, device=offsets.device).view(1, -1).expand(h, w)
-    grid = torch.stack((xs, ys), dim=2).to(offsets.dtype)
+    kw = {"dtype": offsets.dtype, "device": offsets.device}
+    ys = torch.linspace(-1.0, 1.0, h, **kw).view(-1, 1).expand(h, w)
+    xs = torch.linspace(-1.0, 1.0, w, **kw).view(1, -1).expand(h, w)
+    grid = torch.stack((xs, ys), dim=2)
     return grid + offsets.reshape(n * SFC_GROUPS, 2, h, w).permute(0, 2, 3, 1) / norm
 
 
