@@ -76,18 +76,21 @@ def main(argv=None) -> int:
     except (ConversionError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    per_module = collections.Counter(str(p[0]) for p in flat)
-    size = collections.Counter()
+    stats = {"mean", "var", "num_batches_tracked"}
+    tensors, params, buffers = collections.Counter(), collections.Counter(), collections.Counter()
     for p, a in flat.items():
-        size[str(p[0])] += a.size
+        tensors[str(p[0])] += 1
+        (buffers if p[-1] in stats else params)[str(p[0])] += a.size
     print(f"{args.src}  [{KIND_NAMES[src_kind]}]")
     print(f"  -> {args.dst}  [{KIND_NAMES[dst_kind]}]")
     print(f"config: {config.to_json()}")
     if note:
         print(note)
-    for mod in sorted(per_module):
-        print(f"  {mod:<12} {per_module[mod]:>4} tensors {size[mod]:>12,} values")
-    print(f"  {'total':<12} {len(flat):>4} tensors {sum(size.values()):>12,} values")
+    print(f"  {'module':<12} {'tensors':>7} {'parameters':>12} {'BN stats':>9}")
+    for mod in sorted(tensors):
+        print(f"  {mod:<12} {tensors[mod]:>7} {params[mod]:>12,} {buffers[mod]:>9,}")
+    total = (sum(tensors.values()), sum(params.values()), sum(buffers.values()))
+    print(f"  {'total':<12} {total[0]:>7} {total[1]:>12,} {total[2]:>9,}")
     return 0
 
 

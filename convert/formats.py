@@ -45,8 +45,8 @@ def kind_of(path) -> str:
 
 
 # --------------------------------------------------------------------------- Flax side
-def flatten_state(tree) -> dict[Path, np.ndarray]:
-    """Nested pure dict (as ``nnx.to_pure_dict`` gives) -> {path tuple: numpy array}."""
+def flatten_state(tree, leaf=np.asarray) -> dict[Path, np.ndarray]:
+    """Nested pure dict (as ``nnx.to_pure_dict`` gives) -> {path tuple: leaf(value)}."""
     out = {}
 
     def walk(node, prefix):
@@ -54,7 +54,7 @@ def flatten_state(tree) -> dict[Path, np.ndarray]:
             for k, v in node.items():
                 walk(v, (*prefix, k))
         else:
-            out[prefix] = np.asarray(node)
+            out[prefix] = leaf(node)
 
     walk(tree, ())
     return out
@@ -73,7 +73,7 @@ def model_template(config: ModelConfig) -> dict[Path, tuple[int, ...]]:
     from jax_csfcn.model import build_model
 
     abstract = nnx.eval_shape(lambda: build_model(config))
-    return {p: tuple(v.shape) for p, v in flatten_state(nnx.to_pure_dict(nnx.state(abstract))).items()}
+    return flatten_state(nnx.to_pure_dict(nnx.state(abstract)), leaf=lambda v: tuple(v.shape))
 
 
 def set_model_flat(model, flat: dict[Path, np.ndarray]) -> None:
@@ -154,13 +154,11 @@ def read_torch_file(path) -> tuple[dict[str, np.ndarray], dict]:
                 return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 - safe_open is not a dict
         except (SafetensorError, OSError) as e:
             raise ConversionError(f"{path}: not a readable safetensors file ({e})") from e
-    import pickle
-
     import torch
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # corrupt files raise anything from IndexError to UnpicklingError
         raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
     sd = _unwrap_state_dict(obj, path)
     return {k: v.detach().cpu().numpy() for k, v in sd.items() if hasattr(v, "detach")}, {}
@@ -185,13 +183,13 @@ def write_safetensors(path, config: ModelConfig, tensors: dict[str, np.ndarray])
     from safetensors.numpy import save_file
 
     meta = {CONFIG_KEY: config.to_json(), "format": "csfcn-torch"}
-    _atomic_file(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, meta))
+    _atomic_file(path, lambda tmp: save_file({k: np.array(v, order="C") for k, v in tensors.items()}, tmp, meta))
 
 
 def write_pth(path, tensors: dict[str, np.ndarray]) -> None:
     import torch
 
-    sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+    sd = {k: torch.from_numpy(np.array(v, order="C")) for k, v in tensors.items()}
     _atomic_file(path, lambda tmp: torch.save(sd, tmp))
 
 

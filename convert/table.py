@@ -84,7 +84,7 @@ def flax_to_torch(flat: Mapping[Path, np.ndarray]) -> dict[str, np.ndarray]:
     """Flax flat params {path: array} -> PyTorch layout {key: array}."""
     out = {}
     for path, arr in flat.items():
-        out[torch_key(path)] = np.ascontiguousarray(LEAF_RULES[path[-1]].to_torch(np.asarray(arr)))
+        out[torch_key(path)] = np.array(LEAF_RULES[path[-1]].to_torch(np.asarray(arr)), order="C")  # keeps 0-d shapes
     return out
 
 

@@ -1,0 +1,237 @@
+"""The converter: round trips, every file format, ImageNet backbones, strict errors, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import jax_csfcn
+import torch_deploy
+from convert import (
+    ConversionError,
+    flax_to_torch,
+    infer_config,
+    load_imagenet_backbone,
+    model_flat,
+    model_template,
+    read_checkpoint,
+    save_flax_model,
+    torch_to_flax,
+    write_checkpoint,
+)
+from convert.__main__ import main as convert_main
+from jax_csfcn.model import build_model
+from jax_csfcn.model_config import ModelConfig
+from torch_deploy.model import CSFCN as TorchCSFCN
+
+
+def random_upstream_state_dict(rng, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """An upstream-named state_dict with every tensor (BN stats included) random."""
+    sd = TorchCSFCN(config).state_dict()
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.tensor(int(rng.integers(0, 10**6)), dtype=torch.int64)
+        elif k.endswith("running_var"):
+            out[k] = torch.from_numpy(rng.uniform(0.5, 2.0, v.shape).astype(np.float32))
+        else:
+            out[k] = torch.from_numpy(rng.standard_normal(v.shape).astype(np.float32))
+    return out
+
+
+def assert_flat_equal(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
+
+
+@pytest.mark.parametrize("variant,k,stem", [("csfcn", 19, "torchvision"), ("csfcn_tiny", 11, "deep")])
+def test_flax_torch_flax_round_trip_is_bit_exact(rng, variant, k, stem):
+    config = ModelConfig(variant, k, stem)
+    flat = {p: rng.standard_normal(s).astype(np.float32) for p, s in model_template(config).items()}
+    for p in flat:
+        if p[-1] == "num_batches_tracked":
+            flat[p] = np.asarray(rng.integers(0, 1000), np.int32)
+    back, missing, unexpected = torch_to_flax(model_template(config), flax_to_torch(flat))
+    assert not missing and not unexpected
+    assert_flat_equal(back, flat)
+
+
+@pytest.mark.parametrize("variant,keys", [("csfcn", 168), ("csfcn_tiny", 166)])
+def test_upstream_pth_round_trip_is_exact(tmp_path, rng, variant, keys):
+    config = ModelConfig(variant=variant, num_classes=19)
+    sd = random_upstream_state_dict(rng, config)
+    assert len(sd) == keys
+    src, dst = tmp_path / "upstream.pth", tmp_path / "again.pth"
+    torch.save(sd, src)
+    cfg, flat = read_checkpoint(src)
+    assert cfg == config
+    write_checkpoint(dst, cfg, flat)
+    again = torch.load(dst, weights_only=True)
+    assert list(again) == list(sd) or set(again) == set(sd)
+    for k in sd:
+        assert again[k].dtype == sd[k].dtype, k
+        assert torch.equal(again[k], sd[k]), k
+    # and it loads into the twin with strict=True
+    TorchCSFCN(config).load_state_dict(again, strict=True)
+
+
+def test_all_formats_carry_config_and_weights(tmp_path, rng):
+    config = ModelConfig("csfcn_tiny", 7, "torchvision")
+    sd = random_upstream_state_dict(rng, config)
+    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, tmp_path / "wrapped.pth")
+    _, flat = read_checkpoint(tmp_path / "wrapped.pth")  # DataParallel + wrapper dict unwrapped
+    write_checkpoint(tmp_path / "m.safetensors", config, flat)
+    write_checkpoint(tmp_path / "flax", config, flat)
+    for path in ("m.safetensors", "flax"):
+        cfg, again = read_checkpoint(tmp_path / path)
+        assert cfg == config
+        assert_flat_equal(again, flat)
+        tm = torch_deploy.load_model(tmp_path / path)
+        assert not tm.training and tm.config == config
+        for k, v in tm.state_dict().items():
+            assert torch.equal(v, sd[k]), k
+    fm = jax_csfcn.load_model(tmp_path / "flax")
+    assert fm.config == config
+    assert_flat_equal(model_flat(fm), flat)
+    assert fm.resnet.bn1.use_running_average  # eval mode
+
+
+def test_save_flax_model_writes_orbax_and_refuses_nonempty_dir(tmp_path):
+    model = build_model({"variant": "csfcn", "num_classes": 2})
+    save_flax_model(tmp_path / "export", model)
+    assert (tmp_path / "export" / "csfcn_config.json").is_file()
+    with pytest.raises(FileExistsError, match="not empty"):
+        save_flax_model(tmp_path / "export", model)
+
+
+def _sd_and_path(tmp_path, rng, mutate):
+    config = ModelConfig()
+    sd = random_upstream_state_dict(rng, config)
+    mutate(sd)
+    path = tmp_path / "bad.pth"
+    torch.save(sd, path)
+    return path
+
+
+def test_missing_tensor_is_named(tmp_path, rng):
+    path = _sd_and_path(tmp_path, rng, lambda sd: sd.pop("cfc.value_conv.bias"))
+    with pytest.raises(ConversionError, match=r"missing 1: cfc\.value_conv\.bias"):
+        read_checkpoint(path)
+    _, flat = read_checkpoint(path, strict=False)  # the rest loads
+    assert ("cfc", "value_conv", "kernel") in flat
+
+
+def test_unexpected_tensor_is_named(tmp_path, rng):
+    path = _sd_and_path(tmp_path, rng, lambda sd: sd.__setitem__("sfc.extra.weight", torch.zeros(3)))
+    with pytest.raises(ConversionError, match=r"unexpected 1: sfc\.extra\.weight"):
+        read_checkpoint(path)
+
+
+def test_wrong_shape_is_named_even_without_strict(tmp_path, rng):
+    path = _sd_and_path(tmp_path, rng, lambda sd: sd.__setitem__("sfc.conv_8.conv.weight", torch.zeros(128, 128, 1, 1)))
+    with pytest.raises(
+        ConversionError,
+        match=r"sfc\.conv_8\.conv\.weight: checkpoint has \(128, 128, 1, 1\), model expects \(128, 128, 3, 3\)",
+    ):
+        read_checkpoint(path, strict=False)
+
+
+def test_config_inference_and_its_errors(rng):
+    sd = {k: v.numpy() for k, v in random_upstream_state_dict(rng, ModelConfig("csfcn", 11, "deep")).items()}
+    assert infer_config(sd) == ModelConfig("csfcn", 11, "deep")
+    tiny = {k: v.numpy() for k, v in random_upstream_state_dict(rng, ModelConfig("csfcn_tiny", 3)).items()}
+    assert infer_config(tiny) == ModelConfig("csfcn_tiny", 3)
+    sd["conv_out32.conv_out.bias"] = np.zeros(100, np.float32)
+    with pytest.raises(ConversionError, match="not a multiple of 64"):
+        infer_config(sd)
+    tiny["sfc.cp1x1.weight"] = np.zeros((32, 128, 1, 1), np.float32)
+    with pytest.raises(ConversionError, match="ambiguous variant"):
+        infer_config(tiny)
+    with pytest.raises(ConversionError, match="not a CSFCN state_dict"):
+        infer_config({"a": np.zeros(1)})
+
+
+def test_unreadable_and_unknown_files(tmp_path):
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ConversionError, match="broken.pth: not a readable PyTorch checkpoint"):
+        read_checkpoint(bad)
+    bad_st = tmp_path / "broken.safetensors"
+    bad_st.write_bytes(b"\x00" * 16)
+    with pytest.raises(ConversionError, match="broken.safetensors: not a readable safetensors"):
+        read_checkpoint(bad_st)
+    with pytest.raises(ConversionError, match="unknown checkpoint type"):
+        read_checkpoint(tmp_path / "weights.npz")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        read_checkpoint(tmp_path / "nope.pth")
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(ConversionError, match="not a csfcn Flax checkpoint"):
+        read_checkpoint(tmp_path / "emptydir")
+
+
+def imagenet_state_dict(rng, stem="torchvision", with_nbt=False) -> dict[str, torch.Tensor]:
+    """A torchvision/timm-named ResNet-18 with an fc layer (and old-style: no num_batches_tracked)."""
+    sd = random_upstream_state_dict(rng, ModelConfig(stem=stem))
+    out = {k[len("resnet.") :]: v for k, v in sd.items() if k.startswith("resnet.")}
+    if not with_nbt:
+        out = {k: v for k, v in out.items() if not k.endswith("num_batches_tracked")}
+    out["fc.weight"] = torch.randn(1000, 512)
+    out["fc.bias"] = torch.randn(1000)
+    return out
+
+
+@pytest.mark.parametrize("stem", ["torchvision", "deep"])
+def test_imagenet_backbone_loads_by_name(tmp_path, rng, stem):
+    config = ModelConfig(stem=stem)
+    sd = imagenet_state_dict(rng, stem)
+    torch.save(sd, tmp_path / "resnet18.pth")
+    flat = model_flat(build_model(config))
+    new, n = load_imagenet_backbone(config, flat, tmp_path / "resnet18.pth")
+    assert n == len(sd) - 2  # everything but fc
+    torch_sd = flax_to_torch(new)
+    for k, v in sd.items():
+        if not k.startswith("fc."):
+            np.testing.assert_array_equal(torch_sd["resnet." + k], v.numpy(), err_msg=k)
+    np.testing.assert_array_equal(new[("cfc", "query_conv", "kernel")], flat[("cfc", "query_conv", "kernel")])
+    with pytest.raises(ConversionError, match="ImageNet ResNet-18"):
+        read_checkpoint(tmp_path / "resnet18.pth")
+
+
+def test_imagenet_backbone_rejects_unexpected_and_wrong_stem(tmp_path, rng):
+    sd = imagenet_state_dict(rng)
+    sd["layer2.0.se.fc.weight"] = torch.zeros(4, 4)
+    torch.save(sd, tmp_path / "r.pth")
+    config = ModelConfig()
+    with pytest.raises(ConversionError, match=r"unexpected 1: layer2\.0\.se\.fc\.weight"):
+        load_imagenet_backbone(config, model_flat(build_model(config)), tmp_path / "r.pth")
+    torch.save(imagenet_state_dict(rng, "deep"), tmp_path / "deep.pth")
+    with pytest.raises(ConversionError, match=r"missing .*conv1\.weight"):
+        load_imagenet_backbone(config, model_flat(build_model(config)), tmp_path / "deep.pth")
+
+
+def test_cli_converts_every_direction(tmp_path, rng, capsys):
+    config = ModelConfig("csfcn", 19)
+    torch.save(random_upstream_state_dict(rng, config), tmp_path / "up.pth")
+    assert convert_main([str(tmp_path / "up.pth"), str(tmp_path / "flax")]) == 0
+    out = capsys.readouterr().out
+    assert "Flax params (Orbax directory)" in out
+    assert "total            168   13,368,512" in out
+    assert convert_main([str(tmp_path / "flax"), str(tmp_path / "m.safetensors")]) == 0
+    assert convert_main([str(tmp_path / "m.safetensors"), str(tmp_path / "back.pth")]) == 0
+    a, b = torch.load(tmp_path / "up.pth", weights_only=True), torch.load(tmp_path / "back.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+    capsys.readouterr()
+
+    torch.save(imagenet_state_dict(rng), tmp_path / "resnet18.pth")
+    args = [str(tmp_path / "resnet18.pth"), str(tmp_path / "init.safetensors"), "--num-classes", "11"]
+    assert convert_main(args) == 0
+    # 120 backbone tensors less 20 num_batches_tracked that old torchvision files lack
+    assert "ImageNet backbone: 100 tensors" in capsys.readouterr().out
+    assert torch_deploy.load_model(tmp_path / "init.safetensors").config.num_classes == 11
+
+    assert convert_main([str(tmp_path / "missing.pth"), str(tmp_path / "x.safetensors")]) == 1
+    assert "missing.pth: no such checkpoint file" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
