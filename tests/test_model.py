@@ -1,0 +1,120 @@
+"""Model structure: parameter counts, names, shapes, initialisation, FLOPs, config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from convert import flax_to_torch, model_flat, model_template
+from jax_csfcn.model import build_model, count_params, sfc_sample_and_gate
+from jax_csfcn.model_config import ModelConfig
+from jax_csfcn.summary import module_table
+from torch_deploy.model import CSFCN as TorchCSFCN
+
+
+@pytest.mark.parametrize(
+    "variant,k,expected", [("csfcn", 19, 13_368_512), ("csfcn", 11, 13_302_464), ("csfcn_tiny", 19, 13_136_211)]
+)
+def test_parameter_counts(variant, k, expected):
+    model = nnx.eval_shape(lambda: build_model({"variant": variant, "num_classes": k}))
+    assert count_params(model) == expected
+    assert sum(p.numel() for p in TorchCSFCN(ModelConfig(variant, k)).parameters()) == expected
+
+
+@pytest.mark.parametrize("variant,keys", [("csfcn", 168), ("csfcn_tiny", 166)])
+@pytest.mark.parametrize("stem", ["torchvision", "deep"])
+def test_flax_paths_are_the_upstream_state_dict(variant, keys, stem):
+    config = ModelConfig(variant, 19, stem)
+    torch_sd = TorchCSFCN(config).state_dict()
+    names = flax_to_torch({p: np.zeros(s, np.float32) for p, s in model_template(config).items()})
+    assert set(names) == set(torch_sd)
+    assert {k: tuple(v.shape) for k, v in names.items()} == {k: tuple(v.shape) for k, v in torch_sd.items()}
+    if stem == "torchvision":
+        assert len(torch_sd) == keys
+    prefixes = {k.split(".")[0] for k in torch_sd}
+    assert prefixes == {"resnet", "cfc", "sfc", "conv_out32"}
+    for key in ("cfc.local_attention.conv.0.bn.running_var", "sfc.conv_offset.1.weight", "conv_out32.conv_out.bias"):
+        assert key in torch_sd
+    assert ("sfc.cp1x1.weight" in torch_sd) == (variant == "csfcn")
+    assert torch_sd["cfc.key_conv.weight"].shape == (32, 256, 1)  # Conv1d layout
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 128), (2, 72, 96), (1, 360, 480), (1, 40, 56)])
+@pytest.mark.parametrize("variant,k", [("csfcn", 3), ("csfcn_tiny", 1)])
+def test_output_shape_is_eight_times_feat8(variant, k, shape):
+    model = build_model({"variant": variant, "num_classes": k})
+    out = nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((*shape, 3), jnp.float32))
+    h8, w8 = -(-shape[1] // 8), -(-shape[2] // 8)  # conv arithmetic rounds up at each stride
+    assert out.shape == (shape[0], 8 * h8, 8 * w8, k)
+
+
+def test_gate_convs_start_at_zero_and_sfc_starts_as_identity(rng):
+    model = build_model({}, seed=5)
+    flat = model_flat(model)
+    assert not np.any(flat[("sfc", "conv_offset", 1, "kernel")])
+    assert not np.any(flat[("cfc", "local_attention", "conv", 1, "kernel")])
+    assert np.std(flat[("sfc", "conv_8", "conv", "kernel")]) > 0
+    # zero offsets and gate logits: exact resampling at the pixel centres, unit gates
+    cp = jnp.asarray(rng.standard_normal((2, 9, 13, 128)), jnp.float32)
+    sp = jnp.asarray(rng.standard_normal((2, 9, 13, 128)), jnp.float32)
+    out = sfc_sample_and_gate(cp, sp, jnp.zeros((2, 9, 13, 10)))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(cp + sp), rtol=1e-5, atol=1e-5)
+
+
+def test_kaiming_fan_out_init_scale():
+    flat = model_flat(build_model({}, seed=0))
+    w = flat[("resnet", "layer4", 0, "conv2", "kernel")]  # 3x3x512x512
+    assert abs(np.std(w) - np.sqrt(2.0 / (512 * 9))) < 0.02 * np.sqrt(2.0 / (512 * 9))
+
+
+def test_batchnorm_momentum_matches_torch():
+    model = build_model({})
+    bn = model.resnet.bn1
+    assert bn.momentum == 0.1 and bn.eps == 1e-5
+    model.eval()
+    assert bn.use_running_average
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="model.variant='csfcn_huge'"):
+        build_model({"variant": "csfcn_huge"})
+    with pytest.raises(ValueError, match="model.stem"):
+        ModelConfig(stem="v1d")
+    with pytest.raises(ValueError, match="num_classes=0"):
+        ModelConfig(num_classes=0)
+    with pytest.raises(KeyError, match="unknown model config keys \\['classes'\\]"):
+        build_model({"classes": 19})
+
+
+@pytest.mark.parametrize("size,total", [((1024, 2048), 189.2), ((512, 1024), 47.3), ((768, 1536), 106.4)])
+def test_flops_match_model_md(size, total):
+    model = nnx.eval_shape(lambda: build_model({}))
+    rows = dict((name, flops / 1e9) for name, _, flops in module_table(model, size))
+    assert abs(sum(rows.values()) - total) <= 0.01 * total
+    if size == (1024, 2048):
+        for name, ref in (("resnet", 151.6), ("cfc", 5.7), ("sfc", 12.1), ("conv_out32", 19.9)):
+            assert abs(rows[name] - ref) <= 0.01 * ref, (name, rows[name])
+
+
+def test_summary_cli():
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "jax_csfcn.summary",
+        "--config",
+        "configs/camvid_csfcn.py",
+        "--config.model.num_classes=19",
+    ]
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=root).stdout
+    assert "input 1x3x720x960" in out
+    total = float(out.strip().splitlines()[-1].split()[-1])
+    assert abs(total - 62.6) <= 0.01 * 62.6  # MODEL.md: 62.6 GFLOPs at 720x960 (K = 19)
