@@ -280,8 +280,19 @@ def write_checkpoint(path, config: ModelConfig, flat: dict[Path, np.ndarray]) ->
     elif kind == "safetensors":
         write_safetensors(path, config, flax_to_torch(flat))
     else:
-        write_pth(path, flax_to_torch(flat))
+        write_pth(path, _upstream_order(config, flax_to_torch(flat)))
     return kind
+
+
+def _upstream_order(config: ModelConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keys in the upstream module registration order (a meta-device twin gives it for free)."""
+    import torch
+
+    from torch_deploy.model import CSFCN as TorchCSFCN
+
+    with torch.device("meta"):
+        order = list(TorchCSFCN(config).state_dict())
+    return {k: tensors[k] for k in order if k in tensors} | {k: v for k, v in tensors.items() if k not in order}
 
 
 def _looks_like_imagenet_resnet(tensors) -> bool:

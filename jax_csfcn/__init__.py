@@ -21,7 +21,8 @@ def load_model(path, *, strict: bool = True, dtype=None):
     """The Flax model in eval mode from any supported checkpoint.
 
     ``path``: our ``.safetensors`` export, an upstream ``.pth`` state_dict (config inferred
-    from the tensor shapes), or an Orbax directory of Flax params.
+    from the tensor shapes), or an Orbax directory of Flax params.  ``dtype`` is the compute
+    dtype (e.g. ``jnp.bfloat16``); parameters stay fp32.
     """
     from convert.formats import read_checkpoint, set_model_flat
 

@@ -131,10 +131,12 @@ class SFC(nn.Module):
     def __init__(self, tiny: bool = False):
         super().__init__()
         self.tiny = tiny
+        # Registration order as upstream, so state_dict keys come out in the same order.
         self.conv_8 = ConvBNReLU(128, 128, 3)
-        self.conv_32 = ConvBNReLU(256, 128, 3)
         if not tiny:
             self.cp1x1 = nn.Conv2d(128, 32, 1, bias=False)
+        self.conv_32 = ConvBNReLU(256, 128, 3)
+        if not tiny:
             self.sp1x1 = nn.Conv2d(128, 32, 1, bias=False)
         self.conv_offset = nn.Sequential(
             ConvBNReLU(256 if tiny else 64, 64, 1), nn.Conv2d(64, SFC_GROUPS * 4 + 2, 3, padding=1, bias=False)
