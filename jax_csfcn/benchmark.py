@@ -1,7 +1,7 @@
 """CPU benchmarks of the JAX implementation against the PyTorch twin, side by side.
 
     python -m jax_csfcn.benchmark ops        # grid_sample fwd+bwd at the SFC shape
-    python -m jax_csfcn.benchmark forward    # whole model, eval forward, 512x1024
+    python -m jax_csfcn.benchmark forward    # CSFCN and CSFCN-Tiny, eval forward, 512x1024
     python -m jax_csfcn.benchmark all --json out.json
 
 Each variant is warmed up (compilation excluded) and timed ``--repeats`` times in turn,
@@ -132,7 +132,9 @@ def main(argv=None) -> int:
     if args.what in ("ops", "all"):
         results["grid_sample (4x64x128x256)"] = bench_grid_sample(args.repeats)
     if args.what in ("forward", "all"):
-        results["forward"] = bench_forward(args.repeats)
+        results["forward"] = {}
+        for variant in ("csfcn", "csfcn_tiny"):
+            results["forward"].update(bench_forward(args.repeats, variant=variant))
     for section, rows in results.items():
         if section == "environment":
             print(json.dumps(rows))
