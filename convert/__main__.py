@@ -16,6 +16,7 @@ import collections
 import sys
 
 from convert.formats import (
+    is_imagenet_resnet,
     kind_of,
     load_imagenet_backbone,
     model_flat,
@@ -54,8 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 def _is_imagenet(path: str) -> bool:
     if kind_of(path) == "orbax":
         return False
-    tensors, _ = read_torch_file(path)
-    return "layer1.0.conv1.weight" in tensors and not any(k.startswith("resnet.") for k in tensors)
+    return is_imagenet_resnet(read_torch_file(path)[0])
 
 
 def main(argv=None) -> int:

@@ -261,13 +261,13 @@ def read_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[Pat
         config, flat_str = read_orbax(path)
         return config, _match_template(model_template(config), flat_str, str(path))
     tensors, meta = read_torch_file(path)
-    if _looks_like_imagenet_resnet(tensors):
+    if is_imagenet_resnet(tensors):
         raise ConversionError(
             f"{path}: this is an ImageNet ResNet-18 (torchvision/timm names), not a CSFCN checkpoint; "
             "use it to initialise the backbone (convert.load_imagenet_backbone or `python -m convert "
             f"{path} OUT --variant ... --num-classes ...`)"
         )
-    config = ModelConfig.from_json(meta[CONFIG_KEY]) if CONFIG_KEY in meta else infer_config(tensors, str(path))
+    config = config_of(tensors, meta, str(path))
     flat, _, _ = torch_to_flax(model_template(config), tensors, strict=strict, source=str(path))
     return config, flat
 
@@ -295,7 +295,13 @@ def _upstream_order(config: ModelConfig, tensors: dict[str, np.ndarray]) -> dict
     return {k: tensors[k] for k in order if k in tensors} | {k: v for k, v in tensors.items() if k not in order}
 
 
-def _looks_like_imagenet_resnet(tensors) -> bool:
+def config_of(tensors: dict[str, np.ndarray], meta: dict, source: str) -> ModelConfig:
+    """The config stored in our metadata, else the one inferred from upstream tensor shapes."""
+    return ModelConfig.from_json(meta[CONFIG_KEY]) if CONFIG_KEY in meta else infer_config(tensors, source)
+
+
+def is_imagenet_resnet(tensors) -> bool:
+    """torchvision/timm ResNet naming (top-level ``layer1``), not a CSFCN ``resnet.`` tree."""
     return "layer1.0.conv1.weight" in tensors and not any(k.startswith("resnet.") for k in tensors)
 
 
@@ -307,7 +313,7 @@ def load_imagenet_backbone(config: ModelConfig, flat: dict[Path, np.ndarray], pa
     does not map onto the backbone is an error.  Returns (new flat params, loaded key count).
     """
     tensors, _ = read_torch_file(path)
-    if not _looks_like_imagenet_resnet(tensors):
+    if not is_imagenet_resnet(tensors):
         raise ConversionError(f"{path}: not an ImageNet ResNet-18 state_dict (no top-level layer1.0.conv1.weight)")
     template = {p[1:]: s for p, s in model_template(config).items() if p[0] == "resnet"}
     params, _, _ = torch_to_flax(

@@ -15,9 +15,8 @@ def load_model(path, *, strict: bool = True, map_location="cpu"):
     """
     import torch
 
-    from convert.formats import infer_config, kind_of, read_checkpoint, read_torch_file
+    from convert.formats import config_of, kind_of, read_checkpoint, read_torch_file
     from convert.table import flax_to_torch
-    from jax_csfcn.model_config import ModelConfig
     from torch_deploy.model import CSFCN
 
     if kind_of(path) == "orbax":
@@ -25,9 +24,7 @@ def load_model(path, *, strict: bool = True, map_location="cpu"):
         tensors = flax_to_torch(flat)
     else:
         tensors, meta = read_torch_file(path)
-        config = (
-            ModelConfig.from_json(meta["csfcn_config"]) if "csfcn_config" in meta else infer_config(tensors, str(path))
-        )
+        config = config_of(tensors, meta, str(path))
     model = CSFCN(config)
     sd = {k: torch.from_numpy(v.copy()) for k, v in tensors.items()}
     result = model.load_state_dict(sd, strict=strict)
