@@ -1,0 +1,96 @@
+"""Launcher helpers shared by the kernels: Triton availability, device and layout checks.
+
+Every launcher in :mod:`kernels` validates its arguments with these before launching, so a
+wrong shape, dtype, device or memory layout is a ``ValueError``/``TypeError`` naming the
+argument, not a Triton compile error or a silent wrong answer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # Triton is optional: the pure-PyTorch references work without it.
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only on installs without triton
+    triton = None
+    HAS_TRITON = False
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _dot(a, b, acc, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+        if DOT_F32:  # Triton 3.9's interpreter multiplies bf16 bit patterns in tl.dot: go through fp32
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if IEEE:
+            return tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            return tl.dot(a, b, acc)
+
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreted(kernel) -> bool:
+    """True when ``kernel`` runs under Triton's CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+def check_triton(name: str) -> None:
+    if not HAS_TRITON:
+        raise RuntimeError(f"{name}: Triton is not installed; use the *_reference function or `pip install triton`")
+
+
+def check_device(name: str, kernel, **tensors: torch.Tensor) -> torch.device:
+    """All tensors on one device; CUDA, or CPU when the kernel runs under the interpreter."""
+    devices = {k: t.device for k, t in tensors.items()}
+    first = next(iter(devices.values()))
+    if any(d != first for d in devices.values()):
+        raise ValueError(f"{name}: tensors are on different devices: {devices}")
+    if first.type == "cpu" and not interpreted(kernel):
+        raise ValueError(
+            f"{name}: CPU tensors need Triton's interpreter (set TRITON_INTERPRET=1 before importing kernels); "
+            "otherwise pass CUDA tensors or call the *_reference function"
+        )
+    if first.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: unsupported device {first}; Triton kernels run on CUDA")
+    return first
+
+
+def check_float(name: str, arg: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: {arg} has dtype {t.dtype}; expected one of float32, float16, bfloat16")
+
+
+def check_ndim(name: str, arg: str, t: torch.Tensor, ndim: int, what: str) -> None:
+    if t.dim() != ndim:
+        raise ValueError(f"{name}: {arg} must be {what} ({ndim}-D), got shape {tuple(t.shape)}")
+
+
+def check_feature_map(name: str, arg: str, t: torch.Tensor) -> None:
+    """A (B, C, H, W) tensor, dense in NCHW or in channels-last (the kernels take its strides)."""
+    check_ndim(name, arg, t, 4, "(B, C, H, W)")
+    if not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(
+            f"{name}: {arg} (shape {tuple(t.shape)}, strides {t.stride()}) is neither NCHW-contiguous nor "
+            "channels-last-contiguous; call .contiguous() or .contiguous(memory_format=torch.channels_last)"
+        )
+
+
+def check_contiguous(name: str, arg: str, t: torch.Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: {arg} (shape {tuple(t.shape)}, strides {t.stride()}) must be contiguous")
+
+
+def like_layout(shape, ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An empty 4-D tensor of ``shape`` in ``ref``'s memory format (channels-last if ``ref`` is)."""
+    channels_last = not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype, device=ref.device, memory_format=fmt)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
