@@ -1,0 +1,69 @@
+"""One entry point for the training data sources: ``build_source(dataset, root, split)``.
+
+    dataset            source                                        root
+    "cityscapes"       cityscapes.CityscapesSource (folder layout)    the folder with leftImg8bit/, gtFine/
+    "synthetic"        the same, over write_synthetic_cityscapes'      the folder it wrote
+    "camvid"           camvid.CamVidSource (SegNet 11 classes)        the folder with train/, trainannot/...
+    "tfds_cityscapes"  tfds_cityscapes.TfdsCityscapesSource           the TFDS data_dir (None: TFDS's default)
+
+Every source has ``len(src)`` and ``src[i] -> {"image": uint8 HxWx3, "label": uint8 HxW train
+ids (255 = ignore), "name": str}``.  ``num_classes``, ``class_names`` and ``palette`` give the
+label space of a dataset; the Cityscapes ones come from ``cityscapesscripts``' label table.
+The TFDS module is imported only when that source is asked for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cityscapesscripts.helpers.labels import trainId2label
+
+from jax_csfcn.data import camvid
+from jax_csfcn.data.cityscapes import CLASS_NAMES as _CITYSCAPES_NAMES
+from jax_csfcn.data.cityscapes import NUM_CLASSES as _CITYSCAPES_K
+from jax_csfcn.data.cityscapes import CityscapesSource, DataError
+
+DATASETS = ("cityscapes", "camvid", "tfds_cityscapes", "synthetic")
+_FAMILY = {"cityscapes": "cityscapes", "synthetic": "cityscapes", "tfds_cityscapes": "cityscapes", "camvid": "camvid"}
+
+_CITYSCAPES_PALETTE = np.array([trainId2label[k].color for k in range(_CITYSCAPES_K)], np.uint8)
+
+
+def _family(dataset: str) -> str:
+    try:
+        return _FAMILY[dataset]
+    except (KeyError, TypeError):
+        raise DataError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(DATASETS)}") from None
+
+
+def build_source(dataset: str, root: str | None, split: str):
+    """The random-access source of ``split`` of ``dataset`` stored at ``root`` (see the module table)."""
+    _family(dataset)
+    if dataset == "tfds_cityscapes":
+        from jax_csfcn.data.tfds_cityscapes import TfdsCityscapesSource
+
+        return TfdsCityscapesSource(split, data_dir=root)
+    if root is None:
+        hint = (
+            "python -m jax_csfcn.data.synthetic --root DIR writes one"
+            if dataset == "synthetic"
+            else "point it at the unpacked dataset"
+        )
+        raise DataError(f"dataset {dataset!r} needs a root folder (data.root); {hint}")
+    if dataset == "camvid":
+        return camvid.CamVidSource(root, split)
+    return CityscapesSource(root, split)
+
+
+def num_classes(dataset: str) -> int:
+    """Number of train classes (labels are 0..K-1, 255 = ignore)."""
+    return camvid.NUM_CLASSES if _family(dataset) == "camvid" else _CITYSCAPES_K
+
+
+def class_names(dataset: str) -> tuple[str, ...]:
+    """Class names in train-id order."""
+    return tuple(camvid.CLASS_NAMES) if _family(dataset) == "camvid" else tuple(_CITYSCAPES_NAMES)
+
+
+def palette(dataset: str) -> np.ndarray:
+    """uint8 (K, 3): the display colour of each train id."""
+    return (camvid.PALETTE if _family(dataset) == "camvid" else _CITYSCAPES_PALETTE).copy()
