@@ -35,4 +35,6 @@ def load_model(path, *, strict: bool = True, map_location="cpu"):
     return model.to(map_location).eval()
 
 
-__all__ = ["load_model"]
+from torch_deploy.predictor import Predictor  # noqa: E402
+
+__all__ = ["Predictor", "load_model"]

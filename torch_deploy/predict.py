@@ -1,0 +1,334 @@
+"""Predict label maps for images, folders, globs or videos, and export them for benchmarks.
+
+    python -m torch_deploy.predict --checkpoint model.safetensors --input street.png --out pred/
+    python -m torch_deploy.predict --checkpoint model.safetensors --input 'frames/*.jpg' --out pred/
+    python -m torch_deploy.predict --checkpoint model.safetensors --input drive.mp4 --out pred/
+    python -m torch_deploy.predict --checkpoint model.safetensors \\
+        --input cityscapes/leftImg8bit/test --out submission/ --format cityscapes-submission
+
+Outputs for images (``REL`` is the image's path relative to the input folder, or its name):
+
+* ``OUT/labels/REL.png``   single-channel class indices (Cityscapes train ids 0..18, or CamVid
+  class indices 0..10 with ``--format camvid``);
+* ``OUT/color/REL.png``    the labels in the dataset's palette;
+* ``OUT/overlay/REL.png``  the image blended with the colours (``--opacity``);
+* ``OUT/legend.png``       the classes and their colours.
+
+For a video: ``OUT/STEM_overlay.mp4`` (overlays at the input's frame rate) and the legend;
+``--save-frames`` also writes the per-frame PNGs above under ``STEM/``.
+
+``--format cityscapes-submission`` takes ``*_leftImg8bit.png`` inputs and writes only what the
+Cityscapes test server wants, flat in OUT: one PNG of Cityscapes *label ids* (not train ids)
+per image, named ``{city}_{seq}_{frame}_leftImg8bit.png``, the pattern
+``{city}_{seq}_{frame}*.png`` that cityscapesscripts' evaluation matches.  Zip OUT and upload,
+or evaluate locally with ``CITYSCAPES_RESULTS=OUT csEvalPixelLevelSemanticLabeling``.
+
+Every file is written under a temporary name and renamed when complete.  Bad input (a file
+that is not a checkpoint, an unreadable image or video, an output folder that cannot be
+written, an unknown dataset, a video codec ffmpeg lacks) stops the run with a message before
+any output is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from jax_csfcn.data.palette import (
+    DATASETS,
+    colorize,
+    dataset_palette,
+    legend_image,
+    overlay,
+    train_id_to_label_id,
+    write_atomic,
+    write_png,
+)
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+FORMATS = ("trainids", "cityscapes-submission", "camvid")
+DEFAULT_DATASET = {19: "cityscapes", 11: "camvid"}
+CITYSCAPES_NAME = re.compile(r"^(?P<city>[^_/]+)_(?P<seq>\d+)_(?P<frame>\d+)_leftImg8bit\.png$")
+
+
+class PredictError(Exception):
+    """A problem with the command's input; the message says what and where."""
+
+
+# --------------------------------------------------------------------------- inputs
+def _has_magic(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def collect_inputs(spec: str) -> tuple[str, list[tuple[Path, str]]]:
+    """('images' | 'video', [(path, rel name without suffix)]) for an image, folder, glob or video."""
+    p = Path(spec)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise PredictError(f"{spec}: folder holds no images ({', '.join(IMAGE_EXTS)})")
+        return "images", [(f, str(f.relative_to(p).with_suffix(""))) for f in files]
+    if p.is_file():
+        if p.suffix.lower() in VIDEO_EXTS:
+            return "video", [(p, p.stem)]
+        return "images", [(p, p.stem)]
+    if _has_magic(spec):
+        files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if os.path.isfile(f))
+        files = [f for f in files if f.suffix.lower() in IMAGE_EXTS]
+        if not files:
+            raise PredictError(f"{spec}: the pattern matches no image files")
+        root = Path(os.path.commonpath([str(f.parent.absolute()) for f in files]))
+        return "images", [(f, str(f.absolute().relative_to(root).with_suffix(""))) for f in files]
+    raise PredictError(f"{spec}: no such file, folder or matching pattern")
+
+
+def check_images(items) -> None:
+    """Open every image's header, so that an unreadable file fails before any output exists."""
+    from PIL import Image
+
+    for path, _ in items:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as e:
+            raise PredictError(f"{path}: cannot read this image ({type(e).__name__}: {e})") from e
+
+
+def check_submission_names(items) -> None:
+    bad = [str(p) for p, _ in items if not CITYSCAPES_NAME.match(p.name)]
+    if bad:
+        raise PredictError(
+            f"--format cityscapes-submission needs Cityscapes images named "
+            f"{{city}}_{{seq}}_{{frame}}_leftImg8bit.png; {len(bad)} do not match, e.g. {bad[:3]}"
+        )
+
+
+# --------------------------------------------------------------------------- video
+def ffmpeg_has_encoder(codec: str) -> bool:
+    import imageio_ffmpeg
+
+    out = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True, text=True, check=False
+    ).stdout
+    return any(line.split()[1:2] == [codec] for line in out.splitlines() if line.startswith(" "))
+
+
+def open_video(path: Path):
+    import imageio.v2 as iio
+
+    try:
+        reader = iio.get_reader(str(path), format="FFMPEG")
+        meta = reader.get_meta_data()
+        fps = float(meta.get("fps") or 25.0)
+    except Exception as e:
+        raise PredictError(f"{path}: cannot read this video ({type(e).__name__}: {e})") from e
+    return reader, fps, meta
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """Pad odd heights/widths by repeating the last row/column (yuv420p needs even sizes)."""
+    h, w = frame.shape[:2]
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else frame
+
+
+# --------------------------------------------------------------------------- outputs
+def prepare_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise PredictError(f"--out {out}: cannot write there ({e.strerror or e})") from e
+
+
+def _write_visuals(out: Path, rel: str, image, labels, palette, opacity, label_values=None) -> None:
+    for sub, arr in (
+        ("labels", labels if label_values is None else label_values),
+        ("color", colorize(labels, palette)),
+        ("overlay", overlay(image, labels, palette, opacity)),
+    ):
+        dst = out / sub / f"{rel}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_png(dst, arr)
+
+
+def run(args) -> dict:
+    """The command; returns a summary dict. Raises PredictError (and friends) on bad input."""
+    from tqdm import tqdm
+
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise PredictError(f"--dataset {args.dataset!r}: unknown dataset/palette; choose one of {sorted(DATASETS)}")
+    if args.format not in FORMATS:
+        raise PredictError(f"--format {args.format!r}: choose one of {FORMATS}")
+    if not 0.0 <= args.opacity <= 1.0:
+        raise PredictError(f"--opacity {args.opacity}: must lie in [0, 1]")
+    if args.batch_size < 1:
+        raise PredictError(f"--batch-size {args.batch_size}: must be >= 1")
+
+    kind, items = collect_inputs(args.input)
+    if kind == "video":
+        if args.format == "cityscapes-submission":
+            raise PredictError("--format cityscapes-submission takes Cityscapes images, not a video")
+        if not ffmpeg_has_encoder(args.codec):
+            raise PredictError(f"--codec {args.codec}: this ffmpeg has no such video encoder; try libx264 or mpeg4")
+        reader, fps, _ = open_video(items[0][0])
+        reader.close()
+    else:
+        check_images(items)
+        if args.format == "cityscapes-submission":
+            check_submission_names(items)
+
+    from torch_deploy.predictor import Predictor, load_image
+
+    try:
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint, device=args.device, precision=args.precision, batch_size=args.batch_size
+        )
+    except (OSError, ValueError, KeyError) as e:  # ConversionError is a ValueError
+        raise PredictError(f"--checkpoint {args.checkpoint}: {e}") from e
+    k = predictor.num_classes
+    dataset = args.dataset or DEFAULT_DATASET.get(k)
+    if dataset is None:
+        raise PredictError(f"the checkpoint has {k} classes; pass --dataset ({sorted(DATASETS)}) for its palette")
+    names, palette = dataset_palette(dataset)
+    if len(names) != k:
+        raise PredictError(f"the checkpoint has {k} classes but dataset {dataset!r} has {len(names)}")
+    wanted = {"cityscapes-submission": "cityscapes", "camvid": "camvid"}.get(args.format)
+    if wanted and dataset != wanted:
+        raise PredictError(f"--format {args.format} needs --dataset {wanted} (got {dataset})")
+
+    out = Path(args.out)
+    prepare_out_dir(out)
+    written = 0
+    if args.format != "cityscapes-submission":
+        write_png(out / "legend.png", legend_image(names, palette))
+
+    if kind == "images":
+        bar = tqdm(total=len(items), unit="img", desc="predict", disable=args.quiet)
+        for s in range(0, len(items), args.batch_size):
+            chunk = items[s : s + args.batch_size]
+            images = [load_image(p) for p, _ in chunk]
+            for (path, rel), image, labels in zip(chunk, images, predictor.predict(images)):
+                if args.format == "cityscapes-submission":
+                    write_png(out / path.name, train_id_to_label_id(labels))
+                else:
+                    _write_visuals(out, rel, image, labels, palette, args.opacity)
+                written += 1
+                bar.update(1)
+        bar.close()
+        return {"images": written, "out": str(out), "dataset": dataset, "device": str(predictor.device)}
+
+    # video
+    import imageio.v2 as iio
+
+    path, stem = items[0]
+    reader, fps, meta = open_video(path)
+    nframes = meta.get("nframes")
+    total = int(nframes) if isinstance(nframes, (int, float)) and np.isfinite(nframes) else None
+    dst = out / f"{stem}_overlay.mp4"
+
+    def frames():
+        try:
+            yield from reader
+        except Exception as e:
+            raise PredictError(f"{path}: cannot decode the video ({type(e).__name__}: {e})") from e
+
+    def write(tmp):
+        nonlocal written
+        bar = tqdm(total=total, unit="frame", desc="predict", disable=args.quiet)
+        writer = iio.get_writer(tmp, format="FFMPEG", fps=fps, codec=args.codec, macro_block_size=1)
+        try:
+            for frame in _chunks(frames(), args.batch_size):
+                buffer = [np.ascontiguousarray(np.asarray(f)[..., :3]) for f in frame]
+                for image, labels in zip(buffer, predictor.predict(buffer)):
+                    writer.append_data(_even(overlay(image, labels, palette, args.opacity)))
+                    if args.save_frames:
+                        _write_visuals(out / stem, f"{written:06d}", image, labels, palette, args.opacity)
+                    written += 1
+                    bar.update(1)
+        finally:
+            writer.close()
+            reader.close()
+            bar.close()
+        if written == 0:
+            raise PredictError(f"{path}: the video has no frames")
+
+    try:
+        write_atomic(dst, write)
+    except PredictError:
+        raise
+    except Exception as e:
+        raise PredictError(f"writing {dst} failed ({type(e).__name__}: {e})") from e
+    return {"frames": written, "video": str(dst), "fps": fps, "dataset": dataset, "device": str(predictor.device)}
+
+
+def _chunks(it, n):
+    chunk = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m torch_deploy.predict",
+        description="Label maps, colour maps and overlays for images, folders, globs or videos; "
+        "Cityscapes test-server export. See the module docstring for the output layout.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help=".safetensors, upstream .pth, or Orbax Flax directory")
+    p.add_argument(
+        "--input", required=True, help="an image, a folder (searched recursively), a quoted glob, or a video"
+    )
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument(
+        "--dataset", default=None, help=f"palette and class names: {sorted(DATASETS)}; default from the class count"
+    )
+    p.add_argument(
+        "--format",
+        default="trainids",
+        help="label PNG format: trainids (class indices), camvid (CamVid class indices 0..10), or "
+        "cityscapes-submission (label ids for the test server, flat in --out, no visualisations)",
+    )
+    p.add_argument("--opacity", type=float, default=0.5, help="weight of the colours in the overlays")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default: cuda if available")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="fp16/bf16 need CUDA")
+    p.add_argument("--codec", default="libx264", help="video encoder for the overlay video (ffmpeg name)")
+    p.add_argument("--save-frames", action="store_true", help="for a video, also write per-frame PNGs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from torch_deploy.predictor import InputError
+
+    try:
+        summary = run(args)
+    except (PredictError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Images in, label maps out: the inference API of the deployed model.
+
+    from torch_deploy import Predictor
+    pred = Predictor.from_checkpoint("model.safetensors")        # GPU if present, else CPU
+    labels = pred.predict("frankfurt_000000_000294_leftImg8bit.png")   # uint8 (H, W) train ids
+    batch = pred.predict(np.stack([img0, img1]))                 # uint8 (B, H, W)
+    many = pred.predict([path0, pil_image, array])               # list of (Hi, Wi) arrays
+
+Which network runs:
+
+* On CUDA the fast path, ``torch_deploy.optimize.optimize(model, precision=..., output="labels")``
+  (folded BN, Triton kernels, CUDA graphs; labels straight from the head, no full-resolution
+  logits). It is imported only there, so CPU use never needs Triton.  If that module cannot
+  be imported the twin runs on the GPU instead (autocast for fp16/bf16) with a warning.
+* On CPU the PyTorch twin (:mod:`torch_deploy.model`), fp32: the reference the fast path is
+  tested against; fp16/bf16 on CPU are refused rather than silently run in fp32.
+
+Pre-processing (MODEL.md): RGB in 0..1, ImageNet mean/std normalisation, then zero padding
+(after normalisation) at the bottom/right to the next multiple of 8, and the labels cropped
+back.  Inputs already a multiple of 8 are not padded.  Images of different sizes may be
+mixed in one call; they are batched by padded size, ``batch_size`` at a time.  In eval mode
+every image is processed independently of the others in its batch, so batching never
+changes a result.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+PAD_MULTIPLE = 8
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class InputError(ValueError):
+    """An image that cannot be read or is not an RGB uint8 image."""
+
+
+def load_image(image) -> np.ndarray:
+    """A path, PIL image or array -> contiguous uint8 (H, W, 3) RGB array.
+
+    Grey (H, W) / (H, W, 1) arrays are repeated to three channels; an alpha channel is dropped.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such image file") from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise InputError(f"{path}: cannot read this image ({e})") from e
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise InputError(f"images must be uint8 RGB, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InputError(f"images must be (H, W, 3) arrays, got shape {arr.shape}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    arr = np.ascontiguousarray(arr[..., :3])
+    return arr if arr.flags.writeable else arr.copy()  # torch.from_numpy wants writable memory
+
+
+def padded_size(h: int, w: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]:
+    return -(-h // multiple) * multiple, -(-w // multiple) * multiple
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Runs a CSFCN checkpoint on images of any size; see the module docstring."""
+
+    def __init__(self, model: torch.nn.Module, *, device=None, precision: str = "fp32", batch_size: int = 4):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.device} requested but CUDA is not available")
+        if self.device.type != "cuda" and precision != "fp32":
+            raise ValueError(f"precision {precision} needs a CUDA device; on {self.device} the twin runs in fp32")
+        self.precision = precision
+        self.batch_size = int(batch_size)
+        self.model = model.eval().to(self.device)
+        self.num_classes = int(model.config.num_classes)
+        self.config = model.config
+        self._mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
+        self._std = torch.tensor(STD, device=self.device).view(3, 1, 1)
+        self.fast = False
+        self._run = self._run_twin
+        if self.device.type == "cuda":
+            try:
+                from torch_deploy.optimize import optimize
+            except ImportError as e:
+                warnings.warn(
+                    f"torch_deploy.optimize is not importable ({e}); running the reference twin on {self.device}",
+                    stacklevel=2,
+                )
+            else:
+                self._optimized = optimize(self.model, precision=precision, output="labels")
+                self._run = self._run_fast
+                self.fast = True
+
+    @classmethod
+    def from_checkpoint(cls, path, device=None, precision: str = "fp32", batch_size: int = 4) -> Predictor:
+        """A predictor for any checkpoint :func:`torch_deploy.load_model` reads."""
+        from torch_deploy import load_model
+
+        return cls(load_model(path), device=device, precision=precision, batch_size=batch_size)
+
+    # ------------------------------------------------------------------ running the network
+    def _run_twin(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return self.model(x).argmax(1)
+
+    def _run_fast(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._optimized(x)
+        return out.argmax(1) if out.ndim == 4 else out
+
+    def _normalise_padded(self, images: Sequence[np.ndarray], hp: int, wp: int) -> torch.Tensor:
+        """uint8 (H, W, 3) images of one padded size -> normalised fp32 NCHW, zero-padded."""
+        batch = torch.zeros(len(images), 3, hp, wp, device=self.device)
+        for i, img in enumerate(images):
+            t = torch.from_numpy(img).to(self.device, non_blocking=True).permute(2, 0, 1).float()
+            batch[i, :, : img.shape[0], : img.shape[1]] = (t / 255.0 - self._mean) / self._std
+        return batch
+
+    @torch.inference_mode()
+    def _predict_arrays(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        out: list[np.ndarray | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(padded_size(*img.shape[:2]), []).append(i)
+        for (hp, wp), idx in groups.items():
+            for s in range(0, len(idx), self.batch_size):
+                chunk = idx[s : s + self.batch_size]
+                labels = self._run(self._normalise_padded([images[i] for i in chunk], hp, wp))
+                labels = labels.to(torch.uint8).cpu().numpy()
+                for j, i in enumerate(chunk):
+                    h, w = images[i].shape[:2]
+                    out[i] = np.ascontiguousarray(labels[j, :h, :w])
+        return out  # type: ignore[return-value]
+
+    def predict(self, image_or_batch):
+        """Label maps (uint8 train ids) for one image or a batch.
+
+        * one image (path, PIL image, uint8 (H, W, 3) array) -> (H, W) array;
+        * a uint8 (B, H, W, 3) array -> (B, H, W) array;
+        * a list / tuple of images of any sizes -> list of (Hi, Wi) arrays.
+        """
+        if isinstance(image_or_batch, np.ndarray) and image_or_batch.ndim == 4:
+            return np.stack(self._predict_arrays([load_image(im) for im in image_or_batch]))
+        if isinstance(image_or_batch, (list, tuple)):
+            return self._predict_arrays([load_image(im) for im in image_or_batch])
+        return self._predict_arrays([load_image(image_or_batch)])[0]
+
+    def predict_iter(self, images: Iterable) -> Iterable[np.ndarray]:
+        """Label maps for a stream of images (e.g. video frames), ``batch_size`` at a time."""
+        chunk: list[np.ndarray] = []
+        for im in images:
+            chunk.append(load_image(im))
+            if len(chunk) == self.batch_size:
+                yield from self._predict_arrays(chunk)
+                chunk = []
+        if chunk:
+            yield from self._predict_arrays(chunk)
+
+    def logits(self, image) -> torch.Tensor:
+        """fp32 (K, H, W) logits of one image from the twin (padding cropped), for checks."""
+        img = load_image(image)
+        hp, wp = padded_size(*img.shape[:2])
+        with torch.inference_mode():
+            out = self.model(self._normalise_padded([img], hp, wp)).float()
+        return out[0, :, : img.shape[0], : img.shape[1]]
+
+
+def normalise(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised fp32 (B, 3, H, W) (no padding), as the predictor does."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return (x / 255.0 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+    """Zero-pad NCHW at the bottom/right to the next multiple of ``multiple``."""
+    h, w = x.shape[-2:]
+    hp, wp = padded_size(h, w, multiple)
+    return F.pad(x, (0, wp - w, 0, hp - h)) if (hp, wp) != (h, w) else x
