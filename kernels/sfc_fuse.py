@@ -40,7 +40,7 @@ if HAS_TRITON:
         """``torch.linspace(-1, 1, n)[i]`` in fp32, computed the way ATen's CPU kernel does."""
         nf = n.to(tl.float32)
         fi = i.to(tl.float32)
-        step = 2.0 / (nf - 1.0)
+        step = 2.0 / tl.maximum(nf - 1.0, 1.0)  # n == 1 is handled below
         v = tl.where(i < n // 2, -1.0 + step * fi, 1.0 - step * (nf - 1.0 - fi))
         return tl.where(n == 1, -1.0, v)
 
@@ -173,9 +173,10 @@ if HAS_TRITON:
         dy_sp = tl.load(rb + (2 * G + 2 * g + 1) * r_sc, mask=pmask, other=0.0).to(tl.float32)
         gate_sp = tl.load(rb + (4 * G) * r_sc, mask=pmask, other=0.0).to(tl.float32)
         gate_cp = tl.load(rb + (4 * G + 1) * r_sc, mask=pmask, other=0.0).to(tl.float32)
-        # 1 + tanh(v) == 2 * sigmoid(2 v), exact in reals and free of cancellation near -1.
-        a_sp = 2.0 / (1.0 + tl.exp(-2.0 * gate_sp))
-        a_cp = 2.0 / (1.0 + tl.exp(-2.0 * gate_cp))
+        # 1 + tanh(v) == 2 * sigmoid(2 v), exact in reals and free of cancellation near -1; v >= -40
+        # keeps exp finite (1 + tanh(-40) is below fp32's smallest normal anyway).
+        a_sp = 2.0 / (1.0 + tl.exp(-2.0 * tl.maximum(gate_sp, -40.0)))
+        a_cp = 2.0 / (1.0 + tl.exp(-2.0 * tl.maximum(gate_cp, -40.0)))
 
         wf = W.to(tl.float32)
         hf = H.to(tl.float32)
@@ -245,7 +246,7 @@ def sfc_fuse(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, *, block_p: in
     upsample = tuple(sp.shape[2:]) != (h, w)
     hs, ws = sp.shape[2:]
     if block_p is None:
-        block_p = 512 if interpreted(_sfc_fuse_kernel) else 64
+        block_p = 4096 if interpreted(_sfc_fuse_kernel) else 64  # the interpreter pays per program
     grid = (triton.cdiv(h * w, block_p), b * groups)
     _sfc_fuse_kernel[grid](
         cp,

@@ -1,0 +1,333 @@
+"""Triton kernels vs their pure-PyTorch references (kernels/*.py).
+
+On a machine without a GPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``,
+set by ``make test``; set here too when the variable is absent and there is no GPU, before
+``kernels`` is imported). Inputs are fresh seeded random tensors per test, never zeros.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from kernels._common import interpreted  # noqa: E402
+from kernels.pooled_attention import (  # noqa: E402
+    _pooled_attention_kernel,
+    pooled_attention,
+    pooled_attention_reference,
+)
+from kernels.sfc_fuse import _sfc_fuse_kernel, linspace_m1p1, sfc_fuse, sfc_fuse_reference  # noqa: E402
+from kernels.shuffle_head import _shuffle_labels_kernel, shuffle_head, shuffle_head_reference  # noqa: E402
+
+DEVICE = "cpu" if interpreted(_sfc_fuse_kernel) else "cuda"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Relative L2 error allowed per storage dtype: fp32 computes the same fp32 arithmetic as the
+# reference; fp16/bf16 differ by the rounding of the stored output (the interpreter also
+# truncates fp32 -> bf16 instead of rounding to nearest).
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm())
+
+
+def gen(request) -> torch.Generator:
+    import zlib
+
+    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def randn(g, *shape, dtype=torch.float32, scale=1.0, channels_last=False) -> torch.Tensor:
+    t = (torch.randn(shape, generator=g) * scale).to(dtype)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.to(DEVICE)
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_kernels_run_where_expected():
+    """CPU tests really go through Triton (the interpreter), not a silent fallback."""
+    if not torch.cuda.is_available():
+        assert interpreted(_sfc_fuse_kernel) and interpreted(_shuffle_labels_kernel)
+        assert interpreted(_pooled_attention_kernel)
+
+
+# ----------------------------------------------------------------------------- sfc_fuse
+SFC_CASES = [
+    # (B, C, H, W, sp size, dtype, channels_last, offset scale)
+    pytest.param(1, 128, 128, 256, (128, 256), "fp32", False, 3.0, id="1x128x128x256-fp32-nchw"),
+    pytest.param(1, 128, 128, 256, (32, 64), "fp16", True, 3.0, id="1x128x128x256-up32x64-fp16-nhwc"),
+    pytest.param(3, 128, 37, 41, (37, 41), "fp32", False, 4.0, id="3x128x37x41-fp32-nchw"),
+    pytest.param(3, 128, 37, 41, (37, 41), "fp16", True, 4.0, id="3x128x37x41-fp16-nhwc"),
+    pytest.param(3, 128, 37, 41, (37, 41), "bf16", False, 4.0, id="3x128x37x41-bf16-nchw"),
+    pytest.param(3, 128, 37, 41, (10, 11), "fp32", True, 4.0, id="3x128x37x41-up10x11-fp32-nhwc"),
+    pytest.param(2, 128, 37, 41, (10, 11), "bf16", True, 4.0, id="2x128x37x41-up10x11-bf16-nhwc"),
+    pytest.param(2, 128, 19, 23, (5, 6), "fp16", False, 4.0, id="2x128x19x23-up5x6-fp16-nchw"),
+    pytest.param(2, 128, 9, 7, (9, 7), "fp32", False, 40.0, id="2x128x9x7-far-offsets"),
+    pytest.param(2, 64, 12, 10, (3, 1), "fp32", True, 2.0, id="2x64x12x10-up3x1-G1"),
+    pytest.param(1, 128, 1, 5, (1, 2), "fp32", False, 2.0, id="1x128x1x5-up1x2-single-row"),
+]
+
+
+@pytest.mark.parametrize("b,c,h,w,sp_hw,dtype,cl,scale", SFC_CASES)
+def test_sfc_fuse_matches_reference(request, b, c, h, w, sp_hw, dtype, cl, scale):
+    g = gen(request)
+    dt = DTYPES[dtype]
+    groups = 1 if c == 64 else 2
+    cp = randn(g, b, c, h, w, dtype=dt, channels_last=cl)
+    sp = randn(g, b, c, *sp_hw, dtype=dt, channels_last=cl)
+    r = randn(g, b, 4 * groups + 2, h, w, dtype=dt, scale=scale, channels_last=cl)
+    out = sfc_fuse(cp, sp, r)
+    ref = sfc_fuse_reference(cp, sp, r)
+    assert out.shape == (b, c, h, w) and out.dtype == dt
+    assert is_channels_last(out) == cl
+    assert torch.isfinite(out).all()
+    err = rel_l2(out, ref)
+    assert err <= TOL[dt], f"relative L2 {err:.2e} > {TOL[dt]:.0e}"
+
+
+def _offsets_to(targets: torch.Tensor, n: int) -> torch.Tensor:
+    """Offsets (in the model's units) that move base pixel i to pixel coordinate targets[..., i]."""
+    base = linspace_m1p1(n, torch.float64).double()
+    return (2.0 * targets / (n - 1) - 1.0 - base) * n
+
+
+@pytest.mark.parametrize("upsample", [False, True], ids=["same-size", "up"])
+def test_sfc_fuse_borders(request, upsample):
+    """Samples exactly on the first/last row and column, half a pixel and one pixel outside, far away."""
+    g = gen(request)
+    b, c, h, w = 2, 128, 11, 13
+    cp = randn(g, b, c, h, w)
+    sp = randn(g, b, c, *((4, 5) if upsample else (h, w)))
+    targets_x = torch.tensor([0.0, w - 1.0, -0.5, w - 0.5, -1.0, float(w), -100.0, w + 100.0, 0.25, w - 1.25])
+    targets_y = torch.tensor([0.0, h - 1.0, -0.5, h - 0.5, -1.0, float(h), 1e4, -1e4, h - 1.0, 0.0])
+    tx = targets_x[torch.randint(len(targets_x), (b, 4, h, w), generator=g)].double()
+    ty = targets_y[torch.randint(len(targets_y), (b, 4, h, w), generator=g)].double()
+    dx = _offsets_to(tx, w)  # broadcast over the width axis: base x varies along the last dim
+    dy = _offsets_to(ty.transpose(2, 3), h).transpose(2, 3)
+    offs = torch.stack([dx[:, 0], dy[:, 0], dx[:, 1], dy[:, 1], dx[:, 2], dy[:, 2], dx[:, 3], dy[:, 3]], dim=1)
+    gates = torch.randn(b, 2, h, w, generator=g, dtype=torch.float64) * 3
+    r = torch.cat([offs, gates], dim=1).float().to(DEVICE)
+    out = sfc_fuse(cp, sp, r)
+    ref = sfc_fuse_reference(cp, sp, r)
+    assert rel_l2(out, ref) <= 1e-5
+    # samples entirely outside the map read zeros: where both sampling points of a group (cp and
+    # sp) are more than a pixel outside, that group's 64 output channels are exactly zero
+    far = (tx < -1) | (tx > w) | (ty < -1) | (ty > h)  # (b, 4, h, w): cp g0, cp g1, sp g0, sp g1
+    out = out.cpu()
+    for grp in range(2):
+        dead = far[:, grp] & far[:, 2 + grp]
+        assert dead.any()
+        assert out[:, 64 * grp : 64 * (grp + 1)].permute(0, 2, 3, 1)[dead].abs().max() == 0
+
+
+def test_sfc_fuse_zero_offsets_is_gated_identity(request):
+    """With zero offsets SFC samples every pixel at itself: out = sp * (1 + tanh) + cp * (1 + tanh)."""
+    g = gen(request)
+    cp = randn(g, 2, 128, 6, 9)
+    sp = randn(g, 2, 128, 6, 9)
+    r = torch.cat([torch.zeros(2, 8, 6, 9), torch.randn(2, 2, 6, 9, generator=g)], 1).to(DEVICE)
+    expected = sp * (1 + torch.tanh(r[:, 8:9])) + cp * (1 + torch.tanh(r[:, 9:10]))
+    assert rel_l2(sfc_fuse(cp, sp, r), expected) <= 1e-5
+
+
+def test_sfc_fuse_rejects_bad_arguments(request):
+    g = gen(request)
+    cp = randn(g, 2, 128, 8, 8)
+    sp = randn(g, 2, 128, 2, 2)
+    r = randn(g, 2, 10, 8, 8)
+    with pytest.raises(ValueError, match=r"r \(2, 9, 8, 8\) must be \(B, 4G \+ 2, H, W\)"):
+        sfc_fuse(cp, sp, r[:, :9].contiguous())
+    with pytest.raises(ValueError, match="sp .* must have cp's batch and channels"):
+        sfc_fuse(cp, sp[:, :64].contiguous(), r)
+    with pytest.raises(TypeError, match="share one dtype"):
+        sfc_fuse(cp, sp.half(), r)
+    with pytest.raises(TypeError, match="cp has dtype torch.int32"):
+        sfc_fuse(cp.int(), sp, r)
+    with pytest.raises(ValueError, match="neither NCHW-contiguous nor channels-last"):
+        sfc_fuse(cp.transpose(2, 3), sp, r)
+    with pytest.raises(ValueError, match=r"cp must be \(B, C, H, W\) \(4-D\)"):
+        sfc_fuse(cp[0], sp, r)
+    with pytest.raises(ValueError, match="do not split into 2 groups"):
+        sfc_fuse(randn(g, 2, 7, 8, 8), randn(g, 2, 7, 8, 8), r)
+
+
+# ----------------------------------------------------------------------------- shuffle_head
+HEAD_CASES = [
+    # (B, Cin, h, w, K, dtype, channels_last)
+    pytest.param(2, 128, 5, 7, 19, "fp32", False, id="2x128x5x7-K19-fp32-nchw"),
+    pytest.param(3, 128, 9, 13, 11, "fp32", True, id="3x128x9x13-K11-fp32-nhwc"),
+    pytest.param(2, 128, 7, 5, 1, "fp16", False, id="2x128x7x5-K1-fp16-nchw"),
+    pytest.param(1, 128, 16, 32, 19, "fp16", True, id="1x128x16x32-K19-fp16-nhwc"),
+    pytest.param(2, 128, 6, 11, 11, "bf16", True, id="2x128x6x11-K11-bf16-nhwc"),
+    pytest.param(1, 128, 3, 3, 19, "bf16", False, id="1x128x3x3-K19-bf16-nchw"),
+    pytest.param(2, 40, 5, 3, 2, "fp32", False, id="2x40x5x3-K2-Cin40"),
+]
+
+
+@pytest.mark.parametrize("b,cin,h,w,k,dtype,cl", HEAD_CASES)
+def test_shuffle_head_logits_match_reference(request, b, cin, h, w, k, dtype, cl):
+    g = gen(request)
+    dt = DTYPES[dtype]
+    x = randn(g, b, cin, h, w, dtype=dt, channels_last=cl)
+    weight = randn(g, k * 64, cin, dtype=dt, scale=cin**-0.5)
+    bias = randn(g, k * 64, dtype=dt, scale=0.5)
+    out = shuffle_head(x, weight, bias)
+    ref = shuffle_head_reference(x, weight, bias)
+    assert out.shape == (b, k, 8 * h, 8 * w) and out.dtype == dt
+    assert is_channels_last(out) == (cl and k > 1)
+    err = rel_l2(out, ref)
+    assert err <= TOL[dt], f"relative L2 {err:.2e} > {TOL[dt]:.0e}"
+
+
+def _check_labels(labels, x, weight, bias, k):
+    """Labels equal the reference argmax wherever the top-2 margin is beyond rounding."""
+    w4 = weight.float().reshape(k * 64, -1, 1, 1).cpu()
+    logits = torch.nn.functional.pixel_shuffle(
+        torch.nn.functional.conv2d(x.float().cpu(), w4, None if bias is None else bias.float().cpu()), 8
+    )
+    ref = shuffle_head_reference(x, weight, bias, output="labels")
+    assert labels.shape == ref.shape
+    labels = labels.cpu().long()
+    if k == 1:
+        assert (labels == 0).all()
+        return
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4 * logits.abs().amax(dim=1).clamp_min(1.0)
+    assert clear.float().mean() > 0.9
+    assert torch.equal(labels[clear], ref.long().cpu()[clear])
+    assert (labels == ref.long().cpu()).float().mean() >= 0.999
+
+
+@pytest.mark.parametrize("b,cin,h,w,k,dtype,cl", HEAD_CASES)
+def test_shuffle_head_labels_match_reference(request, b, cin, h, w, k, dtype, cl):
+    g = gen(request)
+    dt = DTYPES[dtype]
+    x = randn(g, b, cin, h, w, dtype=dt, channels_last=cl)
+    weight = randn(g, k * 64, cin, dtype=dt, scale=cin**-0.5)
+    bias = randn(g, k * 64, dtype=dt, scale=0.5)
+    labels = shuffle_head(x, weight, bias, output="labels")
+    assert labels.dtype == torch.uint8 and labels.shape == (b, 8 * h, 8 * w)
+    _check_labels(labels, x, weight, bias, k)
+
+
+def test_shuffle_head_labels_realistic_size(request):
+    """1/8 map of a 512x1024 input, K = 19, channels-last fp16 as the optimised model runs it."""
+    g = gen(request)
+    x = randn(g, 1, 128, 64, 128, dtype=torch.float16, channels_last=True)
+    weight = randn(g, 19 * 64, 128, dtype=torch.float16, scale=128**-0.5)
+    bias = randn(g, 19 * 64, dtype=torch.float16, scale=0.5)
+    _check_labels(shuffle_head(x, weight, bias, output="labels"), x, weight, bias, 19)
+
+
+def test_shuffle_head_options(request):
+    g = gen(request)
+    x = randn(g, 2, 128, 4, 6)
+    weight = randn(g, 11 * 64, 128, 1, 1, scale=128**-0.5)  # conv-shaped weight
+    out = shuffle_head(x, weight, None)
+    assert rel_l2(out, shuffle_head_reference(x, weight, None)) <= 1e-5
+    labels = shuffle_head(x, weight, None, output="labels", labels_dtype=torch.int32)
+    assert labels.dtype == torch.int32
+    _check_labels(labels, x, weight, None, 11)
+    # an upscale other than 8: 1x1 conv to K*4 channels + pixel_shuffle(2)
+    w2 = randn(g, 3 * 4, 128, scale=128**-0.5)
+    out2 = shuffle_head(x, w2, None, upscale=2)
+    ref2 = torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(x, w2[:, :, None, None]), 2)
+    assert out2.shape == (2, 3, 8, 12) and rel_l2(out2, ref2) <= 1e-5
+
+
+def test_shuffle_head_ties_and_nan_follow_torch_argmax(request):
+    """Equal logits pick the lowest class; a NaN logit wins -- as torch.argmax."""
+    x = torch.ones(1, 16, 2, 2, device=DEVICE)
+    weight = torch.zeros(3 * 64, 16, device=DEVICE)
+    weight[64:] = 1.0  # classes 1 and 2 tie at 16, class 0 is 0
+    labels = shuffle_head(x, weight, None, output="labels")
+    assert (labels == 1).all()
+    bias = torch.zeros(3 * 64, device=DEVICE)
+    bias[2 * 64 + 5] = float("nan")  # sub-pixel (0, 5) of class 2
+    labels = shuffle_head(x, weight, bias, output="labels").cpu()
+    assert (labels.reshape(2, 8, 2, 8)[:, 0, :, 5] == 2).all()
+    assert (labels.reshape(2, 8, 2, 8)[:, 1:] == 1).all()
+
+
+def test_shuffle_head_rejects_bad_arguments(request):
+    g = gen(request)
+    x = randn(g, 1, 128, 4, 4)
+    weight = randn(g, 19 * 64, 128)
+    with pytest.raises(ValueError, match="weight has 64 input channels"):
+        shuffle_head(x, weight[:, :64].contiguous(), None)
+    with pytest.raises(ValueError, match="not K \\* 8\\*\\*2"):
+        shuffle_head(x, weight[:100], None)
+    with pytest.raises(ValueError, match=r"bias must have shape \(1216,\)"):
+        shuffle_head(x, weight, randn(g, 19))
+    with pytest.raises(TypeError, match="weight dtype torch.float16 differs"):
+        shuffle_head(x, weight.half(), None)
+    with pytest.raises(ValueError, match="output='probs'"):
+        shuffle_head(x, weight, None, output="probs")
+    with pytest.raises(TypeError, match="300 classes do not fit"):
+        shuffle_head(x, randn(g, 300 * 64, 128), None, output="labels", labels_dtype=torch.uint8)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        shuffle_head(x, weight.t().contiguous().t(), None)
+
+
+# ----------------------------------------------------------------------------- pooled_attention
+ATTN_CASES = [
+    # (B, D, H, W, S, C, dtype, channels_last)
+    pytest.param(1, 32, 32, 64, 100, 256, "fp32", False, id="1x32x32x64-S100-fp32-nchw"),
+    pytest.param(2, 32, 32, 64, 100, 256, "fp16", True, id="2x32x32x64-S100-fp16-nhwc"),
+    pytest.param(3, 32, 7, 9, 50, 256, "fp32", True, id="3x32x7x9-S50-fp32-nhwc"),
+    pytest.param(2, 32, 5, 11, 3, 40, "bf16", False, id="2x32x5x11-S3-C40-bf16-nchw"),
+    pytest.param(2, 32, 4, 5, 1, 256, "fp16", False, id="2x32x4x5-S1-fp16"),
+    pytest.param(1, 20, 3, 17, 130, 70, "bf16", True, id="1x20x3x17-S130-C70-bf16-nhwc"),
+]
+
+
+@pytest.mark.parametrize("b,d,h,w,s,c,dtype,cl", ATTN_CASES)
+def test_pooled_attention_matches_reference(request, b, d, h, w, s, c, dtype, cl):
+    g = gen(request)
+    dt = DTYPES[dtype]
+    q = randn(g, b, d, h, w, dtype=dt, channels_last=cl)
+    k = randn(g, b, d, s, dtype=dt, scale=0.5)
+    v = randn(g, b, c, s, dtype=dt)
+    out = pooled_attention(q, k, v)
+    assert out.shape == (b, c, h, w) and out.dtype == dt and is_channels_last(out) == cl
+    err = rel_l2(out, pooled_attention_reference(q, k, v))
+    assert err <= TOL[dt], f"relative L2 {err:.2e} > {TOL[dt]:.0e}"
+
+
+def test_pooled_attention_large_scores_stay_finite(request):
+    """Scores of hundreds (no 1/sqrt(d) scaling) must not overflow the softmax."""
+    g = gen(request)
+    q = randn(g, 2, 32, 6, 7, scale=6.0)
+    k = randn(g, 2, 32, 100, scale=6.0)
+    v = randn(g, 2, 256, 100)
+    out = pooled_attention(q, k, v)
+    assert torch.isfinite(out).all()
+    assert rel_l2(out, pooled_attention_reference(q, k, v)) <= 1e-5
+
+
+def test_pooled_attention_rejects_bad_arguments(request):
+    g = gen(request)
+    q = randn(g, 2, 32, 4, 4)
+    k = randn(g, 2, 32, 100)
+    v = randn(g, 2, 256, 100)
+    with pytest.raises(ValueError, match=r"key \(2, 16, 100\) must be \(B, D, S\)"):
+        pooled_attention(q, k[:, :16].contiguous(), v)
+    with pytest.raises(ValueError, match=r"value \(2, 256, 99\) must be \(B, C, S\)"):
+        pooled_attention(q, k, v[:, :, :99].contiguous())
+    with pytest.raises(ValueError, match="2000 pooled positions"):
+        pooled_attention(q, randn(g, 2, 32, 2000), randn(g, 2, 256, 2000))
+    with pytest.raises(ValueError, match="key .* must be contiguous"):
+        pooled_attention(q, k.transpose(1, 2).contiguous().transpose(1, 2), v)
+    with pytest.raises(TypeError, match="share one dtype"):
+        pooled_attention(q, k.half(), v)
