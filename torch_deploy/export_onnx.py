@@ -1,0 +1,334 @@
+"""Export a CSFCN checkpoint to ONNX, and check the file with onnxruntime in the same command.
+
+    python -m torch_deploy.export_onnx --checkpoint model.safetensors --out model.onnx
+    python -m torch_deploy.export_onnx --checkpoint model.safetensors --out model.onnx --dynamic
+
+The graph takes normalised images ``image`` (B, 3, H, W) float32 (ImageNet mean/std on 0..1
+RGB, H and W multiples of 8; pad as :class:`torch_deploy.Predictor` does) and returns
+``logits`` (B, K, H, W).  Opset 18 by default (GridSample needs >= 16; the dynamo exporter
+emits opset-18 ops and fails to convert them down to 17, so lower opsets are refused).  BatchNorm is folded into the convs before export
+(:func:`torch_deploy.optimize.fold_bn`, no BatchNormalization node is left), SFC's sampling
+becomes ONNX ``GridSample`` (opset >= 16) and the head's pixel shuffle a ``DepthToSpace`` /
+reshape-transpose.
+
+Static (default): batch and ``--size H W`` are fixed.  ``--dynamic``: batch, H and W are free
+(H, W multiples of 8, 32..8192).  The dynamic graph is the same network written so that no
+shape is baked in: CFC's pyramid pooling (whose column count ``round(W / H * g)`` depends on
+the aspect ratio) becomes averaging matrices built from the shape, padded to a shape-derived
+upper bound, with the padded bins masked out of the softmax; SFC's base grid is the
+``linspace`` formula on ``arange``.  On the twin's own inputs it computes the same function.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript).  The legacy
+TorchScript exporter cannot trace the pyramid pooling (its bin count is Python arithmetic on
+the traced shape: ``round(w / h * g)`` fails on a traced tensor) and is deprecated in recent
+torch; torch.export also decomposes adaptive pooling with non-divisible sizes, which the
+legacy ONNX symbolic refuses.
+
+Check: onnxruntime (CPU) against the PyTorch twin (unfolded, fp32) on seeded random inputs,
+at the export size and, for ``--dynamic``, also at another batch, size and aspect ratio:
+relative L2 error of the logits <= 1e-4 and argmax agreement >= 99.9%.  The numbers are
+printed; the file is written under a temporary name and renamed only when the check passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jax_csfcn.model_config import PYRAMID_GRIDS, SFC_GROUPS
+from torch_deploy.model import CSFCN
+
+MAX_REL_L2 = 1e-4
+MIN_ARGMAX_AGREEMENT = 0.999
+# GridSample needs opset 16; the dynamo exporter writes opset-18 ops and its conversion down to
+# 17 fails (ReduceMean's axes input -> attribute), so 18 is the lowest opset that really works.
+MIN_OPSET = 18
+
+
+class ExportError(Exception):
+    """A problem with the export's input or its check; the message says what."""
+
+
+# --------------------------------------------------------------------------- BN folding
+def fold_batchnorms(model: CSFCN) -> CSFCN:
+    """A copy of the twin with every BatchNorm folded into the conv before it (BN -> Identity).
+
+    Pairs are adjacent children in registration order, which in the twin is execution order:
+    ConvBNReLU (conv, bn), BasicBlock (conv1, bn1), (conv2, bn2), downsample (0, 1), the stem
+    (conv1, bn1) and the deep stem's inner pairs (conv1 a Sequential: its last conv).
+    """
+    from torch_deploy.optimize import fold_bn
+
+    model = copy.deepcopy(model).eval()
+    for parent in list(model.modules()):
+        names = list(parent._modules)
+        for a, b in zip(names, names[1:]):
+            conv_holder, bn = parent._modules[a], parent._modules[b]
+            if not isinstance(bn, nn.BatchNorm2d):
+                continue
+            holder, name = parent, a
+            if isinstance(conv_holder, nn.Sequential) and not isinstance(conv_holder, nn.Conv2d):
+                holder, name = conv_holder, list(conv_holder._modules)[-1]
+            conv = holder._modules[name]
+            if not isinstance(conv, nn.Conv2d):
+                raise ExportError(f"cannot fold {b}: the module before it is {type(conv).__name__}, not a conv")
+            setattr(holder, name, fold_bn(conv, bn))
+            setattr(parent, b, nn.Identity())
+    left = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if left:
+        raise ExportError(f"BatchNorm layers left unfolded: {left}")
+    return model
+
+
+# --------------------------------------------------------------------------- shape-generic ops
+def _pool_matrix(n: int, bins: torch.Tensor, max_bins: int, device) -> torch.Tensor:
+    """(max_bins, n) matrix averaging a length-n axis into ``bins`` adaptive-pooling bins.
+
+    Bin i covers [floor(i*n/bins), ceil((i+1)*n/bins)) as in ``adaptive_avg_pool``; rows
+    i >= bins are zero.
+    """
+    i = torch.arange(max_bins, device=device).unsqueeze(1)
+    idx = torch.arange(n, device=device).unsqueeze(0)
+    start = torch.div(i * n, bins, rounding_mode="floor")
+    end = torch.div((i + 1) * n + bins - 1, bins, rounding_mode="floor")
+    m = ((idx >= start) & (idx < end) & (i < bins)).to(torch.float32)
+    return m / m.sum(1, keepdim=True).clamp(min=1.0)
+
+
+def pyramid_pool_masked(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) -> pooled (B, C, S_max) and bool (S_max,) validity, for any H, W.
+
+    The same bins as :func:`torch_deploy.model.pyramid_pool` (grid g x max(1, round(W/H*g)),
+    half-to-even rounding in float64 like Python's ``round``), in another order and padded
+    with invalid bins up to ``(g*W + H//2)//H + 1`` columns, which bounds the column count.
+    """
+    b, c, h, w = x.shape
+    one = torch.ones((), dtype=torch.float64, device=x.device)
+    ratio = (one * w) / (one * h)
+    feats, valid = [], []
+    for g in PYRAMID_GRIDS:
+        cols = torch.clamp(torch.round(ratio * g), min=1).to(torch.int64)
+        max_cols = (g * w + h // 2) // h + 1
+        rows_m = _pool_matrix(h, torch.full((), g, dtype=torch.int64, device=x.device), g, x.device)
+        cols_m = _pool_matrix(w, cols, max_cols, x.device)
+        feats.append(torch.matmul(rows_m, torch.matmul(x, cols_m.t())).reshape(b, c, -1))
+        valid.append((torch.arange(max_cols, device=x.device) < cols).repeat(g))
+    return torch.cat(feats, 2), torch.cat(valid)
+
+
+def _linspace(n: int, dtype, device) -> torch.Tensor:
+    """``torch.linspace(-1, 1, n)`` (same two-sided formula) with a symbolic ``n`` (n >= 2)."""
+    i = torch.arange(n, device=device).to(dtype)
+    step = 2.0 / (i[-1:]).clamp(min=1.0)
+    return torch.where(i < n // 2, -1.0 + step * i, 1.0 - step * ((n - 1) - i))
+
+
+def _sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
+    kw = {"dtype": offsets.dtype, "device": offsets.device}
+    ys = _linspace(h, **kw).view(-1, 1) + torch.zeros(1, w, **kw)
+    xs = _linspace(w, **kw).view(1, -1) + torch.zeros(h, 1, **kw)
+    off = offsets.reshape(n * SFC_GROUPS, 2, h, w).permute(0, 2, 3, 1)
+    return torch.stack((xs, ys), dim=2) + torch.stack((off[..., 0] / w, off[..., 1] / h), dim=3)
+
+
+class DynamicCSFCN(nn.Module):
+    """The twin's forward with shape-generic pooling and grids (for ``--dynamic`` export)."""
+
+    def __init__(self, model: CSFCN):
+        super().__init__()
+        self.m = model
+
+    def _cfc(self, x):
+        cfc = self.m.cfc
+        x = cfc.reduce_channel(x)
+        b, c, h, w = x.shape
+        pooled, valid = pyramid_pool_masked(x)
+        query = cfc.query_conv(x).reshape(b, 32, -1).permute(0, 2, 1)
+        scores = torch.matmul(query, cfc.key_conv(pooled)).masked_fill(~valid, float("-inf"))
+        attn = torch.softmax(scores, dim=-1)
+        context = torch.bmm(cfc.value_conv(pooled), attn.permute(0, 2, 1)).reshape(b, c, h, w)
+        return x + cfc.local_attention(context)
+
+    def _sfc(self, cp, sp):
+        sfc = self.m.sfc
+        sp = F.interpolate(sfc.conv_32(sp), cp.shape[2:], mode="bilinear", align_corners=True)
+        cp = sfc.conv_8(cp)
+        cat = torch.cat([cp, sp], 1) if sfc.tiny else torch.cat([sfc.cp1x1(cp), sfc.sp1x1(sp)], 1)
+        r = sfc.conv_offset(cat)
+        n, c, h, w = cp.shape
+        g = SFC_GROUPS
+        cp = F.grid_sample(cp.reshape(n * g, -1, h, w), _sfc_grid(n, h, w, r[:, 0 : 2 * g]), align_corners=True)
+        sp = F.grid_sample(sp.reshape(n * g, -1, h, w), _sfc_grid(n, h, w, r[:, 2 * g : 4 * g]), align_corners=True)
+        att = 1 + torch.tanh(r[:, 4 * g : 4 * g + 2])
+        return sp.reshape(n, c, h, w) * att[:, 0:1] + cp.reshape(n, c, h, w) * att[:, 1:2]
+
+    def forward(self, image):
+        feat8, feat32 = self.m.resnet(image)
+        return self.m.conv_out32(self._sfc(feat8, self._cfc(feat32)))
+
+
+# --------------------------------------------------------------------------- export + check
+def _export(module: nn.Module, example: torch.Tensor, path: str, opset: int, dynamic: bool) -> None:
+    import warnings
+
+    kwargs = {}
+    if dynamic:
+        from torch.export import Dim
+
+        h8, w8 = Dim("h8", min=4, max=1024), Dim("w8", min=4, max=1024)
+        kwargs["dynamic_shapes"] = {"image": {0: Dim("batch", min=1, max=1024), 2: 8 * h8, 3: 8 * w8}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            verbose=False,
+            **kwargs,
+        )
+    program.save(path, external_data=False)
+
+
+def compare(session, model: CSFCN, x: torch.Tensor) -> dict:
+    """Relative L2 error and argmax agreement of onnxruntime vs the twin on ``x``."""
+    with torch.inference_mode():
+        ref = model(x).double().numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0].astype(np.float64)
+    if got.shape != ref.shape:
+        raise ExportError(f"onnxruntime output shape {got.shape} != twin {ref.shape} for input {tuple(x.shape)}")
+    rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    agree = float((got.argmax(1) == ref.argmax(1)).mean())
+    return {"shape": list(x.shape), "rel_l2": rel, "argmax_agreement": agree}
+
+
+def check_sizes(size, dynamic: bool) -> list[tuple[int, int, int]]:
+    h, w = size
+    if h % 8 or w % 8 or h < 32 or w < 32:
+        raise ExportError(f"--size {h} {w}: H and W must be multiples of 8 and >= 32 (the predictor pads to 8)")
+    shapes = [(1, h, w)]
+    if dynamic:  # another batch, size and aspect ratio through the same graph
+        shapes.append((2, max(32, h // 2 + 8 * ((h // 16) % 3 + 1)), w + 24))
+    return shapes
+
+
+def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_OPSET, seed=0) -> dict:
+    """Export, check with onnxruntime, then move into place. Returns the report (dict)."""
+    import onnx
+    import onnxruntime as ort
+
+    from torch_deploy import load_model
+
+    if opset < MIN_OPSET:
+        raise ExportError(
+            f"--opset {opset}: use >= {MIN_OPSET} (GridSample needs 16; the dynamo exporter emits opset-18 "
+            "ops and cannot convert them down to 17)"
+        )
+    shapes = check_sizes(size, dynamic)
+    out = Path(out)
+    if out.exists() and out.is_dir():
+        raise ExportError(f"--out {out}: is a folder; give a file name such as model.onnx")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".onnx", dir=out.parent)
+        os.close(fd)
+    except OSError as e:
+        raise ExportError(f"--out {out}: cannot write there ({e.strerror or e})") from e
+    try:
+        try:
+            twin = load_model(checkpoint)
+        except (OSError, ValueError, KeyError) as e:  # ConversionError is a ValueError
+            raise ExportError(f"--checkpoint {checkpoint}: {e}") from e
+        folded = fold_batchnorms(twin)
+        module = DynamicCSFCN(folded) if dynamic else folded
+        gen = torch.Generator().manual_seed(seed)
+        inputs = [torch.randn(b, 3, h, w, generator=gen) for b, h, w in shapes]
+        # A batch of 2 as the example keeps torch.export from specialising batch 1.
+        example = inputs[-1] if dynamic else inputs[0]
+        _export(module.eval(), example, tmp, opset, dynamic)
+
+        graph = onnx.load(tmp)
+        onnx.checker.check_model(graph)
+        written_opset = max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+        if written_opset != opset:
+            raise ExportError(f"asked for opset {opset}, the exporter wrote opset {written_opset}")
+        ops = sorted({n.op_type for n in graph.graph.node})
+        if "BatchNormalization" in ops:
+            raise ExportError("the exported graph still has BatchNormalization nodes")
+        if "GridSample" not in ops:
+            raise ExportError(f"the exported graph has no GridSample node (ops: {ops})")
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        checks = [compare(session, twin, x) for x in inputs]
+        report = {
+            "out": str(out),
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "opset": written_opset,
+            "dynamic": dynamic,
+            "config": json.loads(twin.config.to_json()),
+            "ops": ops,
+            "checks": checks,
+            "thresholds": {"rel_l2": MAX_REL_L2, "argmax_agreement": MIN_ARGMAX_AGREEMENT},
+        }
+        bad = [c for c in checks if not (c["rel_l2"] <= MAX_REL_L2 and c["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT)]
+        if bad:
+            raise ExportError(f"onnxruntime disagrees with the PyTorch twin: {bad}; nothing written")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+        return report
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m torch_deploy.export_onnx",
+        description="Export a CSFCN checkpoint to ONNX (BN folded, GridSample) and check it with onnxruntime "
+        "against the PyTorch twin (relative L2 <= 1e-4, argmax agreement >= 99.9%).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help=".safetensors, upstream .pth, or Orbax Flax directory")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--size", nargs=2, type=int, default=(512, 1024), metavar=("H", "W"), help="input size (multiples of 8)"
+    )
+    p.add_argument("--dynamic", action="store_true", help="free batch, H and W (multiples of 8)")
+    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random check inputs")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = export_onnx(args.checkpoint, args.out, size=tuple(args.size), dynamic=args.dynamic, opset=args.opset)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"wrote {report['out']} ({report['exporter']}, opset {report['opset']}, dynamic={report['dynamic']})")
+        for c in report["checks"]:
+            print(
+                f"onnxruntime vs twin, input {c['shape']}: rel L2 {c['rel_l2']:.3e} (<= {MAX_REL_L2:g}), "
+                f"argmax agreement {100 * c['argmax_agreement']:.4f}% (>= {100 * MIN_ARGMAX_AGREEMENT:g}%)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
