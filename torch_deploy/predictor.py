@@ -19,8 +19,8 @@ Pre-processing (MODEL.md): RGB in 0..1, ImageNet mean/std normalisation, then ze
 (after normalisation) at the bottom/right to the next multiple of 8, and the labels cropped
 back.  Inputs already a multiple of 8 are not padded.  Images of different sizes may be
 mixed in one call; they are batched by padded size, ``batch_size`` at a time.  In eval mode
-every image is processed independently of the others in its batch, so batching never
-changes a result.
+every image is processed independently of the others in its batch, so batching does not
+change the function (only float rounding, which can flip a near-tie pixel).
 """
 
 from __future__ import annotations

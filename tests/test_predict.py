@@ -1,0 +1,279 @@
+"""Predictor API and the predict CLI: images, folders, globs, video, Cityscapes submission, bad input."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch_checkpoints import make_checkpoint, random_image
+
+from jax_csfcn.data.palette import CITYSCAPES_PALETTE, colorize, train_id_to_label_id
+from torch_deploy import Predictor, load_model
+from torch_deploy.predict import main as predict_main
+from torch_deploy.predictor import InputError, normalise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "csfcn19.safetensors", seed=3)
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt):
+    return Predictor.from_checkpoint(ckpt, device="cpu", batch_size=2)
+
+
+def _twin_labels(model, img: np.ndarray) -> np.ndarray:
+    """The reference: normalise, zero-pad bottom/right to a multiple of 8, run the twin, crop, argmax."""
+    x = normalise(np.array(img[None]))
+    h, w = img.shape[:2]
+    x = F.pad(x, (0, -w % 8, 0, -h % 8))
+    with torch.no_grad():
+        return model(x)[0, :, :h, :w].argmax(0).numpy().astype(np.uint8)
+
+
+def _agree(a, b, at_least=0.999):
+    """Label maps equal up to near-ties: batched GEMMs round differently from batch 1."""
+    assert a.shape == b.shape
+    assert (a == b).mean() >= at_least, f"only {(a == b).mean():.5f} of the labels agree"
+
+
+def _files(d) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in Path(d).rglob("*") if p.is_file())
+
+
+def test_predictor_matches_twin_any_size(predictor, ckpt, rng, tmp_path):
+    twin = load_model(ckpt)
+    a = random_image(rng, 64, 96)  # multiple of 8: not padded
+    b = random_image(rng, 61, 99)  # padded to 64x104, cropped back
+    la = predictor.predict(a)
+    assert la.shape == (64, 96) and la.dtype == np.uint8 and la.max() < 19
+    np.testing.assert_array_equal(la, _twin_labels(twin, a))
+    lb = predictor.predict(b)
+    assert lb.shape == (61, 99)
+    np.testing.assert_array_equal(lb, _twin_labels(twin, b))
+    assert len(np.unique(la)) > 1  # the random network is not degenerate
+    # other input kinds and batching give the same answers
+    Image.fromarray(b).save(tmp_path / "b.png")
+    np.testing.assert_array_equal(predictor.predict(str(tmp_path / "b.png")), lb)
+    np.testing.assert_array_equal(predictor.predict(Image.fromarray(b)), lb)
+    c = random_image(rng, 64, 96)
+    batch = predictor.predict(np.stack([a, c, a]))  # 3 images, batch_size 2
+    assert batch.shape == (3, 64, 96)
+    _agree(batch[0], la)
+    _agree(batch[2], la)
+    mixed = predictor.predict([b, a, tmp_path / "b.png"])
+    _agree(mixed[0], lb)
+    _agree(mixed[1], la)
+    _agree(mixed[2], lb)
+    # grey images and RGBA are accepted
+    assert predictor.predict(a[..., 0]).shape == (64, 96)
+    rgba = np.concatenate([a, np.full_like(a[..., :1], 255)], axis=2)
+    np.testing.assert_array_equal(predictor.predict(rgba), la)
+
+
+def test_predictor_bad_input(predictor, tmp_path):
+    with pytest.raises(InputError, match="uint8"):
+        predictor.predict(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(InputError, match="no such image"):
+        predictor.predict(str(tmp_path / "missing.png"))
+    (tmp_path / "fake.png").write_text("not a png")
+    with pytest.raises(InputError, match="cannot read"):
+        predictor.predict(tmp_path / "fake.png")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Predictor(predictor.model, device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="precision"):
+        Predictor(predictor.model, device="cpu", precision="int8")
+
+
+def test_cli_folder_and_glob(ckpt, rng, tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    sizes = {"a.png": (64, 96), "sub/b.jpg": (45, 70), "sub/c.png": (64, 96)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(random_image(rng, h, w)).save(src / name, quality=95)
+    (src / "notes.txt").write_text("ignored")
+    out = tmp_path / "out"
+    assert predict_main(["--checkpoint", ckpt, "--input", str(src), "--out", str(out), "--batch-size", "2"]) == 0
+    expected = ["legend.png"] + [
+        f"{d}/{n.rsplit('.', 1)[0]}.png" for d in ("color", "labels", "overlay") for n in sizes
+    ]
+    assert _files(out) == sorted(expected)
+    twin = load_model(ckpt)
+    for name in sizes:
+        stem = name.rsplit(".", 1)[0]
+        img = np.asarray(Image.open(src / name).convert("RGB"))
+        labels = np.asarray(Image.open(out / "labels" / f"{stem}.png"))
+        assert labels.shape == img.shape[:2] and labels.dtype == np.uint8 and labels.max() < 19
+        _agree(labels, _twin_labels(twin, img))
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(out / "color" / f"{stem}.png")), colorize(labels, CITYSCAPES_PALETTE)
+        )
+        assert np.asarray(Image.open(out / "overlay" / f"{stem}.png")).shape == img.shape
+    assert "images=3" in capsys.readouterr().out
+
+    out2 = tmp_path / "out2"
+    assert (
+        predict_main(["--checkpoint", ckpt, "--input", str(src / "**" / "*.png"), "--out", str(out2), "--quiet"]) == 0
+    )
+    assert sorted(p for p in _files(out2) if p.startswith("labels/")) == ["labels/a.png", "labels/sub/c.png"]
+
+
+def _cs_eval_module(pred_dir, gt_search):
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
+
+    a = ev.args
+    a.predictionPath, a.predictionWalk, a.groundTruthSearch = str(pred_dir), None, gt_search
+    a.evalInstLevelScore, a.JSONOutput, a.quiet = False, False, True
+    return ev
+
+
+def _iou_by_hand(preds, gts) -> float:
+    from cityscapesscripts.helpers.labels import id2label, trainId2label
+
+    ignored = np.array([id2label[i].ignoreInEval if i in id2label else True for i in range(256)])
+    ious = []
+    for k in range(19):
+        lid = trainId2label[k].id
+        tp = fp = fn = 0
+        for p, g in zip(preds, gts):
+            valid = ~ignored[g]
+            tp += int(((p == lid) & (g == lid)).sum())
+            fn += int(((p != lid) & (g == lid)).sum())
+            fp += int(((p == lid) & (g != lid) & valid).sum())
+        if tp + fp + fn:
+            ious.append(tp / (tp + fp + fn))
+    return float(np.mean(ious))
+
+
+def test_cityscapes_submission_read_by_official_evaluation(ckpt, predictor, rng, tmp_path):
+    root = tmp_path / "cityscapes"
+    frames = [("frankfurt", "000000", "000294"), ("frankfurt", "000001", "007973"), ("lindau", "000000", "000019")]
+    gts, own = [], []
+    for city, seq, frame in frames:
+        img = random_image(rng, 64, 128)
+        own.append(train_id_to_label_id(predictor.predict(img)))
+        (root / "leftImg8bit" / "val" / city).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / "leftImg8bit" / "val" / city / f"{city}_{seq}_{frame}_leftImg8bit.png")
+        # ground truth: our own prediction with a third of the pixels changed, some to ignored ids
+        gt = own[-1].copy()
+        noise = rng.random(gt.shape) < 0.33
+        gt[noise] = rng.choice([0, 7, 8, 11, 21, 23, 26, 24, 1, 5], size=int(noise.sum()))
+        (root / "gtFine" / "val" / city).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gt).save(root / "gtFine" / "val" / city / f"{city}_{seq}_{frame}_gtFine_labelIds.png")
+        gts.append(gt)
+    out = tmp_path / "submission"
+    code = predict_main(
+        ["--checkpoint", ckpt, "--input", str(root / "leftImg8bit" / "val"), "--out", str(out)]
+        + ["--format", "cityscapes-submission", "--quiet"]
+    )
+    assert code == 0
+    names = [f"{c}_{s}_{f}_leftImg8bit.png" for c, s, f in frames]
+    assert _files(out) == sorted(names)  # flat, submission files only
+    preds = [np.asarray(Image.open(out / n)) for n in names]
+    for p in preds:
+        assert p.dtype == np.uint8 and p.ndim == 2
+        assert set(np.unique(p)) <= set(range(7, 34))  # label ids, not train ids
+    for p, o in zip(preds, own):
+        _agree(p, o)  # the train ids of the predictor, mapped to label ids
+
+    gt_search = str(root / "gtFine" / "val" / "*" / "*_gtFine_labelIds.png")
+    ev = _cs_eval_module(out, gt_search)
+    gt_files = sorted(glob.glob(gt_search))
+    found = [ev.getPrediction(ev.args, g) for g in gt_files]
+    assert [os.path.basename(f) for f in found] == names
+    result = ev.evaluateImgLists(found, gt_files, ev.args)
+    want = _iou_by_hand(preds, gts)
+    assert 0.2 < want < 0.99
+    assert result["averageScoreClasses"] == pytest.approx(want, abs=1e-9)
+
+
+def test_cli_video(ckpt, rng, tmp_path):
+    import imageio.v2 as iio
+
+    video = tmp_path / "clip.mp4"
+    w = iio.get_writer(str(video), format="FFMPEG", fps=4, codec="libx264", macro_block_size=1)
+    for _ in range(3):
+        w.append_data(random_image(rng, 48, 80))
+    w.close()
+    out = tmp_path / "out"
+    args = ["--checkpoint", ckpt, "--input", str(video), "--out", str(out), "--save-frames", "--quiet"]
+    assert predict_main(args + ["--opacity", "0.7", "--batch-size", "2"]) == 0
+    files = _files(out)
+    assert "clip_overlay.mp4" in files and "legend.png" in files
+    assert [f for f in files if f.startswith("clip/labels/")] == [f"clip/labels/{i:06d}.png" for i in range(3)]
+    r = iio.get_reader(str(out / "clip_overlay.mp4"), format="FFMPEG")
+    frames = [f for f in r]  # list(r) would trust len(r), which is inf for ffmpeg
+    assert len(frames) == 3 and frames[0].shape == (48, 80, 3)
+    assert r.get_meta_data()["fps"] == pytest.approx(4)
+    r.close()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["text_checkpoint", "garbage_safetensors", "bad_image", "bad_video", "out_under_file", "unknown_dataset"]
+    + ["wrong_class_count", "no_codec", "submission_names", "missing_input"],
+)
+def test_cli_bad_input(case, ckpt, rng, tmp_path, capsys):
+    good = tmp_path / "img.png"
+    Image.fromarray(random_image(rng, 32, 48)).save(good)
+    out = tmp_path / "out"
+    args = {"--checkpoint": ckpt, "--input": str(good), "--out": str(out)}
+    extra: list[str] = []
+    if case == "text_checkpoint":
+        (tmp_path / "model.txt").write_text("hello")
+        args["--checkpoint"], msg = str(tmp_path / "model.txt"), "unknown checkpoint type"
+    elif case == "garbage_safetensors":
+        (tmp_path / "model.safetensors").write_bytes(b"\x00" * 100)
+        args["--checkpoint"], msg = str(tmp_path / "model.safetensors"), "not a readable safetensors"
+    elif case == "bad_image":
+        (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        args["--input"], msg = str(tmp_path / "broken.png"), "cannot read this image"
+    elif case == "bad_video":
+        (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 garbage" * 4)
+        args["--input"], msg = str(tmp_path / "broken.mp4"), "cannot read this video"
+    elif case == "out_under_file":
+        (tmp_path / "file").write_text("x")
+        args["--out"], msg = str(tmp_path / "file" / "out"), "cannot write there"
+        out = tmp_path / "file"
+    elif case == "unknown_dataset":
+        extra, msg = ["--dataset", "kitti"], "unknown dataset/palette"
+    elif case == "wrong_class_count":
+        extra, msg = ["--dataset", "camvid"], "19 classes but dataset 'camvid' has 11"
+    elif case == "no_codec":
+        video = tmp_path / "ok.avi"
+        import imageio.v2 as iio
+
+        w = iio.get_writer(str(video), format="FFMPEG", fps=2, codec="mpeg4", macro_block_size=1)
+        w.append_data(random_image(rng, 32, 48))
+        w.close()
+        args["--input"], extra, msg = str(video), ["--codec", "no_such_codec"], "no such video encoder"
+    elif case == "submission_names":
+        extra, msg = ["--format", "cityscapes-submission"], "leftImg8bit.png; 1 do not match"
+    else:
+        args["--input"], msg = str(tmp_path / "nothing*.png"), "matches no image files"
+    argv = [x for kv in args.items() for x in kv] + extra + ["--quiet"]
+    assert predict_main(argv) == 2
+    assert msg in capsys.readouterr().err
+    if out.is_dir():
+        assert _files(out) == []  # nothing written, not even a legend
+    else:
+        assert not out.exists() or out.is_file()
+
+
+def test_cli_help():
+    r = subprocess.run(
+        [sys.executable, "-m", "torch_deploy.predict", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    for flag in ("--checkpoint", "--input", "--out", "--dataset", "--opacity", "--batch-size", "--format", "--device"):
+        assert flag in r.stdout
