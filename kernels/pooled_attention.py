@@ -178,8 +178,9 @@ def pooled_attention(
 def pooled_attention_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """The same function in plain PyTorch (fp32), as the twin's CFC computes it."""
     bsz, d, h, w = query.shape
-    q = query.float().reshape(bsz, d, h * w).permute(0, 2, 1)  # B N D
-    attn = torch.softmax(torch.matmul(q, key.float()), dim=-1)  # B N S
-    ctx = torch.bmm(value.float(), attn.permute(0, 2, 1)).reshape(bsz, -1, h, w)
+    ct = torch.float64 if query.dtype == torch.float64 else torch.float32  # fp64 kept for exactness checks
+    q = query.to(ct).reshape(bsz, d, h * w).permute(0, 2, 1)  # B N D
+    attn = torch.softmax(torch.matmul(q, key.to(ct)), dim=-1)  # B N S
+    ctx = torch.bmm(value.to(ct), attn.permute(0, 2, 1)).reshape(bsz, -1, h, w)
     fmt = torch.contiguous_format if query.is_contiguous() else torch.channels_last
     return ctx.to(query.dtype).contiguous(memory_format=fmt)

@@ -296,10 +296,12 @@ def _grid(offsets: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def sfc_fuse_reference(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """The same function in plain PyTorch ops, computed in fp32 and returned in cp's dtype and layout."""
+    """The same function in plain PyTorch ops, computed in fp32 (fp64 for fp64 inputs), returned in cp's
+    dtype and layout."""
     b, c, h, w = cp.shape
     groups = (r.shape[1] - 2) // 4
-    cp32, sp32, r32 = cp.float(), sp.float(), r.float()
+    ct = torch.float64 if cp.dtype == torch.float64 else torch.float32  # fp64 kept for exactness checks
+    cp32, sp32, r32 = cp.to(ct), sp.to(ct), r.to(ct)
     if tuple(sp.shape[2:]) != (h, w):
         sp32 = F.interpolate(sp32, (h, w), mode="bilinear", align_corners=True)
     kw = {"mode": "bilinear", "padding_mode": "zeros", "align_corners": True}

@@ -35,6 +35,7 @@ def load_model(path, *, strict: bool = True, map_location="cpu"):
     return model.to(map_location).eval()
 
 
+from torch_deploy.optimize import optimize  # noqa: E402
 from torch_deploy.predictor import Predictor  # noqa: E402
 
-__all__ = ["Predictor", "load_model"]
+__all__ = ["Predictor", "load_model", "optimize"]

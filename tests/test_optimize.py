@@ -1,0 +1,280 @@
+"""torch_deploy.optimize: BN folding and SFC 1x1 folding on their own, then the whole
+optimised model (folded graph, Triton kernels under the interpreter on CPU) against the twin.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import zlib
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import torch_deploy.optimize as opt  # noqa: E402
+from torch_deploy.model import CSFCN, SFC  # noqa: E402
+from torch_deploy.optimize import fold_bn, fold_sfc_1x1, optimize  # noqa: E402
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture
+def g(request) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def random_bn(bn: nn.BatchNorm2d, g: torch.Generator) -> nn.BatchNorm2d:
+    n = bn.num_features
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
+        bn.bias.copy_(0.2 * torch.randn(n, generator=g))
+        bn.running_mean.copy_(0.5 * torch.randn(n, generator=g))
+        bn.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+    return bn.eval()
+
+
+@torch.no_grad()
+def randomize_like_trained(model: CSFCN, g: torch.Generator) -> CSFCN:
+    """Random weights that keep activations O(1), as tests/random_weights.py does for Flax:
+    N(0, 2/fan_in) kernels (the zero-initialised gate convs included), random BN affine, BN
+    statistics calibrated on a random batch and then perturbed."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv1d)):
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
+            if m.bias is not None:
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+            m.momentum = 1.0
+    model.train()
+    model(torch.randn(2, 3, 64, 128, generator=g))
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+            m.running_mean.add_(0.1 * m.running_var.sqrt() * torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.mul_(torch.rand(m.running_var.shape, generator=g) * 0.7 + 0.7)
+    return model
+
+
+# ----------------------------------------------------------------------------- folding alone
+@pytest.mark.parametrize(
+    "cin,cout,k,stride,bias",
+    [(16, 32, 3, 1, False), (8, 24, 7, 2, False), (32, 16, 1, 2, True)],
+    ids=["3x3", "7x7s2", "1x1s2-bias"],
+)
+def test_fold_bn_matches_conv_then_bn(g, cin, cout, k, stride, bias):
+    conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=bias)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        if bias:
+            conv.bias.copy_(torch.randn(cout, generator=g))
+    bn = random_bn(nn.BatchNorm2d(cout), g)
+    x = torch.randn(2, cin, 13, 17, generator=g)
+    folded = fold_bn(conv, bn)
+    assert folded.bias is not None and folded.stride == conv.stride and folded.padding == conv.padding
+    with torch.no_grad():
+        assert rel_l2(folded(x), bn(conv(x))) <= 1e-6
+    # the originals are untouched
+    assert conv.bias is None or conv.bias.shape == (cout,)
+    assert not bn.training
+
+
+def test_fold_bn_rejects_mismatch():
+    with pytest.raises(ValueError, match="BN has 8 features, the conv 4 outputs"):
+        fold_bn(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(8))
+    with pytest.raises(TypeError, match="expected \\(Conv2d, BatchNorm2d\\)"):
+        fold_bn(nn.Linear(3, 4), nn.BatchNorm2d(4))
+
+
+@pytest.mark.parametrize("tiny", [False, True], ids=["csfcn", "csfcn_tiny"])
+def test_fold_sfc_1x1(g, tiny):
+    """relu(bn(conv(cat(cp1x1(cp), sp1x1(up(sp)))))) == relu(cp_proj(cp) + up(sp_proj(sp)))."""
+    sfc = SFC(tiny).eval()
+    with torch.no_grad():
+        for m in sfc.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
+    random_bn(sfc.conv_offset[0].bn, g)
+    cp = torch.randn(2, 128, 19, 23, generator=g)
+    sp32 = torch.randn(2, 128, 5, 6, generator=g)
+    with torch.no_grad():
+        sp = F.interpolate(sp32, (19, 23), mode="bilinear", align_corners=True)
+        cat = torch.cat([cp, sp], 1) if tiny else torch.cat([sfc.cp1x1(cp), sfc.sp1x1(sp)], 1)
+        expected = sfc.conv_offset[0](cat)
+        cp_proj, sp_proj = fold_sfc_1x1(sfc)
+        assert cp_proj.weight.shape == (64, 128, 1, 1) and sp_proj.weight.shape == (64, 128, 1, 1)
+        assert sp_proj.bias is None  # what lets it commute with the resize
+        got = F.relu(cp_proj(cp) + F.interpolate(sp_proj(sp32), (19, 23), mode="bilinear", align_corners=True))
+        assert rel_l2(got, expected) <= 1e-6
+        assert rel_l2(F.relu(cp_proj(cp) + sp_proj(sp)), expected) <= 1e-6
+
+
+# ----------------------------------------------------------------------------- whole model
+MODEL_CASES = [
+    # (variant, stem, K, batch, H, W, channels_last)
+    pytest.param("csfcn", "torchvision", 19, 2, 64, 96, False, id="csfcn-K19-2x64x96"),
+    pytest.param("csfcn", "deep", 11, 1, 72, 104, True, id="csfcn-deep-K11-72x104-nhwc"),
+    pytest.param("csfcn", "torchvision", 1, 1, 64, 64, True, id="csfcn-K1-64x64-nhwc"),
+    pytest.param("csfcn_tiny", "torchvision", 11, 2, 64, 96, False, id="tiny-K11-2x64x96"),
+]
+
+
+@pytest.mark.parametrize("variant,stem", [("csfcn", "torchvision"), ("csfcn", "deep"), ("csfcn_tiny", "torchvision")])
+def test_folded_graph_is_the_same_function_in_fp64(g, variant, stem):
+    """The folding algebra is exact: in fp64 the optimised graph equals the twin to rounding."""
+    twin = randomize_like_trained(CSFCN(variant=variant, num_classes=11, stem=stem), g).double()
+    x = torch.randn(2, 3, 72, 104, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        ref = twin(x)
+    out = optimize(twin, "fp64", "logits", kernels=False)(x)
+    assert out.dtype == torch.float64 and rel_l2(out, ref) <= 1e-12
+    labels = optimize(twin, "fp64", "labels", kernels=False)(x)
+    assert torch.equal(labels.long(), ref.argmax(1))
+
+
+@pytest.mark.parametrize("variant,stem,k,b,h,w,cl", MODEL_CASES)
+def test_optimized_with_kernels_matches_twin(g, variant, stem, k, b, h, w, cl):
+    """fp32 with the Triton kernels (interpreter on CPU) vs the same folded graph on reference ops
+    (<= 1e-5) and vs the twin. Against the twin the bound is the network's own fp32 noise: with
+    these weights the fp32 twin is itself ~1e-5 (up to ~3e-5) from its fp64 evaluation, and any
+    change of operation order (folding) moves the result by as much. So the optimised model must
+    be as close to the fp64 truth as the twin is, and within 5e-5 of it, with the same labels."""
+    twin = randomize_like_trained(CSFCN(variant=variant, num_classes=k, stem=stem), g)
+    x = torch.randn(b, 3, h, w, generator=g)
+    with torch.no_grad():
+        ref = twin(x)
+        truth = copy.deepcopy(twin).double()(x.double())
+    fast = optimize(twin, "fp32", "logits", kernels=True, channels_last=cl)
+    assert fast.use_kernels and fast.sfc.use_kernels and fast.head.use_kernels
+    out = fast(x)
+    assert out.shape == ref.shape == (b, k, h, w)
+    assert rel_l2(out, optimize(twin, "fp32", "logits", kernels=False, channels_last=cl)(x)) <= 1e-5
+    assert rel_l2(out, truth) <= 2 * rel_l2(ref, truth) + 2e-6
+    assert rel_l2(out, ref) <= 5e-5
+    labels = optimize(twin, "fp32", "labels", kernels=True, channels_last=cl)(x)
+    assert labels.shape == (b, h, w) and labels.dtype == torch.uint8
+    assert (labels.long() == ref.argmax(1)).float().mean() >= 0.9999
+    # the twin itself was not modified by folding or by the layout/dtype change
+    with torch.no_grad():
+        assert torch.equal(twin(x), ref)
+
+
+def test_optimized_reference_ops_on_cpu_notice_once(g, monkeypatch):
+    """Without a GPU the default path is the folded graph with reference ops, announced once."""
+    if torch.cuda.is_available():
+        pytest.skip("the CPU fallback is what this test checks; the GPU path is tested under -m gpu")
+    monkeypatch.setattr(opt, "_FALLBACK_NOTICE_GIVEN", False)
+    twin = randomize_like_trained(CSFCN(num_classes=19), g)
+    x = torch.randn(1, 3, 64, 96, generator=g)
+    with torch.no_grad():
+        ref = twin(x)
+    with pytest.warns(RuntimeWarning, match="no CUDA device.*reference PyTorch ops"):
+        fast = optimize(twin, "fp32", "logits")
+    assert not fast.use_kernels and not fast.cuda_graphs
+    assert rel_l2(fast(x), ref) <= 5e-5
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = optimize(twin, "fp32", "labels")(x)  # second call: no second notice
+    assert (labels.long() == ref.argmax(1)).float().mean() >= 0.9999
+
+
+def test_optimized_bf16(g):
+    """bf16: kernels vs reference ops on the same bf16 graph, and vs the fp32 twin no worse than
+    running the twin itself under bf16 autocast (random weights amplify bf16 rounding)."""
+    twin = randomize_like_trained(CSFCN(num_classes=11), g)
+    x = torch.randn(1, 3, 64, 96, generator=g)
+    with torch.no_grad():
+        ref = twin(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast_err = rel_l2(twin(x), ref)
+    out = optimize(twin, "bf16", "logits", kernels=False)(x)
+    assert out.dtype == torch.bfloat16
+    assert rel_l2(out, ref) <= max(1.5 * autocast_err, 1e-2)
+    assert (out.float().argmax(1) == ref.argmax(1)).float().mean() >= 0.85
+    out_k = optimize(twin, "bf16", "logits", kernels=True)(x)
+    assert rel_l2(out_k, out) <= 3e-2
+
+
+def test_optimize_rejects_bad_arguments():
+    twin = CSFCN(num_classes=3)
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        optimize(twin, precision="fp8")
+    with pytest.raises(ValueError, match="output='probs'"):
+        optimize(twin, output="probs")
+    with pytest.raises(TypeError, match="expected a torch_deploy.model.CSFCN"):
+        optimize(nn.Conv2d(3, 3, 1))
+    fast = optimize(twin, "fp32", kernels=False)
+    with pytest.raises(ValueError, match=r"expected \(B, 3, H, W\) images"):
+        fast(torch.randn(1, 4, 32, 32))
+
+
+# ----------------------------------------------------------------------------- GPU only
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_gpu_optimized_matches_twin_with_cuda_graphs(g, precision):
+    twin = randomize_like_trained(CSFCN(num_classes=19), g).cuda()
+    tol = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 1e-2}[precision]
+    fast = optimize(twin, precision, "logits")
+    labels_fast = optimize(twin, precision, "labels")
+    assert fast.cuda_graphs and fast.use_kernels and fast.channels_last
+    for h, w in ((256, 512), (192, 320), (256, 512)):  # the third call replays the first graph
+        x = torch.randn(1, 3, h, w, generator=g).cuda()
+        with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            ref = twin(x)
+        assert rel_l2(fast(x), ref) <= tol
+        agree = (labels_fast(x).long() == ref.argmax(1)).float().mean()
+        assert agree >= (0.9999 if precision == "fp32" else 0.99)
+    assert len(fast._graphs) == 2
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_labels_never_materialise_full_resolution_logits(g):
+    twin = randomize_like_trained(CSFCN(num_classes=19), g).cuda()
+    fast = optimize(twin, "fp16", "labels", cuda_graphs=False)
+    x = torch.randn(1, 3, 512, 1024, generator=g).cuda()
+    fast(x)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fast(x)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    full_logits = 19 * 512 * 1024 * 2
+    assert peak < full_logits, f"labels mode peaked at {peak} bytes, full fp16 logits are {full_logits}"
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_kernels_fp32_and_tf32():
+    from kernels.sfc_fuse import sfc_fuse, sfc_fuse_reference
+    from kernels.shuffle_head import shuffle_head, shuffle_head_reference
+
+    gen = torch.Generator().manual_seed(0)
+    cp = torch.randn(1, 128, 128, 256, generator=gen).cuda().contiguous(memory_format=torch.channels_last)
+    sp = torch.randn(1, 128, 32, 64, generator=gen).cuda().contiguous(memory_format=torch.channels_last)
+    r = (3 * torch.randn(1, 10, 128, 256, generator=gen)).cuda().contiguous(memory_format=torch.channels_last)
+    assert rel_l2(sfc_fuse(cp, sp, r), sfc_fuse_reference(cp, sp, r)) <= 1e-5
+    x = torch.randn(1, 128, 128, 256, generator=gen).cuda()
+    weight = (torch.randn(19 * 64, 128, generator=gen) / 128**0.5).cuda()
+    bias = torch.randn(19 * 64, generator=gen).cuda()
+    ref = shuffle_head_reference(x, weight, bias)
+    assert rel_l2(shuffle_head(x, weight, bias), ref) <= 1e-5
+    assert rel_l2(shuffle_head(x, weight, bias, allow_tf32=True), ref) <= 3e-4

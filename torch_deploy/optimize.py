@@ -1,0 +1,396 @@
+"""The inference graph of CSFCN: folded, fused, low precision, channels-last, CUDA-graphed.
+
+    from torch_deploy.optimize import optimize
+    fast = optimize(model, precision="fp16", output="labels")   # model: torch_deploy.model.CSFCN
+    labels = fast(x)            # x: normalised (B, 3, H, W) float -> (B, H, W) uint8
+
+What :func:`optimize` builds from the PyTorch twin (which it leaves untouched):
+
+* every BatchNorm folded into the conv before it (:func:`fold_bn`, eval-mode statistics);
+* SFC's offset branch folded (MODEL.md, SFC step 3, :func:`fold_sfc_1x1`): cp1x1 / sp1x1 and
+  the 1x1 conv (+ BN) of conv_offset compose into one 128 -> 64 map per branch, and the sp
+  branch's map is applied at 1/32 *before* the align-corners resize (both are linear, so they
+  commute): the 1/8 map only ever sees 64 channels of sp, and with the fused ``sfc_fuse``
+  kernel the 128-channel upsampled sp never exists at all;
+* on CUDA the Triton kernels of :mod:`kernels` (``pooled_attention`` for CFC, ``sfc_fuse``
+  with the 1/32 resize fused, ``shuffle_head`` for the head's 1x1 conv + pixel shuffle or
+  argmax), channels-last activations, and one captured CUDA graph per input shape;
+* without a GPU the same folded graph with the kernels' reference ops (same function), with
+  a one-time notice. ``kernels=True`` on CPU runs the Triton kernels under Triton's
+  interpreter (``TRITON_INTERPRET=1``), which is how the tests check the whole fast path.
+
+Output modes: ``"logits"`` (B, K, H, W) in the compute precision, ``"labels"`` (B, H, W)
+uint8 (int32 for K > 256). In labels mode the CSFCN head never materialises full-resolution
+logits (the argmax over K runs per sub-pixel on the 1/8 conv output). CSFCN-Tiny's head is a
+bilinear x8 resize, which has no such shortcut: it runs as conv + resize (+ argmax).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jax_csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
+from torch_deploy.model import CSFCN, pyramid_pool
+
+# fp64 runs the reference ops only: it exists to check that the folded graph is the same function.
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+OUTPUTS = ("logits", "labels")
+
+log = logging.getLogger(__name__)
+_FALLBACK_NOTICE_GIVEN = False
+
+
+# ----------------------------------------------------------------------------- folding
+@torch.no_grad()
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``bn(conv(x))`` with eval-mode BN statistics as one conv with bias (computed in fp64, stored in
+    the conv's dtype)."""
+    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+        raise TypeError(f"fold_bn: expected (Conv2d, BatchNorm2d), got ({type(conv).__name__}, {type(bn).__name__})")
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"fold_bn: BN has {bn.num_features} features, the conv {conv.out_channels} outputs")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("fold_bn: the BatchNorm tracks no running statistics; nothing to fold")
+    scale = torch.ones_like(bn.running_var, dtype=torch.float64) if bn.weight is None else bn.weight.double()
+    shift = torch.zeros_like(scale) if bn.bias is None else bn.bias.double()
+    scale = scale / torch.sqrt(bn.running_var.double() + bn.eps)
+    bias = torch.zeros_like(scale) if conv.bias is None else conv.bias.double()
+    folded = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    folded.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
+    folded.bias.copy_((bias - bn.running_mean.double()) * scale + shift)
+    return folded
+
+
+def _conv1x1(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> nn.Conv2d:
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=bias is not None, device=weight.device, dtype=dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight.reshape(conv.weight.shape))
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv
+
+
+@torch.no_grad()
+def fold_sfc_1x1(sfc) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """SFC's offset branch up to its ReLU as two 1x1 convs ``(cp_proj, sp_proj)`` (MODEL.md SFC step 3).
+
+    ``relu(bn(conv(concat(cp1x1(cp), sp1x1(sp)))))`` == ``relu(cp_proj(cp) + sp_proj(sp))``: the
+    BN folds into conv_offset's 1x1 conv, which splits by input channels and composes with
+    cp1x1 / sp1x1 (CSFCN) or applies directly to cp / sp (CSFCN-Tiny, no cp1x1/sp1x1). The bias
+    goes to ``cp_proj``; ``sp_proj`` has none, so it commutes with the bilinear resize of sp.
+    """
+    first = fold_bn(sfc.conv_offset[0].conv, sfc.conv_offset[0].bn)
+    w = first.weight.double().flatten(1)  # (64, 64) or, Tiny, (64, 256)
+    if sfc.tiny:
+        c = sfc.conv_8.conv.out_channels
+        w_cp, w_sp = w[:, :c], w[:, c:]
+    else:
+        half = sfc.cp1x1.out_channels
+        w_cp = w[:, :half] @ sfc.cp1x1.weight.double().flatten(1)
+        w_sp = w[:, half:] @ sfc.sp1x1.weight.double().flatten(1)
+    dtype = first.weight.dtype
+    return _conv1x1(w_cp, first.bias.double(), dtype), _conv1x1(w_sp, None, dtype)
+
+
+def _cbr(m) -> nn.Conv2d:
+    """A twin ConvBNReLU (conv, bn, relu) -> the folded conv; the ReLU is applied by the caller."""
+    return fold_bn(m.conv, m.bn)
+
+
+# ----------------------------------------------------------------------------- folded modules
+class _Block(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.conv1 = fold_bn(block.conv1, block.bn1)
+        self.conv2 = fold_bn(block.conv2, block.bn2)
+        self.downsample = None if block.downsample is None else fold_bn(block.downsample[0], block.downsample[1])
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(self.conv2(F.relu(self.conv1(x))) + identity)
+
+
+class _Backbone(nn.Module):
+    def __init__(self, resnet):
+        super().__init__()
+        if isinstance(resnet.conv1, nn.Conv2d):
+            self.stem = nn.Sequential(fold_bn(resnet.conv1, resnet.bn1), nn.ReLU())
+        else:  # deep stem: conv-bn-relu x2, conv, then the trunk's bn1 + relu
+            s = resnet.conv1
+            self.stem = nn.Sequential(
+                fold_bn(s[0], s[1]), nn.ReLU(), fold_bn(s[3], s[4]), nn.ReLU(), fold_bn(s[6], resnet.bn1), nn.ReLU()
+            )
+        self.maxpool = copy.deepcopy(resnet.maxpool)
+        for i in range(1, 5):
+            setattr(self, f"layer{i}", nn.Sequential(*(_Block(b) for b in getattr(resnet, f"layer{i}"))))
+
+    def forward(self, x):
+        x = self.maxpool(self.stem(x))
+        feat8 = self.layer2(self.layer1(x))
+        return feat8, self.layer4(self.layer3(feat8))
+
+
+class _CFC(nn.Module):
+    def __init__(self, cfc, use_kernels: bool):
+        super().__init__()
+        self.use_kernels = use_kernels
+        self.reduce = _cbr(cfc.reduce_channel)
+        self.query = copy.deepcopy(cfc.query_conv)
+        self.key = nn.Parameter(cfc.key_conv.weight.detach().flatten(1).clone(), requires_grad=False)  # (D, C)
+        self.key_bias = nn.Parameter(cfc.key_conv.bias.detach().clone(), requires_grad=False)
+        self.value = nn.Parameter(cfc.value_conv.weight.detach().flatten(1).clone(), requires_grad=False)  # (C, C)
+        self.value_bias = nn.Parameter(cfc.value_conv.bias.detach().clone(), requires_grad=False)
+        self.local0 = _cbr(cfc.local_attention.conv[0])
+        self.local1 = copy.deepcopy(cfc.local_attention.conv[1])
+
+    def forward(self, x):
+        x = F.relu(self.reduce(x))
+        pooled = pyramid_pool(x)  # (B, C, S)
+        query = self.query(x)
+        key = (self.key @ pooled + self.key_bias[:, None]).contiguous()
+        value = (self.value @ pooled + self.value_bias[:, None]).contiguous()
+        if self.use_kernels:
+            from kernels.pooled_attention import pooled_attention
+
+            context = pooled_attention(query, key, value)
+        else:
+            from kernels.pooled_attention import pooled_attention_reference
+
+            context = pooled_attention_reference(query, key, value)
+        context = context * torch.tanh(self.local1(F.relu(self.local0(context)))) + context
+        return x + context
+
+
+class _SFC(nn.Module):
+    def __init__(self, sfc, use_kernels: bool):
+        super().__init__()
+        self.use_kernels = use_kernels
+        self.conv_8 = _cbr(sfc.conv_8)
+        self.conv_32 = _cbr(sfc.conv_32)
+        self.cp_proj, self.sp_proj = fold_sfc_1x1(sfc)
+        self.offset = copy.deepcopy(sfc.conv_offset[1])
+
+    def forward(self, feat8, cfc_out):
+        sp32 = F.relu(self.conv_32(cfc_out))  # 128 ch at 1/32: never resized to 1/8 in full
+        cp = F.relu(self.conv_8(feat8))
+        size = cp.shape[2:]
+        sp_off = F.interpolate(self.sp_proj(sp32), size, mode="bilinear", align_corners=True)
+        r = self.offset(F.relu(self.cp_proj(cp) + sp_off))
+        if self.use_kernels:
+            from kernels.sfc_fuse import sfc_fuse
+
+            return sfc_fuse(cp, sp32, r)
+        from kernels.sfc_fuse import sfc_fuse_reference
+
+        return sfc_fuse_reference(cp, sp32, r)
+
+
+class _Head(nn.Module):
+    def __init__(self, head, output: str, use_kernels: bool):
+        super().__init__()
+        self.tiny = head.tiny
+        self.output = output
+        self.use_kernels = use_kernels
+        self.conv = _cbr(head.conv)
+        self.conv_out = copy.deepcopy(head.conv_out)
+        self.num_classes = head.conv_out.out_channels // (1 if head.tiny else HEAD_UPSAMPLE**2)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        if self.tiny:
+            logits = F.interpolate(self.conv_out(x), scale_factor=HEAD_UPSAMPLE, mode="bilinear", align_corners=True)
+            if self.output == "logits":
+                return logits
+            return logits.argmax(1).to(torch.uint8 if self.num_classes <= 256 else torch.int32)
+        from kernels.shuffle_head import shuffle_head, shuffle_labels
+
+        if self.use_kernels:
+            return shuffle_head(x, self.conv_out.weight, self.conv_out.bias, upscale=HEAD_UPSAMPLE, output=self.output)
+        y = self.conv_out(x)
+        if self.output == "labels":
+            return shuffle_labels(y, HEAD_UPSAMPLE)
+        return F.pixel_shuffle(y, HEAD_UPSAMPLE)
+
+
+class OptimizedCSFCN(nn.Module):
+    """The folded inference graph (see the module docstring); build it with :func:`optimize`."""
+
+    def __init__(
+        self,
+        model: CSFCN,
+        *,
+        precision: str,
+        output: str,
+        use_kernels: bool,
+        channels_last: bool,
+        cuda_graphs: bool,
+        allow_tf32: bool,
+        static_output: bool,
+    ):
+        super().__init__()
+        self.config = model.config
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.output = output
+        self.use_kernels = use_kernels
+        self.channels_last = channels_last
+        self.cuda_graphs = cuda_graphs
+        self.allow_tf32 = allow_tf32
+        self.static_output = static_output
+        self.backbone = _Backbone(model.resnet)
+        self.cfc = _CFC(model.cfc, use_kernels)
+        self.sfc = _SFC(model.sfc, use_kernels)
+        self.head = _Head(model.conv_out32, output, use_kernels)
+        if (self.sfc.offset.out_channels - 2) // 4 != SFC_GROUPS:
+            raise ValueError("optimize: conv_offset's outputs do not match SFC_GROUPS")
+        self.requires_grad_(False)
+        self.eval()
+        self._graphs: dict = {}
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.to(dtype=self.dtype, memory_format=fmt)
+        feat8, feat32 = self.backbone(x)
+        return self.head(self.sfc(feat8, self.cfc(feat32)))
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and self.dtype == torch.float32:
+            with torch.backends.cudnn.flags(enabled=True, allow_tf32=self.allow_tf32):
+                prev = torch.backends.cuda.matmul.allow_tf32
+                torch.backends.cuda.matmul.allow_tf32 = self.allow_tf32
+                try:
+                    return self._forward(x)
+                finally:
+                    torch.backends.cuda.matmul.allow_tf32 = prev
+        return self._forward(x)
+
+    def _graphed(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device, x.stride())
+        entry = self._graphs.get(key)
+        if entry is None:
+            static_in = x.clone()
+            stream = torch.cuda.Stream(x.device)
+            stream.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm-up: Triton compilation, cuDNN algorithm choice, allocator
+                    self._run(static_in)
+            torch.cuda.current_stream(x.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._run(static_in)
+            entry = self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        return static_out if self.static_output else static_out.clone()
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 3, H, W) images (any float dtype, H and W multiples of 8 for full-size output)."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"optimized CSFCN: expected (B, 3, H, W) images, got shape {tuple(x.shape)}")
+        if self.cuda_graphs and x.is_cuda:
+            return self._graphed(x)
+        return self._run(x)
+
+
+# ----------------------------------------------------------------------------- entry point
+def _kernels_runnable_on_cpu() -> bool:
+    from kernels._common import HAS_TRITON, interpreted
+
+    if not HAS_TRITON:
+        return False
+    from kernels.sfc_fuse import _sfc_fuse_kernel
+
+    return interpreted(_sfc_fuse_kernel)
+
+
+def _fallback_notice(device: torch.device, reason: str) -> None:
+    global _FALLBACK_NOTICE_GIVEN
+    if _FALLBACK_NOTICE_GIVEN:
+        return
+    _FALLBACK_NOTICE_GIVEN = True
+    msg = (
+        f"torch_deploy.optimize: {reason}; running the folded graph on {device} with the kernels' reference "
+        "PyTorch ops (same function, no Triton, no CUDA graphs)"
+    )
+    log.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def optimize(
+    model: CSFCN,
+    precision: str = "fp16",
+    output: str = "logits",
+    cuda_graphs: bool = True,
+    *,
+    kernels: bool | None = None,
+    channels_last: bool | None = None,
+    allow_tf32: bool = False,
+    static_output: bool = False,
+) -> OptimizedCSFCN:
+    """The fast inference module for a :class:`torch_deploy.model.CSFCN` (the twin is not modified).
+
+    precision: "fp32" | "fp16" | "bf16" (weights and activations; fp32 uses IEEE fp32 unless
+    ``allow_tf32``); "fp64" runs the reference ops only, to check the folding algebra exactly. output: "logits" (B, K, H, W) or "labels" (B, H, W). cuda_graphs: capture
+    one CUDA graph per input shape on CUDA (the first call of a shape warms up and captures).
+    kernels: use the Triton kernels (default: on CUDA when Triton is installed; ``True`` on CPU
+    needs ``TRITON_INTERPRET=1``). channels_last: activation layout (default: on CUDA).
+    static_output: return the CUDA graph's output buffer itself (overwritten by the next call
+    of the same shape) instead of a copy. The module runs on the device of ``model``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"optimize: precision={precision!r}; choose one of {sorted(PRECISIONS)}")
+    if output not in OUTPUTS:
+        raise ValueError(f"optimize: output={output!r}; choose one of {OUTPUTS}")
+    if not isinstance(model, CSFCN):
+        raise TypeError(f"optimize: expected a torch_deploy.model.CSFCN, got {type(model).__name__}")
+    device = next(model.parameters()).device
+    on_cuda = device.type == "cuda"
+    if kernels is None:
+        from kernels._common import HAS_TRITON
+
+        kernels = on_cuda and HAS_TRITON
+        if not kernels:
+            reason = "no CUDA device" if not on_cuda else "Triton is not installed"
+            _fallback_notice(device, reason)
+    elif kernels and not on_cuda and not _kernels_runnable_on_cpu():
+        raise ValueError(
+            "optimize(kernels=True) on CPU runs the Triton kernels under Triton's interpreter: set "
+            f"TRITON_INTERPRET=1 before importing kernels (now {os.environ.get('TRITON_INTERPRET')!r})"
+        )
+    if kernels and precision == "fp64":
+        raise ValueError("optimize: the Triton kernels take fp32/fp16/bf16; precision='fp64' needs kernels=False")
+    if channels_last is None:
+        channels_last = on_cuda
+    fast = OptimizedCSFCN(
+        model,
+        precision=precision,
+        output=output,
+        use_kernels=bool(kernels),
+        channels_last=bool(channels_last),
+        cuda_graphs=bool(cuda_graphs) and on_cuda,
+        allow_tf32=allow_tf32,
+        static_output=static_output,
+    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return fast.to(device=device, dtype=PRECISIONS[precision], memory_format=fmt)
