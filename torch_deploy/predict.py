@@ -196,8 +196,9 @@ def run(args) -> dict:
         predictor = Predictor.from_checkpoint(
             args.checkpoint, device=args.device, precision=args.precision, batch_size=args.batch_size
         )
-    except (OSError, ValueError, KeyError) as e:  # ConversionError is a ValueError
-        raise PredictError(f"--checkpoint {args.checkpoint}: {e}") from e
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        # ConversionError (a ValueError) names the checkpoint; RuntimeError: no CUDA for --device
+        raise PredictError(str(e)) from e
     k = predictor.num_classes
     dataset = args.dataset or DEFAULT_DATASET.get(k)
     if dataset is None:
