@@ -314,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        report = export_onnx(args.checkpoint, args.out, size=tuple(args.size), dynamic=args.dynamic, opset=args.opset)
+        report = export_onnx(
+            args.checkpoint, args.out, size=tuple(args.size), dynamic=args.dynamic, opset=args.opset, seed=args.seed
+        )
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
