@@ -70,6 +70,16 @@ def randomize_like_trained(model: CSFCN, g: torch.Generator) -> CSFCN:
     return model
 
 
+def assert_labels_match(labels: torch.Tensor, logits: torch.Tensor, rel_margin: float = 1e-4) -> None:
+    """Same argmax wherever the reference's top-2 margin exceeds rounding; near-ties may flip."""
+    ref = logits.argmax(1)
+    if logits.shape[1] > 1:
+        top2 = logits.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > rel_margin * logits.abs().amax(dim=1).clamp_min(1.0)
+        assert torch.equal(labels.long()[clear], ref[clear])
+    assert (labels.long() == ref).float().mean() >= 0.999
+
+
 # ----------------------------------------------------------------------------- folding alone
 @pytest.mark.parametrize(
     "cin,cout,k,stride,bias",
@@ -167,7 +177,7 @@ def test_optimized_with_kernels_matches_twin(g, variant, stem, k, b, h, w, cl):
     assert rel_l2(out, ref) <= 5e-5
     labels = optimize(twin, "fp32", "labels", kernels=True, channels_last=cl)(x)
     assert labels.shape == (b, h, w) and labels.dtype == torch.uint8
-    assert (labels.long() == ref.argmax(1)).float().mean() >= 0.9999
+    assert_labels_match(labels, ref)
     # the twin itself was not modified by folding or by the layout/dtype change
     with torch.no_grad():
         assert torch.equal(twin(x), ref)
@@ -191,7 +201,7 @@ def test_optimized_reference_ops_on_cpu_notice_once(g, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         labels = optimize(twin, "fp32", "labels")(x)  # second call: no second notice
-    assert (labels.long() == ref.argmax(1)).float().mean() >= 0.9999
+    assert_labels_match(labels, ref)
 
 
 def test_optimized_bf16(g):

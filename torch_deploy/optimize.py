@@ -116,6 +116,22 @@ def _cbr(m) -> nn.Conv2d:
     return fold_bn(m.conv, m.bn)
 
 
+def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``relu(conv(x))``; on CPU in fp32/bf16 as one oneDNN convolution with the ReLU as its post-op
+    (the ATen op PyTorch's own CPU compiler emits), elsewhere conv then an in-place ReLU."""
+    if (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    ):
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "relu", [None], None
+        )
+    return F.relu(conv(x), inplace=True)
+
+
 # ----------------------------------------------------------------------------- folded modules
 class _Block(nn.Module):
     def __init__(self, block):
@@ -126,25 +142,25 @@ class _Block(nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(self.conv2(F.relu(self.conv1(x))) + identity)
+        return F.relu_(self.conv2(conv_relu(self.conv1, x)).add_(identity))
 
 
 class _Backbone(nn.Module):
     def __init__(self, resnet):
         super().__init__()
         if isinstance(resnet.conv1, nn.Conv2d):
-            self.stem = nn.Sequential(fold_bn(resnet.conv1, resnet.bn1), nn.ReLU())
+            self.stem = nn.ModuleList([fold_bn(resnet.conv1, resnet.bn1)])
         else:  # deep stem: conv-bn-relu x2, conv, then the trunk's bn1 + relu
             s = resnet.conv1
-            self.stem = nn.Sequential(
-                fold_bn(s[0], s[1]), nn.ReLU(), fold_bn(s[3], s[4]), nn.ReLU(), fold_bn(s[6], resnet.bn1), nn.ReLU()
-            )
+            self.stem = nn.ModuleList([fold_bn(s[0], s[1]), fold_bn(s[3], s[4]), fold_bn(s[6], resnet.bn1)])
         self.maxpool = copy.deepcopy(resnet.maxpool)
         for i in range(1, 5):
             setattr(self, f"layer{i}", nn.Sequential(*(_Block(b) for b in getattr(resnet, f"layer{i}"))))
 
     def forward(self, x):
-        x = self.maxpool(self.stem(x))
+        for conv in self.stem:
+            x = conv_relu(conv, x)
+        x = self.maxpool(x)
         feat8 = self.layer2(self.layer1(x))
         return feat8, self.layer4(self.layer3(feat8))
 
@@ -163,7 +179,7 @@ class _CFC(nn.Module):
         self.local1 = copy.deepcopy(cfc.local_attention.conv[1])
 
     def forward(self, x):
-        x = F.relu(self.reduce(x))
+        x = conv_relu(self.reduce, x)
         pooled = pyramid_pool(x)  # (B, C, S)
         query = self.query(x)
         key = (self.key @ pooled + self.key_bias[:, None]).contiguous()
@@ -176,7 +192,7 @@ class _CFC(nn.Module):
             from kernels.pooled_attention import pooled_attention_reference
 
             context = pooled_attention_reference(query, key, value)
-        context = context * torch.tanh(self.local1(F.relu(self.local0(context)))) + context
+        context = context * torch.tanh(self.local1(conv_relu(self.local0, context))) + context
         return x + context
 
 
@@ -190,11 +206,11 @@ class _SFC(nn.Module):
         self.offset = copy.deepcopy(sfc.conv_offset[1])
 
     def forward(self, feat8, cfc_out):
-        sp32 = F.relu(self.conv_32(cfc_out))  # 128 ch at 1/32: never resized to 1/8 in full
-        cp = F.relu(self.conv_8(feat8))
+        sp32 = conv_relu(self.conv_32, cfc_out)  # 128 ch at 1/32: never resized to 1/8 in full
+        cp = conv_relu(self.conv_8, feat8)
         size = cp.shape[2:]
         sp_off = F.interpolate(self.sp_proj(sp32), size, mode="bilinear", align_corners=True)
-        r = self.offset(F.relu(self.cp_proj(cp) + sp_off))
+        r = self.offset(F.relu_(self.cp_proj(cp).add_(sp_off)))
         if self.use_kernels:
             from kernels.sfc_fuse import sfc_fuse
 
@@ -215,7 +231,7 @@ class _Head(nn.Module):
         self.num_classes = head.conv_out.out_channels // (1 if head.tiny else HEAD_UPSAMPLE**2)
 
     def forward(self, x):
-        x = F.relu(self.conv(x))
+        x = conv_relu(self.conv, x)
         if self.tiny:
             logits = F.interpolate(self.conv_out(x), scale_factor=HEAD_UPSAMPLE, mode="bilinear", align_corners=True)
             if self.output == "logits":
@@ -354,7 +370,7 @@ def optimize(
     ``allow_tf32``); "fp64" runs the reference ops only, to check the folding algebra exactly. output: "logits" (B, K, H, W) or "labels" (B, H, W). cuda_graphs: capture
     one CUDA graph per input shape on CUDA (the first call of a shape warms up and captures).
     kernels: use the Triton kernels (default: on CUDA when Triton is installed; ``True`` on CPU
-    needs ``TRITON_INTERPRET=1``). channels_last: activation layout (default: on CUDA).
+    needs ``TRITON_INTERPRET=1``). channels_last: activation layout (default: True).
     static_output: return the CUDA graph's output buffer itself (overwritten by the next call
     of the same shape) instead of a copy. The module runs on the device of ``model``.
     """
@@ -380,8 +396,8 @@ def optimize(
         )
     if kernels and precision == "fp64":
         raise ValueError("optimize: the Triton kernels take fp32/fp16/bf16; precision='fp64' needs kernels=False")
-    if channels_last is None:
-        channels_last = on_cuda
+    if channels_last is None:  # faster on both: cuDNN/Triton on GPU, oneDNN on CPU (measured in BENCHMARKS.md)
+        channels_last = True
     fast = OptimizedCSFCN(
         model,
         precision=precision,
