@@ -296,8 +296,13 @@ def shuffle_labels(conv_out: torch.Tensor, upscale: int = 8, labels_dtype: torch
     bsz, n, h, w = conv_out.shape
     r = upscale
     k = n // (r * r)
-    idx = conv_out.reshape(bsz, k, r, r, h, w).argmax(dim=1)  # (B, R, R, h, w)
-    idx = idx.permute(0, 3, 1, 4, 2).reshape(bsz, r * h, r * w)
+    if not conv_out.is_contiguous() and conv_out.is_contiguous(memory_format=torch.channels_last):
+        # channels-last: (B, h, w, K, R*R) is a view; reduce over K, the sub-pixels stay contiguous
+        idx = conv_out.permute(0, 2, 3, 1).reshape(bsz, h, w, k, r, r).argmax(dim=3)  # (B, h, w, R, R)
+        idx = idx.permute(0, 1, 3, 2, 4).reshape(bsz, r * h, r * w)
+    else:
+        idx = conv_out.reshape(bsz, k, r, r, h, w).argmax(dim=1)  # (B, R, R, h, w)
+        idx = idx.permute(0, 3, 1, 4, 2).reshape(bsz, r * h, r * w)
     return idx.to(labels_dtype or _default_labels_dtype(k))
 
 

@@ -291,3 +291,26 @@ def test_gpu_kernels_fp32_and_tf32():
     ref = shuffle_head_reference(x, weight, bias)
     assert rel_l2(shuffle_head(x, weight, bias), ref) <= 1e-5
     assert rel_l2(shuffle_head(x, weight, bias, allow_tf32=True), ref) <= 3e-4
+
+
+# ----------------------------------------------------------------------------- benchmark CLI
+def test_benchmark_cli_runs_the_cpu_variants(tmp_path, capsys):
+    """`python -m torch_deploy.benchmark` on a tiny input: table, skipped variants named, JSON."""
+    import json
+
+    from torch_deploy.benchmark import main
+
+    out = tmp_path / "bench.json"
+    args = ["--size", "32", "64", "--classes", "11", "--repeats", "2", "--warmup", "1", "--threads", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["model"]["classes"] == 11 and report["versions"]["torch"] == torch.__version__
+    keys = {r["variant"] for r in report["models"]}
+    if torch.cuda.is_available():
+        assert {"a", "d", "e"} <= keys
+    else:
+        assert keys == {"a", "d", "e"} and "per-kernel timings" in report["skipped"]
+        assert "optimize fp32 labels (reference ops, CPU)" in text and "Skipped:" in text
+    for r in report["models"]:
+        assert r["size"] == [32, 64] and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["runs"] == 2

@@ -20,8 +20,9 @@ What :func:`optimize` builds from the PyTorch twin (which it leaves untouched):
   interpreter (``TRITON_INTERPRET=1``), which is how the tests check the whole fast path.
 
 Output modes: ``"logits"`` (B, K, H, W) in the compute precision, ``"labels"`` (B, H, W)
-uint8 (int32 for K > 256). In labels mode the CSFCN head never materialises full-resolution
-logits (the argmax over K runs per sub-pixel on the 1/8 conv output). CSFCN-Tiny's head is a
+uint8 (int32 for K > 256). In labels mode the CSFCN head's kernel never materialises
+full-resolution logits (the argmax over K runs per sub-pixel on the 1/8 conv output); the CPU
+reference path pixel-shuffles and then takes the argmax, which measured faster there. CSFCN-Tiny's head is a
 bilinear x8 resize, which has no such shortcut: it runs as conv + resize (+ argmax).
 """
 
@@ -242,9 +243,14 @@ class _Head(nn.Module):
         if self.use_kernels:
             return shuffle_head(x, self.conv_out.weight, self.conv_out.bias, upscale=HEAD_UPSAMPLE, output=self.output)
         y = self.conv_out(x)
-        if self.output == "labels":
-            return shuffle_labels(y, HEAD_UPSAMPLE)
-        return F.pixel_shuffle(y, HEAD_UPSAMPLE)
+        if self.output == "logits":
+            return F.pixel_shuffle(y, HEAD_UPSAMPLE)
+        if y.device.type == "cpu" and y.dtype != torch.float64:
+            # measured on CPU: argmax over the pixel-shuffled channels-last logits beats reducing
+            # over K straight from the 1/8 output (a strided reduction ATen's CPU kernel runs slowly)
+            k = self.num_classes
+            return F.pixel_shuffle(y, HEAD_UPSAMPLE).argmax(1).to(torch.uint8 if k <= 256 else torch.int32)
+        return shuffle_labels(y, HEAD_UPSAMPLE)
 
 
 class OptimizedCSFCN(nn.Module):

@@ -1,0 +1,409 @@
+"""Inference speed of CSFCN: the reference twin against ``torch_deploy.optimize``, side by side.
+
+    python -m torch_deploy.benchmark                          # all DEPLOY.md sizes on a GPU
+    python -m torch_deploy.benchmark --classes 11 --size 720 960 --json camvid.json
+    python -m torch_deploy.benchmark --size 512 1024          # on CPU: the CPU variants
+
+Protocol (DEPLOY.md): batch 1, random weights (speed does not depend on them), every variant
+warmed up, then timed in interleaved rounds (one call of each variant per round, so a noisy
+machine slows all of them alike); median and spread (min..max, p10..p90) per variant. GPU:
+CUDA events around each call. Variants:
+
+  a  reference twin, eager fp32 (the upstream's way of timing)
+  b  reference twin, eager fp16, channels-last
+  c  torch.compile(mode="max-autotune") of the reference in fp16, channels-last
+  d  torch_deploy.optimize, fp16 logits (Triton kernels, CUDA graph)
+  e  torch_deploy.optimize, fp16 labels
+
+plus each Triton kernel against the PyTorch ops it replaces, with achieved GB/s (bytes the op
+must read and write at least, over its median time). On CPU the variants are (a) and
+``optimize`` in fp32 on the reference ops, logits and labels; the script prints which GPU
+variants it skipped and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+GPU_SIZES = [(512, 1024), (768, 1536), (1024, 2048), (720, 960)]
+CPU_SIZES = [(512, 1024)]
+
+
+def _parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m torch_deploy.benchmark",
+        description=__doc__.split("\n\n")[0] + " See DEPLOY.md, 'Benchmark protocol'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--classes", type=int, default=19, help="number of classes K (19 Cityscapes, 11 CamVid)")
+    p.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        action="append",
+        metavar=("H", "W"),
+        help="input size; repeat for several (default: 512x1024 768x1536 1024x2048 720x960 on GPU, 512x1024 on CPU)",
+    )
+    p.add_argument("--variant", default="csfcn", choices=("csfcn", "csfcn_tiny"), help="model variant")
+    p.add_argument("--stem", default="torchvision", choices=("torchvision", "deep"), help="backbone stem")
+    p.add_argument("--batch", type=int, default=1, help="batch size (the protocol uses 1)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant (default 10 GPU, 2 CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 100 GPU, 10 CPU)")
+    p.add_argument("--precision", default="fp16", choices=("fp16", "bf16"), help="precision of (b)-(e) on GPU")
+    p.add_argument("--only", default=None, help="comma-separated subset of variants to run, e.g. 'a,d,e'")
+    p.add_argument("--no-compile", action="store_true", help="skip (c): max-autotune compilation takes minutes")
+    p.add_argument("--no-kernels", action="store_true", help="skip the per-kernel timings")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    args = p.parse_args(argv)
+    if args.classes < 1:
+        p.error("--classes must be >= 1")
+    for h, w in args.size or []:
+        if h < 8 or w < 8:
+            p.error(f"--size {h} {w}: both sides must be >= 8")
+    return args
+
+
+# ----------------------------------------------------------------------------- timing
+class Timer:
+    """One call timed with CUDA events (GPU) or perf_counter (CPU), in milliseconds."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn) -> float:
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
+def stats(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "p10_ms": q[0],
+        "p90_ms": q[-1],
+        "runs": len(times),
+    }
+
+
+def run_interleaved(fns: dict, timer: Timer, warmup: int, repeats: int) -> dict:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    if timer.cuda:
+        torch.cuda.synchronize()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timer(fn))
+    return {k: stats(v) for k, v in times.items()}
+
+
+# ----------------------------------------------------------------------------- model variants
+def model_variants(args, device: torch.device, only: set[str]):
+    """(runnable variants {label: (key, fn-of-x)}, skipped {label: reason})."""
+    import copy
+
+    from torch_deploy.model import CSFCN
+    from torch_deploy.optimize import optimize
+
+    torch.manual_seed(0)
+    twin = CSFCN(variant=args.variant, num_classes=args.classes, stem=args.stem).eval().to(device)
+    run, skipped = {}, {}
+    lp = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
+
+    def want(key):
+        return key in only
+
+    if want("a"):
+        run["a  reference eager fp32"] = ("a", lambda x: twin(x))
+    if device.type == "cuda":
+        if want("b"):
+            half = copy.deepcopy(twin).to(dtype=lp, memory_format=torch.channels_last)
+            run[f"b  reference eager {args.precision} channels-last"] = (
+                "b",
+                lambda x: half(x.to(dtype=lp, memory_format=torch.channels_last)),
+            )
+        if want("c"):
+            if args.no_compile:
+                skipped["c  torch.compile max-autotune"] = "--no-compile"
+            else:
+                comp_model = copy.deepcopy(twin).to(dtype=lp, memory_format=torch.channels_last)
+                comp = torch.compile(comp_model, mode="max-autotune")
+                run[f"c  torch.compile max-autotune {args.precision}"] = (
+                    "c",
+                    lambda x: comp(x.to(dtype=lp, memory_format=torch.channels_last)),
+                )
+        if want("d"):
+            fd = optimize(twin, args.precision, "logits")
+            run[f"d  optimize {args.precision} logits"] = ("d", fd)
+        if want("e"):
+            fe = optimize(twin, args.precision, "labels")
+            run[f"e  optimize {args.precision} labels"] = ("e", fe)
+    else:
+        reason = "needs a CUDA GPU (fp16 convolutions and Triton kernels are GPU features)"
+        for key, label in (("b", "b  reference eager fp16 channels-last"), ("c", "c  torch.compile max-autotune fp16")):
+            if want(key):
+                skipped[label] = reason + ("" if key == "b" else "; max-autotune tunes GPU kernels")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the one-time CPU notice: this table says it instead
+            if want("d"):
+                fd = optimize(twin, "fp32", "logits")
+                run["d' optimize fp32 logits (reference ops, CPU)"] = ("d", fd)
+            if want("e"):
+                fe = optimize(twin, "fp32", "labels")
+                run["e' optimize fp32 labels (reference ops, CPU)"] = ("e", fe)
+        if want("d") or want("e"):
+            skipped["d/e optimize fp16 with Triton kernels"] = (
+                "needs a CUDA GPU; run on CPU as fp32 reference ops (d', e')"
+            )
+    return run, skipped
+
+
+# ----------------------------------------------------------------------------- kernels
+def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype):
+    """[(name, kernel fn, PyTorch-ops fn, bytes moved)] at the shapes the model gives for an (h, w) input."""
+    from kernels.pooled_attention import pooled_attention, pooled_attention_reference
+    from kernels.sfc_fuse import sfc_fuse
+    from kernels.shuffle_head import shuffle_head
+    from torch_deploy.model import pyramid_pool, sfc_sample_and_gate
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    cl = torch.channels_last
+    b = args.batch
+    h8, w8, h32, w32 = h // 8, w // 8, -(-h // 32), -(-w // 32)
+    el = torch.tensor([], dtype=dtype).element_size()
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    cases = []
+    cp = rnd(b, 128, h8, w8).contiguous(memory_format=cl)
+    sp32 = rnd(b, 128, h32, w32).contiguous(memory_format=cl)
+    r = rnd(b, 10, h8, w8, scale=2.0).contiguous(memory_format=cl)
+
+    def sfc_torch():
+        sp = F.interpolate(sp32, (h8, w8), mode="bilinear", align_corners=True)
+        return sfc_sample_and_gate(cp, sp, r)
+
+    moved = (cp.numel() + sp32.numel() + r.numel() + cp.numel()) * el
+    cases.append(("sfc_fuse (1/32 resize fused)", lambda: sfc_fuse(cp, sp32, r), sfc_torch, moved))
+
+    if args.variant == "csfcn":
+        k = args.classes
+        x = rnd(b, 128, h8, w8).contiguous(memory_format=cl)
+        wt = rnd(k * 64, 128, scale=128**-0.5)
+        bias = rnd(k * 64)
+        w4 = wt.reshape(k * 64, 128, 1, 1)
+        moved_in = (x.numel() + wt.numel() + bias.numel()) * el
+        cases.append(
+            (
+                f"shuffle_head logits K={k}",
+                lambda: shuffle_head(x, wt, bias),
+                lambda: F.pixel_shuffle(F.conv2d(x, w4, bias), 8),
+                moved_in + b * k * h8 * w8 * 64 * el,
+            )
+        )
+        cases.append(
+            (
+                f"shuffle_head labels K={k}",
+                lambda: shuffle_head(x, wt, bias, output="labels"),
+                lambda: F.pixel_shuffle(F.conv2d(x, w4, bias), 8).argmax(1).to(torch.uint8),
+                moved_in + b * h8 * w8 * 64,
+            )
+        )
+    feat = rnd(b, 256, h32, w32)
+    s = pyramid_pool(feat).shape[2]
+    q = rnd(b, 32, h32, w32).contiguous(memory_format=cl)
+    key = rnd(b, 32, s, scale=0.3)
+    val = rnd(b, 256, s)
+    moved = (q.numel() + key.numel() + val.numel() + b * 256 * h32 * w32) * el
+    cases.append(
+        (
+            f"pooled_attention S={s}",
+            lambda: pooled_attention(q, key, val),
+            lambda: pooled_attention_reference(q, key, val),
+            moved,
+        )
+    )
+    return cases
+
+
+def copy_bandwidth(device: torch.device, timer: Timer) -> float:
+    """Measured device-to-device copy bandwidth (GB/s, read + write) of a 256 MiB buffer."""
+    src = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    res = run_interleaved({"copy": lambda: dst.copy_(src)}, timer, 5, 20)["copy"]
+    return 2 * src.numel() * 4 / (res["median_ms"] * 1e-3) / 1e9
+
+
+# ----------------------------------------------------------------------------- report
+def versions() -> dict:
+    v = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import triton
+
+        v["triton"] = triton.__version__
+    except ImportError:
+        v["triton"] = None
+    return v
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def fmt_row(cols, widths):
+    return (
+        "| "
+        + " | ".join(str(c).ljust(wd) if i == 0 else str(c).rjust(wd) for i, (c, wd) in enumerate(zip(cols, widths)))
+        + " |"
+    )
+
+
+def print_table(headers, rows):
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    print(fmt_row(headers, widths))
+    print("|" + "|".join("-" * (wd + 2) if i == 0 else "-" * (wd + 1) + ":" for i, wd in enumerate(widths)) + "|")
+    for r in rows:
+        print(fmt_row(r, widths))
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: CUDA is not available", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpu = device.type == "cuda"
+    sizes = [tuple(s) for s in args.size] if args.size else (GPU_SIZES if gpu else CPU_SIZES)
+    warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
+    repeats = args.repeats if args.repeats is not None else (100 if gpu else 10)
+    only = set((args.only or "a,b,c,d,e").replace(" ", "").split(","))
+    timer = Timer(device)
+    report = {
+        "command": "python -m torch_deploy.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+        "device": device_name(device),
+        "versions": versions(),
+        "model": {"variant": args.variant, "classes": args.classes, "stem": args.stem, "batch": args.batch},
+        "warmup": warmup,
+        "repeats": repeats,
+        "timing": "CUDA events" if gpu else "time.perf_counter",
+        "models": [],
+        "kernels": [],
+        "skipped": {},
+    }
+    print(
+        f"device: {report['device']}; {report['versions']}; timing: {report['timing']}, {warmup} warm-up, "
+        f"{repeats} interleaved rounds"
+    )
+    with torch.inference_mode():
+        variants, skipped = model_variants(args, device, only)
+        report["skipped"].update(skipped)
+        rows = []
+        for h, w in sizes:
+            x = torch.randn(args.batch, 3, h, w, device=device)
+            fns = {label: (lambda fn=fn: fn(x)) for label, (_, fn) in variants.items()}
+            res = run_interleaved(fns, timer, warmup, repeats)
+            base = next((res[lbl]["median_ms"] for lbl, (key, _) in variants.items() if key == "a"), None)
+            for label, (key, _) in variants.items():
+                st = res[label]
+                speed = f"{base / st['median_ms']:.2f}x" if base else "-"
+                rows.append(
+                    [
+                        f"{h}x{w}",
+                        label,
+                        f"{st['median_ms']:.2f}",
+                        f"{st['min_ms']:.2f}..{st['max_ms']:.2f}",
+                        f"{st['p10_ms']:.2f}..{st['p90_ms']:.2f}",
+                        f"{1e3 * args.batch / st['median_ms']:.1f}",
+                        speed,
+                    ]
+                )
+                report["models"].append({"size": [h, w], "variant": key, "label": label, **st})
+        print(f"\nWhole model, {args.variant} K={args.classes}, batch {args.batch}:")
+        print_table(["size", "variant", "median ms", "min..max", "p10..p90", "FPS", "vs (a)"], rows)
+
+        if args.no_kernels:
+            report["skipped"]["per-kernel timings"] = "--no-kernels"
+        elif not gpu:
+            report["skipped"]["per-kernel timings"] = (
+                "Triton kernels need a CUDA GPU; on CPU they only run under the interpreter, which is not a timing path"
+            )
+        else:
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
+            bw = copy_bandwidth(device, timer)
+            report["copy_bandwidth_GBps"] = bw
+            krows = []
+            for h, w in sizes:
+                for name, kfn, tfn, moved in kernel_cases(args, h, w, device, dtype):
+                    res = run_interleaved({"kernel": kfn, "torch": tfn}, timer, warmup, repeats)
+                    k_ms, t_ms = res["kernel"]["median_ms"], res["torch"]["median_ms"]
+                    gbps = moved / (k_ms * 1e-3) / 1e9
+                    krows.append(
+                        [
+                            f"{h}x{w}",
+                            name,
+                            f"{k_ms:.4f}",
+                            f"{res['kernel']['min_ms']:.4f}..{res['kernel']['max_ms']:.4f}",
+                            f"{t_ms:.4f}",
+                            f"{t_ms / k_ms:.2f}x",
+                            f"{gbps:.0f}",
+                            f"{100 * gbps / bw:.0f}%",
+                        ]
+                    )
+                    report["kernels"].append(
+                        {
+                            "size": [h, w],
+                            "op": name,
+                            "kernel": res["kernel"],
+                            "torch": res["torch"],
+                            "bytes": moved,
+                            "GBps": gbps,
+                        }
+                    )
+            print(f"\nKernels ({args.precision}) vs the PyTorch ops they replace; copy bandwidth {bw:.0f} GB/s:")
+            print_table(
+                ["size", "op", "kernel ms", "min..max", "torch ms", "speed-up", "GB/s", "of copy"],
+                krows,
+            )
+    if report["skipped"]:
+        print("\nSkipped:")
+        for k, v in report["skipped"].items():
+            print(f"  {k}: {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"\nJSON written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
