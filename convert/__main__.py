@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m convert runs/demo/export DST.safetensors      # Flax (Orbax dir) -> PyTorch
+    python -m convert runs/demo DST.safetensors             # a training run (best checkpoint) -> PyTorch
     python -m convert CSFCN_best_model.pth flax_params/     # upstream .pth -> Flax
     python -m convert model.safetensors upstream.pth        # ours -> upstream naming
     python -m convert resnet18.pth init.safetensors --variant csfcn --num-classes 19

@@ -258,6 +258,11 @@ def read_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[Pat
     """Any supported whole-model checkpoint -> (config, Flax flat params)."""
     kind = kind_of(path)
     if kind == "orbax":
+        from jax_csfcn.checkpointing import is_run_dir, read_run_params
+
+        if is_run_dir(path):  # a training run (its best, else latest, checkpoint) or one step of it
+            config, flat_str, step_dir = read_run_params(path)
+            return config, _match_template(model_template(config), flat_str, str(step_dir))
         config, flat_str = read_orbax(path)
         return config, _match_template(model_template(config), flat_str, str(path))
     tensors, meta = read_torch_file(path)

@@ -1,0 +1,31 @@
+"""The embedded synthetic street scenes (what `make demo` trains): CSFCN, 19 classes, on CPU.
+
+python -m jax_csfcn.train --config configs/synthetic.py
+
+The dataset (40 train / 10 val scenes at 256x512 in the Cityscapes layout) is generated into
+data.root on first use.  Short-run settings: 128x256 crops, batch 4, a higher learning rate
+and a short warm-up; the loss, optimizer and pipeline are the Cityscapes recipe's.
+"""
+
+from jax_csfcn.config import get_config as base
+
+
+def get_config():
+    c = base()
+    c.workdir = "runs/synthetic"
+    c.data.dataset = "synthetic"
+    c.data.root = "data/synthetic"
+    c.data.image_size = (256, 512)
+    c.data.crop_size = (128, 256)
+    c.data.scale_range = (0.75, 1.5)
+    c.data.workers = 1
+    c.train.batch_size = 4
+    c.train.steps = 900
+    c.train.base_lr = 0.1
+    c.train.warmup_steps = 50
+    c.train.log_every = 10
+    c.loss.min_kept = 16384  # 1/8 of a batch's pixels
+    c.checkpoint.every = 300
+    c.eval.every = 300
+    c.eval.batch_size = 2
+    return c

@@ -1,0 +1,192 @@
+"""Checkpoints of a training run: Orbax ``CheckpointManager`` under ``workdir/checkpoints``.
+
+One checkpoint step directory holds three items::
+
+    checkpoints/<step>/state/   params, BN statistics, optimizer state  (Orbax pytree)
+    checkpoints/<step>/loader/  the grain iterator state, one JSON per process
+    checkpoints/<step>/meta/    {"step", "seed", "model": ModelConfig fields, ...}  (JSON)
+
+Saves are asynchronous and atomic (Orbax writes into a temporary directory and renames it
+when complete), so a run killed at any moment keeps every checkpoint it finished.  The last
+``keep`` checkpoints are kept, plus the best by val mIoU.
+
+:func:`read_run_params` reads the model of a run (its best checkpoint, else the latest) for
+``jax_csfcn.load_model`` / ``torch_deploy.load_model`` / ``python -m convert``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jax_csfcn.model_config import ModelConfig
+
+CHECKPOINT_DIR = "checkpoints"
+ITEMS = ("state", "loader", "meta")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the directory and the fix."""
+
+
+def manager(directory, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+    """The run's ``CheckpointManager``: last ``keep`` plus the best by ``miou`` kept."""
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint import checkpoint_managers as cm
+
+    policy = cm.AnyPreservationPolicy(
+        [
+            cm.LatestN(n=keep),
+            cm.BestN(get_metric_fn=lambda m: m["miou"], reverse=False, n=1, keep_checkpoints_without_metrics=False),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=lambda m: m["miou"],
+        best_mode="max",
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+        read_only=read_only,
+        save_interval_steps=0 if read_only else 1,
+        cleanup_tmp_directories=not read_only,
+    )
+    return ocp.CheckpointManager(Path(directory).absolute(), item_names=ITEMS, options=options)
+
+
+class LoaderStateSnapshot:
+    """The grain iterator state frozen at save time (an async save must not read it later).
+
+    Quacks like a grain ``DataLoaderIterator`` for ``grain.checkpoint.CheckpointSave``/
+    ``CheckpointRestore`` (JSON bytes, one file per process).
+    """
+
+    def __init__(self, state: dict | None = None):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state, indent=1).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
+
+    def start_prefetch(self) -> None:  # called by grain's restore; nothing to prefetch here
+        pass
+
+
+def save(mngr, step: int, state, loader_state: dict, meta: dict, metrics: dict | None = None) -> None:
+    import grain
+    import orbax.checkpoint as ocp
+
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            loader=grain.checkpoint.CheckpointSave(LoaderStateSnapshot(loader_state)),
+            meta=ocp.args.JsonSave(meta),
+        ),
+        metrics=metrics,
+        force=True,
+    )
+
+
+def restore(mngr, step: int, abstract_state) -> tuple[object, dict, dict]:
+    """(state, loader state dict, meta) of ``step``; ``abstract_state`` gives structure and shardings."""
+    import grain
+    import orbax.checkpoint as ocp
+
+    snap = LoaderStateSnapshot()
+    try:
+        out = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                loader=grain.checkpoint.CheckpointRestore(snap),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"cannot restore step {step} from {mngr.directory}: {type(e).__name__}: {e}. "
+            "Was it written by a run with another model config, optimizer or number of processes?"
+        ) from e
+    return out["state"], snap.state, dict(out["meta"])
+
+
+def read_meta(step_dir) -> dict:
+    import orbax.checkpoint as ocp
+
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ck:
+        return dict(ck.restore(Path(step_dir).absolute() / "meta"))
+
+
+# --------------------------------------------------------------------------- reading a run
+def is_run_dir(path) -> bool:
+    """A run workdir, its ``checkpoints/`` folder, or one step directory of it."""
+    p = Path(path)
+    return p.is_dir() and (
+        (p / CHECKPOINT_DIR).is_dir() or (p / "meta").is_dir() and (p / "state").is_dir() or _has_steps(p)
+    )
+
+
+def _has_steps(p: Path) -> bool:
+    return any(c.is_dir() and c.name.isdigit() and (c / "state").is_dir() for c in p.iterdir())
+
+
+def resolve_step_dir(path) -> Path:
+    """The step directory to load from ``path``: best by val mIoU, else the latest step."""
+    p = Path(path).absolute()
+    if (p / "state").is_dir() and (p / "meta").is_dir():
+        return p
+    root = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
+    mngr = manager(root, read_only=True)
+    try:
+        step = mngr.best_step()  # None when no checkpoint has a val mIoU yet
+        step = step if step is not None else mngr.latest_step()
+        if step is None:
+            raise CheckpointError(f"{root}: no finished checkpoint in this run directory")
+        return root / str(step)
+    finally:
+        mngr.close()
+
+
+def _strip_value(path: tuple) -> tuple:
+    # nnx Variables flatten with a trailing "value" attribute; the model's paths end before it.
+    return path[:-1] if path and path[-1] == "value" else path
+
+
+def read_run_params(path) -> tuple[ModelConfig, dict[tuple[str, ...], np.ndarray], Path]:
+    """(model config, {str path: array} of params + BN statistics, step dir) of a run checkpoint."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    step_dir = resolve_step_dir(path)
+    meta = read_meta(step_dir)
+    if "model" not in meta:
+        raise CheckpointError(f"{step_dir}/meta has no 'model' entry: not a csfcn training checkpoint")
+    config = ModelConfig.from_mapping(meta["model"])
+    with ocp.PyTreeCheckpointer() as ck:
+        # Host numpy arrays whatever the sharding the run saved with (1 or many devices).
+        structure = ck.metadata(step_dir / "state").item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
+        tree = ck.restore(step_dir / "state", args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    for part in ("params", "batch_stats"):
+        if part not in tree:
+            raise CheckpointError(f"{step_dir}/state has no {part!r}: not a csfcn training checkpoint")
+
+        def walk(node, prefix):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(v, (*prefix, str(k)))
+            else:
+                flat[_strip_value(prefix)] = np.asarray(node)
+
+        walk(tree[part], ())
+    return config, flat, step_dir
+
+
+def model_meta(config: ModelConfig) -> dict:
+    return dataclasses.asdict(config)

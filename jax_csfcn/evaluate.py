@@ -1,0 +1,245 @@
+"""Evaluate a CSFCN checkpoint on a split: mIoU, per-class IoU, pixel accuracy.
+
+    python -m jax_csfcn.evaluate --config configs/cityscapes_csfcn.py --checkpoint runs/cs100
+    python -m jax_csfcn.evaluate --config configs/cityscapes_csfcn.py --checkpoint model.safetensors \\
+        --config.eval.scales='(0.75, 1.0, 1.25)' --config.eval.flip=True --dump_dir preds/
+
+``--checkpoint`` is anything ``jax_csfcn.load_model`` reads: a training run directory (its
+best checkpoint by val mIoU, else the latest), one step directory of a run, an exported
+``.safetensors`` / Orbax directory, or an upstream ``.pth``.
+
+The scores come from one confusion matrix accumulated on the device over the whole split (not
+an average of per-batch mIoU), with the ignore label honoured.  They equal the official
+``cityscapesscripts`` pixel-level evaluator's on the same predictions (tests/test_evaluate.py).
+
+Multi-scale: each scale resizes the image (bilinear, sides rounded to multiples of 32), the
+logits are resized back to the label size and the softmax probabilities of all scales (and of
+the flipped image when ``eval.flip``) are averaged before the argmax.
+
+Reduced-size evaluation (``data.eval_size``, the upstream "-50" / "-75" models): the image is
+first resized (bilinear) to ``eval_size``, scales are relative to that size, and the logits are
+resized back to the label's full resolution, so the scores are always at full resolution.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jax_csfcn.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
+from jax_csfcn.metrics import confusion_matrix, scores
+
+__all__ = ["evaluate", "format_scores", "logits_fn", "normalize_on_device"]
+
+
+def normalize_on_device(images: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """uint8 NHWC RGB -> ImageNet-normalised ``dtype`` (runs inside the jitted steps)."""
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
+    std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
+    return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+
+
+def _resize(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
+    if tuple(x.shape[1:3]) == tuple(hw):
+        return x
+    # No antialiasing: what torch's F.interpolate(mode="bilinear") does.
+    return jax.image.resize(x, (x.shape[0], *hw, x.shape[3]), "linear", antialias=False)
+
+
+def logits_fn(
+    model, images: jax.Array, *, scales=(1.0,), flip: bool = False, dtype=jnp.float32, input_size=None
+) -> jax.Array:
+    """Class scores (N, H, W, K) at the label size for uint8 ``images`` (N, H, W, 3).
+
+    Single scale without flip: the logits (resized to H x W if the network's output differs).
+    Otherwise: the mean of the softmax probabilities over scales and flips.
+    ``input_size`` (H', W'): the network sees the image resized to it (scales are relative to
+    it); the result is still at H x W.
+    """
+    h, w = images.shape[1:3]
+    x = normalize_on_device(images, dtype)
+    if input_size is not None:  # data.eval_size
+        x = _resize(x, tuple(int(v) for v in input_size))
+    if tuple(scales) == (1.0,) and not flip:
+        return _resize(model(x).astype(jnp.float32), (h, w))
+    total = 0.0
+    bh, bw = x.shape[1:3]
+    for s in scales:
+        size = (max(32, int(round(bh * s / 32)) * 32), max(32, int(round(bw * s / 32)) * 32))
+        xs = _resize(x, size)
+        views = [(xs, False)] + ([(xs[:, :, ::-1], True)] if flip else [])
+        for v, flipped in views:
+            out = model(v).astype(jnp.float32)
+            if flipped:
+                out = out[:, :, ::-1]
+            total = total + jax.nn.softmax(_resize(out, (h, w)), axis=-1)
+    return total / (len(scales) * (2 if flip else 1))
+
+
+def _eval_step(
+    graphdef, params, batch_stats, images, labels, *, num_classes, ignore_index, scales, flip, dtype, input_size=None
+):
+    model = nnx.merge(graphdef, params, batch_stats)
+    logits = logits_fn(model, images, scales=scales, flip=flip, dtype=dtype, input_size=input_size)
+    pred = jnp.argmax(logits, axis=-1)
+    return confusion_matrix(pred, labels, num_classes, ignore_index), pred.astype(jnp.uint8)
+
+
+def make_eval_step(
+    graphdef, mesh, *, num_classes, ignore_index=255, scales=(1.0,), flip=False, dtype=jnp.float32, input_size=None
+):
+    """Jitted ``(params, batch_stats, images, labels) -> (confusion (K,K), predictions)`` over ``mesh``.
+
+    The batch is sharded on the mesh's ``data`` axis; the confusion matrix comes back summed
+    over the global batch (replicated), the predictions sharded like the batch.
+    ``input_size``: ``data.eval_size`` (see :func:`logits_fn`); None = the images' own size.
+    """
+    fn = functools.partial(
+        _eval_step,
+        graphdef,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        scales=tuple(scales),
+        flip=flip,
+        dtype=dtype,
+        input_size=None if input_size is None else tuple(int(v) for v in input_size),
+    )
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return jax.jit(fn, in_shardings=(repl, repl, data, data), out_shardings=(repl, data))
+
+
+def evaluate(
+    eval_step,
+    params,
+    batch_stats,
+    batches,
+    *,
+    num_classes: int,
+    mesh,
+    num_batches: int | None = None,
+    on_predictions=None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict:
+    """Scores over every batch of ``batches`` (process-local eval batches, see data.pipeline).
+
+    ``on_predictions(batch, pred)``: optional host callback with this process's predictions
+    (uint8 N x H x W, cropped per record by the caller using ``batch["size"]``).
+    """
+    from tqdm import tqdm
+
+    data = NamedSharding(mesh, P("data"))
+    conf = jnp.zeros((num_classes, num_classes), jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
+    host_conf = np.zeros((num_classes, num_classes), np.int64)
+    t0, n_images = time.time(), 0
+    bar = tqdm(
+        total=num_batches, desc=desc, unit="batch", disable=not progress or jax.process_index() != 0, leave=False
+    )
+    for i, batch in enumerate(batches):
+        images = jax.make_array_from_process_local_data(data, np.asarray(batch["image"]))
+        labels = jax.make_array_from_process_local_data(data, np.asarray(batch["label"]))
+        c, pred = eval_step(params, batch_stats, images, labels)
+        conf = conf + c
+        if (i + 1) % 200 == 0:  # int32 cells: move to host int64 well before they could overflow
+            host_conf += np.asarray(jax.device_get(conf), np.int64)
+            conf = jnp.zeros_like(conf)
+        n_images += int(np.sum(batch.get("valid", np.ones(len(batch["image"]), bool))))
+        if on_predictions is not None:
+            local = np.concatenate([np.asarray(s.data) for s in pred.addressable_shards], axis=0)
+            on_predictions(batch, local)
+        bar.update(1)
+    bar.close()
+    host_conf += np.asarray(jax.device_get(conf), np.int64)
+    out = scores(host_conf)
+    out["confusion"] = host_conf
+    out["images"] = n_images * jax.process_count()
+    out["seconds"] = time.time() - t0
+    return out
+
+
+def format_scores(sc: dict, class_names) -> str:
+    """A small text table: per-class IoU, then mIoU and pixel accuracy."""
+    lines = [f"{'class':<16}{'IoU':>8}"]
+    for name, v in zip(class_names, sc["iou"]):
+        lines.append(f"{name:<16}{'   n/a' if math.isnan(v) else f'{100 * v:8.2f}'}")
+    lines.append(f"{'mIoU':<16}{100 * sc['miou']:8.2f}")
+    lines.append(f"{'pixel acc':<16}{100 * sc['pixel_acc']:8.2f}")
+    return "\n".join(lines)
+
+
+def scores_json(sc: dict, class_names) -> dict:
+    """JSON-friendly scores (NaN -> null)."""
+
+    def num(v):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    return {
+        "miou": num(sc["miou"]),
+        "pixel_acc": num(sc["pixel_acc"]),
+        "mean_class_acc": num(sc["mean_class_acc"]),
+        "iou": {n: num(float(v)) for n, v in zip(class_names, sc["iou"])},
+        "num_pixels": int(sc["num_pixels"]),
+        "images": int(sc.get("images", 0)),
+    }
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv) -> None:
+    from absl import flags
+
+    from jax_csfcn import train as tr
+
+    FLAGS = flags.FLAGS
+    cfg = FLAGS.config
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments {argv[1:]}; use --config.<key>=<value> for config fields")
+    if not FLAGS.checkpoint:
+        raise SystemExit("--checkpoint is required (a run directory, a step directory or an exported model)")
+    tr.maybe_initialize_distributed()
+    result = tr.evaluate_checkpoint(
+        cfg,
+        FLAGS.checkpoint,
+        split=FLAGS.split or cfg.data.val_split,
+        dump_dir=FLAGS.dump_dir,
+        dump_format=FLAGS.dump_format,
+    )
+    if jax.process_index() == 0:
+        print(result["table"])
+        if FLAGS.json:
+            Path(FLAGS.json).write_text(json.dumps(result["scores"], indent=2))
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
+    flags.DEFINE_string("checkpoint", None, "run directory, step directory or exported model")
+    flags.DEFINE_string("split", None, "split to evaluate (default: data.val_split)")
+    flags.DEFINE_string("dump_dir", None, "also write the predictions as PNGs into this folder")
+    flags.DEFINE_enum(
+        "dump_format",
+        "trainids",
+        ["trainids", "cityscapes"],
+        "trainids: train-id PNGs; cityscapes: label-id PNGs named for the official evaluator / test server",
+    )
+    flags.DEFINE_string("json", None, "write the scores as JSON to this file")
+    flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main, argv=sys.argv)

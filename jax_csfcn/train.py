@@ -1,0 +1,649 @@
+"""Train CSFCN in JAX: one jitted step, data parallel over every device of every host.
+
+    python -m jax_csfcn.train --config configs/synthetic.py
+    python -m jax_csfcn.train --config configs/cityscapes_csfcn.py \\
+        --config.data.root=/data/cityscapes --config.workdir=runs/csfcn100
+    python -m jax_csfcn.train --config configs/cityscapes_csfcn.py --config.workdir=runs/csfcn100 --resume
+
+Config fields are overridden with ``--config.<key>=<value>`` (jax_csfcn/config.py lists them
+all).  Everything of a run lives in ``config.workdir``: ``checkpoints/`` (Orbax), ``metrics.jsonl``
+(one JSON object per logged step), ``tb/`` (TensorBoard), ``curves.png``, ``config.json`` and
+``eval.json``.  ``--resume`` continues the run in the workdir exactly where its last complete
+checkpoint left it: same parameters, optimizer state and data order, so the loss curve equals
+that of an uninterrupted run.
+
+Several hosts (one process per host, each feeding its own shard of the data)::
+
+    python -m jax_csfcn.train --config ... --coordinator_address=HOST0:1234 \\
+        --num_processes=N --process_id=I          # on host I = 0..N-1
+
+(or no flags where ``jax.distributed.initialize()`` detects the cluster: SLURM, Open MPI,
+Kubernetes/TPU pods).  The global batch ``train.batch_size`` is split evenly over processes
+and devices; BatchNorm statistics are over the global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jax_csfcn import checkpointing as ckpt
+from jax_csfcn.evaluate import evaluate, format_scores, make_eval_step, normalize_on_device, scores_json
+from jax_csfcn.losses import cross_entropy, ohem_select
+from jax_csfcn.model import build_model
+from jax_csfcn.model_config import ModelConfig
+from jax_csfcn.schedule import sgd_optimizer, warmup_poly_schedule
+
+__all__ = ["TrainError", "evaluate_checkpoint", "train"]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- setup
+def maybe_initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
+    """``jax.distributed.initialize`` when asked to (flags) or when a cluster is detected."""
+    if jax.distributed.is_initialized():
+        return
+    explicit = coordinator_address is not None
+    detected = any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
+    if not explicit and not detected:
+        return
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or not _has_accelerator():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    else:
+        jax.distributed.initialize()
+
+
+def _has_accelerator() -> bool:
+    try:
+        import importlib.util
+
+        return (
+            importlib.util.find_spec("jax_cuda12_plugin") is not None or importlib.util.find_spec("libtpu") is not None
+        )
+    except Exception:
+        return False
+
+
+def model_config(cfg) -> ModelConfig:
+    return ModelConfig(variant=cfg.model.variant, num_classes=cfg.model.num_classes, stem=cfg.model.stem)
+
+
+def build_split(cfg, split: str):
+    """The data source of ``split`` ("a+b" concatenates), generating the synthetic set if asked."""
+    from jax_csfcn.data.concat import ConcatSource
+    from jax_csfcn.data.sources import build_source
+
+    dataset, root = cfg.data.dataset, cfg.data.root
+    if dataset == "synthetic" and not Path(root).exists():
+        if jax.process_index() == 0:
+            from jax_csfcn.data.synthetic import write_synthetic_cityscapes
+
+            s = cfg.data.synthetic
+            write_synthetic_cityscapes(
+                root, splits={"train": s.train, "val": s.val}, size=tuple(s.size), seed=s.seed, progress=True
+            )
+        _barrier("synthetic data")
+    parts = [build_source(dataset, root, s) for s in split.split("+")]
+    return parts[0] if len(parts) == 1 else ConcatSource(parts)
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def check_source(src, cfg, what: str) -> None:
+    """Read the first record now so that bad data fails before the first step, naming the file."""
+    item = src[0]
+    k = cfg.model.num_classes
+    ids = np.unique(item["label"])
+    bad = ids[(ids >= k) & (ids != cfg.data.ignore_index)]
+    if bad.size:
+        raise TrainError(
+            f"{what}: record 0 ({item.get('name', '?')}) has label ids {bad.tolist()} >= model.num_classes={k}; "
+            f"set --config.model.num_classes to the dataset's class count"
+        )
+
+
+def replicate(tree, mesh):
+    """Host values (identical on every process) -> fully replicated global arrays."""
+    sharding = NamedSharding(mesh, P())
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _fresh(tree):
+    # New Variable objects at the current trace level (merge mutates BN statistics).
+    return jax.tree.map(lambda a: a, tree)
+
+
+# --------------------------------------------------------------------------- the step
+def make_train_step(graphdef, tx, cfg, mesh):
+    """Jitted ``(state, images uint8 NHWC, labels uint8 NHW) -> (state, metrics)``.
+
+    State (params, BN statistics, optimizer state) is replicated, the batch sharded on the
+    ``data`` axis, so every reduction of the step (BN moments, the OHEM threshold, the loss
+    mean, gradients) is over the global batch.  A step whose loss, gradients or updated
+    parameters are not all finite leaves the state unchanged and reports ``finite = False``.
+    """
+    dtype = DTYPES[cfg.train.dtype]
+    ohem, thresh, min_kept, ignore = cfg.loss.ohem, cfg.loss.thresh, int(cfg.loss.min_kept), cfg.data.ignore_index
+
+    def step(state, images, labels):
+        params, stats, opt_state = state["params"], state["batch_stats"], state["opt_state"]
+
+        def loss_fn(p, s):
+            model = nnx.merge(graphdef, p, _fresh(s))
+            logits = model(normalize_on_device(images, dtype)).astype(jnp.float32)
+            if logits.shape[1:3] != labels.shape[1:]:
+                raise TrainError(
+                    f"the network output is {logits.shape[1:3]} for a {images.shape[1:3]} crop; "
+                    "use a crop size that is a multiple of 32"
+                )
+            if ohem:
+                nll, keep = ohem_select(logits, labels, thresh=thresh, min_kept=min_kept, ignore_index=ignore)
+                n_keep = jnp.sum(keep, dtype=jnp.float32)
+                loss = jnp.sum(jnp.where(keep, nll, 0.0)) / jnp.maximum(n_keep, 1.0)
+                n_valid = jnp.sum(labels != ignore, dtype=jnp.float32)
+                kept = n_keep / jnp.maximum(n_valid, 1.0)
+            else:
+                loss, kept = cross_entropy(logits, labels, ignore), jnp.float32(1.0)
+            return loss, (nnx.state(model, nnx.BatchStat), kept)
+
+        (loss, (new_stats, kept)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
+
+        def pick(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        new_state = {
+            "params": pick(new_params, params),
+            "batch_stats": pick(new_stats, stats),
+            "opt_state": pick(new_opt, opt_state),
+        }
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "ohem_kept": kept, "finite": finite}
+
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+# --------------------------------------------------------------------------- logging
+class Logger:
+    """Scalars to ``metrics.jsonl`` and TensorBoard (process 0 only)."""
+
+    def __init__(self, workdir: Path, start_step: int):
+        self.on = jax.process_index() == 0
+        self.path = workdir / "metrics.jsonl"
+        self.tb = None
+        if not self.on:
+            return
+        if self.path.exists():  # a resumed run: drop what was logged after its checkpoint
+            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(workdir / "tb"), purge_step=start_step + 1 if start_step else None)
+
+    def write(self, step: int, scalars: dict) -> None:
+        if not self.on:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        for k, v in scalars.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_curves(metrics_path: Path, out: Path) -> None:
+    """training loss, learning rate and val mIoU against the step, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+    series = {k: [(r["step"], r[k]) for r in rows if r.get(k) is not None] for k in ("loss", "lr", "val/miou")}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (key, title) in zip(
+        axes, (("loss", "train loss (OHEM CE)"), ("lr", "learning rate"), ("val/miou", "val mIoU"))
+    ):
+        pts = series[key]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o" if key == "val/miou" else None, ms=4)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+
+
+# --------------------------------------------------------------------------- evaluation
+def _eval_batches(loader, num_batches: int, batch_size: int, pad_hw):
+    """The loader's batches, then dummy ones (all ignore) until every process has ``num_batches``."""
+    n = 0
+    last = None
+    for batch in loader:
+        last = batch
+        n += 1
+        yield batch
+    while n < num_batches:
+        h, w = pad_hw if pad_hw else np.asarray(last["image"]).shape[1:3]
+        yield {
+            "image": np.zeros((batch_size, h, w, 3), np.uint8),
+            "label": np.full((batch_size, h, w), 255, np.uint8),
+            "valid": np.zeros(batch_size, bool),
+            "name": [""] * batch_size,
+            "size": np.tile(np.array([[h, w]]), (batch_size, 1)),
+        }
+        n += 1
+
+
+def run_eval(cfg, mesh, eval_step, params, stats, src, *, on_predictions=None, desc="eval") -> dict:
+    from jax_csfcn.data.pipeline import eval_loader
+
+    pc, pi = jax.process_count(), jax.process_index()
+    # Rounded up to a multiple of the device count (every device gets whole images; the
+    # padding slots are dummy records that count for nothing).
+    dc = jax.device_count()
+    global_bs = -(-max(1, cfg.eval.batch_size) // dc) * dc
+    local_bs = global_bs // pc
+    n = len(src) if not cfg.eval.max_images else min(len(src), cfg.eval.max_images)
+    if n < len(src):
+        src = _Head(src, n)
+    per_process = math.ceil(n / pc)
+    num_batches = math.ceil(per_process / local_bs)
+    h, w = src[0]["label"].shape
+    loader = eval_loader(src, batch_size=local_bs, shard_index=pi, shard_count=pc, worker_count=cfg.data.workers)
+    return evaluate(
+        eval_step,
+        params,
+        stats,
+        _eval_batches(loader, num_batches, local_bs, (h, w)),
+        num_classes=cfg.model.num_classes,
+        mesh=mesh,
+        num_batches=num_batches,
+        on_predictions=on_predictions,
+        desc=desc,
+    )
+
+
+class _Head:
+    """The first ``n`` records of a source (``eval.max_images``)."""
+
+    def __init__(self, src, n: int):
+        self.src, self.n = src, n
+
+    def __len__(self):
+        return self.n
+
+    def __repr__(self):
+        return f"Head({self.src!r}, n={self.n})"
+
+    def __getitem__(self, i):
+        i = int(i)
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.src[i]
+
+
+def class_names_of(cfg):
+    from jax_csfcn.data.sources import class_names
+
+    names = list(class_names(cfg.data.dataset))
+    k = cfg.model.num_classes
+    return names if len(names) == k else [f"class {i}" for i in range(k)]
+
+
+# --------------------------------------------------------------------------- training
+def _mesh():
+    # Auto axes: XLA propagates the batch sharding through the network (explicit sharding
+    # would need an out_sharding on every reshape of a batch-sharded array).
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _init_state(cfg, config: ModelConfig):
+    dtype = DTYPES[cfg.train.dtype]
+    model = build_model(config, seed=cfg.seed, dtype=dtype if dtype != jnp.float32 else None)
+    if cfg.model.imagenet_init:
+        from convert.formats import load_imagenet_backbone, model_flat, set_model_flat
+
+        flat, n = load_imagenet_backbone(config, model_flat(model), cfg.model.imagenet_init)
+        set_model_flat(model, flat)
+        if jax.process_index() == 0:
+            print(f"backbone initialised from {cfg.model.imagenet_init} ({n} tensors)")
+    model.train()
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    model.eval()
+    eval_graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return graphdef, eval_graphdef, params, stats
+
+
+def _validate(cfg) -> None:
+    if cfg.train.dtype not in DTYPES:
+        raise TrainError(f"train.dtype={cfg.train.dtype!r}: choose one of {sorted(DTYPES)}")
+    gb, pc, dc = cfg.train.batch_size, jax.process_count(), jax.device_count()
+    if gb % dc or gb % pc:
+        raise TrainError(
+            f"train.batch_size={gb} must be divisible by the number of devices ({dc}) and processes ({pc})"
+        )
+    if cfg.train.steps <= cfg.train.warmup_steps:
+        raise TrainError(f"train.steps={cfg.train.steps} must exceed train.warmup_steps={cfg.train.warmup_steps}")
+    if cfg.loss.min_kept < 1:
+        raise TrainError(f"loss.min_kept={cfg.loss.min_kept} must be >= 1")
+
+
+def train(cfg, *, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> dict:
+    """Run (or continue) the training described by ``cfg``; returns a summary dict.
+
+    ``stop_after``: leave after this many steps of this invocation (with a checkpoint), e.g.
+    to fit a time-limited job; ``--resume`` continues from there.
+    """
+    from tqdm import tqdm
+
+    from jax_csfcn.data.pipeline import AugmentConfig, loader_state, restore_loader_state, train_loader
+
+    _validate(cfg)
+    t_start = time.time()
+    workdir = Path(cfg.workdir).absolute()
+    config = model_config(cfg)
+    pi, pc = jax.process_index(), jax.process_count()
+
+    # Data first: a bad dataset fails here, before anything is compiled.
+    train_src = build_split(cfg, cfg.data.train_split)
+    val_src = build_split(cfg, cfg.data.val_split)
+    check_source(train_src, cfg, f"train split {cfg.data.train_split!r}")
+    check_source(val_src, cfg, f"val split {cfg.data.val_split!r}")
+
+    mesh = _mesh()
+    schedule = warmup_poly_schedule(
+        cfg.train.base_lr,
+        cfg.train.steps,
+        warmup_steps=cfg.train.warmup_steps,
+        warmup_start_factor=cfg.train.warmup_start_factor,
+        power=cfg.train.poly_power,
+    )
+    graphdef, eval_graphdef, params, stats = _init_state(cfg, config)
+    tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
+    state = replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
+
+    mngr = ckpt.manager(workdir / ckpt.CHECKPOINT_DIR, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    latest = mngr.latest_step()
+    if latest is not None and not resume:
+        raise TrainError(
+            f"{workdir} already holds checkpoints (latest step {latest}); pass --resume to continue that run, "
+            "or set --config.workdir to a new folder"
+        )
+    local_bs = cfg.train.batch_size // pc
+    aug = AugmentConfig(
+        crop_size=tuple(cfg.data.crop_size),
+        base_size=tuple(cfg.data.base_size) if cfg.data.base_size else None,
+        scale_range=tuple(cfg.data.scale_range),
+        flip=cfg.data.flip,
+        blur_prob=cfg.data.blur_prob,
+        color_jitter=cfg.data.color_jitter,
+        ignore_index=cfg.data.ignore_index,
+    )
+    it = iter(
+        train_loader(
+            train_src,
+            aug,
+            batch_size=local_bs,
+            seed=cfg.seed,
+            worker_count=cfg.data.workers,
+            shard_index=pi,
+            shard_count=pc,
+            worker_buffer_size=cfg.data.worker_buffer_size,
+        )
+    )
+    step = 0
+    meta = {"model": ckpt.model_meta(config), "seed": cfg.seed, "global_batch": cfg.train.batch_size, "processes": pc}
+    if resume and latest is not None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        saved_meta = ckpt.read_meta(workdir / ckpt.CHECKPOINT_DIR / str(latest))
+        if saved_meta.get("model") != meta["model"]:
+            raise TrainError(
+                f"{workdir}: the checkpoint was trained as model {saved_meta.get('model')}, the config asks for "
+                f"{meta['model']}; resume with the run's own config or start a new workdir"
+            )
+        state, lstate, saved_meta = ckpt.restore(mngr, latest, abstract)
+        restore_loader_state(it, lstate)
+        step = int(saved_meta["step"])
+        if pi == 0:
+            print(f"resumed {workdir} at step {step}")
+    elif resume and pi == 0:
+        print(f"--resume: no checkpoint in {workdir}, starting from step 0")
+
+    if pi == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    logger = Logger(workdir, step)
+    train_step = make_train_step(graphdef, tx, cfg, mesh)
+    eval_step = make_eval_step(
+        eval_graphdef,
+        mesh,
+        num_classes=cfg.model.num_classes,
+        ignore_index=cfg.data.ignore_index,
+        scales=tuple(cfg.eval.scales),
+        flip=cfg.eval.flip,
+        dtype=DTYPES[cfg.train.dtype],
+        input_size=cfg.data.eval_size,
+    )
+    data_sharding = NamedSharding(mesh, P("data"))
+    names = class_names_of(cfg)
+
+    def save(at_step: int, metrics=None) -> None:
+        ckpt.save(mngr, at_step, state, loader_state(it), {**meta, "step": at_step}, metrics)
+
+    last_eval: dict | None = None
+
+    def do_eval(at_step: int) -> dict:
+        sc = run_eval(cfg, mesh, eval_step, state["params"], state["batch_stats"], val_src, desc=f"val @ {at_step}")
+        logger.write(
+            at_step,
+            {"val/miou": sc["miou"], "val/pixel_acc": sc["pixel_acc"]}
+            | {f"val/iou/{n}": float(v) for n, v in zip(names, sc["iou"]) if not math.isnan(v)},
+        )
+        if pi == 0:
+            tqdm.write(f"step {at_step}: val mIoU {100 * sc['miou']:.2f}  pixel acc {100 * sc['pixel_acc']:.2f}")
+        return sc
+
+    end = cfg.train.steps if stop_after is None else min(cfg.train.steps, step + stop_after)
+    bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not progress or pi != 0)
+    pending = None  # metrics of the previous step: read one step late so the host never stalls the device
+    window_t, window_steps = time.time(), 0
+    try:
+        while step < end:
+            batch = next(it)
+            images = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["image"]))
+            labels = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["label"]))
+            state, m = train_step(state, images, labels)
+            step += 1
+            window_steps += 1
+            if pending is not None:
+                _check(pending, mngr)
+            pending = (step, m)
+            is_save = step % cfg.checkpoint.every == 0 or step == end
+            is_eval = (cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps
+            is_log = step % cfg.train.log_every == 0 or is_save or is_eval
+            if is_log or is_save or is_eval:
+                _check(pending, mngr)  # never save or log a state after a non-finite step
+                pending = None
+                mh = jax.device_get(m)
+                dt = time.time() - window_t
+                ips = window_steps * cfg.train.batch_size / max(dt, 1e-9)
+                window_t, window_steps = time.time(), 0
+                scal = {
+                    "loss": float(mh["loss"]),
+                    "lr": float(schedule(step - 1)),
+                    "grad_norm": float(mh["grad_norm"]),
+                    "ohem_kept": float(mh["ohem_kept"]),
+                    "images_per_s": ips,
+                }
+                logger.write(step, scal)
+                bar.set_postfix(loss=f"{scal['loss']:.4f}", img_s=f"{ips:.1f}", lr=f"{scal['lr']:.2e}")
+            metrics = None
+            if is_eval:
+                last_eval = do_eval(step)
+                metrics = {"miou": float(np.nan_to_num(last_eval["miou"], nan=0.0))}
+            if is_save or is_eval:
+                save(step, metrics)
+            bar.update(1)
+        if pending is not None:
+            _check(pending, mngr)
+    finally:
+        bar.close()
+        mngr.wait_until_finished()
+        mngr.close()
+        logger.close()
+    summary = {"step": step, "workdir": str(workdir), "seconds": time.time() - t_start}
+    if last_eval is not None:
+        summary["val"] = scores_json(last_eval, names)
+        if pi == 0:
+            print(format_scores(last_eval, names))
+            (workdir / "eval.json").write_text(json.dumps(summary["val"], indent=2))
+    if pi == 0 and (workdir / "metrics.jsonl").exists():
+        plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+    return summary
+
+
+def _check(pending, mngr) -> None:
+    step, m = pending
+    if not bool(jax.device_get(m["finite"])):
+        mngr.wait_until_finished()
+        last = mngr.latest_step()
+        raise FloatingPointError(
+            f"non-finite loss or gradient at step {step} (loss = {float(jax.device_get(m['loss']))}); the run stops "
+            f"here without saving. Last good checkpoint: "
+            f"{'step ' + str(last) if last is not None else 'none'}. Lower train.base_lr, check the data, or "
+            "resume with --resume after fixing the cause."
+        )
+
+
+# --------------------------------------------------------------------------- evaluate a checkpoint
+def evaluate_checkpoint(cfg, checkpoint, *, split: str, dump_dir=None, dump_format="trainids") -> dict:
+    """Scores of ``checkpoint`` (anything load_model reads) on ``split`` with ``cfg``'s eval settings."""
+    from convert.formats import read_checkpoint, set_model_flat
+
+    config, flat = read_checkpoint(checkpoint)
+    if config.num_classes != cfg.model.num_classes:
+        raise TrainError(
+            f"{checkpoint} predicts {config.num_classes} classes, the config's dataset has {cfg.model.num_classes}; "
+            "use the matching config"
+        )
+    model = build_model(config)
+    set_model_flat(model, flat)
+    model.eval()
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    mesh = _mesh()
+    params, stats = replicate(params, mesh), replicate(stats, mesh)
+    eval_step = make_eval_step(
+        graphdef,
+        mesh,
+        num_classes=config.num_classes,
+        ignore_index=cfg.data.ignore_index,
+        scales=tuple(cfg.eval.scales),
+        flip=cfg.eval.flip,
+        input_size=cfg.data.eval_size,
+    )
+    src = build_split(cfg, split)
+    on_pred = _prediction_writer(Path(dump_dir), dump_format) if dump_dir else None
+    sc = run_eval(cfg, mesh, eval_step, params, stats, src, on_predictions=on_pred, desc=f"eval {split}")
+    names = class_names_of(cfg)
+    return {"scores": scores_json(sc, names), "table": format_scores(sc, names), "raw": sc}
+
+
+def _prediction_writer(out: Path, fmt: str):
+    from jax_csfcn.data.palette import train_id_to_label_id, write_png
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    def on_predictions(batch, pred):
+        for i in range(len(pred)):
+            if "valid" in batch and not batch["valid"][i]:
+                continue
+            h, w = (int(v) for v in batch["size"][i])
+            p = pred[i, :h, :w]
+            name = str(batch["name"][i])
+            if fmt == "cityscapes":
+                write_png(out / f"{name}_leftImg8bit.png", train_id_to_label_id(p))
+            else:
+                write_png(out / f"{name}_trainIds.png", p)
+
+    return on_predictions
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv) -> None:
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments {argv[1:]}; config fields are set with --config.<key>=<value>")
+    maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    try:
+        train(FLAGS.config, resume=FLAGS.resume, stop_after=FLAGS.stop_after, progress=not FLAGS.no_progress)
+    except (TrainError, FloatingPointError, ckpt.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
+    flags.DEFINE_bool("resume", False, "continue the run in config.workdir from its last complete checkpoint")
+    flags.DEFINE_integer("stop_after", None, "stop (with a checkpoint) after this many steps of this invocation")
+    flags.DEFINE_bool("no_progress", False, "no progress bar")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for several processes/hosts")
+    flags.DEFINE_integer("num_processes", None, "number of processes (hosts)")
+    flags.DEFINE_integer("process_id", None, "index of this process, 0..num_processes-1")
+    flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main, argv=sys.argv)
