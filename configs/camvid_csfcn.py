@@ -1,6 +1,13 @@
-"""CSFCN on CamVid: 11 classes, 720x960.
+"""python -m jax_csfcn.train --config configs/camvid_csfcn.py --config.data.root=/data/CamVid
 
-python -m jax_csfcn.summary --config configs/camvid_csfcn.py
+CSFCN on CamVid, 11 classes (SegNet layout: train/ trainannot/ val/ valannot/ test/ testannot/,
+void = ignore), 720x960.  The upstream's CamVid settings (its configs/fcn_camvid.yaml and
+dataset/camvid.py): full-image 720x960 crops, random scale U(0.5, 2.0) of the image, flip,
+Gaussian blur (p = 0.5) and colour jitter 0.3, batch 16, SGD lr 0.001, momentum 0.9, weight
+decay 5e-4, 968 epochs.  As in the usual CamVid protocol (BiSeNet, STDC, PIDNet) the model
+trains on train+val (468 images: 968 x ceil(468 / 16) = 29040 iterations) and is evaluated on
+test (233 images).  The 720 side is a multiple of 8, not 32: the network's output still matches
+the input exactly.  The upstream's best CamVid model (CSFCN-P) starts from Cityscapes weights.
 """
 
 from jax_csfcn.config import get_config as base
@@ -8,6 +15,18 @@ from jax_csfcn.config import get_config as base
 
 def get_config():
     c = base()
+    c.workdir = "runs/camvid_csfcn"
     c.model.num_classes = 11
+    c.data.dataset = "camvid"
+    c.data.root = "data/CamVid"
+    c.data.train_split = "train+val"
+    c.data.val_split = "test"
     c.data.image_size = (720, 960)
+    c.data.crop_size = (720, 960)
+    c.data.scale_range = (0.5, 2.0)
+    c.data.blur_prob = 0.5
+    c.data.color_jitter = 0.3
+    c.train.batch_size = 16
+    c.train.base_lr = 0.001
+    c.train.steps = 29040
     return c

@@ -1,6 +1,7 @@
-"""CSFCN-100 on Cityscapes: 19 classes, 1024x2048 evaluation.
+"""python -m jax_csfcn.train --config configs/cityscapes_csfcn.py --config.data.root=/data/cityscapes
 
-python -m jax_csfcn.summary --config configs/cityscapes_csfcn.py
+CSFCN on Cityscapes: the same as configs/cityscapes_csfcn_100.py (CSFCN-100,
+1024x2048), kept under its older name (tests/test_configs.py checks they agree).
 """
 
 from jax_csfcn.config import get_config as base
@@ -8,7 +9,7 @@ from jax_csfcn.config import get_config as base
 
 def get_config():
     c = base()
-    c.model.variant = "csfcn"
-    c.model.num_classes = 19
-    c.data.image_size = (1024, 2048)
+    c.workdir = "runs/cityscapes_csfcn_100"
+    c.data.dataset = "cityscapes"
+    c.data.root = "data/cityscapes"
     return c

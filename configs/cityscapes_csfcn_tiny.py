@@ -1,6 +1,7 @@
-"""CSFCN-Tiny-100 on Cityscapes: bilinear head, 19 classes, 1024x2048 evaluation.
+"""python -m jax_csfcn.train --config configs/cityscapes_csfcn_tiny.py --config.data.root=/data/cityscapes
 
-python -m jax_csfcn.summary --config configs/cityscapes_csfcn_tiny.py
+CSFCN-Tiny on Cityscapes: the same as configs/cityscapes_csfcn_tiny_100.py (CSFCN-Tiny-100,
+1024x2048), kept under its older name (tests/test_configs.py checks they agree).
 """
 
 from jax_csfcn.config import get_config as base
@@ -8,6 +9,8 @@ from jax_csfcn.config import get_config as base
 
 def get_config():
     c = base()
+    c.workdir = "runs/cityscapes_csfcn_tiny_100"
     c.model.variant = "csfcn_tiny"
-    c.data.image_size = (1024, 2048)
+    c.data.dataset = "cityscapes"
+    c.data.root = "data/cityscapes"
     return c
