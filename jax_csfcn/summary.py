@@ -20,6 +20,7 @@ from flax import nnx
 
 from jax_csfcn.model import CSFCN, build_model
 from jax_csfcn.ops import INTERP_SCOPE
+from jax_csfcn.train import model_config
 
 
 def _sub_jaxprs(params):
@@ -99,7 +100,7 @@ def main(argv) -> None:
     config = flags.FLAGS.config
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments {argv[1:]}; use --config.FIELD=VALUE overrides")
-    model = nnx.eval_shape(lambda: build_model(config.model.to_dict()))
+    model = nnx.eval_shape(lambda: build_model(model_config(config)))
     size = tuple(int(s) for s in config.data.image_size)
     print(format_table(module_table(model, size), size, model.config))
 

@@ -237,9 +237,64 @@ def test_same_result_on_one_and_eight_devices(data_root, tmp_path, cache_dir):
     run_cli(cfg8, cache_dir, devices=8)
     a, b = losses(tmp_path / "d1"), losses(tmp_path / "d8")
     np.testing.assert_allclose([b[s] for s in STEPS], [a[s] for s in STEPS], rtol=1e-4)
-    pa, pb = final_params(tmp_path / "d1"), final_params(tmp_path / "d8")
-    worst = max(float(np.max(np.abs(pb[k] - pa[k])) / (np.max(np.abs(pa[k])) + 1e-12)) for k in pa)
-    assert worst < 1e-3, worst
+    assert params_rel_l2(tmp_path / "d1", tmp_path / "d8") < 3e-4
+
+
+def params_rel_l2(run_a, run_b) -> float:
+    """Relative L2 distance of all params + BN statistics of two runs' last checkpoints."""
+    pa, pb = final_params(run_a), final_params(run_b)
+    keys = sorted(k for k in pa if pa[k].dtype.kind == "f")
+    va = np.concatenate([pa[k].ravel() for k in keys]).astype(np.float64)
+    vb = np.concatenate([pb[k].ravel() for k in keys]).astype(np.float64)
+    return float(np.linalg.norm(va - vb) / np.linalg.norm(va))
+
+
+SHARDED_GRADS = """
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jax_csfcn.model import build_model
+from jax_csfcn.losses import ohem_cross_entropy
+from jax_csfcn.train import _mesh, _fresh
+jax.config.update("jax_enable_x64", True)
+assert jax.device_count() == 8
+m = build_model({"variant": "csfcn_tiny", "num_classes": 19})
+m.train()
+gd, params, stats = nnx.split(m, nnx.Param, nnx.BatchStat)
+f64 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, t)
+params, stats = f64(params), f64(stats)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(8, 64, 128, 3))
+y = rng.integers(0, 19, (8, 64, 128)).astype(np.int32)
+def loss_and_grads(p, s, x, y):
+    def lf(p, s):
+        model = nnx.merge(gd, p, _fresh(s))
+        return ohem_cross_entropy(model(x), y, min_kept=20000), nnx.state(model, nnx.BatchStat)
+    return jax.value_and_grad(lf, has_aux=True)(p, s)
+one = jax.jit(loss_and_grads)(params, stats, x, y)
+mesh = _mesh()
+d, r = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+eight = jax.jit(loss_and_grads, in_shardings=(r, r, d, d))(params, stats, x, y)
+a = np.concatenate([np.ravel(v) for v in jax.tree.leaves(one)]).astype(np.float64)
+b = np.concatenate([np.ravel(v) for v in jax.tree.leaves(eight)]).astype(np.float64)
+print("REL", np.linalg.norm(a - b) / np.linalg.norm(a))
+"""
+
+
+def test_sharded_step_equals_single_device_in_fp64(cache_dir):
+    """Loss, gradients and BN statistics of one step: 8 devices vs 1, in fp64, to 1e-7.
+
+    In fp32 the two differ by ~3e-4 in the first conv's gradient (heavy cancellation under BN
+    makes it ill-conditioned); in fp64 they agree to ~3e-9 (OHEM) / 3e-13 (plain CE), which
+    shows the sharded step computes the same function (global-batch BN, OHEM threshold and
+    loss), not an approximation of it.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", SHARDED_GRADS], env=child_env(cache_dir, 8), capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    rel = float(out.stdout.split("REL")[1])
+    assert rel < 1e-7, rel
 
 
 def _free_port() -> int:
@@ -267,9 +322,7 @@ def test_two_processes_train_like_one(data_root, tmp_path, cache_dir):
     a, b = losses(tmp_path / "p1"), losses(tmp_path / "p2")
     assert sorted(b) == list(STEPS)
     np.testing.assert_allclose([b[s] for s in STEPS], [a[s] for s in STEPS], rtol=1e-4)
-    pa, pb = final_params(tmp_path / "p1"), final_params(tmp_path / "p2")
-    worst = max(float(np.max(np.abs(pb[k] - pa[k])) / (np.max(np.abs(pa[k])) + 1e-12)) for k in pa)
-    assert worst < 1e-3, worst
+    assert params_rel_l2(tmp_path / "p1", tmp_path / "p2") < 3e-4
     # Each process wrote its own loader state into the checkpoint.
     assert sorted(p.name for p in (tmp_path / "p2/checkpoints/2/loader").glob("process_*.json")) == [
         "process_0-of-2.json",
