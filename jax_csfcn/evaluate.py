@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -239,7 +238,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
+    from jax_csfcn.cli import run
 
-    _define_flags()
-    app.run(main, argv=sys.argv)
+    run(main, _define_flags)

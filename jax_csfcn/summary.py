@@ -12,7 +12,6 @@ the convention of MODEL.md's table (189.2 GFLOPs for CSFCN at 1024x2048).
 from __future__ import annotations
 
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -105,11 +104,15 @@ def main(argv) -> None:
     print(format_table(module_table(model, size), size, model.config))
 
 
-if __name__ == "__main__":
-    from absl import app
+def _define_flags() -> None:
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file(
         "config", "configs/cityscapes_csfcn.py", "Config file (a get_config() module); override with --config.a.b=v"
     )
-    app.run(main, argv=sys.argv)
+
+
+if __name__ == "__main__":
+    from jax_csfcn.cli import run
+
+    run(main, _define_flags)

@@ -643,7 +643,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from jax_csfcn.cli import run
 
-    _define_flags()
-    app.run(main, argv=sys.argv)
+    run(main, _define_flags)

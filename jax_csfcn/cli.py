@@ -1,0 +1,70 @@
+"""Running the absl/ml_collections CLIs (train, evaluate, summary) with clear config errors.
+
+``--config.<key>=<value>`` overrides are parsed by ml_collections' config flags; a key that
+does not exist surfaces there as a bare ``AttributeError``/``KeyError`` deep in flag parsing.
+:func:`run` catches it, finds the override that names a missing key and says so.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def unknown_override(argv, config) -> str | None:
+    """The first ``--config.a.b=...`` of ``argv`` whose key path is not in ``config``, as a message."""
+    for arg in argv[1:]:
+        if not arg.startswith("--config.") or "=" not in arg:
+            continue
+        key = arg[len("--config.") : arg.index("=")]
+        node, walked = config, []
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                where = ".".join(walked) or "the top level"
+                have = sorted(node.keys()) if hasattr(node, "keys") else []
+                return (
+                    f"unknown config key {key!r} (in {arg!r}): {where} has no field {part!r}"
+                    + (f"; its fields are {have}" if have else "")
+                    + ". All fields and their defaults are in jax_csfcn/config.py."
+                )
+            node, walked = node[part], [*walked, part]
+    return None
+
+
+def load_config_file(path):
+    """``get_config()`` of a config file (``path`` may carry ml_collections' ``:arg`` suffix)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("csfcn_config_file", path.split(":")[0])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+def _config_file(argv) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def run(main, define_flags) -> None:
+    """``absl.app.run(main)`` after ``define_flags()``; unknown config keys exit with a clear message."""
+    from absl import app
+
+    define_flags()
+    try:
+        app.run(main, argv=sys.argv)
+    except (AttributeError, KeyError) as e:
+        path = _config_file(sys.argv)
+        msg = None
+        if path:
+            try:
+                msg = unknown_override(sys.argv, load_config_file(path))
+            except Exception:  # the config file itself is broken: show the original error
+                msg = None
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from e
