@@ -10,6 +10,15 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache for the session and the child processes it starts:
+# the training tests build the same step functions many times (fresh closures per run, and
+# in subprocesses), and a cache hit skips a 10-30 s CPU compile.  Keyed by the program, so a
+# hit is always the same program.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="csfcn-jax-cache-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 sys.path.insert(0, os.path.dirname(__file__))  # tests/random_weights.py
 
 

@@ -33,7 +33,8 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
+    # The session's cache (conftest) when set, so in-process and child runs share compiles.
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jax_cache")
 
 
 def tiny_config(data_root, workdir, **over):
@@ -230,6 +231,7 @@ EXACT = {"train.steps": 2, "train.warmup_steps": 1, "checkpoint.every": 2, "trai
 STEPS = (1, 2)
 
 
+@pytest.mark.slow  # end to end through the CLI; test_sharded_step_equals_single_device_in_fp64 is the fast check
 def test_same_result_on_one_and_eight_devices(data_root, tmp_path, cache_dir):
     cfg1 = tiny_config(data_root, tmp_path / "d1", **EXACT, **{"train.batch_size": 8})
     cfg8 = tiny_config(data_root, tmp_path / "d8", **EXACT, **{"train.batch_size": 8})
