@@ -2,6 +2,7 @@
 
     python -m jax_csfcn.benchmark ops        # grid_sample fwd+bwd at the SFC shape
     python -m jax_csfcn.benchmark forward    # CSFCN and CSFCN-Tiny, eval forward, 512x1024
+    python -m jax_csfcn.benchmark train      # one training step (fwd + bwd + SGD), batch 8, 256x512
     python -m jax_csfcn.benchmark all --json out.json
 
 Each variant is warmed up (compilation excluded) and timed ``--repeats`` times in turn,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -39,9 +41,18 @@ def time_interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict:
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: _summary(t) for name, t in times.items()}
+
+
+def _summary(t: list[float]) -> dict:
+    q = np.percentile(t, [25, 75]) if len(t) > 1 else (t[0], t[0])
     return {
-        name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "runs": len(t)}
-        for name, t in times.items()
+        "median_ms": statistics.median(t),
+        "min_ms": min(t),
+        "max_ms": max(t),
+        "q1_ms": float(q[0]),
+        "q3_ms": float(q[1]),
+        "runs": len(t),
     }
 
 
@@ -111,23 +122,216 @@ def bench_forward(repeats: int, size=(512, 1024), variant="csfcn") -> dict:
     )
 
 
+# --------------------------------------------------------------------------- training step
+def torch_ohem_select(logits, labels, *, thresh: float = 0.9, min_kept: int = 110000, ignore_index: int = 255):
+    """The OHEM definition of :mod:`jax_csfcn.losses` in torch: per-pixel NLL (N, H, W) and keep mask.
+
+    ``logits`` NCHW, ``labels`` NHW integers.  k = min(min_kept, n_valid); the threshold is
+    max(thresh, k-th smallest true-class probability over the valid pixels of the batch);
+    kept = valid & (p <= threshold).  The threshold carries no gradient.
+    """
+    valid = labels != ignore_index
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    nll = F.cross_entropy(logits.float(), safe, reduction="none")
+    with torch.no_grad():
+        p = torch.exp(-nll)
+        n_valid = int(valid.sum())
+        k = min(min_kept, n_valid)
+        if k == 0:
+            return nll, valid
+        flat = torch.where(valid, p, torch.full_like(p, float("inf"))).reshape(-1)
+        kth = torch.kthvalue(flat, k).values
+        keep = valid & (p <= torch.clamp(kth, min=thresh))
+    return nll, keep
+
+
+def torch_ohem_loss(logits, labels, **kw):
+    nll, keep = torch_ohem_select(logits, labels, **kw)
+    return torch.where(keep, nll, torch.zeros_like(nll)).sum() / keep.sum().clamp(min=1).float()
+
+
+def _torch_decay_groups(model, weight_decay: float) -> list[dict]:
+    """SGD param groups: L2 decay on conv/linear weights only (Flax ``kernel``s), none on BN and biases."""
+    decay = [p for n, p in model.named_parameters() if n.endswith("weight") and p.ndim > 1]
+    ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def bench_train(
+    repeats: int,
+    batch: int = 8,
+    size=(256, 512),
+    variant: str = "csfcn",
+    *,
+    warmup: int = 2,
+    min_kept: int | None = None,
+    torch_layouts=("default", "channels_last"),
+) -> dict:
+    """One full training step (forward + backward + SGD update) in JAX and in the PyTorch twin.
+
+    JAX: the real jitted step of :func:`jax_csfcn.train.make_train_step` (uint8 in, normalised on
+    device, OHEM CE, SGD momentum + masked L2 decay; it also computes the gradient norm and the
+    finite-step guard, which the torch step does not).  Torch: the twin in train mode, the same
+    normalisation, OHEM definition and ``torch.optim.SGD(momentum, weight_decay on conv weights)``,
+    in the default (NCHW-contiguous) and channels-last layouts.  All start from the same weights
+    and see the same batch; the first step's losses are returned for a parity check.
+    """
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from convert import flax_to_torch, model_flat
+    from jax_csfcn import train as jtrain
+    from jax_csfcn.config import get_config
+    from jax_csfcn.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
+    from jax_csfcn.schedule import sgd_optimizer, warmup_poly_schedule
+    from torch_deploy.model import CSFCN as TorchCSFCN
+
+    h, w = size
+    cfg = get_config()
+    cfg.model.variant = variant
+    cfg.train.batch_size = batch
+    cfg.train.dtype = "float32"
+    cfg.data.crop_size = (h, w)
+    if min_kept is not None:
+        cfg.loss.min_kept = min_kept
+    config = jtrain.model_config(cfg)
+
+    # JAX: the state and step exactly as jax_csfcn.train.train builds them (1-device mesh).
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    schedule = warmup_poly_schedule(
+        cfg.train.base_lr,
+        cfg.train.steps,
+        warmup_steps=cfg.train.warmup_steps,
+        warmup_start_factor=cfg.train.warmup_start_factor,
+        power=cfg.train.poly_power,
+    )
+    graphdef, _, params, stats = jtrain._init_state(cfg, config)
+    tensors = flax_to_torch(model_flat(nnx.merge(graphdef, params, stats)))
+    tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
+    jstate = jtrain.replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
+    jstep = jtrain.make_train_step(graphdef, tx, cfg, mesh)
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    labels = rng.integers(0, config.num_classes, (batch, h, w)).astype(np.uint8)
+    labels[rng.random((batch, h, w)) < 0.1] = cfg.data.ignore_index
+    data = NamedSharding(mesh, P("data"))
+    ji, jl = jax.device_put(images, data), jax.device_put(labels, data)
+
+    box = {"state": jstate}
+
+    def jax_step():
+        box["state"], m = jstep(box["state"], ji, jl)
+        return float(jax.block_until_ready(m)["loss"])
+
+    # Torch: the twin from the same weights, one model + optimizer per layout.
+    ohem_kw = dict(thresh=cfg.loss.thresh, min_kept=int(cfg.loss.min_kept), ignore_index=cfg.data.ignore_index)
+    ti = torch.from_numpy(images)  # NHWC uint8: the loader's batch
+    tl = torch.from_numpy(labels)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+    lr0 = float(schedule(0))
+
+    def make_torch_step(layout: str):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        model = TorchCSFCN(config)
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
+        model.train().to(memory_format=fmt)
+        opt = torch.optim.SGD(_torch_decay_groups(model, cfg.train.weight_decay), lr=lr0, momentum=cfg.train.momentum)
+
+        def step():
+            x = ((ti.permute(0, 3, 1, 2).float() - mean) / std).contiguous(memory_format=fmt)
+            opt.zero_grad(set_to_none=True)
+            loss = torch_ohem_loss(model(x), tl.long(), **ohem_kw)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+        return step
+
+    fns = {f"jax {variant}": jax_step}
+    for layout in torch_layouts:
+        fns[f"torch {variant} {layout}"] = make_torch_step(layout)
+
+    # First call of each (JAX: compilation + one step), from identical weights and data.
+    first_ms, first_loss = {}, {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        first_loss[name] = fn()
+        first_ms[name] = (time.perf_counter() - t0) * 1e3
+    load_before = os.getloadavg()
+    rows = time_interleaved(fns, repeats, warmup=warmup)
+    load_after = os.getloadavg()
+    for name, r in rows.items():
+        r["images_per_s"] = batch * 1e3 / r["median_ms"]
+        r["first_call_ms"] = first_ms[name]
+        r["first_step_loss"] = first_loss[name]
+    return {
+        "shape": {"batch": batch, "height": h, "width": w, "num_classes": config.num_classes, "variant": variant},
+        "loss": {"ohem": bool(cfg.loss.ohem), **ohem_kw},
+        "optimizer": {"lr": lr0, "momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay},
+        "warmup": warmup,
+        "repeats": repeats,
+        "loadavg_1_5_15": {"before": list(load_before), "after": list(load_after)},
+        "rows": rows,
+    }
+
+
 def environment() -> dict:
     return {
         "machine": platform.processor() or platform.machine(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "available_cores": len(os.sched_getaffinity(0)),
+        "loadavg_1_5_15": list(os.getloadavg()),
         "torch_threads": torch.get_num_threads(),
         "jax": jax.__version__,
+        "jaxlib": getattr(__import__("jaxlib"), "__version__", "?"),
         "torch": torch.__version__,
+        "python": platform.python_version(),
         "jax_devices": [str(d) for d in jax.devices()],
     }
 
 
+def _print_rows(rows: dict) -> None:
+    print(f"  {'variant':<36}{'median ms':>11}{'min..max ms':>18}")
+    for name, r in rows.items():
+        print(f"  {name:<36}{r['median_ms']:>11.2f}{r['min_ms']:>9.2f}..{r['max_ms']:<8.2f}")
+
+
+def _print_train(t: dict) -> None:
+    s = t["shape"]
+    print(
+        f"  batch {s['batch']}, {s['height']}x{s['width']}, {s['variant']}, K={s['num_classes']}; "
+        f"{t['repeats']} interleaved rounds after {t['warmup']} warm-up steps; "
+        f"load avg {t['loadavg_1_5_15']['before'][0]:.2f} -> {t['loadavg_1_5_15']['after'][0]:.2f}"
+    )
+    print(
+        f"  {'variant':<34}{'median ms':>10}{'IQR ms':>20}{'min..max ms':>20}{'img/s':>8}"
+        f"{'1st call ms':>13}{'1st loss':>10}"
+    )
+    for name, r in t["rows"].items():
+        print(
+            f"  {name:<34}{r['median_ms']:>10.1f}{r['q1_ms']:>10.1f}..{r['q3_ms']:<8.1f}"
+            f"{r['min_ms']:>10.1f}..{r['max_ms']:<8.1f}{r['images_per_s']:>8.2f}"
+            f"{r['first_call_ms']:>13.0f}{r['first_step_loss']:>10.4f}"
+        )
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jax_csfcn.benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["ops", "forward", "all"])
+    p.add_argument("what", choices=["ops", "forward", "train", "all"])
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each variant before timing")
+    p.add_argument("--batch", type=int, default=8, help="train: batch size")
+    p.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"), help="train: crop size")
+    p.add_argument("--variant", choices=["csfcn", "csfcn_tiny"], default="csfcn", help="train: model variant")
+    p.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: available cores)"
+    )
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     results = {"environment": environment()}
     if args.what in ("ops", "all"):
         results["grid_sample (4x64x128x256)"] = bench_grid_sample(args.repeats)
@@ -135,14 +339,17 @@ def main(argv=None) -> int:
         results["forward"] = {}
         for variant in ("csfcn", "csfcn_tiny"):
             results["forward"].update(bench_forward(args.repeats, variant=variant))
+    if args.what in ("train", "all"):
+        results["train"] = bench_train(args.repeats, args.batch, tuple(args.size), args.variant, warmup=args.warmup)
+    print(json.dumps(results["environment"]))
     for section, rows in results.items():
         if section == "environment":
-            print(json.dumps(rows))
             continue
         print(f"\n{section}")
-        print(f"  {'variant':<36}{'median ms':>11}{'min..max ms':>18}")
-        for name, r in rows.items():
-            print(f"  {name:<36}{r['median_ms']:>11.2f}{r['min_ms']:>9.2f}..{r['max_ms']:<8.2f}")
+        if section == "train":
+            _print_train(rows)
+        else:
+            _print_rows(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
