@@ -1,6 +1,9 @@
-"""Data sources for training: the Cityscapes folder layout and a synthetic street-scene generator.
+"""Data for training and evaluation: random-access sources and the grain pipeline.
 
-``cityscapes.CityscapesSource`` is a random-access (grain) source over ``leftImg8bit``/``gtFine``;
-``synthetic.write_synthetic_cityscapes`` writes scenes in that same layout, so the demo and the
-tests go through the loader that real data uses.
+Sources (``sources.build_source(dataset, root, split)``): ``cityscapes.CityscapesSource``
+(folder layout), ``camvid.CamVidSource`` (SegNet layout or split lists, 11 classes),
+``tfds_cityscapes.TfdsCityscapesSource`` (the TFDS ``cityscapes`` builder, array_record) and the
+synthetic street scenes of ``synthetic`` (written in the Cityscapes layout, so the demo and the
+tests go through the loader that real data uses).  ``pipeline`` turns a source into augmented,
+sharded, resumable train batches and padded eval batches; ``palette`` colours predictions.
 """
