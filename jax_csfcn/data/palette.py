@@ -40,36 +40,9 @@ def _cityscapes_table():
 
 CITYSCAPES_NAMES, CITYSCAPES_PALETTE, CITYSCAPES_LABEL_IDS, CITYSCAPES_UNLABELED_ID = _cityscapes_table()
 
-CAMVID_NAMES = (
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-)
-# SegNet's CamVid colours, row k = class k (the order of the SegNet 11-class labels).
-CAMVID_PALETTE = np.array(
-    [
-        (128, 128, 128),
-        (128, 0, 0),
-        (192, 192, 128),
-        (128, 64, 128),
-        (60, 40, 222),
-        (128, 128, 0),
-        (192, 128, 128),
-        (64, 64, 128),
-        (64, 0, 128),
-        (64, 64, 0),
-        (0, 128, 192),
-    ],
-    np.uint8,
-)
+# CamVid's 11 classes and SegNet colours: one table, in the CamVid source module.
+from jax_csfcn.data.camvid import CLASS_NAMES as CAMVID_NAMES  # noqa: E402
+from jax_csfcn.data.camvid import PALETTE as CAMVID_PALETTE  # noqa: E402
 
 DATASETS = {
     "cityscapes": (CITYSCAPES_NAMES, CITYSCAPES_PALETTE),
