@@ -259,26 +259,6 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- evaluation
-def _eval_batches(loader, num_batches: int, batch_size: int, pad_hw):
-    """The loader's batches, then dummy ones (all ignore) until every process has ``num_batches``."""
-    n = 0
-    last = None
-    for batch in loader:
-        last = batch
-        n += 1
-        yield batch
-    while n < num_batches:
-        h, w = pad_hw if pad_hw else np.asarray(last["image"]).shape[1:3]
-        yield {
-            "image": np.zeros((batch_size, h, w, 3), np.uint8),
-            "label": np.full((batch_size, h, w), 255, np.uint8),
-            "valid": np.zeros(batch_size, bool),
-            "name": [""] * batch_size,
-            "size": np.tile(np.array([[h, w]]), (batch_size, 1)),
-        }
-        n += 1
-
-
 def run_eval(cfg, mesh, eval_step, params, stats, src, *, on_predictions=None, desc="eval") -> dict:
     from jax_csfcn.data.pipeline import eval_loader
 
@@ -291,18 +271,17 @@ def run_eval(cfg, mesh, eval_step, params, stats, src, *, on_predictions=None, d
     n = len(src) if not cfg.eval.max_images else min(len(src), cfg.eval.max_images)
     if n < len(src):
         src = _Head(src, n)
-    per_process = math.ceil(n / pc)
-    num_batches = math.ceil(per_process / local_bs)
-    h, w = src[0]["label"].shape
+    # Every process gets the same number of batches (dummy records fill the last ones), so
+    # the collective eval steps stay in lockstep across hosts.
     loader = eval_loader(src, batch_size=local_bs, shard_index=pi, shard_count=pc, worker_count=cfg.data.workers)
     return evaluate(
         eval_step,
         params,
         stats,
-        _eval_batches(loader, num_batches, local_bs, (h, w)),
+        loader,
         num_classes=cfg.model.num_classes,
         mesh=mesh,
-        num_batches=num_batches,
+        num_batches=len(loader),
         on_predictions=on_predictions,
         desc=desc,
     )
