@@ -330,3 +330,19 @@ def test_two_processes_train_like_one(data_root, tmp_path, cache_dir):
         "process_0-of-2.json",
         "process_1-of-2.json",
     ]
+
+
+def test_bfloat16_compute_keeps_fp32_params(data_root, tmp_path):
+    from jax_csfcn.train import train
+
+    cfg = tiny_config(data_root, tmp_path / "bf16", **{"train.dtype": "bfloat16", "train.steps": 3})
+    train(cfg, progress=False)
+    got = losses(tmp_path / "bf16")
+    assert sorted(got) == [1, 2, 3] and all(np.isfinite(v) for v in got.values())
+    flat = final_params(tmp_path / "bf16")
+    assert {v.dtype for v in flat.values() if v.dtype.kind == "f"} == {np.dtype(np.float32)}
+    # bf16 compute is not fp32 compute: the first loss differs slightly from an fp32 run's.
+    ref = tiny_config(data_root, tmp_path / "fp32", **{"train.steps": 3})
+    train(ref, progress=False)
+    first32 = losses(tmp_path / "fp32")[1]
+    assert got[1] != first32 and abs(got[1] - first32) < 0.05 * first32
