@@ -108,16 +108,25 @@ def test_flax_matches_torch_fp64(rng, variant, k, stem, shape):
 
 @pytest.mark.parametrize("variant", ["csfcn", "csfcn_tiny"])
 def test_train_mode_batchnorm_matches_torch(rng, variant):
-    """Batch statistics in the forward pass and the running-stat update (unbiased var)."""
-    model, tmodel, _ = pair(variant, 19)
-    model, tmodel = nnx.clone(model), copy.deepcopy(tmodel)
+    """Batch statistics in the forward pass and the running-stat update (unbiased var).
+
+    Train-mode BN divides by batch standard deviations, which makes the fp32 noise floor of
+    both implementations higher than in eval mode (measured 2.0e-5 to 3.2e-5 between them, each
+    1.4e-5 to 2.2e-5 from torch fp64, JAX the closer one), so
+    as in the eval-mode test the bound is relative to torch's own fp32 error against fp64.
+    """
+    model, tmodel, tmodel64 = pair(variant, 19)
+    model, tmodel, tmodel64 = nnx.clone(model), copy.deepcopy(tmodel), copy.deepcopy(tmodel64)
     model.train()
     tmodel.train()
+    tmodel64.train()
     x = rng.standard_normal((2, 128, 192, 3)).astype(np.float32)
     yj = nchw(_forward(model, jnp.asarray(x)))
     with torch.no_grad():
         yt = tmodel(torch.from_numpy(nchw(x))).numpy()
-    assert rel_l2(yj, yt) <= FP32_CAP
+        y64 = tmodel64(torch.from_numpy(nchw(x)).double()).numpy()
+    assert rel_l2(yj, y64) <= 1.5 * rel_l2(yt, y64) + 1e-6
+    assert rel_l2(yj, yt) <= 2 * FP32_CAP
     after = flax_to_torch(model_flat(model))
     sd = tmodel.state_dict()
     for key in ("resnet.bn1.running_var", "cfc.reduce_channel.bn.running_mean", "sfc.conv_offset.0.bn.running_var"):
