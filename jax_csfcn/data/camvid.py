@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from jax_csfcn.data.cityscapes import IGNORE_INDEX, DataError
+from jax_csfcn.data.cityscapes import IGNORE_INDEX, DataError, read_pair
 
 NUM_CLASSES = 11
 VOID_INDEX = 11  # the void / "Unlabelled" index stored in the label PNGs
@@ -85,20 +85,6 @@ LIST_SUFFIX = ".txt"
 _LUT = np.full(256, IGNORE_INDEX, np.uint8)
 _LUT[:NUM_CLASSES] = np.arange(NUM_CLASSES, dtype=np.uint8)
 assert len(CLASS_NAMES) == NUM_CLASSES and PALETTE.shape == (NUM_CLASSES, 3)
-
-
-def _decode(path: Path, what: str) -> Image.Image:
-    """Open and fully decode an image, so that truncation shows up here, with the file name."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im
-    except FileNotFoundError as e:
-        raise DataError(f"{what} file {path} has disappeared since the source was built") from e
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for corrupt files
-        raise DataError(
-            f"cannot decode {what} {path}: {type(e).__name__}: {e}. Re-extract or re-generate this file."
-        ) from e
 
 
 def _splits_present(root: Path) -> list[str]:
@@ -213,16 +199,7 @@ class CamVidSource:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {self!r}")
         img_path, lab_path = Path(self._images[index]), Path(self._labels[index])
-        img = _decode(img_path, "image")
-        lab = _decode(lab_path, "label")
-        if img.mode != "RGB":
-            raise DataError(
-                f"image {img_path} has mode {img.mode!r}, expected 3-channel 'RGB'; convert it (e.g. PIL .convert('RGB'))"
-            )
-        if img.size != lab.size:
-            raise DataError(
-                f"image {img_path} is {img.size[0]}x{img.size[1]} (WxH) but its label {lab_path} is {lab.size[0]}x{lab.size[1]}"
-            )
+        img, lab = read_pair(img_path, lab_path)
         return {"image": np.asarray(img, np.uint8), "label": to_train_ids(lab, lab_path), "name": self.name(index)}
 
 

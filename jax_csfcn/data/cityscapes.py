@@ -68,6 +68,21 @@ def _decode(path: Path, what: str) -> Image.Image:
         ) from e
 
 
+def read_pair(img_path: Path, lab_path: Path) -> tuple[Image.Image, Image.Image]:
+    """Decode an image and its label, checking RGB and equal sizes; errors name the files."""
+    img = _decode(img_path, "image")
+    lab = _decode(lab_path, "label")
+    if img.mode != "RGB":
+        raise DataError(
+            f"image {img_path} has mode {img.mode!r}, expected 3-channel 'RGB'; convert it (e.g. PIL .convert('RGB'))"
+        )
+    if img.size != lab.size:
+        raise DataError(
+            f"image {img_path} is {img.size[0]}x{img.size[1]} (WxH) but its label {lab_path} is {lab.size[0]}x{lab.size[1]}"
+        )
+    return img, lab
+
+
 class CityscapesSource:
     """``grain`` RandomAccessDataSource over one split of a Cityscapes-layout directory.
 
@@ -122,16 +137,7 @@ class CityscapesSource:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {self!r}")
         img_path, lab_path = Path(self._images[index]), Path(self._labels[index])
-        img = _decode(img_path, "image")
-        lab = _decode(lab_path, "label")
-        if img.mode != "RGB":
-            raise DataError(
-                f"image {img_path} has mode {img.mode!r}, expected 3-channel 'RGB'; convert it (e.g. PIL .convert('RGB'))"
-            )
-        if img.size != lab.size:
-            raise DataError(
-                f"image {img_path} is {img.size[0]}x{img.size[1]} (WxH) but its label {lab_path} is {lab.size[0]}x{lab.size[1]}"
-            )
+        img, lab = read_pair(img_path, lab_path)
         return {"image": np.asarray(img, np.uint8), "label": self._train_ids(lab, lab_path), "name": self.name(index)}
 
     @staticmethod
