@@ -143,6 +143,48 @@ MODEL_CASES = [
 ]
 
 
+@pytest.mark.parametrize(
+    "k,b,h,w,cl", [(19, 2, 5, 7, True), (11, 1, 4, 6, False), (1, 1, 3, 3, True), (257, 1, 2, 3, True)]
+)
+def test_cpu_head_matmul_matches_conv_pixel_shuffle_argmax(g, k, b, h, w, cl):
+    """The CPU head (one matmul with outputs reordered to (sub-pixel, class), argmax over contiguous
+    runs of K) is conv1x1 + pixel_shuffle (+ argmax over K), for batch > 1, both layouts, K = 1 and
+    K > 256 (int32 labels)."""
+    from torch_deploy.model import Head
+
+    head = Head(k).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    x = torch.rand(b, 128, h, w, generator=g)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        logits_ref = F.pixel_shuffle(head.conv_out(x), 8)
+    got = {}
+    for output in ("logits", "labels"):
+        fast = opt._Head(head, output, use_kernels=False)
+        got[output] = fast._cpu_shuffle(x)
+    assert got["logits"].shape == (b, k, 8 * h, 8 * w)
+    assert rel_l2(got["logits"], logits_ref) <= 1e-6
+    assert got["labels"].dtype == (torch.uint8 if k <= 256 else torch.int32)
+    assert torch.equal(got["labels"].long(), logits_ref.argmax(1))
+
+
+def test_onednn_packed_weights_follow_weight_changes(g):
+    """Pre-packed oneDNN weights are a cache: a conv whose weight is changed in place or replaced
+    gives the new result, never the stale packed one."""
+    conv = nn.Conv2d(16, 32, 3, padding=1, bias=True)
+    x = torch.randn(1, 16, 12, 10, generator=g).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert rel_l2(opt.conv2d(conv, x), conv(x)) <= 1e-6
+        assert rel_l2(opt.conv_relu(conv, x), F.relu(conv(x))) <= 1e-6
+        conv.weight.mul_(-2.0)
+        assert rel_l2(opt.conv2d(conv, x), conv(x)) <= 1e-6
+        conv.weight = nn.Parameter(torch.randn(32, 16, 3, 3, generator=g))
+        assert rel_l2(opt.conv2d(conv, x), conv(x)) <= 1e-6
+
+
 @pytest.mark.parametrize("variant,stem", [("csfcn", "torchvision"), ("csfcn", "deep"), ("csfcn_tiny", "torchvision")])
 def test_folded_graph_is_the_same_function_in_fp64(g, variant, stem):
     """The folding algebra is exact: in fp64 the optimised graph equals the twin to rounding."""
@@ -161,19 +203,23 @@ def test_optimized_with_kernels_matches_twin(g, variant, stem, k, b, h, w, cl):
     """fp32 with the Triton kernels (interpreter on CPU) vs the same folded graph on reference ops
     (<= 1e-5) and vs the twin. Against the twin the bound is the network's own fp32 noise: with
     these weights the fp32 twin is itself ~1e-5 (up to ~3e-5) from its fp64 evaluation, and any
-    change of operation order (folding) moves the result by as much. So the optimised model must
-    be as close to the fp64 truth as the twin is, and within 5e-5 of it, with the same labels."""
+    change of operation order (folding, oneDNN's blocked channels-last convolutions) moves the
+    result by as much: the twin itself run channels-last is 1x to 2.9x further from fp64 than the
+    twin run NCHW (measured over 8 seeds). So the optimised model must be within 3x the twin's own
+    fp64 distance (the larger of its two layouts), within 5e-5 of it, with the same labels."""
     twin = randomize_like_trained(CSFCN(variant=variant, num_classes=k, stem=stem), g)
     x = torch.randn(b, 3, h, w, generator=g)
     with torch.no_grad():
         ref = twin(x)
         truth = copy.deepcopy(twin).double()(x.double())
+        ref_cl = copy.deepcopy(twin).to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    twin_noise = max(rel_l2(ref, truth), rel_l2(ref_cl, truth))
     fast = optimize(twin, "fp32", "logits", kernels=True, channels_last=cl)
     assert fast.use_kernels and fast.sfc.use_kernels and fast.head.use_kernels
     out = fast(x)
     assert out.shape == ref.shape == (b, k, h, w)
     assert rel_l2(out, optimize(twin, "fp32", "logits", kernels=False, channels_last=cl)(x)) <= 1e-5
-    assert rel_l2(out, truth) <= 2 * rel_l2(ref, truth) + 2e-6
+    assert rel_l2(out, truth) <= 3 * twin_noise + 2e-6
     assert rel_l2(out, ref) <= 5e-5
     labels = optimize(twin, "fp32", "labels", kernels=True, channels_last=cl)(x)
     assert labels.shape == (b, h, w) and labels.dtype == torch.uint8

@@ -22,7 +22,9 @@ What :func:`optimize` builds from the PyTorch twin (which it leaves untouched):
 Output modes: ``"logits"`` (B, K, H, W) in the compute precision, ``"labels"`` (B, H, W)
 uint8 (int32 for K > 256). In labels mode the CSFCN head's kernel never materialises
 full-resolution logits (the argmax over K runs per sub-pixel on the 1/8 conv output); the CPU
-reference path pixel-shuffles and then takes the argmax, which measured faster there. CSFCN-Tiny's head is a
+path does the same with one matmul whose outputs are ordered (sub-pixel, class), so the argmax
+reduces contiguous runs of K. On CPU every conv is one oneDNN call with pre-packed weights and
+its ReLU fused. CSFCN-Tiny's head is a
 bilinear x8 resize, which has no such shortcut: it runs as conv + resize (+ argmax).
 """
 
@@ -117,20 +119,56 @@ def _cbr(m) -> nn.Conv2d:
     return fold_bn(m.conv, m.bn)
 
 
-def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``relu(conv(x))``; on CPU in fp32/bf16 as one oneDNN convolution with the ReLU as its post-op
-    (the ATen op PyTorch's own CPU compiler emits), elsewhere conv then an in-place ReLU."""
-    if (
+def _onednn(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv(x)`` can run as one oneDNN convolution with a fused post-op (CPU, fp32/bf16)."""
+    return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
+        and conv.weight.dtype == x.dtype
         and torch.backends.mkldnn.is_available()
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
-    ):
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "relu", [None], None
+    )
+
+
+def _packed_weight(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv.weight`` reordered once into oneDNN's blocked layout (what PyTorch's CPU compiler does
+    when it freezes weights); re-packed if the weight is replaced or modified in place."""
+    w = conv.weight
+    key = (w.data_ptr(), w.dtype, None if w.is_inference() else w._version)  # inference tensors have no version
+    cached = conv.__dict__.get("_onednn_weight")
+    if cached is None or cached[0] != key:
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            w, conv.padding, conv.stride, conv.dilation, conv.groups, list(x.shape)
         )
-    return F.relu(conv(x), inplace=True)
+        cached = conv.__dict__["_onednn_weight"] = (key, packed)
+    return cached[1]
+
+
+def conv2d(conv: nn.Conv2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """``conv(x)``, or ``relu(conv(x))``. On CPU in fp32/bf16: one oneDNN convolution with pre-packed
+    weights and the ReLU as its post-op (the ATen op PyTorch's own CPU compiler emits; measured in
+    BENCHMARKS.md); elsewhere the module, then an in-place ReLU."""
+    if _onednn(conv, x):
+        return torch.ops.mkldnn._convolution_pointwise(
+            x,
+            _packed_weight(conv, x),
+            conv.bias,
+            conv.padding,
+            conv.stride,
+            conv.dilation,
+            conv.groups,
+            "relu" if relu else "none",
+            [None] if relu else [],
+            None,
+        )
+    y = conv(x)
+    return F.relu(y, inplace=True) if relu else y
+
+
+def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``relu(conv(x))`` (see :func:`conv2d`)."""
+    return conv2d(conv, x, relu=True)
 
 
 # ----------------------------------------------------------------------------- folded modules
@@ -142,8 +180,8 @@ class _Block(nn.Module):
         self.downsample = None if block.downsample is None else fold_bn(block.downsample[0], block.downsample[1])
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu_(self.conv2(conv_relu(self.conv1, x)).add_(identity))
+        identity = x if self.downsample is None else conv2d(self.downsample, x)
+        return F.relu_(conv2d(self.conv2, conv_relu(self.conv1, x)).add_(identity))
 
 
 class _Backbone(nn.Module):
@@ -182,7 +220,7 @@ class _CFC(nn.Module):
     def forward(self, x):
         x = conv_relu(self.reduce, x)
         pooled = pyramid_pool(x)  # (B, C, S)
-        query = self.query(x)
+        query = conv2d(self.query, x)
         key = (self.key @ pooled + self.key_bias[:, None]).contiguous()
         value = (self.value @ pooled + self.value_bias[:, None]).contiguous()
         if self.use_kernels:
@@ -193,7 +231,7 @@ class _CFC(nn.Module):
             from kernels.pooled_attention import pooled_attention_reference
 
             context = pooled_attention_reference(query, key, value)
-        context = context * torch.tanh(self.local1(conv_relu(self.local0, context))) + context
+        context = context * torch.tanh(conv2d(self.local1, conv_relu(self.local0, context))) + context
         return x + context
 
 
@@ -210,8 +248,8 @@ class _SFC(nn.Module):
         sp32 = conv_relu(self.conv_32, cfc_out)  # 128 ch at 1/32: never resized to 1/8 in full
         cp = conv_relu(self.conv_8, feat8)
         size = cp.shape[2:]
-        sp_off = F.interpolate(self.sp_proj(sp32), size, mode="bilinear", align_corners=True)
-        r = self.offset(F.relu_(self.cp_proj(cp).add_(sp_off)))
+        sp_off = F.interpolate(conv2d(self.sp_proj, sp32), size, mode="bilinear", align_corners=True)
+        r = conv2d(self.offset, F.relu_(conv2d(self.cp_proj, cp).add_(sp_off)))
         if self.use_kernels:
             from kernels.sfc_fuse import sfc_fuse
 
@@ -229,27 +267,54 @@ class _Head(nn.Module):
         self.use_kernels = use_kernels
         self.conv = _cbr(head.conv)
         self.conv_out = copy.deepcopy(head.conv_out)
-        self.num_classes = head.conv_out.out_channels // (1 if head.tiny else HEAD_UPSAMPLE**2)
+        self.num_classes = k = head.conv_out.out_channels // (1 if head.tiny else HEAD_UPSAMPLE**2)
+        if not self.tiny:
+            # the 1x1 conv's outputs reordered from (class, sub-pixel) to (sub-pixel, class) for the
+            # CPU path: one matmul then gives, per pixel, 64 contiguous runs of K scores
+            r2 = HEAD_UPSAMPLE**2
+            w = head.conv_out.weight.detach().reshape(k, r2, -1).transpose(0, 1).reshape(r2 * k, -1)
+            self.register_buffer("weight_sk", w.clone(), persistent=False)
+            self.register_buffer(
+                "bias_sk", head.conv_out.bias.detach().reshape(k, r2).t().reshape(-1).clone(), persistent=False
+            )
+
+    def _labels_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.num_classes <= 256 else torch.int32
+
+    def _cpu_shuffle(self, x: torch.Tensor) -> torch.Tensor:
+        """Head 1x1 conv + pixel shuffle (+ argmax) on CPU as a matmul over (pixel, channel) rows.
+
+        For channels-last ``x`` the rows are a free view; the matmul writes (pixel, sub-pixel, class),
+        so the argmax reduces contiguous runs of K (measured faster than pixel_shuffle + argmax, and
+        than reducing over K from the (class, sub-pixel) layout) and the 64 labels per pixel are
+        scattered to their 8x8 block as uint8."""
+        b, c, h, w = x.shape
+        k, r = self.num_classes, HEAD_UPSAMPLE
+        rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        y = torch.addmm(self.bias_sk, rows, self.weight_sk.t()).view(b, h, w, r, r, k)
+        if self.output == "labels":
+            labels = y.argmax(-1).to(self._labels_dtype())  # (b, h, w, i, j)
+            return labels.permute(0, 1, 3, 2, 4).reshape(b, h * r, w * r)
+        # (b, h, i, w, j, k) in memory: logits (b, k, 8h, 8w) in channels-last layout
+        return y.permute(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, k).permute(0, 3, 1, 2)
 
     def forward(self, x):
         x = conv_relu(self.conv, x)
         if self.tiny:
-            logits = F.interpolate(self.conv_out(x), scale_factor=HEAD_UPSAMPLE, mode="bilinear", align_corners=True)
+            y = conv2d(self.conv_out, x)
+            logits = F.interpolate(y, scale_factor=HEAD_UPSAMPLE, mode="bilinear", align_corners=True)
             if self.output == "logits":
                 return logits
-            return logits.argmax(1).to(torch.uint8 if self.num_classes <= 256 else torch.int32)
+            return logits.argmax(1).to(self._labels_dtype())
         from kernels.shuffle_head import shuffle_head, shuffle_labels
 
         if self.use_kernels:
             return shuffle_head(x, self.conv_out.weight, self.conv_out.bias, upscale=HEAD_UPSAMPLE, output=self.output)
+        if x.device.type == "cpu" and x.dtype != torch.float64:
+            return self._cpu_shuffle(x)
         y = self.conv_out(x)
         if self.output == "logits":
             return F.pixel_shuffle(y, HEAD_UPSAMPLE)
-        if y.device.type == "cpu" and y.dtype != torch.float64:
-            # measured on CPU: argmax over the pixel-shuffled channels-last logits beats reducing
-            # over K straight from the 1/8 output (a strided reduction ATen's CPU kernel runs slowly)
-            k = self.num_classes
-            return F.pixel_shuffle(y, HEAD_UPSAMPLE).argmax(1).to(torch.uint8 if k <= 256 else torch.int32)
         return shuffle_labels(y, HEAD_UPSAMPLE)
 
 
