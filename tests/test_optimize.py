@@ -103,6 +103,21 @@ def test_fold_bn_matches_conv_then_bn(g, cin, cout, k, stride, bias):
     assert not bn.training
 
 
+@pytest.mark.parametrize("variant,stem", [("csfcn", "torchvision"), ("csfcn", "deep"), ("csfcn_tiny", "torchvision")])
+def test_remove_bn_is_the_same_function_without_batchnorms(g, variant, stem):
+    """The upstream speed protocol's model: every BN folded into its conv (the deep stem's bn1 into
+    the last conv of the stem Sequential), none left, the same function in fp64."""
+    twin = randomize_like_trained(CSFCN(variant=variant, num_classes=11, stem=stem), g).double()
+    no_bn = opt.remove_bn(twin)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in no_bn.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in twin.modules()) > 20  # the twin is untouched
+    x = torch.randn(1, 3, 64, 96, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_l2(no_bn(x), twin(x)) <= 1e-12
+    with pytest.raises(ValueError, match="does not follow a Conv2d"):
+        opt.remove_bn(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3)))
+
+
 def test_fold_bn_rejects_mismatch():
     with pytest.raises(ValueError, match="BN has 8 features, the conv 4 outputs"):
         fold_bn(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(8))
@@ -354,9 +369,10 @@ def test_benchmark_cli_runs_the_cpu_variants(tmp_path, capsys):
     assert report["model"]["classes"] == 11 and report["versions"]["torch"] == torch.__version__
     keys = {r["variant"] for r in report["models"]}
     if torch.cuda.is_available():
-        assert {"a", "d", "e"} <= keys
+        assert {"a", "u", "d", "e"} <= keys
     else:
-        assert keys == {"a", "d", "e"} and "per-kernel timings" in report["skipped"]
+        assert keys == {"a", "u", "d", "e"} and "per-kernel timings" in report["skipped"]
         assert "optimize fp32 labels (reference ops, CPU)" in text and "Skipped:" in text
+    assert "u  upstream protocol: eager fp32, BN folded" in text
     for r in report["models"]:
         assert r["size"] == [32, 64] and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["runs"] == 2

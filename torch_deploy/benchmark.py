@@ -9,7 +9,10 @@ warmed up, then timed in interleaved rounds (one call of each variant per round,
 machine slows all of them alike); median and spread (min..max, p10..p90) per variant. GPU:
 CUDA events around each call. Variants:
 
-  a  reference twin, eager fp32 (the upstream's way of timing)
+  a  reference twin, eager fp32
+  u  the upstream speed script's protocol: the twin in eager fp32 with every BatchNorm folded
+     into its conv (upstream ``models/speed/CSFCN_speed.py`` times batch 1 in fp32 with the
+     BatchNorms commented out); compare the upstream's published FPS with this row
   b  reference twin, eager fp16, channels-last
   c  torch.compile(mode="max-autotune") of the reference in fp16, channels-last
   d  torch_deploy.optimize, fp16 logits (Triton kernels, CUDA graph)
@@ -59,7 +62,7 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant (default 10 GPU, 2 CPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 100 GPU, 10 CPU)")
     p.add_argument("--precision", default="fp16", choices=("fp16", "bf16"), help="precision of (b)-(e) on GPU")
-    p.add_argument("--only", default=None, help="comma-separated subset of variants to run, e.g. 'a,d,e'")
+    p.add_argument("--only", default=None, help="comma-separated subset of variants a,u,b,c,d,e to run, e.g. 'a,d,e'")
     p.add_argument("--no-compile", action="store_true", help="skip (c): max-autotune compilation takes minutes")
     p.add_argument("--no-kernels", action="store_true", help="skip the per-kernel timings")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -138,6 +141,11 @@ def model_variants(args, device: torch.device, only: set[str]):
 
     if want("a"):
         run["a  reference eager fp32"] = ("a", lambda x: twin(x))
+    if want("u"):
+        from torch_deploy.optimize import remove_bn
+
+        no_bn = remove_bn(twin)
+        run["u  upstream protocol: eager fp32, BN folded"] = ("u", lambda x: no_bn(x))
     if device.type == "cuda":
         if want("b"):
             half = copy.deepcopy(twin).to(dtype=lp, memory_format=torch.channels_last)
@@ -306,7 +314,7 @@ def main(argv=None) -> int:
     sizes = [tuple(s) for s in args.size] if args.size else (GPU_SIZES if gpu else CPU_SIZES)
     warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
     repeats = args.repeats if args.repeats is not None else (100 if gpu else 10)
-    only = set((args.only or "a,b,c,d,e").replace(" ", "").split(","))
+    only = set((args.only or "a,u,b,c,d,e").replace(" ", "").split(","))
     timer = Timer(device)
     report = {
         "command": "python -m torch_deploy.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),

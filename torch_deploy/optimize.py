@@ -83,6 +83,29 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return folded
 
 
+@torch.no_grad()
+def remove_bn(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm folded into the conv registered just before it (a
+    sibling ``Conv2d``, or the last ``Conv2d`` of a sibling ``Sequential``: the deep stem's
+    ``conv1`` + ``bn1``) and replaced by ``nn.Identity``. Same function in eval mode, same ops
+    otherwise: what the upstream speed script times (it comments the BatchNorms out)."""
+    model = copy.deepcopy(model).eval()
+    for parent in list(model.modules()):
+        prev_name, prev = None, None
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                owner, key = parent, prev_name
+                if isinstance(prev, nn.Sequential) and len(prev) and isinstance(prev[-1], nn.Conv2d):
+                    owner, key = prev, str(len(prev) - 1)
+                conv = getattr(owner, key) if key is not None else None
+                if not isinstance(conv, nn.Conv2d):
+                    raise ValueError(f"remove_bn: BatchNorm {name!r} does not follow a Conv2d (after {prev_name!r})")
+                setattr(owner, key, fold_bn(conv, child))
+                setattr(parent, name, nn.Identity())
+            prev_name, prev = name, getattr(parent, name)
+    return model
+
+
 def _conv1x1(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> nn.Conv2d:
     conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, bias=bias is not None, device=weight.device, dtype=dtype)
     with torch.no_grad():
