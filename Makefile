@@ -20,12 +20,15 @@ venv: $(STAMP)
 
 # The main job on the embedded synthetic dataset: data, train, evaluate, export, parity,
 # predict, pictures and runs/demo/report.md.  Re-running continues an interrupted demo.
+# DEMO_FLAGS passes options to python -m jax_csfcn.demo, e.g. DEMO_FLAGS=--tiny (a quick
+# check of every stage) or DEMO_FLAGS=--fresh.
+DEMO_FLAGS ?=
 demo: $(STAMP)
-	$(PY) -m jax_csfcn.demo --workdir runs/demo --data data/synthetic
+	$(PY) -m jax_csfcn.demo $(DEMO_FLAGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m 'not slow and not gpu'
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 -m 'not slow and not gpu'
 
 test-slow: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m slow
@@ -38,4 +41,4 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs data/synthetic .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs data/synthetic data/synthetic_tiny .pytest_cache .ruff_cache

@@ -17,7 +17,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import tempfile
 
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="csfcn-jax-cache-")
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # pytest -n N: one cache for all workers of the run
+    if run_id:
+        cache = os.path.join(tempfile.gettempdir(), f"csfcn-jax-cache-{run_id}")
+        os.makedirs(cache, exist_ok=True)
+    else:
+        cache = tempfile.mkdtemp(prefix="csfcn-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 sys.path.insert(0, os.path.dirname(__file__))  # tests/random_weights.py
 

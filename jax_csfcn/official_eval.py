@@ -1,0 +1,85 @@
+"""The official Cityscapes evaluator (``cityscapesscripts``) on a folder of label-id PNGs.
+
+    python -m jax_csfcn.official_eval --cityscapes data/cityscapes --results val_label_ids [--split val]
+
+What ``csEvalPixelLevelSemanticLabeling`` does, with its arguments as flags instead of the
+``CITYSCAPES_DATASET`` / ``CITYSCAPES_RESULTS`` environment variables, and with its
+instance-level scores (iIoU) off: cityscapesscripts 2.3.0's instance path calls ``np.in1d``,
+which NumPy 2.4 no longer has, so the console script stops with an AttributeError after its
+first image. Class IoU, category IoU and their means are computed by the library's own
+``evaluateImgLists`` on every ``gtFine/{split}/*/*_gtFine_labelIds.png``; the predictions are
+found by its own ``getPrediction`` (one ``{city}_{seq}_{frame}*.png`` per ground truth, anywhere
+under ``--results``), e.g. those written by ``python -m jax_csfcn.evaluate --dump_dir DIR
+--dump_format cityscapes`` or ``python -m torch_deploy.predict --format cityscapes-submission``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def evaluate_folder(cityscapes: str, results: str, split: str = "val", quiet: bool = False) -> dict:
+    """The official scores of the label-id PNGs under ``results`` against ``cityscapes``' ``split``."""
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
+
+    gt = sorted(glob.glob(os.path.join(cityscapes, "gtFine", split, "*", "*_gtFine_labelIds.png")))
+    if not gt:
+        raise FileNotFoundError(
+            f"{cityscapes}: no gtFine/{split}/*/*_gtFine_labelIds.png; --cityscapes must be the dataset root"
+            " (the folder holding leftImg8bit/ and gtFine/)"
+        )
+    if not os.path.isdir(results):
+        raise FileNotFoundError(f"--results {results}: not a folder of label-id PNGs")
+    args = ev.args
+    args.cityscapesPath = cityscapes
+    args.predictionPath, args.predictionWalk = results, None
+    args.evalInstLevelScore = False  # needs np.in1d (gone in NumPy 2.4); see the module docstring
+    args.JSONOutput = False
+    args.quiet = quiet
+    missing = []
+    preds = []
+    for g in gt:
+        try:
+            preds.append(ev.getPrediction(args, g))
+        except SystemExit:  # the library prints "ERROR: Found no/multiple prediction(s) ..." and exits
+            missing.append(os.path.basename(g))
+    if missing:
+        raise FileNotFoundError(
+            f"{results}: no single prediction for {len(missing)} of {len(gt)} images, e.g. {missing[:3]}"
+        )
+    return ev.evaluateImgLists(preds, gt, args)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jax_csfcn.official_eval", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cityscapes", required=True, help="dataset root (holds gtFine/)")
+    ap.add_argument("--results", required=True, help="folder of label-id PNG predictions")
+    ap.add_argument("--split", default="val", help="ground-truth split (default val)")
+    ap.add_argument("--json", default=None, help="also write the scores as JSON to this file")
+    ap.add_argument("--quiet", action="store_true", help="print only the mean IoU")
+    args = ap.parse_args(argv)
+    try:
+        res = evaluate_folder(args.cityscapes, args.results, args.split, quiet=args.quiet)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = {
+        "miou": res["averageScoreClasses"],
+        "category_miou": res["averageScoreCategories"],
+        "iou": res["classScores"],
+    }
+    print(f"official Cityscapes evaluator: mIoU {summary['miou']:.4f}, category mIoU {summary['category_miou']:.4f}")
+    if args.json:
+        from jax_csfcn.data.palette import write_atomic
+
+        write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
