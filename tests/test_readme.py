@@ -169,7 +169,7 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         if target == "demo" and len(argv) == 2:
             flags = f"--tiny --fresh --workdir {ws}/runs/demo --data {ws}/data/synthetic_tiny"
             return [*make, "demo", f"DEMO_FLAGS={flags}"]
-        if target in ("lint",) and len(argv) == 2:
+        if target == "lint" and len(argv) == 2:
             return [*make, target]
         if target in ("test", "test-slow", "test-gpu") and len(argv) == 2:
             return ["collect-only", *make, target]
@@ -185,16 +185,14 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         if any(a.startswith("--coordinator_address=") for a in rest):
             rest = [a.replace("host0:1234", "localhost:{port}") for a in rest]
         return [*py, *rest, *extra]
-    if mod == "jax_csfcn.evaluate":
-        return [*py, *rest]
     if mod == "jax_csfcn.data.tfds_cityscapes":
         return [*py, *rest, "--download_dir", str(ws / "tfds_downloads")]
     if mod == "jax_csfcn.data.synthetic":
-        rest = [a for a in rest]
+        rest = list(rest)
         for flag, value in (("--train", "2"), ("--val", "1")):
             rest[rest.index(flag) + 1] = value
         return [*py, *rest, "--size", "32", "64", "--no-progress"]
-    if mod in ("convert", "torch_deploy.predict", "jax_csfcn.official_eval"):
+    if mod in ("jax_csfcn.evaluate", "jax_csfcn.official_eval", "convert", "torch_deploy.predict"):
         return [*py, *rest]
     if mod == "torch_deploy.export_onnx":
         return [*py, *(_replace_size(rest, "--size", (64, 128)) if "--size" in rest else rest)]
