@@ -164,9 +164,10 @@ def main(argv=None) -> dict:
     if args.steps:
         cfg.train.steps = args.steps
         cfg.train.warmup_steps = min(cfg.train.warmup_steps, args.steps // 10)
-        cfg.eval.every = cfg.checkpoint.every = max(cfg.train.warmup_steps + 1, args.steps // 3)
-        if args.tiny:
-            cfg.eval.every = cfg.checkpoint.every = args.steps
+        # --tiny: one validation and one checkpoint, at the end
+        cfg.eval.every = cfg.checkpoint.every = (
+            args.steps if args.tiny else max(cfg.train.warmup_steps + 1, args.steps // 3)
+        )
     times: dict[str, float] = {}
 
     with _stage("data: synthetic street scenes", times):

@@ -201,7 +201,6 @@ def make_train_step(graphdef, tx, cfg, mesh):
     return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=(0,))
 
 
-# --------------------------------------------------------------------------- logging
 # --------------------------------------------------------------------------- evaluation
 def run_eval(cfg, mesh, eval_step, params, stats, src, *, on_predictions=None, desc="eval") -> dict:
     from jax_csfcn.data.pipeline import eval_loader

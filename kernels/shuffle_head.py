@@ -192,7 +192,8 @@ def _check_args(name, x, weight, bias, upscale):
     return weight, n // (upscale * upscale), tensors
 
 
-def _default_labels_dtype(k: int) -> torch.dtype:
+def default_labels_dtype(k: int) -> torch.dtype:
+    """The label dtype for K classes: uint8 while the class indices fit, else int32."""
     return torch.uint8 if k <= 256 else torch.int32
 
 
@@ -255,7 +256,7 @@ def shuffle_head(
             BLOCK_K=block_k,
         )
         return out
-    labels_dtype = labels_dtype or _default_labels_dtype(k)
+    labels_dtype = labels_dtype or default_labels_dtype(k)
     if labels_dtype not in LABEL_DTYPES:
         raise TypeError(f"{name}: labels_dtype {labels_dtype}; choose one of {LABEL_DTYPES}")
     if labels_dtype == torch.uint8 and k > 256:
@@ -303,7 +304,7 @@ def shuffle_labels(conv_out: torch.Tensor, upscale: int = 8, labels_dtype: torch
     else:
         idx = conv_out.reshape(bsz, k, r, r, h, w).argmax(dim=1)  # (B, R, R, h, w)
         idx = idx.permute(0, 3, 1, 4, 2).reshape(bsz, r * h, r * w)
-    return idx.to(labels_dtype or _default_labels_dtype(k))
+    return idx.to(labels_dtype or default_labels_dtype(k))
 
 
 def shuffle_head_reference(

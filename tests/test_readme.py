@@ -338,7 +338,6 @@ def test_every_readme_command_runs(ws):
     python_blocks = {b.line: b for b in blocks if b.lang == "python"}
     seen = set()
     pending_pair: list = []
-    ran = []
     for c, argv in plans:
         # the python blocks run once the commands above them have made their files
         for line in sorted(k for k in python_blocks if k < c.line):
@@ -355,7 +354,6 @@ def test_every_readme_command_runs(ws):
         t0 = time.perf_counter()
         proc = run(c, argv, ws)
         check_after(c, proc, ws)
-        ran.append((c.line, round(time.perf_counter() - t0, 1)))
         print(f"README line {c.line}: {time.perf_counter() - t0:.1f} s  {c.text[:70]}", flush=True)
     assert not pending_pair, f"README.md line {pending_pair[0][0].line}: a multi-host command without its partner"
     for line in sorted(python_blocks):

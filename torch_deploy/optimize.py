@@ -291,6 +291,9 @@ class _Head(nn.Module):
         self.conv = _cbr(head.conv)
         self.conv_out = copy.deepcopy(head.conv_out)
         self.num_classes = k = head.conv_out.out_channels // (1 if head.tiny else HEAD_UPSAMPLE**2)
+        from kernels.shuffle_head import default_labels_dtype  # kernels import lazily (TRITON_INTERPRET)
+
+        self.labels_dtype = default_labels_dtype(k)
         if not self.tiny:
             # the 1x1 conv's outputs reordered from (class, sub-pixel) to (sub-pixel, class) for the
             # CPU path: one matmul then gives, per pixel, 64 contiguous runs of K scores
@@ -300,9 +303,6 @@ class _Head(nn.Module):
             self.register_buffer(
                 "bias_sk", head.conv_out.bias.detach().reshape(k, r2).t().reshape(-1).clone(), persistent=False
             )
-
-    def _labels_dtype(self) -> torch.dtype:
-        return torch.uint8 if self.num_classes <= 256 else torch.int32
 
     def _cpu_shuffle(self, x: torch.Tensor) -> torch.Tensor:
         """Head 1x1 conv + pixel shuffle (+ argmax) on CPU as a matmul over (pixel, channel) rows.
@@ -316,7 +316,7 @@ class _Head(nn.Module):
         rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         y = torch.addmm(self.bias_sk, rows, self.weight_sk.t()).view(b, h, w, r, r, k)
         if self.output == "labels":
-            labels = y.argmax(-1).to(self._labels_dtype())  # (b, h, w, i, j)
+            labels = y.argmax(-1).to(self.labels_dtype)  # (b, h, w, i, j)
             return labels.permute(0, 1, 3, 2, 4).reshape(b, h * r, w * r)
         # (b, h, i, w, j, k) in memory: logits (b, k, 8h, 8w) in channels-last layout
         return y.permute(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, k).permute(0, 3, 1, 2)
@@ -328,7 +328,7 @@ class _Head(nn.Module):
             logits = F.interpolate(y, scale_factor=HEAD_UPSAMPLE, mode="bilinear", align_corners=True)
             if self.output == "logits":
                 return logits
-            return logits.argmax(1).to(self._labels_dtype())
+            return logits.argmax(1).to(self.labels_dtype)
         from kernels.shuffle_head import shuffle_head, shuffle_labels
 
         if self.use_kernels:
