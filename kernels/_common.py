@@ -7,6 +7,10 @@ argument, not a Triton compile error or a silent wrong answer.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
 import torch
 
 try:  # Triton is optional: the pure-PyTorch references work without it.
@@ -45,11 +49,14 @@ def check_triton(name: str) -> None:
 
 
 def check_device(name: str, kernel, **tensors: torch.Tensor) -> torch.device:
-    """All tensors on one device; CUDA, or CPU when the kernel runs under the interpreter."""
+    """All tensors on one device; CUDA, or CPU when the kernel runs under the interpreter (or
+    ``meta`` while :func:`record_launches` is active)."""
     devices = {k: t.device for k, t in tensors.items()}
     first = next(iter(devices.values()))
     if any(d != first for d in devices.values()):
         raise ValueError(f"{name}: tensors are on different devices: {devices}")
+    if first.type == "meta" and _RECORDER is not None:
+        return first
     if first.type == "cpu" and not interpreted(kernel):
         raise ValueError(
             f"{name}: CPU tensors need Triton's interpreter (set TRITON_INTERPRET=1 before importing kernels); "
@@ -94,3 +101,79 @@ def like_layout(shape, ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+# ----------------------------------------------------------------------------- launch configuration
+# Each launcher picks its block sizes, warps and stages in one place (``*_launch_config``): one
+# choice for a GPU launch, and a larger-block one for Triton's CPU interpreter, which pays per
+# program.  ``gpu_launch_config()`` makes the launchers take the GPU choice under the interpreter
+# too, so that the tests run what a GPU launch compiles (docs/gpu_readiness.md).
+_FORCE_GPU_CONFIG = False
+
+
+@contextlib.contextmanager
+def gpu_launch_config(enabled: bool = True) -> Iterator[None]:
+    """Within the block, launchers use the block sizes/warps/stages/flags of a CUDA launch even
+    when the kernels run under the interpreter (what the CPU tests force to check the GPU path)."""
+    global _FORCE_GPU_CONFIG
+    prev, _FORCE_GPU_CONFIG = _FORCE_GPU_CONFIG, bool(enabled)
+    try:
+        yield
+    finally:
+        _FORCE_GPU_CONFIG = prev
+
+
+def uses_gpu_config(kernel) -> bool:
+    """Whether a launch of ``kernel`` now takes the GPU launch configuration."""
+    return _FORCE_GPU_CONFIG or not interpreted(kernel)
+
+
+@dataclasses.dataclass
+class Launch:
+    """One kernel launch as a launcher would issue it: the kernel, its grid, its arguments (tensors
+    included, as the launcher passed them) and its compile-time meta-parameters."""
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    meta: dict
+
+    @property
+    def name(self) -> str:
+        fn = getattr(self.kernel, "fn", self.kernel)
+        return getattr(fn, "__name__", str(fn))
+
+
+_RECORDER: list[Launch] | None = None
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[list[Launch]]:
+    """Collect the launches the launchers would make, without running any kernel.
+
+    Launchers accept ``meta`` tensors inside the block (and return their outputs unwritten), so a
+    whole model can be traced at any input size for free: :mod:`kernels.aot` compiles what it
+    records for real GPU targets.
+    """
+    global _RECORDER
+    prev, _RECORDER = _RECORDER, []
+    try:
+        yield _RECORDER
+    finally:
+        _RECORDER = prev
+
+
+def recording() -> bool:
+    return _RECORDER is not None
+
+
+def launch(kernel, grid: tuple, args: tuple, **meta) -> None:
+    """``kernel[grid](*args, **meta)``, or a record of it inside :func:`record_launches`.
+
+    Under the interpreter ``num_warps``/``num_stages`` are dropped (they mean nothing there)."""
+    if _RECORDER is not None:
+        _RECORDER.append(Launch(kernel, tuple(grid), tuple(args), dict(meta)))
+        return
+    if interpreted(kernel):
+        meta = {k: v for k, v in meta.items() if k not in ("num_warps", "num_stages")}
+    kernel[grid](*args, **meta)

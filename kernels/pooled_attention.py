@@ -1,15 +1,19 @@
 """CFC's attention over the pooled positions in one pass (MODEL.md, CFC step 4).
 
 For every query pixel n of a (B, D, H, W) query map, with keys (B, D, S) and values
-(B, C, S) at the S pooled positions (S = 100 at 32x64, at most a few hundred):
+(B, C, S) at the S pooled positions (S = 100 at an aspect ratio of 2; S grows with the
+input's aspect ratio, about 50 per unit: 150 at 512x1536, 500 for a 10:1 panorama):
 
     context[:, n] = sum_s softmax_s(query[:, n] . key[:, s]) * value[:, s]
 
-No 1/sqrt(D) scaling (as upstream). One program takes a block of queries, computes its
-(BLOCK_N, S) scores with one dot product, the softmax in fp32 in registers, and multiplies
-by the values channel block after channel block -- the (N, S) attention matrix never
-touches memory. The output (B, C, H, W) follows the query map's layout (NCHW or
-channels-last). fp32 (IEEE dots unless ``allow_tf32``), fp16, bf16.
+No 1/sqrt(D) scaling (as upstream). One program takes a block of queries and a block of
+value channels and walks the S positions tile by tile with an online softmax (running
+maximum and sum, the accumulator rescaled when the maximum grows), so registers and shared
+memory are bounded by the tile sizes, not by S: every S is launchable. The (N, S) attention
+matrix never touches memory. The output (B, C, H, W) follows the query map's layout (NCHW or
+channels-last). fp32 (IEEE dots unless ``allow_tf32``), fp16, bf16: the unnormalised
+probabilities are cast to the value dtype before the PV product (fp32 accumulation), as
+flash attention does.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from kernels._common import (
     check_ndim,
     check_triton,
     interpreted,
+    launch,
     like_layout,
     next_pow2,
+    uses_gpu_config,
 )
-
-MAX_POSITIONS = 1024  # scores of one query block stay in registers
 
 if HAS_TRITON:
     import triton
@@ -68,45 +72,78 @@ if HAS_TRITON:
         BLOCK_S: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        b = tl.program_id(1)
-        n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        pid_n = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        b = tl.program_id(2)
+        n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = n < H * W
         y = n // W
         x = n % W
         d = tl.arange(0, BLOCK_D)
         dmask = d < D
-        s = tl.arange(0, BLOCK_S)
-        smask = s < S
+        c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
         q = tl.load(
             q_ptr + b * q_sb + (y * q_sh + x * q_sw)[:, None] + (d * q_sd)[None, :],
             mask=nmask[:, None] & dmask[None, :],
             other=0.0,
         )
-        k = tl.load(
-            k_ptr + b * k_sb + (d * k_sd)[:, None] + (s * k_ss)[None, :],
-            mask=dmask[:, None] & smask[None, :],
-            other=0.0,
-        )
-        scores = _dot(q, k, tl.zeros((BLOCK_N, BLOCK_S), dtype=tl.float32), IEEE, DOT_F32)
-        scores = tl.where(smask[None, :], scores, float("-inf"))
-        m = tl.max(scores, axis=1)
-        e = tl.exp(scores - m[:, None])
-        p = e / tl.sum(e, axis=1)[:, None]
-        pv = p if DOT_F32 else p.to(v_ptr.dtype.element_ty)  # fp32 probabilities only where dots run in fp32
-        obase = out_ptr + b * o_sb + (y * o_sh + x * o_sw)[:, None]
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            cmask = c < C
+        m_i = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+        for s0 in range(0, S, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            smask = s < S
+            k = tl.load(
+                k_ptr + b * k_sb + (d * k_sd)[:, None] + (s * k_ss)[None, :],
+                mask=dmask[:, None] & smask[None, :],
+                other=0.0,
+            )
+            scores = _dot(q, k, tl.zeros((BLOCK_N, BLOCK_S), dtype=tl.float32), IEEE, DOT_F32)
+            scores = tl.where(smask[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))  # finite: every tile holds a valid position
+            alpha = tl.exp(m_i - m_new)  # 0 on the first tile (m_i = -inf)
+            p = tl.exp(scores - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(
                 v_ptr + b * v_sb + (s * v_ss)[:, None] + (c * v_sc)[None, :],
                 mask=smask[:, None] & cmask[None, :],
                 other=0.0,
             )
-            ctx = _dot(pv, v, tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32), IEEE, DOT_F32)
-            tl.store(
-                obase + (c * o_sc)[None, :], ctx.to(out_ptr.dtype.element_ty), mask=nmask[:, None] & cmask[None, :]
-            )
+            pv = p if DOT_F32 else p.to(v_ptr.dtype.element_ty)  # fp32 probabilities only where dots run in fp32
+            acc = _dot(pv, v, acc * alpha[:, None], IEEE, DOT_F32)
+            m_i = m_new
+        ctx = acc / l_i[:, None]
+        tl.store(
+            out_ptr + b * o_sb + (y * o_sh + x * o_sw)[:, None] + (c * o_sc)[None, :],
+            ctx.to(out_ptr.dtype.element_ty),
+            mask=nmask[:, None] & cmask[None, :],
+        )
+
+
+def pooled_attention_launch_config(d: int, s: int, c: int, dtype: torch.dtype, *, gpu: bool) -> dict:
+    """Block sizes, warps and stages of a launch. GPU: 64-query (fp32: 32) x 64-position x
+    64-channel tiles, 8 warps, 2 stages -- no spills and at most 48 KiB of shared memory in every
+    dtype, whatever S (the compile gate, ``python -m kernels.aot``, checks both on sm_80 and sm_90;
+    64 queries with 4 warps spill 0.4-0.8 KB per thread in fp32). The interpreter pays per
+    program and per loop trip, so it takes whole rows of channels and long position tiles."""
+    if gpu:
+        return {
+            "BLOCK_N": 32 if dtype == torch.float32 else 64,  # fp32 IEEE dots run on FMA units: more registers
+            "BLOCK_D": max(16, next_pow2(d)),
+            "BLOCK_S": 64,
+            "BLOCK_C": 64,
+            "num_warps": 8,
+            "num_stages": 2,
+        }
+    return {
+        "BLOCK_N": 256,
+        "BLOCK_D": max(16, next_pow2(d)),
+        "BLOCK_S": max(16, min(128, next_pow2(s))),
+        "BLOCK_C": max(16, min(256, next_pow2(c))),
+        "num_warps": 4,
+        "num_stages": 1,
+    }
 
 
 def pooled_attention(
@@ -120,7 +157,7 @@ def pooled_attention(
     """softmax_S(query . key) @ value^T per pixel: (B, D, H, W), (B, D, S), (B, C, S) -> (B, C, H, W).
 
     One float dtype, one device (CUDA, or CPU under TRITON_INTERPRET=1); query NCHW or
-    channels-last, key and value contiguous; S <= 1024. The output follows query's layout.
+    channels-last, key and value contiguous; any S >= 1. The output follows query's layout.
     """
     name = "pooled_attention"
     check_triton(name)
@@ -139,38 +176,28 @@ def pooled_attention(
     s = key.shape[2]
     if value.shape[0] != bsz or value.shape[2] != s:
         raise ValueError(f"{name}: value {tuple(value.shape)} must be (B, C, S) = ({bsz}, C, {s})")
-    if not 1 <= s <= MAX_POSITIONS:
-        raise ValueError(f"{name}: {s} pooled positions; the kernel takes 1..{MAX_POSITIONS}")
+    if s < 1:
+        raise ValueError(f"{name}: key and value hold no pooled positions (S = 0)")
     check_device(name, _pooled_attention_kernel, query=query, key=key, value=value)
     c = value.shape[1]
     out = like_layout((bsz, c, h, w), query, query.dtype)
     if out.numel() == 0:
         return out
-    if max(query.numel(), value.numel(), out.numel()) >= 2**31:
+    if max(query.numel(), key.numel(), value.numel(), out.numel()) >= 2**31:
         raise ValueError(f"{name}: tensors of 2**31 or more elements need int64 indexing")
-    interp = interpreted(_pooled_attention_kernel)
-    block_n = block_n or (256 if interp else 64)
-    grid = (triton.cdiv(h * w, block_n), bsz)
-    _pooled_attention_kernel[grid](
-        query,
-        key,
-        value,
-        out,
-        d,
-        s,
-        c,
-        h,
-        w,
-        *query.stride(),
-        *key.stride(),
-        *value.stride(),
-        *out.stride(),
+    cfg = pooled_attention_launch_config(d, s, c, query.dtype, gpu=uses_gpu_config(_pooled_attention_kernel))
+    if block_n is not None:
+        cfg["BLOCK_N"] = block_n
+    grid = (triton.cdiv(h * w, cfg["BLOCK_N"]), triton.cdiv(c, cfg["BLOCK_C"]), bsz)
+    args = (query, key, value, out, d, s, c, h, w, *query.stride(), *key.stride(), *value.stride(), *out.stride())
+    launch(
+        _pooled_attention_kernel,
+        grid,
+        args,
         IEEE=query.dtype == torch.float32 and not allow_tf32,
-        DOT_F32=query.dtype == torch.bfloat16 and interp,
-        BLOCK_N=block_n,
-        BLOCK_D=max(16, next_pow2(d)),
-        BLOCK_S=max(16, next_pow2(s)),
-        BLOCK_C=256 if interp else 64,
+        # the interpreter's tl.dot multiplies bf16 bit patterns: it computes bf16 dots in fp32
+        DOT_F32=query.dtype == torch.bfloat16 and interpreted(_pooled_attention_kernel),
+        **cfg,
     )
     return out
 

@@ -26,9 +26,10 @@ from kernels._common import (
     check_feature_map,
     check_float,
     check_triton,
-    interpreted,
+    launch,
     like_layout,
     next_pow2,
+    uses_gpu_config,
 )
 
 if HAS_TRITON:
@@ -211,6 +212,18 @@ def _align_corners_scale(n_in: int, n_out: int) -> float:
     return float(torch.tensor(n_in - 1, dtype=torch.float32) / torch.tensor(n_out - 1, dtype=torch.float32))
 
 
+def sfc_fuse_launch_config(cg: int, dtype: torch.dtype, upsample: bool, *, gpu: bool) -> dict:
+    """Block sizes, warps and stages of a launch (``cg``: channels per group).
+
+    GPU: 32 pixels x all channels of the group per program with 4 warps; the compile gate
+    (``python -m kernels.aot``) checks that no path spills on sm_80/sm_90. The interpreter pays
+    per program, so it takes 4096 pixels at once."""
+    block_c = max(16, next_pow2(cg))
+    if gpu:
+        return {"BLOCK_P": 16, "BLOCK_C": block_c, "num_warps": 8, "num_stages": 1}
+    return {"BLOCK_P": 4096, "BLOCK_C": block_c, "num_warps": 4, "num_stages": 1}
+
+
 def sfc_fuse(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, *, block_p: int | None = None) -> torch.Tensor:
     """Fused SFC sampling + gating. ``sp`` at cp's size, or smaller (resize fused). Returns (B, C, H, W).
 
@@ -245,10 +258,11 @@ def sfc_fuse(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, *, block_p: in
     cg = c // groups
     upsample = tuple(sp.shape[2:]) != (h, w)
     hs, ws = sp.shape[2:]
-    if block_p is None:
-        block_p = 4096 if interpreted(_sfc_fuse_kernel) else 64  # the interpreter pays per program
-    grid = (triton.cdiv(h * w, block_p), b * groups)
-    _sfc_fuse_kernel[grid](
+    cfg = sfc_fuse_launch_config(cg, cp.dtype, upsample, gpu=uses_gpu_config(_sfc_fuse_kernel))
+    if block_p is not None:
+        cfg["BLOCK_P"] = block_p
+    grid = (triton.cdiv(h * w, cfg["BLOCK_P"]), b * groups)
+    args = (
         cp,
         sp,
         r,
@@ -264,11 +278,8 @@ def sfc_fuse(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, *, block_p: in
         *sp.stride(),
         *r.stride(),
         *out.stride(),
-        G=groups,
-        UPSAMPLE=upsample,
-        BLOCK_P=block_p,
-        BLOCK_C=max(16, next_pow2(cg)),
     )
+    launch(_sfc_fuse_kernel, grid, args, G=groups, UPSAMPLE=upsample, **cfg)
     return out
 
 

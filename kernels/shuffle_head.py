@@ -29,8 +29,10 @@ from kernels._common import (
     check_float,
     check_triton,
     interpreted,
+    launch,
     like_layout,
     next_pow2,
+    uses_gpu_config,
 )
 
 OUTPUTS = ("logits", "labels")
@@ -161,7 +163,7 @@ if HAS_TRITON:
         )
 
 
-def _check_args(name, x, weight, bias, upscale):
+def _check_args(name, x, weight, bias, upscale, output):
     check_triton(name)
     check_feature_map(name, "x", x)
     check_float(name, "x", x)
@@ -187,9 +189,54 @@ def _check_args(name, x, weight, bias, upscale):
             raise ValueError(f"{name}: bias must have shape ({n},), got {tuple(bias.shape)}")
         check_contiguous(name, "bias", bias)
         tensors["bias"] = bias
-    if x.numel() >= 2**31 or x.shape[0] * n * x.shape[2] * x.shape[3] >= 2**31:
-        raise ValueError(f"{name}: x {tuple(x.shape)} with {n} outputs needs int64 indexing (< 2**31 elements)")
+    # int32 offsets: every tensor the kernel addresses must hold < 2**31 elements. Logits write
+    # B * K * R*R * h * w values; labels only B * R*R * h * w (the argmax over K stays on chip).
+    b, _, h, w = x.shape
+    written = b * (n if output == "logits" else upscale * upscale) * h * w
+    for what, count in (("x", x.numel()), ("weight", weight.numel()), (f"the {output} output", written)):
+        if count >= 2**31:
+            raise ValueError(
+                f"{name}: {what} has {count} elements (x {tuple(x.shape)}, {n} conv outputs); the kernel's int32 "
+                "indexing needs < 2**31: split the batch or the image"
+            )
     return weight, n // (upscale * upscale), tensors
+
+
+def shuffle_head_launch_config(output: str, cin: int, upscale: int, dtype: torch.dtype, *, gpu: bool) -> dict:
+    """Block sizes, warps and stages of a launch.
+
+    GPU, logits: a 64-pixel x 64-output GEMM tile over 32-channel K steps, 8 warps, 2 stages
+    (4 warps and 64-channel steps spill up to 10 KB per thread in fp32 on sm_80). GPU, labels:
+    64 pixels (fp32: 32) x all input channels x the R*R sub-pixels of one class per step, 8
+    warps; every program reads the whole weight, so larger pixel blocks cut L2 traffic (128
+    compiles without spills in fp16/bf16 -- a tuning candidate for a GPU run). The compile gate
+    (``python -m kernels.aot``) checks that no path spills on sm_80/sm_90. The interpreter pays per program and per loop trip: large blocks there."""
+    if output == "logits":
+        if gpu:
+            return {
+                "BLOCK_P": 64,
+                "BLOCK_N": 64,
+                "BLOCK_K": max(16, min(32, next_pow2(cin))),
+                "num_warps": 8,
+                "num_stages": 2,
+            }
+        return {
+            "BLOCK_P": 256,
+            "BLOCK_N": 256,
+            "BLOCK_K": max(16, min(256, next_pow2(cin))),
+            "num_warps": 4,
+            "num_stages": 1,
+        }
+    block_s = max(16, next_pow2(upscale * upscale))
+    if gpu:
+        return {
+            "BLOCK_P": 32 if dtype == torch.float32 else 64,  # fp32 at 64 pixels sits at 254 registers on sm_80
+            "BLOCK_CIN": max(16, next_pow2(cin)),
+            "BLOCK_S": block_s,
+            "num_warps": 8,
+            "num_stages": 2,
+        }
+    return {"BLOCK_P": 1024, "BLOCK_CIN": max(16, next_pow2(cin)), "BLOCK_S": block_s, "num_warps": 4, "num_stages": 1}
 
 
 def default_labels_dtype(k: int) -> torch.dtype:
@@ -217,44 +264,26 @@ def shuffle_head(
     name = "shuffle_head"
     if output not in OUTPUTS:
         raise ValueError(f"{name}: output={output!r}; choose one of {OUTPUTS}")
-    weight, k, tensors = _check_args(name, x, weight, bias, upscale)
+    weight, k, tensors = _check_args(name, x, weight, bias, upscale, output)
     kernel = _shuffle_logits_kernel if output == "logits" else _shuffle_labels_kernel
     check_device(name, kernel, **tensors)
     bsz, cin, h, w = x.shape
     r = upscale
     ieee = x.dtype == torch.float32 and not allow_tf32
+    # the interpreter's tl.dot multiplies bf16 bit patterns: it computes bf16 dots in fp32
     dot_f32 = x.dtype == torch.bfloat16 and interpreted(kernel)
-    interp = interpreted(kernel)
+    cfg = shuffle_head_launch_config(output, cin, r, x.dtype, gpu=uses_gpu_config(kernel))
+    if block_p is not None:
+        cfg["BLOCK_P"] = block_p
     bias_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
     if output == "logits":
         out = like_layout((bsz, k, r * h, r * w), x, x.dtype)
         if out.numel() == 0:
             return out
         n = weight.shape[0]
-        block_p = block_p or (256 if interp else 64)
-        block_n = 256 if interp else 64
-        block_k = max(16, min(64 if not interp else 256, next_pow2(cin)))
-        grid = (triton.cdiv(h * w, block_p), triton.cdiv(n, block_n), bsz)
-        _shuffle_logits_kernel[grid](
-            x,
-            weight,
-            bias_arg,
-            out,
-            cin,
-            h,
-            w,
-            n,
-            *x.stride(),
-            *weight.stride(),
-            *out.stride(),
-            R=r,
-            HAS_BIAS=bias is not None,
-            IEEE=ieee,
-            DOT_F32=dot_f32,
-            BLOCK_P=block_p,
-            BLOCK_N=block_n,
-            BLOCK_K=block_k,
-        )
+        grid = (triton.cdiv(h * w, cfg["BLOCK_P"]), triton.cdiv(n, cfg["BLOCK_N"]), bsz)
+        args = (x, weight, bias_arg, out, cin, h, w, n, *x.stride(), *weight.stride(), *out.stride())
+        launch(_shuffle_logits_kernel, grid, args, R=r, HAS_BIAS=bias is not None, IEEE=ieee, DOT_F32=dot_f32, **cfg)
         return out
     labels_dtype = labels_dtype or default_labels_dtype(k)
     if labels_dtype not in LABEL_DTYPES:
@@ -264,28 +293,9 @@ def shuffle_head(
     out = torch.empty((bsz, r * h, r * w), dtype=labels_dtype, device=x.device)
     if out.numel() == 0:
         return out
-    block_p = block_p or (1024 if interp else 64)
-    grid = (triton.cdiv(h * w, block_p), bsz)
-    _shuffle_labels_kernel[grid](
-        x,
-        weight,
-        bias_arg,
-        out,
-        cin,
-        h,
-        w,
-        k,
-        *x.stride(),
-        *weight.stride(),
-        *out.stride(),
-        R=r,
-        HAS_BIAS=bias is not None,
-        IEEE=ieee,
-        DOT_F32=dot_f32,
-        BLOCK_P=block_p,
-        BLOCK_CIN=max(16, next_pow2(cin)),
-        BLOCK_S=max(16, next_pow2(r * r)),
-    )
+    grid = (triton.cdiv(h * w, cfg["BLOCK_P"]), bsz)
+    args = (x, weight, bias_arg, out, cin, h, w, k, *x.stride(), *weight.stride(), *out.stride())
+    launch(_shuffle_labels_kernel, grid, args, R=r, HAS_BIAS=bias is not None, IEEE=ieee, DOT_F32=dot_f32, **cfg)
     return out
 
 

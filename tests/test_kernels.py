@@ -16,10 +16,11 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from kernels._common import interpreted  # noqa: E402
+from kernels._common import gpu_launch_config, interpreted, record_launches  # noqa: E402
 from kernels.pooled_attention import (  # noqa: E402
     _pooled_attention_kernel,
     pooled_attention,
+    pooled_attention_launch_config,
     pooled_attention_reference,
 )
 from kernels.sfc_fuse import _sfc_fuse_kernel, linspace_m1p1, sfc_fuse, sfc_fuse_reference  # noqa: E402
@@ -325,9 +326,108 @@ def test_pooled_attention_rejects_bad_arguments(request):
         pooled_attention(q, k[:, :16].contiguous(), v)
     with pytest.raises(ValueError, match=r"value \(2, 256, 99\) must be \(B, C, S\)"):
         pooled_attention(q, k, v[:, :, :99].contiguous())
-    with pytest.raises(ValueError, match="2000 pooled positions"):
-        pooled_attention(q, randn(g, 2, 32, 2000), randn(g, 2, 256, 2000))
+    with pytest.raises(ValueError, match="no pooled positions"):
+        pooled_attention(q, randn(g, 2, 32, 0), randn(g, 2, 256, 0))
     with pytest.raises(ValueError, match="key .* must be contiguous"):
         pooled_attention(q, k.transpose(1, 2).contiguous().transpose(1, 2), v)
     with pytest.raises(TypeError, match="share one dtype"):
         pooled_attention(q, k.half(), v)
+
+
+@pytest.mark.parametrize("s", [150, 700], ids=["S150-512x1536", "S700-wide-panorama"])
+def test_pooled_attention_any_number_of_positions(request, s):
+    """S grows with the aspect ratio (150 at 512x1536, ~50 per unit): tiles over S, no upper limit."""
+    g = gen(request)
+    q = randn(g, 1, 32, 5, 9, scale=2.0)
+    k = randn(g, 1, 32, s, scale=2.0)
+    v = randn(g, 1, 256, s)
+    with gpu_launch_config():  # 64-position tiles: several tiles, the online softmax rescales across them
+        out = pooled_attention(q, k, v)
+    assert rel_l2(out, pooled_attention_reference(q, k, v)) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- the GPU launch configuration
+# Under the interpreter the launchers normally take large blocks (it pays per program). These tests
+# force the block sizes, warps and flags a CUDA launch takes, so what a GPU runs is what CI checks:
+# several programs per image, masked edge blocks, 8 warps' worth of tiles, the online softmax
+# across 64-position tiles, 32-channel K steps. What the interpreter cannot compute is the bf16
+# tl.dot (it multiplies bf16 bit patterns); bf16 dots keep their fp32 detour here, and the bf16
+# tensor-core path is checked on a GPU by `python -m torch_deploy.gpu_check` (tests marked gpu).
+def _recorded_meta(fn):
+    with record_launches() as launches:
+        fn()
+    assert len(launches) == 1
+    return launches[0].meta
+
+
+GPU_SFC = [
+    pytest.param(2, 128, 19, 23, (5, 6), "fp32", True, id="up5x6-fp32-nhwc"),
+    pytest.param(1, 128, 9, 13, (9, 13), "fp16", False, id="same-fp16-nchw"),
+    pytest.param(2, 128, 11, 7, (3, 2), "bf16", True, id="up3x2-bf16-nhwc"),
+]
+
+
+@pytest.mark.parametrize("b,c,h,w,sp_hw,dtype,cl", GPU_SFC)
+def test_sfc_fuse_gpu_launch_config(request, b, c, h, w, sp_hw, dtype, cl):
+    g = gen(request)
+    dt = DTYPES[dtype]
+    cp = randn(g, b, c, h, w, dtype=dt, channels_last=cl)
+    sp = randn(g, b, c, *sp_hw, dtype=dt, channels_last=cl)
+    r = randn(g, b, 10, h, w, dtype=dt, scale=3.0, channels_last=cl)
+    with gpu_launch_config():
+        meta = _recorded_meta(lambda: sfc_fuse(cp.to("meta"), sp.to("meta"), r.to("meta")))
+        assert meta["BLOCK_P"] < h * w and meta["num_warps"] == 8  # several programs, a partial last one
+        out = sfc_fuse(cp, sp, r)
+    err = rel_l2(out, sfc_fuse_reference(cp, sp, r))
+    assert err <= TOL[dt], f"relative L2 {err:.2e} > {TOL[dt]:.0e}"
+
+
+@pytest.mark.parametrize("output", ["logits", "labels"])
+@pytest.mark.parametrize("dtype,cl", [("fp32", True), ("fp16", False), ("bf16", True)])
+def test_shuffle_head_gpu_launch_config(request, output, dtype, cl):
+    g = gen(request)
+    dt = DTYPES[dtype]
+    b, cin, h, w, k = 2, 128, 9, 10, 19
+    x = randn(g, b, cin, h, w, dtype=dt, channels_last=cl)
+    weight = randn(g, k * 64, cin, dtype=dt, scale=cin**-0.5)
+    bias = randn(g, k * 64, dtype=dt, scale=0.5)
+    with gpu_launch_config():
+        meta = _recorded_meta(lambda: shuffle_head(x.to("meta"), weight.to("meta"), bias.to("meta"), output=output))
+        assert meta["BLOCK_P"] < h * w and meta["num_warps"] == 8
+        if output == "logits":
+            assert meta["BLOCK_K"] < cin  # several K steps through the pipelined loop
+        out = shuffle_head(x, weight, bias, output=output)
+    if output == "labels":
+        _check_labels(out, x, weight, bias, k)
+    else:
+        err = rel_l2(out, shuffle_head_reference(x, weight, bias))
+        assert err <= TOL[dt], f"relative L2 {err:.2e} > {TOL[dt]:.0e}"
+
+
+@pytest.mark.parametrize("dtype,cl", [("fp32", True), ("fp16", False), ("bf16", True)])
+def test_pooled_attention_gpu_launch_config(request, dtype, cl):
+    g = gen(request)
+    dt = DTYPES[dtype]
+    b, d, h, w, s, c = 2, 32, 9, 11, 150, 256  # S = 150: three position tiles, the last one partial
+    q = randn(g, b, d, h, w, dtype=dt, channels_last=cl)
+    k = randn(g, b, d, s, dtype=dt, scale=0.5)
+    v = randn(g, b, c, s, dtype=dt)
+    cfg = pooled_attention_launch_config(d, s, c, dt, gpu=True)
+    assert s > 2 * cfg["BLOCK_S"] and c > cfg["BLOCK_C"] and h * w > cfg["BLOCK_N"]
+    with gpu_launch_config():
+        out = pooled_attention(q, k, v)
+    err = rel_l2(out, pooled_attention_reference(q, k, v))
+    assert err <= TOL[dt], f"relative L2 {err:.2e} > {TOL[dt]:.0e}"
+
+
+def test_gpu_launch_config_is_scoped():
+    """The switch changes what the launchers choose only inside the block."""
+    x = torch.empty(1, 128, 40, 40, device="meta")
+    wt = torch.empty(19 * 64, 128, device="meta")
+    with record_launches() as outside:
+        shuffle_head(x, wt, None)
+    with gpu_launch_config(), record_launches() as inside:
+        shuffle_head(x, wt, None)
+    assert inside[0].meta["BLOCK_P"] == 64 and inside[0].meta["num_warps"] == 8
+    if interpreted(_shuffle_labels_kernel):
+        assert outside[0].meta["BLOCK_P"] != inside[0].meta["BLOCK_P"]

@@ -434,6 +434,14 @@ def _kernels_runnable_on_cpu() -> bool:
     return interpreted(_sfc_fuse_kernel)
 
 
+def _tracing_on_meta(device: torch.device) -> bool:
+    """A model on the ``meta`` device inside ``kernels.record_launches()``: kernels.aot traces the
+    launches of the fast path at any input size without computing anything."""
+    from kernels._common import recording
+
+    return device.type == "meta" and recording()
+
+
 def _fallback_notice(device: torch.device, reason: str) -> None:
     global _FALLBACK_NOTICE_GIVEN
     if _FALLBACK_NOTICE_GIVEN:
@@ -483,7 +491,7 @@ def optimize(
         if not kernels:
             reason = "no CUDA device" if not on_cuda else "Triton is not installed"
             _fallback_notice(device, reason)
-    elif kernels and not on_cuda and not _kernels_runnable_on_cpu():
+    elif kernels and not on_cuda and not _kernels_runnable_on_cpu() and not _tracing_on_meta(device):
         raise ValueError(
             "optimize(kernels=True) on CPU runs the Triton kernels under Triton's interpreter: set "
             f"TRITON_INTERPRET=1 before importing kernels (now {os.environ.get('TRITON_INTERPRET')!r})"

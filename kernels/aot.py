@@ -1,0 +1,380 @@
+"""Ahead-of-time compile gate: every Triton launch of the fast path, compiled for real GPU targets
+without a GPU, with its registers, spills and shared memory.
+
+    python -m kernels.aot                       # table for sm_80 and sm_90, exit 1 if a check fails
+    python -m kernels.aot --json aot.json --size 512 1536
+
+What it compiles is recorded, not written by hand: ``torch_deploy.optimize``'s model is built on
+the ``meta`` device and run inside :func:`kernels._common.record_launches` at each input size, for
+every precision (fp32/fp16/bf16) and output (logits/labels), with the launchers' own GPU launch
+configuration (block sizes, warps, stages, flags). Each distinct specialisation (Triton's own
+binder decides: argument dtypes, integer divisibility by 16, constexprs, warps, stages) is then
+compiled once per target with ``triton.compile`` for an explicit ``GPUTarget`` -- the compiler
+needs no driver -- and the PTX is assembled by the ``ptxas`` that ships with Triton, whose
+verbose report gives registers, stack frame and spill bytes. Checks per compiled kernel:
+
+* it compiles;
+* shared memory within the target's per-block limit (sm_80: 163 KiB, sm_90: 227 KiB opt-in);
+* zero spill stores and loads (docs/gpu_readiness.md says why this is the bar).
+
+Triton's CPU interpreter (``TRITON_INTERPRET=1``) replaces the kernels by Python functions that
+cannot be compiled; the CLI then runs itself again in a child process without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from kernels._common import Launch, gpu_launch_config, interpreted, record_launches
+
+# Per-block shared memory a kernel may use (the opt-in maximum, bytes): A100 (sm_80) and H100/H200
+# (sm_90), from CUDA's compute-capability tables; Triton raises OutOfResources above it at load.
+TARGETS = {"sm_80": (80, 166912), "sm_90": (90, 232448)}
+DEFAULT_SIZES = ((1024, 2048), (712, 1304))  # the benchmark's largest size, and one where nothing divides by 16
+PRECISIONS = ("fp32", "fp16", "bf16")
+OUTPUTS = ("logits", "labels")
+VARIANTS = ("csfcn", "csfcn_tiny")
+
+
+@dataclasses.dataclass
+class Job:
+    """One distinct specialisation of one kernel for one target, and the cases that launch it."""
+
+    name: str
+    target: str
+    launch: Launch
+    cases: list[str]
+    signature: dict
+    constexprs: dict
+    attrs: dict
+    options: dict
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    target: str
+    cases: list[str]
+    config: str
+    num_warps: int
+    num_stages: int
+    registers: int | None = None
+    stack_bytes: int | None = None
+    spill_stores: int | None = None
+    spill_loads: int | None = None
+    shared_bytes: int | None = None
+    shared_limit: int = 0
+    compile_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        if self.error:
+            return [f"does not compile: {self.error}"]
+        out = []
+        if self.shared_bytes > self.shared_limit:
+            out.append(f"shared memory {self.shared_bytes} B > {self.shared_limit} B per block")
+        if self.spill_stores or self.spill_loads:
+            out.append(f"spills {self.spill_stores} B stored / {self.spill_loads} B loaded per thread")
+        return out
+
+
+# ----------------------------------------------------------------------------- recording
+def record_model_launches(
+    sizes=DEFAULT_SIZES, precisions=PRECISIONS, outputs=OUTPUTS, variants=VARIANTS, classes: int = 19, batch: int = 1
+) -> list[tuple[str, Launch]]:
+    """(case label, launch) for every kernel launch of ``optimize``'s model over the grid of cases,
+    traced on the ``meta`` device with the GPU launch configuration."""
+    import warnings
+
+    from torch_deploy.model import CSFCN
+    from torch_deploy.optimize import optimize
+
+    out = []
+    for variant in variants:
+        with torch.device("meta"):
+            twin = CSFCN(variant=variant, num_classes=classes).eval()
+        for precision in precisions:
+            for output in outputs:
+                with warnings.catch_warnings(), record_launches():  # optimize accepts meta models while tracing
+                    warnings.simplefilter("ignore")
+                    fast = optimize(twin, precision, output, cuda_graphs=False, kernels=True)
+                for h, w in sizes:
+                    x = torch.empty(batch, 3, h, w, device="meta")
+                    with record_launches() as launches, gpu_launch_config():
+                        fast(x)
+                    label = f"{variant} {precision} {output} {h}x{w}"
+                    out.extend((label, ln) for ln in launches)
+    return out
+
+
+def _jit(kernel):
+    if interpreted(kernel):
+        raise RuntimeError(
+            "kernels.aot: the kernels were imported under TRITON_INTERPRET=1 (Triton's CPU interpreter); "
+            "compiling for a GPU target needs them imported without it (the CLI re-runs itself that way)"
+        )
+    return kernel
+
+
+def specialise(launch: Launch, cap: int) -> tuple[dict, dict, dict, dict]:
+    """(signature, constexprs, attrs, options) exactly as Triton's launcher would build them for
+    ``launch`` on a ``cuda`` target of compute capability ``cap``."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    jit = _jit(launch.kernel)
+    backend = make_backend(GPUTarget("cuda", cap, 32))
+    binder = create_function_from_signature(jit.signature, jit.params, backend)
+    try:
+        bound, spec, opts = binder(*launch.args, **launch.meta)
+        options, signature, constexprs, attrs = jit._pack_args(backend, launch.meta, bound, spec, opts)
+    except (AttributeError, TypeError) as e:  # Triton's launcher internals differ between versions
+        import triton
+
+        raise RuntimeError(
+            f"kernels.aot: Triton {triton.__version__}'s launcher API is not the one expected: {e}"
+        ) from e
+    return signature, constexprs, attrs, options.__dict__
+
+
+def plan(recorded: list[tuple[str, Launch]], targets=tuple(TARGETS)) -> list[Job]:
+    """One job per distinct (kernel, target, specialisation), listing the cases that share it."""
+    jobs: dict[str, Job] = {}
+    for case, ln in recorded:
+        for tname in targets:
+            sig, const, attrs, opts = specialise(ln, TARGETS[tname][0])
+            key = repr((ln.name, tname, sorted(sig.items()), sorted(const.items()), sorted(attrs.items()), opts))
+            job = jobs.get(key)
+            if job is None:
+                job = jobs[key] = Job(ln.name, tname, ln, [], sig, const, attrs, opts)
+            job.cases.append(case)
+    return list(jobs.values())
+
+
+# ----------------------------------------------------------------------------- compiling
+def ptxas_path() -> str:
+    import triton
+
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    found = bundled if os.path.exists(bundled) else shutil.which("ptxas")
+    if not found:
+        raise RuntimeError("kernels.aot: no ptxas (Triton's wheel ships one under triton/backends/nvidia/bin)")
+    return found
+
+
+_PTXAS_USED = re.compile(r"Used (\d+) registers")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def ptxas_report(ptx: str, cap: int) -> dict:
+    """Registers, stack frame and spill bytes per thread from ``ptxas -v`` (the flags Triton uses)."""
+    arch = f"sm_{cap}a" if cap == 90 else f"sm_{cap}"
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        cmd = [ptxas_path(), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", src, "-o", src + ".o"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"ptxas failed: {res.stderr.strip()[-400:]}")
+    used, spill = _PTXAS_USED.search(res.stderr), _PTXAS_SPILL.search(res.stderr)
+    return {
+        "registers": int(used.group(1)),
+        "stack_bytes": int(spill.group(1)),
+        "spill_stores": int(spill.group(2)),
+        "spill_loads": int(spill.group(3)),
+    }
+
+
+def _config_text(meta: dict) -> str:
+    return " ".join(
+        f"{k}={v}" for k, v in meta.items() if k.startswith("BLOCK") or k in ("IEEE", "DOT_F32", "UPSAMPLE")
+    )
+
+
+_JOBS: list[Job] = []  # read by the forked workers
+
+
+def _compile(index: int) -> Result:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    job = _JOBS[index]
+    cap, limit = TARGETS[job.target]
+    meta = job.launch.meta
+    res = Result(
+        job.name,
+        job.target,
+        job.cases,
+        _config_text(meta),
+        meta.get("num_warps", 4),
+        meta.get("num_stages", 3),
+        shared_limit=limit,
+    )
+    t0 = time.perf_counter()
+    try:
+        src = ASTSource(job.launch.kernel, job.signature, job.constexprs, job.attrs)
+        ck = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=job.options)
+        res.shared_bytes = int(ck.metadata.shared)
+        for k, v in ptxas_report(ck.asm["ptx"], cap).items():
+            setattr(res, k, v)
+    except Exception as e:  # reported per kernel, the gate fails on it
+        res.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+    res.compile_s = time.perf_counter() - t0
+    return res
+
+
+def compile_all(jobs: list[Job], workers: int | None = None, progress: bool = True) -> list[Result]:
+    """Compile every job (in forked worker processes when more than one core is available)."""
+    global _JOBS
+    _JOBS = jobs
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="compile", unit="kernel", file=sys.stderr)
+    results: list[Result | None] = [None] * len(jobs)
+    if workers <= 1:
+        for i in range(len(jobs)):
+            results[i] = _compile(i)
+            bar and bar.update()
+    else:
+        ctx = multiprocessing.get_context("fork")
+        with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            pending = {pool.submit(_compile, i): i for i in range(len(jobs))}
+            for fut in futures.as_completed(pending):
+                results[pending[fut]] = fut.result()
+                bar and bar.update()
+    if bar:
+        bar.close()
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+def _cases_text(cases: list[str]) -> str:
+    """The traced cases sharing a specialisation, grouped: 'csfcn,csfcn_tiny fp16 logits,labels 1024x2048'."""
+    groups: dict[tuple, list[set]] = {}
+    for case in sorted(set(cases)):
+        variant, precision, output, size = case.split()
+        g = groups.setdefault((precision, size), [set(), set()])
+        g[0].add(variant)
+        g[1].add(output)
+    return "; ".join(
+        f"{','.join(sorted(vs))} {p} {','.join(sorted(outs, reverse=True))} {sz}"
+        for (p, sz), (vs, outs) in sorted(groups.items())
+    )
+
+
+def table(results: list[Result]) -> str:
+    head = ["kernel", "traced cases", "target", "config", "warps", "stages", "regs", "spill st/ld B", "smem KiB", "ok"]
+    rows = []
+    for r in sorted(results, key=lambda r: (r.name, r.config, _cases_text(r.cases), r.target)):
+        if r.error:
+            rows.append(
+                [r.name, _cases_text(r.cases), r.target, r.config, r.num_warps, r.num_stages, "-", "-", "-", "FAIL"]
+            )
+            continue
+        smem = f"{r.shared_bytes / 1024:.1f}/{r.shared_limit // 1024}"
+        ok = "ok" if not r.problems else "FAIL"
+        rows.append(
+            [
+                r.name.lstrip("_").replace("_kernel", ""),
+                _cases_text(r.cases),
+                r.target,
+                r.config,
+                r.num_warps,
+                r.num_stages,
+                r.registers,
+                f"{r.spill_stores}/{r.spill_loads}",
+                smem,
+                ok,
+            ]
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    lines = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(head, widths)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def run_gate(sizes=DEFAULT_SIZES, variants=VARIANTS, classes=19, workers=None, progress=True) -> list[Result]:
+    recorded = record_model_launches(sizes=sizes, variants=variants, classes=classes)
+    jobs = plan(recorded)
+    return compile_all(jobs, workers=workers, progress=progress)
+
+
+def _parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m kernels.aot",
+        description=__doc__.split("\n\n")[0],
+        epilog="Exit status 1 when any kernel fails to compile, exceeds shared memory, or spills.",
+    )
+    p.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        action="append",
+        metavar=("H", "W"),
+        help="input size to trace; repeat for several (default: 1024 2048 and 712 1304)",
+    )
+    p.add_argument("--variant", choices=VARIANTS, action="append", help="model variant (default: both)")
+    p.add_argument("--classes", type=int, default=19, help="number of classes K (default 19)")
+    p.add_argument("--workers", type=int, default=None, help="compile processes (default: one per core)")
+    p.add_argument("--json", metavar="PATH", help="also write every result as JSON to PATH")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    for h, w in args.size or []:
+        if h < 32 or w < 32:
+            p.error(f"--size {h} {w}: both sides must be >= 32 (the model's 1/32 map must exist)")
+    if args.classes < 1:
+        p.error("--classes must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return subprocess.call([sys.executable, "-m", "kernels.aot", *argv], env=env)
+    sizes = tuple(tuple(s) for s in args.size) if args.size else DEFAULT_SIZES
+    variants = tuple(args.variant) if args.variant else VARIANTS
+    import triton
+
+    t0 = time.perf_counter()
+    results = run_gate(sizes, variants, args.classes, args.workers, progress=not args.no_progress)
+    print(
+        f"Triton {triton.__version__}, ptxas {ptxas_path()}; traced sizes "
+        f"{', '.join(f'{h}x{w}' for h, w in sizes)}, {', '.join(variants)}, K={args.classes}, fp32/fp16/bf16 x "
+        f"logits/labels; {len(results)} compiles in {time.perf_counter() - t0:.0f} s"
+    )
+    print(table(results))
+    bad = [(r, p) for r in results for p in r.problems]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{**dataclasses.asdict(r), "problems": r.problems} for r in results], f, indent=2)
+    for r, prob in bad:
+        print(f"FAIL {r.name} {r.target} [{r.config}] ({_cases_text(r.cases)}): {prob}")
+    print(f"{len(results) - len({id(r) for r, _ in bad})}/{len(results)} compiled kernels pass")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The ahead-of-time compile gate (kernels/aot.py): every launch of the fast path compiles for sm_80
+and sm_90 within shared memory and without spills, and the gate does catch a spilling config.
+
+Compiling for a GPU target needs the kernels imported without Triton's interpreter, which this
+test session uses (``TRITON_INTERPRET=1``), so the gate runs in child processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_every_model_launch_compiles_for_sm80_and_sm90_without_spills(tmp_path):
+    out = tmp_path / "aot.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "kernels.aot", "--json", str(out), "--no-progress"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    results = json.loads(out.read_text())
+    names = {r["name"] for r in results}
+    assert names == {"_pooled_attention_kernel", "_sfc_fuse_kernel", "_shuffle_logits_kernel", "_shuffle_labels_kernel"}
+    assert {r["target"] for r in results} == {"sm_80", "sm_90"}
+    cases = {c for r in results for c in r["cases"]}
+    for variant in ("csfcn", "csfcn_tiny"):
+        for precision in ("fp32", "fp16", "bf16"):
+            for output in ("logits", "labels"):
+                for size in ("1024x2048", "712x1304"):
+                    assert f"{variant} {precision} {output} {size}" in cases
+    for r in results:
+        assert r["error"] is None, r
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+        assert 0 <= r["shared_bytes"] <= r["shared_limit"], r
+        assert 0 < r["registers"] <= 255, r
+    # a compile per distinct specialisation, not per traced case
+    keys = [(r["name"], r["target"], r["config"], tuple(sorted(r["cases"]))) for r in results]
+    assert len(keys) == len(set(keys))
+    assert "48/48 compiled kernels pass" in res.stdout or f"{len(results)}/{len(results)}" in res.stdout
+    assert "| pooled_attention" in res.stdout and "spill st/ld B" in res.stdout
+
+
+_SPILLING = """
+import kernels.aot as aot, kernels.pooled_attention as pa
+orig = pa.pooled_attention_launch_config
+def spilling(*a, **k):  # 64 fp32 queries with 4 warps: the configuration the gate rejected
+    cfg = orig(*a, **k)
+    cfg.update(BLOCK_N=64, num_warps=4)
+    return cfg
+pa.pooled_attention_launch_config = spilling
+rec = aot.record_model_launches(sizes=((1024, 2048),), precisions=("fp32",), outputs=("logits",), variants=("csfcn",))
+rec = [(c, ln) for c, ln in rec if ln.name == "_pooled_attention_kernel"]
+res = aot.compile_all(aot.plan(rec, targets=("sm_90",)), workers=1, progress=False)
+print(len(res), res[0].spill_stores, res[0].problems)
+"""
+
+
+def test_gate_catches_a_spilling_configuration():
+    res = subprocess.run(
+        [sys.executable, "-c", _SPILLING], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    n, spills, problems = res.stdout.strip().split(" ", 2)
+    assert n == "1" and int(spills) > 0 and "spills" in problems
+
+
+def test_launches_are_recorded_on_meta_without_running():
+    """The model traced on the meta device issues one launch per kernel, with the GPU configuration."""
+    from kernels._common import gpu_launch_config, record_launches
+    from torch_deploy.model import CSFCN
+    from torch_deploy.optimize import optimize
+
+    with torch.device("meta"):
+        twin = CSFCN(num_classes=11).eval()
+    with record_launches():
+        fast = optimize(twin, "fp16", "labels", cuda_graphs=False, kernels=True)
+    with record_launches() as launches, gpu_launch_config():
+        labels = fast(torch.empty(1, 3, 512, 1536, device="meta"))
+    assert labels.shape == (1, 512, 1536) and labels.device.type == "meta"
+    names = [ln.name for ln in launches]
+    assert names == ["_pooled_attention_kernel", "_sfc_fuse_kernel", "_shuffle_labels_kernel"]
+    attn = launches[0]
+    assert attn.args[5] == 150  # S at aspect ratio 3: tiled over S whatever its size
+    assert all(ln.meta["num_warps"] == 8 for ln in launches)
+
+
+def test_meta_tensors_are_refused_outside_recording():
+    from kernels.sfc_fuse import sfc_fuse
+
+    t = torch.empty(1, 128, 8, 8, device="meta")
+    with pytest.raises(ValueError, match="unsupported device meta"):
+        sfc_fuse(t, t, torch.empty(1, 10, 8, 8, device="meta"))
