@@ -96,7 +96,30 @@ def like_layout(shape, ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """An empty 4-D tensor of ``shape`` in ``ref``'s memory format (channels-last if ``ref`` is)."""
     channels_last = not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype, device=ref.device, memory_format=fmt)
+    return new_output(torch.empty(shape, dtype=dtype, device=ref.device, memory_format=fmt))
+
+
+_POISON = False
+
+
+@contextlib.contextmanager
+def poison_outputs(enabled: bool = True) -> Iterator[None]:
+    """Within the block, every output a launcher allocates is filled with NaN (float) or the
+    dtype's largest integer (labels) before the kernel runs, so an element the kernel fails to
+    write shows up in a comparison instead of passing on whatever the allocator left there."""
+    global _POISON
+    prev, _POISON = _POISON, bool(enabled)
+    try:
+        yield
+    finally:
+        _POISON = prev
+
+
+def new_output(t: torch.Tensor) -> torch.Tensor:
+    """A freshly allocated kernel output, poisoned inside :func:`poison_outputs`."""
+    if _POISON and t.device.type != "meta" and t.numel():
+        t.fill_(float("nan") if t.is_floating_point() else torch.iinfo(t.dtype).max)
+    return t
 
 
 def next_pow2(n: int) -> int:

@@ -31,6 +31,7 @@ from kernels._common import (
     interpreted,
     launch,
     like_layout,
+    new_output,
     next_pow2,
     uses_gpu_config,
 )
@@ -290,7 +291,7 @@ def shuffle_head(
         raise TypeError(f"{name}: labels_dtype {labels_dtype}; choose one of {LABEL_DTYPES}")
     if labels_dtype == torch.uint8 and k > 256:
         raise TypeError(f"{name}: {k} classes do not fit labels_dtype=torch.uint8")
-    out = torch.empty((bsz, r * h, r * w), dtype=labels_dtype, device=x.device)
+    out = new_output(torch.empty((bsz, r * h, r * w), dtype=labels_dtype, device=x.device))
     if out.numel() == 0:
         return out
     grid = (triton.cdiv(h * w, cfg["BLOCK_P"]), bsz)

@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from kernels._common import gpu_launch_config, interpreted, record_launches  # noqa: E402
+from kernels._common import gpu_launch_config, interpreted, poison_outputs, record_launches  # noqa: E402
 from kernels.pooled_attention import (  # noqa: E402
     _pooled_attention_kernel,
     pooled_attention,
@@ -32,6 +32,13 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # reference; fp16/bf16 differ by the rounding of the stored output (the interpreter also
 # truncates fp32 -> bf16 instead of rounding to nearest).
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_outputs():
+    """Every kernel output starts as NaN / the largest integer: an element a kernel does not write fails."""
+    with poison_outputs():
+        yield
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

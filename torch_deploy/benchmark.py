@@ -19,7 +19,9 @@ CUDA events around each call. Variants:
   e  torch_deploy.optimize, fp16 labels
 
 plus each Triton kernel against the PyTorch ops it replaces, with achieved GB/s (bytes the op
-must read and write at least, over its median time). On CPU the variants are (a) and
+must read and write at least, over its median time). On a GPU every model and kernel time is
+printed next to its roofline floor (torch_deploy/roofline.py: bytes over the measured copy
+bandwidth or FLOPs over the measured matmul rate, per op) and the measured/floor ratio. On CPU the variants are (a) and
 ``optimize`` in fp32 on the reference ops, logits and labels; the script prints which GPU
 variants it skipped and why.
 """
@@ -27,6 +29,7 @@ variants it skipped and why.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -191,7 +194,8 @@ def model_variants(args, device: torch.device, only: set[str]):
 
 # ----------------------------------------------------------------------------- kernels
 def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype):
-    """[(name, kernel fn, PyTorch-ops fn, bytes moved)] at the shapes the model gives for an (h, w) input."""
+    """[(name, kernel fn, PyTorch-ops fn, bytes moved, roofline kernel name)] at the shapes the model gives
+    for an (h, w) input."""
     from kernels.pooled_attention import pooled_attention, pooled_attention_reference
     from kernels.sfc_fuse import sfc_fuse
     from kernels.shuffle_head import shuffle_head
@@ -216,7 +220,7 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
         return sfc_sample_and_gate(cp, sp, r)
 
     moved = (cp.numel() + sp32.numel() + r.numel() + cp.numel()) * el
-    cases.append(("sfc_fuse (1/32 resize fused)", lambda: sfc_fuse(cp, sp32, r), sfc_torch, moved))
+    cases.append(("sfc_fuse (1/32 resize fused)", lambda: sfc_fuse(cp, sp32, r), sfc_torch, moved, "sfc_fuse"))
 
     if args.variant == "csfcn":
         k = args.classes
@@ -231,6 +235,7 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
                 lambda: shuffle_head(x, wt, bias),
                 lambda: F.pixel_shuffle(F.conv2d(x, w4, bias), 8),
                 moved_in + b * k * h8 * w8 * 64 * el,
+                "shuffle_logits",
             )
         )
         cases.append(
@@ -239,6 +244,7 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
                 lambda: shuffle_head(x, wt, bias, output="labels"),
                 lambda: F.pixel_shuffle(F.conv2d(x, w4, bias), 8).argmax(1).to(torch.uint8),
                 moved_in + b * h8 * w8 * 64,
+                "shuffle_labels",
             )
         )
     feat = rnd(b, 256, h32, w32)
@@ -253,17 +259,26 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
             lambda: pooled_attention(q, key, val),
             lambda: pooled_attention_reference(q, key, val),
             moved,
+            "pooled_attention",
         )
     )
     return cases
 
 
-def copy_bandwidth(device: torch.device, timer: Timer) -> float:
-    """Measured device-to-device copy bandwidth (GB/s, read + write) of a 256 MiB buffer."""
-    src = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    res = run_interleaved({"copy": lambda: dst.copy_(src)}, timer, 5, 20)["copy"]
-    return 2 * src.numel() * 4 / (res["median_ms"] * 1e-3) / 1e9
+# the traced work of each variant: (roofline kind, precision or None for the --precision one)
+_FLOOR_KIND = {"a": ("twin", "fp32"), "u": ("twin", "fp32"), "b": ("twin", None), "c": ("twin", None)}
+_FLOOR_KIND.update({"d": ("logits", None), "e": ("labels", None)})
+
+
+def model_floor_ms(key: str, args, h: int, w: int, ceil) -> float:
+    """Roofline floor (ms) of variant ``key`` at (h, w): the sum of its ops' floors (torch_deploy.roofline).
+    (u) and (c) are charged the twin's ops (BN folding and compiler fusion are what they may save)."""
+    from torch_deploy.roofline import floor_us, model_costs
+
+    kind, prec = _FLOOR_KIND[key]
+    prec = prec or args.precision
+    costs = model_costs(kind, prec, h, w, variant=args.variant, classes=args.classes, batch=args.batch)
+    return floor_us(costs, ceil, prec) / 1e3
 
 
 # ----------------------------------------------------------------------------- report
@@ -316,6 +331,12 @@ def main(argv=None) -> int:
     repeats = args.repeats if args.repeats is not None else (100 if gpu else 10)
     only = set((args.only or "a,u,b,c,d,e").replace(" ", "").split(","))
     timer = Timer(device)
+    ceil = None
+    if gpu:
+        from torch_deploy.roofline import datasheet_for, measure_ceilings
+
+        ceil = measure_ceilings(device)
+        sheet = datasheet_for(ceil.name)
     report = {
         "command": "python -m torch_deploy.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": device_name(device),
@@ -328,6 +349,13 @@ def main(argv=None) -> int:
         "kernels": [],
         "skipped": {},
     }
+    if ceil is not None:
+        report["ceilings"] = {"measured": dataclasses.asdict(ceil), "datasheet": sheet and dataclasses.asdict(sheet)}
+        print(
+            f"roofline ceilings (measured): copy {ceil.bandwidth_gbps:.0f} GB/s, fp16 matmul {ceil.tensor_tflops:.0f} "
+            f"TFLOP/s, fp32 matmul {ceil.fp32_tflops:.1f} TFLOP/s"
+            + (f"; datasheet {sheet.name}: {sheet.bandwidth_gbps:.0f} GB/s, {sheet.tensor_tflops:.0f}" if sheet else "")
+        )
     print(
         f"device: {report['device']}; {report['versions']}; timing: {report['timing']}, {warmup} warm-up, "
         f"{repeats} interleaved rounds"
@@ -344,6 +372,7 @@ def main(argv=None) -> int:
             for label, (key, _) in variants.items():
                 st = res[label]
                 speed = f"{base / st['median_ms']:.2f}x" if base else "-"
+                floor = model_floor_ms(key, args, h, w, ceil) if ceil else None
                 rows.append(
                     [
                         f"{h}x{w}",
@@ -353,11 +382,17 @@ def main(argv=None) -> int:
                         f"{st['p10_ms']:.2f}..{st['p90_ms']:.2f}",
                         f"{1e3 * args.batch / st['median_ms']:.1f}",
                         speed,
+                        f"{floor:.3f}" if floor else "-",
+                        f"{st['median_ms'] / floor:.1f}x" if floor else "-",
                     ]
                 )
-                report["models"].append({"size": [h, w], "variant": key, "label": label, **st})
+                report["models"].append({"size": [h, w], "variant": key, "label": label, **st, "floor_ms": floor})
         print(f"\nWhole model, {args.variant} K={args.classes}, batch {args.batch}:")
-        print_table(["size", "variant", "median ms", "min..max", "p10..p90", "FPS", "vs (a)"], rows)
+        print_table(
+            ["size", "variant", "median ms", "min..max", "p10..p90", "FPS", "vs (a)", "floor ms", "of floor"], rows
+        )
+        if not ceil:
+            report["skipped"]["roofline floors"] = "floors are computed against a GPU's measured ceilings"
 
         if args.no_kernels:
             report["skipped"]["per-kernel timings"] = "--no-kernels"
@@ -367,13 +402,17 @@ def main(argv=None) -> int:
             )
         else:
             dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
-            bw = copy_bandwidth(device, timer)
+            from torch_deploy.roofline import kernel_floors
+
+            bw = ceil.bandwidth_gbps
             report["copy_bandwidth_GBps"] = bw
             krows = []
             for h, w in sizes:
-                for name, kfn, tfn, moved in kernel_cases(args, h, w, device, dtype):
+                floors = kernel_floors(h, w, args.precision, ceil, classes=args.classes, batch=args.batch)
+                for name, kfn, tfn, moved, rname in kernel_cases(args, h, w, device, dtype):
                     res = run_interleaved({"kernel": kfn, "torch": tfn}, timer, warmup, repeats)
                     k_ms, t_ms = res["kernel"]["median_ms"], res["torch"]["median_ms"]
+                    floor_ms = floors[rname][1] / 1e3 if rname in floors else None
                     gbps = moved / (k_ms * 1e-3) / 1e9
                     krows.append(
                         [
@@ -385,6 +424,8 @@ def main(argv=None) -> int:
                             f"{t_ms / k_ms:.2f}x",
                             f"{gbps:.0f}",
                             f"{100 * gbps / bw:.0f}%",
+                            f"{floor_ms * 1e3:.2f}" if floor_ms else "-",
+                            f"{k_ms / floor_ms:.1f}x" if floor_ms else "-",
                         ]
                     )
                     report["kernels"].append(
@@ -395,11 +436,23 @@ def main(argv=None) -> int:
                             "torch": res["torch"],
                             "bytes": moved,
                             "GBps": gbps,
+                            "floor_ms": floor_ms,
                         }
                     )
             print(f"\nKernels ({args.precision}) vs the PyTorch ops they replace; copy bandwidth {bw:.0f} GB/s:")
             print_table(
-                ["size", "op", "kernel ms", "min..max", "torch ms", "speed-up", "GB/s", "of copy"],
+                [
+                    "size",
+                    "op",
+                    "kernel ms",
+                    "min..max",
+                    "torch ms",
+                    "speed-up",
+                    "GB/s",
+                    "of copy",
+                    "floor us",
+                    "of floor",
+                ],
                 krows,
             )
     if report["skipped"]:
