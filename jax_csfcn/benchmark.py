@@ -5,6 +5,10 @@
     python -m jax_csfcn.benchmark train      # one training step (fwd + bwd + SGD), batch 8, 256x512
     python -m jax_csfcn.benchmark all --json out.json
 
+The train step also runs on a GPU, in mixed precision (JAX bf16 compute, torch bf16 autocast)::
+
+    python -m jax_csfcn.benchmark train --batch 12 --size 1024 1024 --dtype bfloat16 --torch-amp --device cuda
+
 Each variant is warmed up (compilation excluded) and timed ``--repeats`` times in turn,
 interleaved so that machine noise hits all variants alike; medians and the spread
 (min..max) are reported.  Performance is measured here, never asserted in tests.
@@ -167,35 +171,54 @@ def bench_train(
     warmup: int = 2,
     min_kept: int | None = None,
     torch_layouts=("default", "channels_last"),
+    dtype: str = "float32",
+    torch_amp: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """One full training step (forward + backward + SGD update) in JAX and in the PyTorch twin.
 
-    JAX: the real jitted step of :func:`jax_csfcn.train.make_train_step` (uint8 in, normalised on
-    device, OHEM CE, SGD momentum + masked L2 decay; it also computes the gradient norm and the
-    finite-step guard, which the torch step does not).  Torch: the twin in train mode, the same
-    normalisation, OHEM definition and ``torch.optim.SGD(momentum, weight_decay on conv weights)``,
-    in the default (NCHW-contiguous) and channels-last layouts.  All start from the same weights
-    and see the same batch; the first step's losses are returned for a parity check.
+    JAX: the real jitted step of :func:`jax_csfcn.step.make_train_step` (what
+    :func:`jax_csfcn.train.train` runs: uint8 in, normalised on device, OHEM CE, SGD momentum +
+    masked L2 decay; it also computes the gradient norm and the finite-step guard, which the
+    torch step does not), in the compute dtype ``dtype`` (``train.dtype``: "float32" or
+    "bfloat16", parameters fp32) on JAX's default backend.  Torch: the twin in train mode on
+    ``device`` ("cpu" or "cuda"), the same normalisation, OHEM definition and
+    ``torch.optim.SGD(momentum, weight_decay on conv weights)``, in each layout of
+    ``torch_layouts`` ("default" = NCHW-contiguous, "channels_last"); with ``torch_amp`` the
+    forward pass and the loss run under ``torch.autocast(device, dtype=torch.bfloat16)`` (the
+    OHEM cross-entropy itself in fp32, parameters and the update fp32).  All start from the
+    same weights and see the same batch; the first step's losses are returned for a parity check.
+
+    The settings are the training defaults of :mod:`jax_csfcn.defaults` (those of
+    ``jax_csfcn.config.get_config()``) with the arguments above: nothing here imports
+    ml_collections, grain or Orbax (tests/test_step_imports.py).
     """
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from convert import flax_to_torch, model_flat
-    from jax_csfcn import train as jtrain
-    from jax_csfcn.config import get_config
-    from jax_csfcn.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
+    from jax_csfcn import step as jstep_mod
+    from jax_csfcn.defaults import IMAGENET_MEAN, IMAGENET_STD
     from jax_csfcn.schedule import sgd_optimizer, warmup_poly_schedule
     from torch_deploy.model import CSFCN as TorchCSFCN
 
+    if dtype not in jstep_mod.DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {sorted(jstep_mod.DTYPES)}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: choose 'cpu' or 'cuda'")
+    if device == "cuda":
+        # Both frameworks share the GPU: JAX must not reserve 75% of its memory up front.  Read
+        # when JAX's backend starts, so it only helps if nothing has used JAX before this call.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     h, w = size
-    cfg = get_config()
+    cfg = jstep_mod.default_settings()
     cfg.model.variant = variant
     cfg.train.batch_size = batch
-    cfg.train.dtype = "float32"
+    cfg.train.dtype = dtype
     cfg.data.crop_size = (h, w)
     if min_kept is not None:
         cfg.loss.min_kept = min_kept
-    config = jtrain.model_config(cfg)
+    config = jstep_mod.model_config(cfg)
 
     # JAX: the state and step exactly as jax_csfcn.train.train builds them (1-device mesh).
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
@@ -206,11 +229,11 @@ def bench_train(
         warmup_start_factor=cfg.train.warmup_start_factor,
         power=cfg.train.poly_power,
     )
-    graphdef, _, params, stats = jtrain._init_state(cfg, config)
+    graphdef, _, params, stats = jstep_mod._init_state(cfg, config)
     tensors = flax_to_torch(model_flat(nnx.merge(graphdef, params, stats)))
     tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
-    jstate = jtrain.replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
-    jstep = jtrain.make_train_step(graphdef, tx, cfg, mesh)
+    jstate = jstep_mod.replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
+    jstep = jstep_mod.make_train_step(graphdef, tx, cfg, mesh)
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
@@ -227,32 +250,36 @@ def bench_train(
 
     # Torch: the twin from the same weights, one model + optimizer per layout.
     ohem_kw = dict(thresh=cfg.loss.thresh, min_kept=int(cfg.loss.min_kept), ignore_index=cfg.data.ignore_index)
-    ti = torch.from_numpy(images)  # NHWC uint8: the loader's batch
-    tl = torch.from_numpy(labels)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+    ti = torch.from_numpy(images).to(device)  # NHWC uint8: the loader's batch
+    tl = torch.from_numpy(labels).to(device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
     lr0 = float(schedule(0))
 
     def make_torch_step(layout: str):
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         model = TorchCSFCN(config)
         model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
-        model.train().to(memory_format=fmt)
+        model.train().to(device=device, memory_format=fmt)
         opt = torch.optim.SGD(_torch_decay_groups(model, cfg.train.weight_decay), lr=lr0, momentum=cfg.train.momentum)
 
         def step():
             x = ((ti.permute(0, 3, 1, 2).float() - mean) / std).contiguous(memory_format=fmt)
             opt.zero_grad(set_to_none=True)
-            loss = torch_ohem_loss(model(x), tl.long(), **ohem_kw)
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=torch_amp):
+                loss = torch_ohem_loss(model(x), tl.long(), **ohem_kw)
             loss.backward()
             opt.step()
-            return float(loss.detach())
+            return float(loss.detach())  # waits for the device: the step is done
 
         return step
 
-    fns = {f"jax {variant}": jax_step}
+    # Row names: the float32 / no-AMP defaults keep the names of earlier results.
+    jax_name = f"jax {variant}" + ("" if dtype == "float32" else f" {dtype}")
+    torch_tag = (" bf16-amp" if torch_amp else "") + ("" if device == "cpu" else f" {device}")
+    fns = {jax_name: jax_step}
     for layout in torch_layouts:
-        fns[f"torch {variant} {layout}"] = make_torch_step(layout)
+        fns[f"torch {variant} {layout}{torch_tag}"] = make_torch_step(layout)
 
     # First call of each (JAX: compilation + one step), from identical weights and data.
     first_ms, first_loss = {}, {}
@@ -271,6 +298,8 @@ def bench_train(
         "shape": {"batch": batch, "height": h, "width": w, "num_classes": config.num_classes, "variant": variant},
         "loss": {"ohem": bool(cfg.loss.ohem), **ohem_kw},
         "optimizer": {"lr": lr0, "momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay},
+        "precision": {"jax_compute_dtype": dtype, "torch_autocast": "bfloat16" if torch_amp else None},
+        "devices": {"jax": str(jax.devices()[0]), "torch": device},
         "warmup": warmup,
         "repeats": repeats,
         "loadavg_1_5_15": {"before": list(load_before), "after": list(load_after)},
@@ -307,12 +336,12 @@ def _print_train(t: dict) -> None:
         f"load avg {t['loadavg_1_5_15']['before'][0]:.2f} -> {t['loadavg_1_5_15']['after'][0]:.2f}"
     )
     print(
-        f"  {'variant':<34}{'median ms':>10}{'IQR ms':>20}{'min..max ms':>20}{'img/s':>8}"
+        f"  {'variant':<42}{'median ms':>10}{'IQR ms':>20}{'min..max ms':>20}{'img/s':>8}"
         f"{'1st call ms':>13}{'1st loss':>10}"
     )
     for name, r in t["rows"].items():
         print(
-            f"  {name:<34}{r['median_ms']:>10.1f}{r['q1_ms']:>10.1f}..{r['q3_ms']:<8.1f}"
+            f"  {name:<42}{r['median_ms']:>10.1f}{r['q1_ms']:>10.1f}..{r['q3_ms']:<8.1f}"
             f"{r['min_ms']:>10.1f}..{r['max_ms']:<8.1f}{r['images_per_s']:>8.2f}"
             f"{r['first_call_ms']:>13.0f}{r['first_step_loss']:>10.4f}"
         )
@@ -327,6 +356,11 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"), help="train: crop size")
     p.add_argument("--variant", choices=["csfcn", "csfcn_tiny"], default="csfcn", help="train: model variant")
     p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="train: JAX compute dtype (train.dtype)"
+    )
+    p.add_argument("--torch-amp", action="store_true", help="train: torch forward + loss under bfloat16 autocast")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="train: the torch device")
+    p.add_argument(
         "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: available cores)"
     )
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -340,7 +374,16 @@ def main(argv=None) -> int:
         for variant in ("csfcn", "csfcn_tiny"):
             results["forward"].update(bench_forward(args.repeats, variant=variant))
     if args.what in ("train", "all"):
-        results["train"] = bench_train(args.repeats, args.batch, tuple(args.size), args.variant, warmup=args.warmup)
+        results["train"] = bench_train(
+            args.repeats,
+            args.batch,
+            tuple(args.size),
+            args.variant,
+            warmup=args.warmup,
+            dtype=args.dtype,
+            torch_amp=args.torch_amp,
+            device=args.device,
+        )
     print(json.dumps(results["environment"]))
     for section, rows in results.items():
         if section == "environment":

@@ -36,7 +36,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jax_csfcn.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
+from jax_csfcn.defaults import IMAGENET_MEAN, IMAGENET_STD
 from jax_csfcn.metrics import confusion_matrix, scores
 
 __all__ = ["evaluate", "format_scores", "logits_fn", "normalize_on_device"]

@@ -32,28 +32,28 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_csfcn import checkpointing as ckpt
-from jax_csfcn.evaluate import evaluate, format_scores, make_eval_step, normalize_on_device, scores_json
-from jax_csfcn.losses import cross_entropy, ohem_select
+from jax_csfcn.evaluate import evaluate, format_scores, make_eval_step, scores_json
 from jax_csfcn.model import build_model
-from jax_csfcn.model_config import ModelConfig
 from jax_csfcn.run_log import Logger, plot_curves
 from jax_csfcn.schedule import sgd_optimizer, warmup_poly_schedule
 
+# The step and its state live in jax_csfcn/step.py (no grain, ml_collections or Orbax there);
+# re-exported here under their old names, which other modules and the tests use
+# (jax_csfcn/benchmark.py, jax_csfcn/summary.py, tests/test_train.py, tests/test_configs.py).
+from jax_csfcn.step import DTYPES, TrainError
+from jax_csfcn.step import _fresh as _fresh
+from jax_csfcn.step import _init_state as _init_state
+from jax_csfcn.step import make_train_step as make_train_step
+from jax_csfcn.step import model_config as model_config
+from jax_csfcn.step import replicate as replicate
+
 __all__ = ["TrainError", "evaluate_checkpoint", "train"]
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class TrainError(RuntimeError):
-    """A run that cannot start or continue; the message says why and what to do."""
 
 
 # --------------------------------------------------------------------------- setup
@@ -82,10 +82,6 @@ def _has_accelerator() -> bool:
         )
     except Exception:
         return False
-
-
-def model_config(cfg) -> ModelConfig:
-    return ModelConfig(variant=cfg.model.variant, num_classes=cfg.model.num_classes, stem=cfg.model.stem)
 
 
 def build_split(cfg, split: str):
@@ -125,80 +121,6 @@ def check_source(src, cfg, what: str) -> None:
             f"{what}: record 0 ({item.get('name', '?')}) has label ids {bad.tolist()} >= model.num_classes={k}; "
             f"set --config.model.num_classes to the dataset's class count"
         )
-
-
-def replicate(tree, mesh):
-    """Host values (identical on every process) -> fully replicated global arrays."""
-    sharding = NamedSharding(mesh, P())
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-    return jax.tree.map(put, tree)
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def _fresh(tree):
-    # New Variable objects at the current trace level (merge mutates BN statistics).
-    return jax.tree.map(lambda a: a, tree)
-
-
-# --------------------------------------------------------------------------- the step
-def make_train_step(graphdef, tx, cfg, mesh):
-    """Jitted ``(state, images uint8 NHWC, labels uint8 NHW) -> (state, metrics)``.
-
-    State (params, BN statistics, optimizer state) is replicated, the batch sharded on the
-    ``data`` axis, so every reduction of the step (BN moments, the OHEM threshold, the loss
-    mean, gradients) is over the global batch.  A step whose loss, gradients or updated
-    parameters are not all finite leaves the state unchanged and reports ``finite = False``.
-    """
-    dtype = DTYPES[cfg.train.dtype]
-    ohem, thresh, min_kept, ignore = cfg.loss.ohem, cfg.loss.thresh, int(cfg.loss.min_kept), cfg.data.ignore_index
-
-    def step(state, images, labels):
-        params, stats, opt_state = state["params"], state["batch_stats"], state["opt_state"]
-
-        def loss_fn(p, s):
-            model = nnx.merge(graphdef, p, _fresh(s))
-            logits = model(normalize_on_device(images, dtype)).astype(jnp.float32)
-            if logits.shape[1:3] != labels.shape[1:]:
-                raise TrainError(
-                    f"the network output is {logits.shape[1:3]} for a {images.shape[1:3]} crop; "
-                    "use a crop size that is a multiple of 32"
-                )
-            if ohem:
-                nll, keep = ohem_select(logits, labels, thresh=thresh, min_kept=min_kept, ignore_index=ignore)
-                n_keep = jnp.sum(keep, dtype=jnp.float32)
-                loss = jnp.sum(jnp.where(keep, nll, 0.0)) / jnp.maximum(n_keep, 1.0)
-                n_valid = jnp.sum(labels != ignore, dtype=jnp.float32)
-                kept = n_keep / jnp.maximum(n_valid, 1.0)
-            else:
-                loss, kept = cross_entropy(logits, labels, ignore), jnp.float32(1.0)
-            return loss, (nnx.state(model, nnx.BatchStat), kept)
-
-        (loss, (new_stats, kept)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
-        grad_norm = optax.global_norm(grads)
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
-
-        def pick(new, old):
-            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-
-        new_state = {
-            "params": pick(new_params, params),
-            "batch_stats": pick(new_stats, stats),
-            "opt_state": pick(new_opt, opt_state),
-        }
-        return new_state, {"loss": loss, "grad_norm": grad_norm, "ohem_kept": kept, "finite": finite}
-
-    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=(0,))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -262,23 +184,6 @@ def _mesh():
     # Auto axes: XLA propagates the batch sharding through the network (explicit sharding
     # would need an out_sharding on every reshape of a batch-sharded array).
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def _init_state(cfg, config: ModelConfig):
-    dtype = DTYPES[cfg.train.dtype]
-    model = build_model(config, seed=cfg.seed, dtype=dtype if dtype != jnp.float32 else None)
-    if cfg.model.imagenet_init:
-        from convert.formats import load_imagenet_backbone, model_flat, set_model_flat
-
-        flat, n = load_imagenet_backbone(config, model_flat(model), cfg.model.imagenet_init)
-        set_model_flat(model, flat)
-        if jax.process_index() == 0:
-            print(f"backbone initialised from {cfg.model.imagenet_init} ({n} tensors)")
-    model.train()
-    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    model.eval()
-    eval_graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return graphdef, eval_graphdef, params, stats
 
 
 def _validate(cfg) -> None:

@@ -76,8 +76,8 @@ import grain
 import numpy as np
 from PIL import Image, ImageFilter
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, in 0..1 units
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from jax_csfcn.defaults import IMAGENET_MEAN, IMAGENET_STD  # RGB, in 0..1 units
+
 STATE_FORMAT = "csfcn-loader-v1"
 
 

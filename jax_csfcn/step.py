@@ -1,0 +1,144 @@
+"""The CSFCN train step and its state, without the training run around it.
+
+    from jax_csfcn.step import default_settings, make_train_step, model_config, _init_state, replicate
+
+    cfg = default_settings()            # or a ConfigDict of jax_csfcn.config: any object with the fields
+    graphdef, _, params, stats = _init_state(cfg, model_config(cfg))
+    tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
+    state = replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
+    step = make_train_step(graphdef, tx, cfg, mesh)
+    state, metrics = step(state, images_uint8_nhwc, labels_uint8_nhw)
+
+:func:`jax_csfcn.train.train` runs this step in its loop (and re-exports these names); the
+benchmark of one step (:func:`jax_csfcn.benchmark.bench_train`) uses it directly.  ``cfg`` is
+read by attribute only (``cfg.model.*``, ``cfg.train.*``, ``cfg.loss.*``, ``cfg.data.*``,
+``cfg.seed``): an ``ml_collections.ConfigDict`` or the ``types.SimpleNamespace`` of
+:func:`jax_csfcn.defaults.default_settings`.
+
+This module, and everything it imports or calls, needs only JAX, Flax, Optax and NumPy: no
+grain, ml_collections, Orbax or TensorFlow (tests/test_step_imports.py runs it with those
+imports refused), so the step runs on a machine with just the JAX and PyTorch stacks.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jax_csfcn.defaults import default_settings
+from jax_csfcn.evaluate import normalize_on_device
+from jax_csfcn.losses import cross_entropy, ohem_select
+from jax_csfcn.model import build_model
+from jax_csfcn.model_config import ModelConfig
+
+__all__ = ["DTYPES", "TrainError", "default_settings", "make_train_step", "model_config", "replicate"]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+def model_config(cfg) -> ModelConfig:
+    return ModelConfig(variant=cfg.model.variant, num_classes=cfg.model.num_classes, stem=cfg.model.stem)
+
+
+def replicate(tree, mesh):
+    """Host values (identical on every process) -> fully replicated global arrays."""
+    sharding = NamedSharding(mesh, P())
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _fresh(tree):
+    # New Variable objects at the current trace level (merge mutates BN statistics).
+    return jax.tree.map(lambda a: a, tree)
+
+
+def _init_state(cfg, config: ModelConfig):
+    """``(train graphdef, eval graphdef, params, batch_stats)`` of a fresh model (seed ``cfg.seed``).
+
+    Built in the compute dtype ``cfg.train.dtype`` (parameters stay fp32); the backbone comes
+    from ``cfg.model.imagenet_init`` when that names a file.
+    """
+    dtype = DTYPES[cfg.train.dtype]
+    model = build_model(config, seed=cfg.seed, dtype=dtype if dtype != jnp.float32 else None)
+    if cfg.model.imagenet_init:
+        from convert.formats import load_imagenet_backbone, model_flat, set_model_flat
+
+        flat, n = load_imagenet_backbone(config, model_flat(model), cfg.model.imagenet_init)
+        set_model_flat(model, flat)
+        if jax.process_index() == 0:
+            print(f"backbone initialised from {cfg.model.imagenet_init} ({n} tensors)")
+    model.train()
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    model.eval()
+    eval_graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return graphdef, eval_graphdef, params, stats
+
+
+def make_train_step(graphdef, tx, cfg, mesh):
+    """Jitted ``(state, images uint8 NHWC, labels uint8 NHW) -> (state, metrics)``.
+
+    State (params, BN statistics, optimizer state) is replicated, the batch sharded on the
+    ``data`` axis, so every reduction of the step (BN moments, the OHEM threshold, the loss
+    mean, gradients) is over the global batch.  A step whose loss, gradients or updated
+    parameters are not all finite leaves the state unchanged and reports ``finite = False``.
+    """
+    dtype = DTYPES[cfg.train.dtype]
+    ohem, thresh, min_kept, ignore = cfg.loss.ohem, cfg.loss.thresh, int(cfg.loss.min_kept), cfg.data.ignore_index
+
+    def step(state, images, labels):
+        params, stats, opt_state = state["params"], state["batch_stats"], state["opt_state"]
+
+        def loss_fn(p, s):
+            model = nnx.merge(graphdef, p, _fresh(s))
+            logits = model(normalize_on_device(images, dtype)).astype(jnp.float32)
+            if logits.shape[1:3] != labels.shape[1:]:
+                raise TrainError(
+                    f"the network output is {logits.shape[1:3]} for a {images.shape[1:3]} crop; "
+                    "use a crop size that is a multiple of 32"
+                )
+            if ohem:
+                nll, keep = ohem_select(logits, labels, thresh=thresh, min_kept=min_kept, ignore_index=ignore)
+                n_keep = jnp.sum(keep, dtype=jnp.float32)
+                loss = jnp.sum(jnp.where(keep, nll, 0.0)) / jnp.maximum(n_keep, 1.0)
+                n_valid = jnp.sum(labels != ignore, dtype=jnp.float32)
+                kept = n_keep / jnp.maximum(n_valid, 1.0)
+            else:
+                loss, kept = cross_entropy(logits, labels, ignore), jnp.float32(1.0)
+            return loss, (nnx.state(model, nnx.BatchStat), kept)
+
+        (loss, (new_stats, kept)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
+
+        def pick(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        new_state = {
+            "params": pick(new_params, params),
+            "batch_stats": pick(new_stats, stats),
+            "opt_state": pick(new_opt, opt_state),
+        }
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "ohem_kept": kept, "finite": finite}
+
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=(0,))
