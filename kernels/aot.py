@@ -177,6 +177,12 @@ def ptxas_path() -> str:
     return found
 
 
+def ptxas_version() -> str:
+    out = subprocess.run([ptxas_path(), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"release ([0-9.]+)", out)
+    return m.group(1) if m else "?"
+
+
 _PTXAS_USED = re.compile(r"Used (\d+) registers")
 _PTXAS_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
@@ -361,7 +367,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     results = run_gate(sizes, variants, args.classes, args.workers, progress=not args.no_progress)
     print(
-        f"Triton {triton.__version__}, ptxas {ptxas_path()}; traced sizes "
+        f"Triton {triton.__version__}, ptxas {ptxas_version()} (Triton's own); traced sizes "
         f"{', '.join(f'{h}x{w}' for h, w in sizes)}, {', '.join(variants)}, K={args.classes}, fp32/fp16/bf16 x "
         f"logits/labels; {len(results)} compiles in {time.perf_counter() - t0:.0f} s"
     )

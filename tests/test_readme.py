@@ -198,6 +198,13 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         return [*py, *(_replace_size(rest, "--size", (64, 128)) if "--size" in rest else rest)]
     if mod == "torch_deploy.benchmark":
         return [*py, *_replace_size(rest, "--size", (32, 64)), "--repeats", "1", "--warmup", "0", "--threads", "1"]
+    if mod == "kernels.aot":
+        return [*py, *rest, "--no-progress"]  # the sizes of tests/test_aot.py: Triton's disk cache has them
+    if mod == "torch_deploy.roofline":
+        return [*py, *rest, "--size", "64", "128"]
+    if mod == "torch_deploy.gpu_check":
+        # no GPU here: the dry run on CPU; tests/test_gpu_check.py runs its test and training sections
+        return [*py, *rest, "--dry-run", "--skip", "tests,training"]
     if mod == "jax_csfcn.benchmark" and rest[:1] == ["train"]:
         rest = _replace_size(rest, "--size", (32, 64))
         rest[rest.index("--batch") + 1] = "2"
@@ -295,6 +302,14 @@ def check_after(cmd: Command, proc, ws: Path) -> None:
         assert 1.0 < jax_loss < 10.0
         for k, r in rows.items():
             np.testing.assert_allclose(r["first_step_loss"], jax_loss, rtol=2e-3, err_msg=k)
+    elif "kernels.aot" in text:
+        assert "48/48 compiled kernels pass" in proc.stdout and "sm_90" in proc.stdout
+    elif "torch_deploy.roofline" in text:
+        assert "H200" in proc.stdout and "(e) optimize fp16 labels" in proc.stdout
+    elif "torch_deploy.gpu_check" in text:
+        out = ws / argv[argv.index("--out") + 1]
+        report = json.loads((out / "gpu_check.json").read_text())
+        assert report["sections"]["benchmark"]["status"] == "ok" and (out / "gpu_check.md").is_file()
     elif "torch_deploy.benchmark" in text:
         assert "a  reference eager fp32" in proc.stdout and "u  upstream protocol" in proc.stdout
         if "--json" in argv:

@@ -67,6 +67,19 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp16", choices=("fp16", "bf16"), help="precision of (b)-(e) on GPU")
     p.add_argument("--only", default=None, help="comma-separated subset of variants a,u,b,c,d,e to run, e.g. 'a,d,e'")
     p.add_argument("--no-compile", action="store_true", help="skip (c): max-autotune compilation takes minutes")
+    p.add_argument(
+        "--compile-mode",
+        default="max-autotune",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        help="torch.compile mode of (c) (default max-autotune; reduce-overhead compiles in about a minute)",
+    )
+    p.add_argument(
+        "--ceilings",
+        default="measured",
+        choices=("measured", "h200", "h100", "a100"),
+        help="roofline ceilings: measured on the GPU (default) or a datasheet part's; a datasheet part also "
+        "prints floors on CPU runs (a check of the code path, not a CPU floor)",
+    )
     p.add_argument("--no-kernels", action="store_true", help="skip the per-kernel timings")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON to PATH")
@@ -158,11 +171,11 @@ def model_variants(args, device: torch.device, only: set[str]):
             )
         if want("c"):
             if args.no_compile:
-                skipped["c  torch.compile max-autotune"] = "--no-compile"
+                skipped[f"c  torch.compile {args.compile_mode}"] = "--no-compile"
             else:
                 comp_model = copy.deepcopy(twin).to(dtype=lp, memory_format=torch.channels_last)
-                comp = torch.compile(comp_model, mode="max-autotune")
-                run[f"c  torch.compile max-autotune {args.precision}"] = (
+                comp = torch.compile(comp_model, mode=args.compile_mode)
+                run[f"c  torch.compile {args.compile_mode} {args.precision}"] = (
                     "c",
                     lambda x: comp(x.to(dtype=lp, memory_format=torch.channels_last)),
                 )
@@ -174,9 +187,12 @@ def model_variants(args, device: torch.device, only: set[str]):
             run[f"e  optimize {args.precision} labels"] = ("e", fe)
     else:
         reason = "needs a CUDA GPU (fp16 convolutions and Triton kernels are GPU features)"
-        for key, label in (("b", "b  reference eager fp16 channels-last"), ("c", "c  torch.compile max-autotune fp16")):
+        for key, label in (
+            ("b", f"b  reference eager {args.precision} channels-last"),
+            ("c", f"c  torch.compile {args.compile_mode} {args.precision}"),
+        ):
             if want(key):
-                skipped[label] = reason + ("" if key == "b" else "; max-autotune tunes GPU kernels")
+                skipped[label] = reason
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the one-time CPU notice: this table says it instead
             if want("d"):
@@ -270,13 +286,13 @@ _FLOOR_KIND = {"a": ("twin", "fp32"), "u": ("twin", "fp32"), "b": ("twin", None)
 _FLOOR_KIND.update({"d": ("logits", None), "e": ("labels", None)})
 
 
-def model_floor_ms(key: str, args, h: int, w: int, ceil) -> float:
+def model_floor_ms(key: str, args, h: int, w: int, ceil, gpu: bool = True) -> float:
     """Roofline floor (ms) of variant ``key`` at (h, w): the sum of its ops' floors (torch_deploy.roofline).
     (u) and (c) are charged the twin's ops (BN folding and compiler fusion are what they may save)."""
     from torch_deploy.roofline import floor_us, model_costs
 
     kind, prec = _FLOOR_KIND[key]
-    prec = prec or args.precision
+    prec = prec or (args.precision if gpu else "fp32")  # the CPU variants d', e' run in fp32
     costs = model_costs(kind, prec, h, w, variant=args.variant, classes=args.classes, batch=args.batch)
     return floor_us(costs, ceil, prec) / 1e3
 
@@ -331,12 +347,14 @@ def main(argv=None) -> int:
     repeats = args.repeats if args.repeats is not None else (100 if gpu else 10)
     only = set((args.only or "a,u,b,c,d,e").replace(" ", "").split(","))
     timer = Timer(device)
-    ceil = None
-    if gpu:
-        from torch_deploy.roofline import datasheet_for, measure_ceilings
+    ceil = sheet = None
+    from torch_deploy.roofline import DATASHEET, datasheet_for, measure_ceilings
 
+    if args.ceilings != "measured":
+        ceil = sheet = DATASHEET[args.ceilings]
+    elif gpu:
         ceil = measure_ceilings(device)
-        sheet = datasheet_for(ceil.name)
+        sheet = datasheet_for(torch.cuda.get_device_name(device))
     report = {
         "command": "python -m torch_deploy.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": device_name(device),
@@ -352,7 +370,7 @@ def main(argv=None) -> int:
     if ceil is not None:
         report["ceilings"] = {"measured": dataclasses.asdict(ceil), "datasheet": sheet and dataclasses.asdict(sheet)}
         print(
-            f"roofline ceilings (measured): copy {ceil.bandwidth_gbps:.0f} GB/s, fp16 matmul {ceil.tensor_tflops:.0f} "
+            f"roofline ceilings ({ceil.source}): copy {ceil.bandwidth_gbps:.0f} GB/s, fp16 matmul {ceil.tensor_tflops:.0f} "
             f"TFLOP/s, fp32 matmul {ceil.fp32_tflops:.1f} TFLOP/s"
             + (f"; datasheet {sheet.name}: {sheet.bandwidth_gbps:.0f} GB/s, {sheet.tensor_tflops:.0f}" if sheet else "")
         )
@@ -372,7 +390,7 @@ def main(argv=None) -> int:
             for label, (key, _) in variants.items():
                 st = res[label]
                 speed = f"{base / st['median_ms']:.2f}x" if base else "-"
-                floor = model_floor_ms(key, args, h, w, ceil) if ceil else None
+                floor = model_floor_ms(key, args, h, w, ceil, gpu) if ceil else None
                 rows.append(
                     [
                         f"{h}x{w}",

@@ -1,0 +1,120 @@
+"""`python -m torch_deploy.gpu_check --dry-run`: every section of the prepared GPU check runs on CPU at
+tiny sizes, with none of the packages a GPU machine's preinstalled Python lacks importable.
+
+The child processes (the check, and the pytest runs it starts with the same interpreter flags)
+run with ``python -S`` over a site-packages without grain, ml_collections, orbax, TensorFlow,
+TFDS, cityscapesscripts, onnx/onnxruntime, tensorboardX and matplotlib, as on that machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ABSENT = (
+    "grain",
+    "ml_collections",
+    "orbax",
+    "tensorflow",
+    "tensorflow_datasets",
+    "cityscapesscripts",
+    "onnx",
+    "onnxruntime",
+    "tensorboardX",
+    "matplotlib",
+)
+
+
+def site_without_absent(dest) -> str:
+    """A copy of this interpreter's site-packages as symlinks, minus the packages the GPU machine
+    lacks (and their metadata): run with ``python -S`` and this folder on PYTHONPATH, they are
+    really absent (``importlib.util.find_spec`` says None, as it would there)."""
+    import site
+    import sysconfig
+
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
+    dest.mkdir()
+    absent = {a.lower() for a in ABSENT} | {"tensorflow_cpu", "tensorflow-cpu", "tensorflow_io_gcs_filesystem"}
+    for root in sorted(r for r in roots if os.path.isdir(r)):
+        for entry in os.listdir(root):
+            stem = entry.split("-")[0].split(".")[0].lower()
+            # on PYTHONPATH the folder comes before the standard library: leave out backports (typing.py)
+            shadows = stem in sys.stdlib_module_names
+            if stem in absent or shadows or entry.endswith(".pth") or (dest / entry).exists():
+                continue
+            os.symlink(os.path.join(root, entry), dest / entry)
+    return str(dest)
+
+
+def test_gpu_check_dry_run_without_the_training_stack(tmp_path):
+    site = site_without_absent(tmp_path / "site")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([site, ROOT])
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            f"import importlib.util as u; print([u.find_spec(m) is None for m in {ABSENT!r}])",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert probe.stdout.strip() == str([True] * len(ABSENT)), probe.stdout + probe.stderr
+    out = tmp_path / "gc"
+    res = subprocess.run(
+        [sys.executable, "-S", "-m", "torch_deploy.gpu_check", "--out", str(out), "--dry-run"],
+        cwd=tmp_path,  # not the repository: the check must find its tests by itself
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    sections = report["sections"]
+    assert list(sections) == [
+        "environment",
+        "ceilings",
+        "kernel tests",
+        "gpu tests",
+        "benchmark",
+        "compiled kernels",
+        "training",
+    ]
+    for name, s in sections.items():
+        assert s["status"] == "ok", (name, s)
+    assert sections["kernel tests"]["result"]["passed"]
+    assert "passed" in sections["kernel tests"]["result"]["summary"]
+    bench = sections["benchmark"]["result"]
+    assert {m["variant"] for m in bench["models"]} >= {"a", "d", "e"}
+    assert all(m["floor_ms"] and m["floor_ms"] > 0 for m in bench["models"])
+    rows = sections["training"]["result"]["rows"]
+    assert len(rows) == 2 and all(r["images_per_s"] > 0 for r in rows.values())
+    # the final table comes last (a caller may read only the end of the output), also as markdown
+    tail = res.stdout.strip().splitlines()[-25:]
+    assert any(line.startswith("| target | JAX training") for line in tail)
+    assert "| model | 64x128 a  reference eager fp32" in (out / "gpu_check.md").read_text()
+    assert report["environment"]["packages"]["pytest"]
+
+
+def test_gpu_check_refuses_a_missing_gpu_clearly(tmp_path):
+    """Without --dry-run on a machine with no GPU: one clear line, exit 2, no traceback."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    res = subprocess.run(
+        [sys.executable, "-m", "torch_deploy.gpu_check", "--out", str(tmp_path / "gc")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2
+    assert "no CUDA device visible" in res.stderr and "--dry-run" in res.stderr
+    assert "Traceback" not in res.stderr

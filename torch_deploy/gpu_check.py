@@ -1,0 +1,486 @@
+"""One prepared GPU check: everything a first GPU run must settle, in one call of a few minutes.
+
+    python -m torch_deploy.gpu_check --out gpu_check/            # on a machine with an NVIDIA GPU
+    python -m torch_deploy.gpu_check --out /tmp/gc --dry-run     # every code path on CPU, tiny sizes
+
+It runs with a GPU machine's preinstalled Python (torch, triton, jax with CUDA, flax, optax,
+numpy, safetensors, pytest): no ``make``, no virtualenv, no network, and none of grain,
+ml_collections, orbax or TensorFlow. A missing optional package is named and its section
+skipped. Sections, each timed, in order (the run stops starting new sections when the time
+budget, ``--budget-s``, would be exceeded, and says so):
+
+1. environment: device, driver, CUDA, library versions; the two roofline ceilings measured
+   (copy bandwidth, fp16 and fp32 matmul rates) beside the datasheet's;
+2. tests: the kernel tests on the GPU (every kernel against its reference at the GPU launch
+   configuration, fresh random inputs, outputs poisoned before each launch; the bf16
+   ``tl.dot`` path included) and the ``-m gpu`` tests of ``optimize`` (CUDA graphs, fp32/fp16/bf16
+   parity with the twin, labels mode's peak memory below full-resolution logits);
+3. compiled kernels: registers, spills and shared memory of every kernel the run compiled, as the
+   driver loaded them;
+4. inference benchmark (``torch_deploy.benchmark``) at 1024x2048 and 512x1024: (a) eager fp32,
+   (b) eager fp16 channels-last, (c) ``torch.compile`` (reduce-overhead), (d) optimize fp16
+   logits, (e) optimize fp16 labels; each kernel against the ops it replaces; every time beside
+   its roofline floor;
+5. training: the JAX step (bf16 compute) against the PyTorch twin's step (AMP bf16,
+   channels-last; same loss, same optimizer), crop 1024x1024, batch 12, images/s;
+6. a final table, printed last, with the targets of docs/gpu_readiness.md marked met or not.
+
+Writes ``DIR/gpu_check.json`` (everything), ``DIR/gpu_check.md`` (the tables) and the pieces'
+own outputs (``benchmark.json``, ``tests_*.log``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPTIONAL = ("triton", "jax", "flax", "optax", "numpy", "safetensors", "pytest")
+# Targets on one H100/H200 at 1024x2048, batch 1 (docs/gpu_readiness.md)
+TARGET_FPS = {"e": 1500.0, "d": 1200.0}
+
+
+@dataclasses.dataclass
+class Plan:
+    device: str
+    sizes: list
+    warmup: int
+    repeats: int
+    train_batch: int
+    train_crop: tuple
+    train_repeats: int
+    kernel_tests: list  # pytest arguments
+    gpu_tests: list
+    ceilings: str  # benchmark --ceilings
+    compile_mode: str
+
+
+def make_plan(dry_run: bool) -> Plan:
+    if dry_run:
+        return Plan(
+            device="cpu",
+            sizes=[(64, 128)],
+            warmup=0,
+            repeats=1,
+            train_batch=2,
+            train_crop=(64, 64),
+            train_repeats=1,
+            kernel_tests=["tests/test_kernels.py", "-k", "gpu_launch_config"],
+            gpu_tests=["tests/test_optimize.py", "-m", "gpu"],
+            ceilings="h200",
+            compile_mode="reduce-overhead",
+        )
+    return Plan(
+        device="cuda",
+        sizes=[(1024, 2048), (512, 1024)],
+        warmup=10,
+        repeats=50,
+        train_batch=12,
+        train_crop=(1024, 1024),
+        train_repeats=5,
+        kernel_tests=["tests/test_kernels.py"],
+        gpu_tests=["tests/test_optimize.py", "-m", "gpu"],
+        ceilings="measured",
+        compile_mode="reduce-overhead",
+    )
+
+
+class Check:
+    """Runs the sections, keeps their results and the time budget."""
+
+    def __init__(self, out: str, plan: Plan, budget_s: float, dry_run: bool):
+        self.out, self.plan, self.budget_s, self.dry_run = out, plan, budget_s, dry_run
+        self.t0 = time.perf_counter()
+        self.report: dict = {"dry_run": dry_run, "sections": {}, "plan": dataclasses.asdict(plan)}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def section(self, name: str, fn, estimate_s: float) -> None:
+        """Run ``fn()`` as section ``name`` unless ``estimate_s`` more seconds would overrun the budget."""
+        entry = {"status": "skipped", "seconds": 0.0}
+        self.report["sections"][name] = entry
+        left = self.budget_s - self.elapsed()
+        if estimate_s > left:
+            entry["reason"] = f"needs about {estimate_s:.0f} s, {left:.0f} s of the {self.budget_s:.0f} s budget left"
+            print(f"\n== {name}: skipped ({entry['reason']})", flush=True)
+            return
+        print(f"\n== {name} (t = {self.elapsed():.0f} s)", flush=True)
+        t = time.perf_counter()
+        try:
+            result = fn()
+            entry.update(status="ok", result=result)
+        except MissingPackage as e:
+            entry.update(status="skipped", reason=str(e))
+            print(f"   skipped: {e}", flush=True)
+        except Exception as e:  # one failing section must not lose the others
+            entry.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+            print(f"   ERROR: {type(e).__name__}: {e}", flush=True)
+        entry["seconds"] = round(time.perf_counter() - t, 1)
+        self.save()
+
+    def save(self) -> None:
+        path = os.path.join(self.out, "gpu_check.json")
+        tmp = path + ".part"
+        with open(tmp, "w") as f:
+            json.dump(self.report, f, indent=2, default=str)
+        os.replace(tmp, path)
+
+
+class MissingPackage(RuntimeError):
+    pass
+
+
+def need(*names: str) -> None:
+    missing = [n for n in names if importlib.util.find_spec(n) is None]
+    if missing:
+        raise MissingPackage(f"needs {', '.join(missing)} (not installed in this Python: {sys.executable})")
+
+
+# ----------------------------------------------------------------------------- sections
+def environment(plan: Plan) -> dict:
+    import torch
+
+    env = {
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "packages": {},
+    }
+    for name in OPTIONAL:
+        if importlib.util.find_spec(name) is None:
+            env["packages"][name] = None
+            print(f"   optional package missing: {name} (the sections that need it are skipped)")
+        else:
+            mod = importlib.import_module(name)
+            env["packages"][name] = getattr(mod, "__version__", "?")
+    if plan.device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device visible to torch; run with --dry-run to check the code paths on CPU")
+        props = torch.cuda.get_device_properties(0)
+        env["device"] = torch.cuda.get_device_name(0)
+        env["capability"] = f"{props.major}.{props.minor}"
+        env["memory_GiB"] = round(props.total_memory / 2**30, 1)
+        env["sm_count"] = props.multi_processor_count
+        try:
+            q = "--query-gpu=driver_version,clocks.max.sm,power.limit"
+            env["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", q, "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError) as e:
+            env["nvidia_smi"] = f"unavailable: {e}"
+    else:
+        env["device"] = f"CPU {platform.machine()}, {os.cpu_count()} cores (dry run)"
+    for k, v in env.items():
+        if k != "packages":
+            print(f"   {k}: {v}")
+    print(f"   packages: {env['packages']}")
+    return env
+
+
+def ceilings(plan: Plan) -> dict:
+    from torch_deploy.roofline import DATASHEET, datasheet_for, measure_ceilings
+
+    if plan.device == "cuda":
+        import torch
+
+        measured = measure_ceilings("cuda")
+        sheet = datasheet_for(torch.cuda.get_device_name(0))
+    else:
+        measured, sheet = None, DATASHEET["h200"]
+    out = {"measured": measured and dataclasses.asdict(measured), "datasheet": sheet and dataclasses.asdict(sheet)}
+    for k, c in (("measured", measured), ("datasheet", sheet)):
+        if c:
+            print(
+                f"   {k}: {c.name}: copy {c.bandwidth_gbps:.0f} GB/s, fp16 tensor {c.tensor_tflops:.0f} TFLOP/s, "
+                f"fp32 {c.fp32_tflops:.1f} TFLOP/s"
+            )
+    return out
+
+
+def run_pytest(out: str, label: str, args: list, timeout_s: float) -> dict:
+    """pytest in a child process (its own CUDA context), output kept in DIR/tests_<label>.log."""
+    need("pytest")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    if env.get("CSFCN_GPU_CHECK_DEVICE") == "cpu":
+        env.setdefault("TRITON_INTERPRET", "1")
+    # the interpreter's own flags (e.g. -S) carry over to the child
+    cmd = [
+        sys.executable,
+        *subprocess._args_from_interpreter_flags(),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-rfEs",
+        *args,
+    ]
+    t = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        rc, text = res.returncode, res.stdout + res.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, text = "timeout", (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else str(e)
+    with open(os.path.join(out, f"tests_{label}.log"), "w") as f:
+        f.write(text)
+    counts = re.compile(r"\d+ (passed|failed|skipped|deselected|errors?)\b")
+    summary = next((ln for ln in reversed(text.strip().splitlines()) if counts.search(ln)), text.strip()[-200:])
+    print(f"   {' '.join(args)}: rc {rc}; {summary.strip('= ')}")
+    failed = [ln for ln in text.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+    for ln in failed[:20]:
+        print(f"   {ln}")
+    # rc 5: nothing collected/selected (e.g. no gpu tests on a CPU dry run) is not a failure
+    return {
+        "rc": rc,
+        "passed": rc in (0, 5),
+        "summary": summary.strip("= "),
+        "failed": failed,
+        "seconds": time.perf_counter() - t,
+    }
+
+
+def compiled_kernels() -> list:
+    """Registers / spills / shared memory of the kernels this process compiled and loaded (CUDA)."""
+    need("triton")
+    import kernels.pooled_attention as pa
+    import kernels.sfc_fuse as sf
+    import kernels.shuffle_head as sh
+
+    rows = []
+    for jit in (pa._pooled_attention_kernel, sf._sfc_fuse_kernel, sh._shuffle_logits_kernel, sh._shuffle_labels_kernel):
+        caches = getattr(jit, "device_caches", None) or getattr(jit, "cache", None) or {}
+        for dev, cache in caches.items():
+            compiled = cache[0] if isinstance(cache, tuple) else cache
+            for kern in compiled.values():
+                meta = getattr(kern, "metadata", None)
+                rows.append(
+                    {
+                        "kernel": jit.fn.__name__,
+                        "device": str(dev),
+                        "registers": getattr(kern, "n_regs", None),
+                        "spills": getattr(kern, "n_spills", None),
+                        "shared_bytes": getattr(meta, "shared", None),
+                        "num_warps": getattr(meta, "num_warps", None),
+                        "num_stages": getattr(meta, "num_stages", None),
+                    }
+                )
+    for r in rows:
+        print(
+            f"   {r['kernel']}: regs {r['registers']}, spills {r['spills']}, smem {r['shared_bytes']}, "
+            f"warps {r['num_warps']}, stages {r['num_stages']}"
+        )
+    if not rows:
+        print("   no compiled kernels in this process (CPU dry run, or this Triton keeps its cache elsewhere)")
+    return rows
+
+
+def benchmark(plan: Plan, out: str) -> dict:
+    from torch_deploy import benchmark as bench
+
+    path = os.path.join(out, "benchmark.json")
+    argv = ["--json", path, "--warmup", str(plan.warmup), "--repeats", str(plan.repeats), "--device", plan.device]
+    argv += ["--ceilings", plan.ceilings, "--compile-mode", plan.compile_mode, "--only", "a,b,c,d,e"]
+    for h, w in plan.sizes:
+        argv += ["--size", str(h), str(w)]
+    if plan.device == "cpu":
+        argv += ["--threads", "1"]
+    rc = bench.main(argv)
+    if rc:
+        raise RuntimeError(f"torch_deploy.benchmark exited {rc}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def train(plan: Plan) -> dict:
+    need("jax", "flax", "optax")
+    if plan.device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()  # the benchmark's cached blocks go back before JAX allocates
+    from jax_csfcn.benchmark import bench_train
+
+    res = bench_train(
+        plan.train_repeats,
+        batch=plan.train_batch,
+        size=plan.train_crop,
+        warmup=1,
+        dtype="bfloat16",
+        torch_amp=True,
+        device=plan.device,
+        torch_layouts=("channels_last",),
+        min_kept=None if plan.device == "cuda" else 100,
+    )
+    for name, r in res["rows"].items():
+        print(
+            f"   {name}: {r['images_per_s']:.2f} img/s (median {r['median_ms']:.1f} ms), first loss {r['first_step_loss']:.4f}"
+        )
+    return res
+
+
+# ----------------------------------------------------------------------------- final table
+def final_rows(report: dict) -> list[list[str]]:
+    rows = []
+    secs = report["sections"]
+    for name, s in secs.items():
+        rows.append(["section", name, s["status"], f"{s['seconds']:.0f} s", s.get("reason") or s.get("error", "")[:80]])
+    tests = [secs.get(k, {}).get("result") for k in ("kernel tests", "gpu tests")]
+    for label, t in zip(("kernel tests", "gpu tests"), tests):
+        if t:
+            rows.append(["tests", label, "pass" if t["passed"] else "FAIL", "", t["summary"][:80]])
+    bench = (secs.get("benchmark") or {}).get("result")
+    if bench:
+        by = {(tuple(m["size"]), m["variant"]): m for m in bench["models"]}
+        for m in bench["models"]:
+            fps = 1e3 / m["median_ms"]
+            floor = m.get("floor_ms")
+            extra = f"floor {floor:.3f} ms, {m['median_ms'] / floor:.1f}x" if floor else ""
+            rows.append(
+                [
+                    "model",
+                    f"{m['size'][0]}x{m['size'][1]} {m['label'].strip()}",
+                    f"{m['median_ms']:.3f} ms",
+                    f"{fps:.0f} FPS",
+                    extra,
+                ]
+            )
+        big = (1024, 2048)
+        for key, fps_target in TARGET_FPS.items():
+            m = by.get((big, key))
+            if m:
+                fps = 1e3 / m["median_ms"]
+                ok = "met" if fps >= fps_target and not report["dry_run"] else "not met"
+                rows.append(["target", f"({key}) >= {fps_target:.0f} FPS at 1024x2048", ok, f"{fps:.0f} FPS", ""])
+        a, c, d = by.get((big, "a")), by.get((big, "c")), by.get((big, "d"))
+        if a and d:
+            ratio = a["median_ms"] / d["median_ms"]
+            rows.append(["target", "(d) >= 10x (a)", "met" if ratio >= 10 else "not met", f"{ratio:.1f}x", ""])
+        if c and d:
+            ratio = c["median_ms"] / d["median_ms"]
+            rows.append(["target", "(d) >= 1.5x (c)", "met" if ratio >= 1.5 else "not met", f"{ratio:.2f}x", ""])
+        bw = bench.get("copy_bandwidth_GBps")
+        for k in bench.get("kernels", []):
+            speed = k["torch"]["median_ms"] / k["kernel"]["median_ms"]
+            floor = k.get("floor_ms")
+            rows.append(
+                [
+                    "kernel",
+                    f"{k['size'][0]}x{k['size'][1]} {k['op']}",
+                    f"{k['kernel']['median_ms'] * 1e3:.1f} us",
+                    f"{speed:.2f}x torch",
+                    f"{k['GBps']:.0f} GB/s ({100 * k['GBps'] / bw:.0f}% of copy)"
+                    + (f", {k['kernel']['median_ms'] / floor:.1f}x floor" if floor else ""),
+                ]
+            )
+    tr = (secs.get("training") or {}).get("result")
+    if tr:
+        ips = {n: r["images_per_s"] for n, r in tr["rows"].items()}
+        for n, v in ips.items():
+            rows.append(
+                [
+                    "train",
+                    n,
+                    f"{v:.2f} img/s",
+                    "",
+                    f"batch {tr['shape']['batch']}, {tr['shape']['height']}x{tr['shape']['width']}",
+                ]
+            )
+        j = next((v for n, v in ips.items() if n.startswith("jax")), None)
+        t = next((v for n, v in ips.items() if n.startswith("torch")), None)
+        if j and t:
+            rows.append(
+                [
+                    "target",
+                    "JAX training >= 1.5x torch",
+                    "met" if j / t >= 1.5 and not report["dry_run"] else "not met",
+                    f"{j / t:.2f}x",
+                    "",
+                ]
+            )
+    return rows
+
+
+def markdown(rows: list[list[str]]) -> str:
+    head = ["kind", "what", "result", "value", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m torch_deploy.gpu_check",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for gpu_check.json, gpu_check.md and logs")
+    p.add_argument("--dry-run", action="store_true", help="run every section on CPU at tiny sizes (no GPU needed)")
+    p.add_argument("--budget-s", type=float, default=450.0, help="stop starting sections after this many seconds (450)")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: tests,benchmark,training")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    os.makedirs(args.out, exist_ok=True)
+    plan = make_plan(args.dry_run)
+    if args.dry_run:
+        os.environ["CSFCN_GPU_CHECK_DEVICE"] = "cpu"
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # JAX must not reserve most of the GPU before the torch sections and its own step run
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    check = Check(args.out, plan, args.budget_s, args.dry_run)
+    sys.path.insert(0, ROOT)
+    check.section("environment", lambda: environment(plan), 5)
+    check.report["environment"] = (check.report["sections"]["environment"].get("result")) or {}
+    if check.report["sections"]["environment"]["status"] == "error":
+        print(check.report["sections"]["environment"]["error"], file=sys.stderr)
+        return 2
+    check.section("ceilings", lambda: ceilings(plan), 10)
+    if "tests" not in skip:
+        check.section("kernel tests", lambda: run_pytest(args.out, "kernels", plan.kernel_tests, 240), 60)
+        check.section("gpu tests", lambda: run_pytest(args.out, "gpu", plan.gpu_tests, 240), 60)
+    if "benchmark" not in skip:
+        check.section("benchmark", lambda: benchmark(plan, args.out), 150)
+        check.section("compiled kernels", compiled_kernels, 1)
+    if "training" not in skip:
+        check.section("training", lambda: train(plan), 90)
+    rows = final_rows(check.report)
+    md = markdown(rows)
+    env = check.report.get("environment", {})
+    header = (
+        f"GPU check on {env.get('device', '?')} (torch {env.get('torch')}, triton {env.get('packages', {}).get('triton')}, "
+        f"jax {env.get('packages', {}).get('jax')}); {check.elapsed():.0f} s; "
+        f"command: python -m torch_deploy.gpu_check {' '.join(sys.argv[1:] if argv is None else argv)}"
+    )
+    check.report["final"] = rows
+    check.report["seconds"] = round(check.elapsed(), 1)
+    check.save()
+    with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
+        f.write(header + "\n\n" + md + "\n")
+    print("\n" + header)
+    print(md)
+    bad = [n for n, s in check.report["sections"].items() if s["status"] == "error"]
+    tests_failed = [r for r in rows if r[0] == "tests" and r[2] == "FAIL"]
+    print(f"\nwritten: {os.path.join(args.out, 'gpu_check.json')}, gpu_check.md; errors in: {bad or 'none'}")
+    return 1 if bad or tests_failed else 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
