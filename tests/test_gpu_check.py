@@ -82,23 +82,26 @@ def test_gpu_check_dry_run_without_the_training_stack(tmp_path):
         "ceilings",
         "kernel tests",
         "gpu tests",
-        "benchmark",
+        "benchmark 64x128",
         "compiled kernels",
         "training",
+        "benchmark 32x64",
     ]
     for name, s in sections.items():
         assert s["status"] == "ok", (name, s)
     assert sections["kernel tests"]["result"]["passed"]
     assert "passed" in sections["kernel tests"]["result"]["summary"]
-    bench = sections["benchmark"]["result"]
-    assert {m["variant"] for m in bench["models"]} >= {"a", "d", "e"}
-    assert all(m["floor_ms"] and m["floor_ms"] > 0 for m in bench["models"])
+    for size in ("64x128", "32x64"):
+        bench = sections[f"benchmark {size}"]["result"]
+        assert {m["variant"] for m in bench["models"]} >= {"a", "d", "e"}
+        assert all(m["floor_ms"] and m["floor_ms"] > 0 for m in bench["models"])
     rows = sections["training"]["result"]["rows"]
     assert len(rows) == 2 and all(r["images_per_s"] > 0 for r in rows.values())
     # the final table comes last (a caller may read only the end of the output), also as markdown
     tail = res.stdout.strip().splitlines()[-25:]
     assert any(line.startswith("| target | JAX training") for line in tail)
-    assert "| model | 64x128 a  reference eager fp32" in (out / "gpu_check.md").read_text()
+    md = (out / "gpu_check.md").read_text()
+    assert "| model | 64x128 a  reference eager fp32" in md and "| model | 32x64 a  reference eager fp32" in md
     assert report["environment"]["packages"]["pytest"]
 
 
