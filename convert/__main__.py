@@ -25,7 +25,7 @@ from convert.formats import (
     write_checkpoint,
 )
 from convert.table import ConversionError
-from jax_csfcn.model_config import STEMS, VARIANTS, ModelConfig
+from csfcn.model_config import STEMS, VARIANTS, ModelConfig
 
 KIND_NAMES = {
     "orbax": "Flax params (Orbax directory)",

@@ -22,7 +22,8 @@ from pathlib import Path as FsPath
 import numpy as np
 
 from convert.table import ConversionError, Path, flax_to_torch, torch_to_flax
-from jax_csfcn.model_config import HEAD_UPSAMPLE, ModelConfig
+from csfcn.files import write_atomic
+from csfcn.model_config import HEAD_UPSAMPLE, ModelConfig
 
 CONFIG_KEY = "csfcn_config"  # safetensors metadata key
 CONFIG_FILE = "csfcn_config.json"  # next to Orbax params
@@ -165,18 +166,8 @@ def read_torch_file(path) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def _atomic_file(path, write) -> None:
-    """Write through a temporary name in the same directory and rename: no half files."""
-    path = FsPath(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Complete or absent, with normal permissions (csfcn/files.py)."""
+    write_atomic(path, write)
 
 
 def write_safetensors(path, config: ModelConfig, tensors: dict[str, np.ndarray]) -> None:

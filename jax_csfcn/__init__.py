@@ -4,14 +4,14 @@
     model = jax_csfcn.build_model({"variant": "csfcn", "num_classes": 19})
     model = jax_csfcn.load_model("model.safetensors")   # eval mode, NHWC in, NHWC logits out
 
-Submodules import JAX lazily so that ``jax_csfcn.model_config`` stays framework-free.
+Submodules import JAX lazily so that ``csfcn.model_config`` stays framework-free.
 """
 
 from __future__ import annotations
 
 
 def build_model(config, *, seed: int = 0, dtype=None):
-    """A fresh CSFCN from a :class:`~jax_csfcn.model_config.ModelConfig` or a mapping of its fields."""
+    """A fresh CSFCN from a :class:`~csfcn.model_config.ModelConfig` or a mapping of its fields."""
     from jax_csfcn.model import build_model as _build
 
     return _build(config, seed=seed, dtype=dtype)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from csfcn.model_config import STEMS
 from jax_csfcn.layers import BatchNorm2d, conv2d
-from jax_csfcn.model_config import STEMS
 
 
 class BasicBlock(nnx.Module):

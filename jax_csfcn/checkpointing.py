@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_csfcn.model_config import ModelConfig
+from csfcn.model_config import ModelConfig
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "loader", "meta")

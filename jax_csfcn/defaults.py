@@ -22,7 +22,7 @@ DEFAULTS: dict = {
     # Where the run lives: checkpoints/, logs (metrics.jsonl, TensorBoard events), curves.png.
     "workdir": "runs/default",
     "seed": 0,
-    # The network (see jax_csfcn.model_config.ModelConfig and shared/spec/MODEL.md).
+    # The network (see csfcn.model_config.ModelConfig and shared/spec/MODEL.md).
     "model": {
         "variant": "csfcn",  # "csfcn" (pixel-shuffle head) or "csfcn_tiny"
         "num_classes": 19,

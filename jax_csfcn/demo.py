@@ -79,7 +79,7 @@ def picture(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], palette, out:
     """A grid: image | ground truth | prediction, one val image per row."""
     from PIL import Image, ImageDraw
 
-    from jax_csfcn.data.palette import colorize, write_png
+    from csfcn.palette import colorize, write_png
 
     h, w = rows[0][0].shape[:2]
     gap, top = 4, 18
@@ -124,7 +124,7 @@ def report(path: Path, *, ev: dict, par: dict, times: dict, cfg, steps: int) -> 
     ]
     lines += [f"| {k} | {v:.0f} |" for k, v in times.items()]
     lines += [f"| total | {sum(times.values()):.0f} |", "", "Pictures: `predictions.png`, `curves.png`, `predict/`."]
-    from jax_csfcn.data.palette import write_atomic
+    from csfcn.palette import write_atomic
 
     write_atomic(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from csfcn.model_config import HEAD_UPSAMPLE, PYRAMID_GRIDS, SFC_GROUPS, ModelConfig
 from jax_csfcn import ops
 from jax_csfcn.backbone import ResNet18
 from jax_csfcn.layers import ConvBNReLU, conv2d, kaiming_fan_out
-from jax_csfcn.model_config import HEAD_UPSAMPLE, PYRAMID_GRIDS, SFC_GROUPS, ModelConfig
 
 
 class LocalAttention(nnx.Module):

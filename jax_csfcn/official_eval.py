@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     }
     print(f"official Cityscapes evaluator: mIoU {summary['miou']:.4f}, category mIoU {summary['category_miou']:.4f}")
     if args.json:
-        from jax_csfcn.data.palette import write_atomic
+        from csfcn.palette import write_atomic
 
         write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     return 0

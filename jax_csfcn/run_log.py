@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import jax
+
+from csfcn.files import write_atomic
 
 
 class Logger:
@@ -62,7 +63,7 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        write_atomic(out, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)

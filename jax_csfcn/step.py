@@ -30,11 +30,11 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from csfcn.model_config import ModelConfig
 from jax_csfcn.defaults import default_settings
 from jax_csfcn.evaluate import normalize_on_device
 from jax_csfcn.losses import cross_entropy, ohem_select
 from jax_csfcn.model import build_model
-from jax_csfcn.model_config import ModelConfig
 
 __all__ = ["DTYPES", "TrainError", "default_settings", "make_train_step", "model_config", "replicate"]
 

@@ -421,7 +421,7 @@ def evaluate_checkpoint(cfg, checkpoint, *, split: str, dump_dir=None, dump_form
 
 
 def _prediction_writer(out: Path, fmt: str):
-    from jax_csfcn.data.palette import train_id_to_label_id, write_png
+    from csfcn.palette import train_id_to_label_id, write_png
 
     out.mkdir(parents=True, exist_ok=True)
 

@@ -80,10 +80,10 @@ def test_config_is_valid(path):
     import jax.numpy as jnp
     from flax import nnx
 
+    from csfcn.model_config import ModelConfig
     from jax_csfcn.config import get_config as base
     from jax_csfcn.data.sources import DATASETS, num_classes
     from jax_csfcn.model import build_model
-    from jax_csfcn.model_config import ModelConfig
     from jax_csfcn.train import _validate, model_config
 
     cfg = _load(path)

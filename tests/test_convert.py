@@ -21,8 +21,8 @@ from convert import (
     write_checkpoint,
 )
 from convert.__main__ import main as convert_main
+from csfcn.model_config import ModelConfig
 from jax_csfcn.model import build_model
-from jax_csfcn.model_config import ModelConfig
 from torch_deploy.model import CSFCN as TorchCSFCN
 
 

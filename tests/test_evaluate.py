@@ -57,10 +57,10 @@ def _fit_probe(model, images, labels, num_classes, ridge=1e-2):
 def setup(tmp_path_factory):
     """(data root, checkpoint path, the CLI child process, its JSON path)."""
     from convert.formats import save_flax_model
+    from csfcn.model_config import ModelConfig
     from jax_csfcn.data.sources import build_source
     from jax_csfcn.data.synthetic import write_synthetic_cityscapes
     from jax_csfcn.model import build_model
-    from jax_csfcn.model_config import ModelConfig
 
     tmp = tmp_path_factory.mktemp("evaluate")
     root = tmp / "synth"

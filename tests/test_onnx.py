@@ -13,7 +13,7 @@ import torch
 from conftest import rel_l2
 from torch_checkpoints import make_checkpoint, random_model
 
-from jax_csfcn.model_config import ModelConfig
+from csfcn.model_config import ModelConfig
 from torch_deploy import load_model
 from torch_deploy.export_onnx import (
     DynamicCSFCN,

@@ -12,7 +12,7 @@ from cityscapesscripts.helpers.labels import labels as cs_labels
 from cityscapesscripts.helpers.labels import trainId2label
 from PIL import Image
 
-from jax_csfcn.data import palette as P
+from csfcn import palette as P
 
 
 def test_cityscapes_table_comes_from_cityscapesscripts():
@@ -146,7 +146,7 @@ def test_write_png_is_atomic(tmp_path, rng, monkeypatch):
 
 def test_palette_imports_neither_jax_nor_torch():
     code = (
-        "import sys, jax_csfcn.data.palette as p; p.colorize(p.np.zeros((2, 2), p.np.uint8), p.CAMVID_PALETTE); "
+        "import sys, csfcn.palette as p; p.colorize(p.np.zeros((2, 2), p.np.uint8), p.CAMVID_PALETTE); "
         "bad = [m for m in ('jax', 'torch', 'flax') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))

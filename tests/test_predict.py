@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch_checkpoints import make_checkpoint, random_image
 
-from jax_csfcn.data.palette import CITYSCAPES_PALETTE, colorize, train_id_to_label_id
+from csfcn.palette import CITYSCAPES_PALETTE, colorize, train_id_to_label_id
 from torch_deploy import Predictor, load_model
 from torch_deploy.predict import main as predict_main
 from torch_deploy.predictor import InputError, normalise

@@ -118,9 +118,9 @@ def ws(tmp_path_factory):
     import torch
     from torch_checkpoints import random_image, random_model
 
+    from csfcn.model_config import ModelConfig
     from jax_csfcn.data.camvid import write_synthetic_camvid
     from jax_csfcn.data.synthetic import write_synthetic_cityscapes
-    from jax_csfcn.model_config import ModelConfig
 
     ws = tmp_path_factory.mktemp("readme")
     (ws / "configs").symlink_to(ROOT / "configs")

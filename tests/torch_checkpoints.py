@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from convert.formats import write_safetensors
-from jax_csfcn.model_config import ModelConfig
+from csfcn.model_config import ModelConfig
 from torch_deploy.model import CSFCN
 
 

@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jax_csfcn.model_config import PYRAMID_GRIDS, SFC_GROUPS
+from csfcn.files import write_atomic
+from csfcn.model_config import PYRAMID_GRIDS, SFC_GROUPS
 from torch_deploy.model import CSFCN
 
 MAX_REL_L2 = 1e-4
@@ -240,13 +239,10 @@ def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_O
     out = Path(out)
     if out.exists() and out.is_dir():
         raise ExportError(f"--out {out}: is a folder; give a file name such as model.onnx")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".onnx", dir=out.parent)
-        os.close(fd)
-    except OSError as e:
-        raise ExportError(f"--out {out}: cannot write there ({e.strerror or e})") from e
-    try:
+    holder: dict = {}
+
+    def build(tmp: str) -> None:  # the export and its checks, on the temporary file
+        holder["started"] = True
         try:
             twin = load_model(checkpoint)
         except (OSError, ValueError, KeyError) as e:  # ConversionError is a ValueError
@@ -284,12 +280,15 @@ def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_O
         bad = [c for c in checks if not (c["rel_l2"] <= MAX_REL_L2 and c["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT)]
         if bad:
             raise ExportError(f"onnxruntime disagrees with the PyTorch twin: {bad}; nothing written")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-        return report
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        holder["report"] = report
+
+    try:
+        write_atomic(out, build)  # kept only if every check passed (csfcn/files.py)
+    except OSError as e:
+        if holder.get("started"):
+            raise
+        raise ExportError(f"--out {out}: cannot write there ({e.strerror or e})") from e
+    return holder["report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -132,11 +132,15 @@ class Check:
         self.save()
 
     def save(self) -> None:
-        path = os.path.join(self.out, "gpu_check.json")
-        tmp = path + ".part"
-        with open(tmp, "w") as f:
-            json.dump(self.report, f, indent=2, default=str)
-        os.replace(tmp, path)
+        from csfcn.files import write_atomic
+
+        text = json.dumps(self.report, indent=2, default=str)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.write(text)
+
+        write_atomic(os.path.join(self.out, "gpu_check.json"), write)
 
 
 class MissingPackage(RuntimeError):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jax_csfcn.model_config import HEAD_UPSAMPLE, PYRAMID_GRIDS, SFC_GROUPS, ModelConfig
+from csfcn.model_config import HEAD_UPSAMPLE, PYRAMID_GRIDS, SFC_GROUPS, ModelConfig
 
 
 class ConvBNReLU(nn.Sequential):

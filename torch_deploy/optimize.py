@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jax_csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
+from csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
 from torch_deploy.model import CSFCN, pyramid_pool
 
 # fp64 runs the reference ops only: it exists to check that the folded graph is the same function.

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_csfcn.data.palette import (
+from csfcn.palette import (
     DATASETS,
     colorize,
     dataset_palette,

@@ -40,40 +40,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from csfcn.classes import CAMVID_NAMES, CAMVID_PALETTE
 from jax_csfcn.data.cityscapes import IGNORE_INDEX, DataError, read_pair
 
 NUM_CLASSES = 11
 VOID_INDEX = 11  # the void / "Unlabelled" index stored in the label PNGs
-CLASS_NAMES = (
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-)
-# The SegNet colour of each class (row k = class k); void is drawn black.
-PALETTE = np.array(
-    [
-        (128, 128, 128),  # Sky
-        (128, 0, 0),  # Building
-        (192, 192, 128),  # Pole
-        (128, 64, 128),  # Road
-        (60, 40, 222),  # Pavement
-        (128, 128, 0),  # Tree
-        (192, 128, 128),  # SignSymbol
-        (64, 64, 128),  # Fence
-        (64, 0, 128),  # Car
-        (64, 64, 0),  # Pedestrian
-        (0, 128, 192),  # Bicyclist
-    ],
-    np.uint8,
-)
+# The 11 class names and SegNet colours live in the one class registry (csfcn/classes.py).
+CLASS_NAMES = CAMVID_NAMES
+PALETTE = CAMVID_PALETTE
 VOID_COLOR = (0, 0, 0)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")

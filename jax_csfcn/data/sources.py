@@ -8,31 +8,25 @@
 
 Every source has ``len(src)`` and ``src[i] -> {"image": uint8 HxWx3, "label": uint8 HxW train
 ids (255 = ignore), "name": str}``.  ``num_classes``, ``class_names`` and ``palette`` give the
-label space of a dataset; the Cityscapes ones come from ``cityscapesscripts``' label table.
+label space of a dataset, from the one class registry (csfcn/classes.py).
 The TFDS module is imported only when that source is asked for.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from cityscapesscripts.helpers.labels import trainId2label
 
+from csfcn import classes
 from jax_csfcn.data import camvid
-from jax_csfcn.data.cityscapes import CLASS_NAMES as _CITYSCAPES_NAMES
-from jax_csfcn.data.cityscapes import NUM_CLASSES as _CITYSCAPES_K
 from jax_csfcn.data.cityscapes import CityscapesSource, DataError
 
-DATASETS = ("cityscapes", "camvid", "tfds_cityscapes", "synthetic")
-_FAMILY = {"cityscapes": "cityscapes", "synthetic": "cityscapes", "tfds_cityscapes": "cityscapes", "camvid": "camvid"}
-
-_CITYSCAPES_PALETTE = np.array([trainId2label[k].color for k in range(_CITYSCAPES_K)], np.uint8)
+DATASETS = classes.DATASETS  # one registry: every source's label space is in csfcn/classes.py
 
 
 def _family(dataset: str) -> str:
-    try:
-        return _FAMILY[dataset]
-    except (KeyError, TypeError):
-        raise DataError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(DATASETS)}") from None
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(DATASETS)}")
+    return dataset
 
 
 def build_source(dataset: str, root: str | None, split: str):
@@ -56,14 +50,14 @@ def build_source(dataset: str, root: str | None, split: str):
 
 def num_classes(dataset: str) -> int:
     """Number of train classes (labels are 0..K-1, 255 = ignore)."""
-    return camvid.NUM_CLASSES if _family(dataset) == "camvid" else _CITYSCAPES_K
+    return classes.num_classes(_family(dataset))
 
 
 def class_names(dataset: str) -> tuple[str, ...]:
     """Class names in train-id order."""
-    return tuple(camvid.CLASS_NAMES) if _family(dataset) == "camvid" else tuple(_CITYSCAPES_NAMES)
+    return classes.class_names(_family(dataset))
 
 
 def palette(dataset: str) -> np.ndarray:
     """uint8 (K, 3): the display colour of each train id."""
-    return (camvid.PALETTE if _family(dataset) == "camvid" else _CITYSCAPES_PALETTE).copy()
+    return classes.palette(_family(dataset))

@@ -1,10 +1,8 @@
 """Class names, colour palettes and label images for visualisation and benchmark exports.
 
-numpy + PIL only (no JAX, no torch), so that the PyTorch deployment side can use it.
+numpy + PIL only (no JAX, no torch): the framework-free layer both sides share.
 
-* Cityscapes: the 19 train ids, their names, colours and label ids, all read from
-  ``cityscapesscripts.helpers.labels`` (the official table), never retyped.
-* CamVid: the 11 SegNet classes and their SegNet colours.
+* the class names and colours of every dataset come from the one registry, csfcn/classes.py;
 * :func:`colorize`, :func:`overlay`, :func:`legend_image` draw predictions; ignore (255) and
   any other out-of-palette value is drawn black by :func:`colorize` and left as the image by
   :func:`overlay`.
@@ -16,47 +14,29 @@ numpy + PIL only (no JAX, no torch), so that the PyTorch deployment side can use
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-IGNORE_INDEX = 255
-
-
-def _cityscapes_table():
-    from cityscapesscripts.helpers.labels import labels
-
-    train = sorted((lab for lab in labels if 0 <= lab.trainId < IGNORE_INDEX), key=lambda lab: lab.trainId)
-    assert [lab.trainId for lab in train] == list(range(len(train))), "cityscapesscripts train ids are not 0..K-1"
-    names = tuple(lab.name for lab in train)
-    palette = np.array([lab.color for lab in train], np.uint8)
-    label_ids = np.array([lab.id for lab in train], np.uint8)
-    unlabeled = next(lab.id for lab in labels if lab.name == "unlabeled")
-    return names, palette, label_ids, unlabeled
-
-
-CITYSCAPES_NAMES, CITYSCAPES_PALETTE, CITYSCAPES_LABEL_IDS, CITYSCAPES_UNLABELED_ID = _cityscapes_table()
-
-# CamVid's 11 classes and SegNet colours: one table, in the CamVid source module.
-from jax_csfcn.data.camvid import CLASS_NAMES as CAMVID_NAMES  # noqa: E402
-from jax_csfcn.data.camvid import PALETTE as CAMVID_PALETTE  # noqa: E402
-
-DATASETS = {
-    "cityscapes": (CITYSCAPES_NAMES, CITYSCAPES_PALETTE),
-    "camvid": (CAMVID_NAMES, CAMVID_PALETTE),
-}
+from csfcn.classes import (  # noqa: F401  (re-exported: the tables palette users read)
+    CAMVID_NAMES,
+    CAMVID_PALETTE,
+    CITYSCAPES_LABEL_IDS,
+    CITYSCAPES_NAMES,
+    CITYSCAPES_PALETTE,
+    CITYSCAPES_UNLABELED_ID,
+    DATASETS,
+    IGNORE_INDEX,
+    class_names,
+    palette,
+)
+from csfcn.files import write_atomic  # noqa: F401  (re-exported)
 
 
 def dataset_palette(dataset: str) -> tuple[tuple[str, ...], np.ndarray]:
-    """(class names, uint8 (K, 3) palette) of ``dataset`` ('cityscapes' or 'camvid')."""
-    key = str(dataset).lower()
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset/palette {dataset!r}; choose one of {sorted(DATASETS)}")
-    names, palette = DATASETS[key]
-    return names, palette.copy()
+    """(class names, uint8 (K, 3) palette) of ``dataset`` (see csfcn/classes.py)."""
+    return class_names(dataset), palette(dataset)
 
 
 def _check_palette(palette) -> np.ndarray:
@@ -146,34 +126,6 @@ def train_id_to_label_id(train_ids) -> np.ndarray:
     lut = np.full(256, CITYSCAPES_UNLABELED_ID, np.uint8)
     lut[:k] = CITYSCAPES_LABEL_IDS
     return lut[train_ids.astype(np.uint8)]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path, write) -> Path:
-    """Call ``write(tmp_path)`` on a temporary name beside ``path``, then rename it to ``path``.
-
-    The temporary file is removed if ``write`` fails, so ``path`` either is complete or does
-    not exist (an existing ``path`` is replaced only on success).
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    # Hidden, and keeping the suffix: writers that pick the format from the name still work.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 def write_png(path, array) -> Path:

@@ -1,0 +1,39 @@
+"""Files we write are complete or absent, with the permissions a normal write gives them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path, write: Callable[[str], object]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary name beside ``path``, then rename it to ``path``.
+
+    The parent folder is created if needed. The temporary file is hidden and keeps ``path``'s
+    suffix (writers that pick a format from the name still work). It is removed if ``write``
+    fails, so ``path`` is either complete or untouched (an existing file is replaced only on
+    success). The result has the mode a plain ``open(path, "w")`` would give (0666 minus the
+    process umask), not the 0600 of a temporary file.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

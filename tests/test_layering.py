@@ -1,0 +1,116 @@
+"""Packages depend one way (docs/architecture.md) and files we write have normal permissions.
+
+* ``csfcn`` (the framework-free layer) imports neither JAX nor torch;
+* deploying -- importing ``torch_deploy`` and predicting from a ``.safetensors`` checkpoint --
+  loads no JAX, Flax, grain, Orbax or TensorFlow module;
+* ``csfcn.files.write_atomic`` leaves complete files with the mode a normal write gives, and
+  nothing when the writer fails; an exported model (``python -m convert``) is readable by others.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINING_STACK = ("jax", "jaxlib", "flax", "optax", "grain", "orbax", "tensorflow", "tensorflow_datasets")
+
+
+def _child(code: str, tmp_path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+def test_framework_free_layer_imports_no_framework(tmp_path):
+    out = _child(
+        "import sys, csfcn.model_config, csfcn.classes, csfcn.palette, csfcn.files\n"
+        "print(sorted(m for m in ('jax', 'flax', 'torch') if m in sys.modules))",
+        tmp_path,
+    )
+    assert out.strip() == "[]"
+
+
+def test_deploy_path_loads_no_training_stack(tmp_path):
+    """Write a .safetensors checkpoint and an image, then predict through the CLI's main()."""
+    code = f"""
+import sys
+import numpy as np
+from PIL import Image
+import torch
+import torch_deploy
+from convert.formats import write_safetensors
+from torch_deploy.model import CSFCN
+from torch_deploy.predict import main
+
+torch.manual_seed(0)
+twin = CSFCN(num_classes=11).eval()
+write_safetensors("model.safetensors", twin.config, {{k: v.numpy() for k, v in twin.state_dict().items()}})
+Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save("street.png")
+rc = main(["--checkpoint", "model.safetensors", "--input", "street.png", "--out", "pred", "--quiet"])
+assert rc == 0, rc
+loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set({TRAINING_STACK!r}))
+print("LOADED", loaded)
+"""
+    out = _child(code, tmp_path)
+    assert "LOADED []" in out, out
+    assert any(p.suffix == ".png" for p in (tmp_path / "pred").rglob("*.png"))
+
+
+def test_write_atomic_gives_normal_permissions_and_no_partial_file(tmp_path):
+    from csfcn.files import write_atomic
+
+    old = os.umask(0o027)
+    try:
+        path = write_atomic(tmp_path / "sub" / "a.txt", lambda tmp: open(tmp, "w").close())
+        assert (os.stat(path).st_mode & 0o777) == 0o640
+    finally:
+        os.umask(old)
+    os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "b.bin", lambda tmp: open(tmp, "wb").close())
+        assert (os.stat(path).st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
+
+    def boom(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("writer died")
+
+    (tmp_path / "keep.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="writer died"):
+        write_atomic(tmp_path / "keep.txt", boom)
+    assert (tmp_path / "keep.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin", "keep.txt", "sub"]
+
+
+def test_exported_model_is_readable_by_others(tmp_path):
+    import torch
+
+    from convert.formats import write_safetensors
+    from torch_deploy.model import CSFCN
+
+    twin = CSFCN(variant="csfcn_tiny", num_classes=3)
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "model.safetensors"
+        write_safetensors(out, twin.config, {k: v.numpy() for k, v in twin.state_dict().items()})
+        src = tmp_path / "model.pth"
+        torch.save(twin.state_dict(), src)
+        dst = tmp_path / "again.safetensors"
+        res = subprocess.run(
+            [sys.executable, "-m", "convert", str(src), str(dst)], cwd=ROOT, capture_output=True, text=True
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+    finally:
+        os.umask(old)
+    for p in (out, dst):
+        assert (os.stat(p).st_mode & 0o777) == 0o644, oct(os.stat(p).st_mode)
