@@ -11,9 +11,13 @@ import json
 
 VARIANTS = ("csfcn", "csfcn_tiny")
 STEMS = ("torchvision", "deep")
-PYRAMID_GRIDS = (6, 3, 2, 1)  # CFC pooling grids (MODEL.md, CFC step 2)
+PYRAMID_GRIDS = (6, 3, 2, 1)  # CFC pooling grids (docs/architecture.md, CFC step 2)
 SFC_GROUPS = 2  # SFC groups G
 HEAD_UPSAMPLE = 8  # logits are 8x the 1/8 feature map
+# Input normalisation of every CSFCN (the ImageNet-pretrained backbone's): RGB in 0..1 units,
+# (x / 255 - mean) / std. The training pipeline, evaluation and the deploy predictor all read these.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ form used everywhere in this project)::
 
 A key that does not exist is an error naming it.  The fields, their defaults and what each
 means are written once, as plain Python, in :data:`jax_csfcn.defaults.DEFAULTS` (the upstream
-Cityscapes recipe, shared/spec/TRAINING.md, on the embedded synthetic dataset); ``configs/``
+Cityscapes recipe, docs/architecture.md "Training recipe", on the embedded synthetic dataset); ``configs/``
 hold the real datasets and sizes.
 """
 

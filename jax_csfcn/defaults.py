@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import types
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, in 0..1 units
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD  # RGB, in 0..1 units (re-exported)
 
-# The defaults are the upstream Cityscapes recipe (shared/spec/TRAINING.md) on the embedded
+# The defaults are the upstream Cityscapes recipe (docs/architecture.md, "Training recipe") on the embedded
 # synthetic dataset; configs/ hold the real datasets and sizes.
 DEFAULTS: dict = {
     # Where the run lives: checkpoints/, logs (metrics.jsonl, TensorBoard events), curves.png.
     "workdir": "runs/default",
     "seed": 0,
-    # The network (see csfcn.model_config.ModelConfig and shared/spec/MODEL.md).
+    # The network (see csfcn.model_config.ModelConfig and docs/architecture.md).
     "model": {
         "variant": "csfcn",  # "csfcn" (pixel-shuffle head) or "csfcn_tiny"
         "num_classes": 19,

@@ -1,6 +1,6 @@
 """CSFCN and CSFCN-Tiny in Flax NNX (NHWC in, NHWC logits out).
 
-The network is specified in ``shared/spec/MODEL.md``; comments below cite its steps.
+The network is specified in ``docs/architecture.md``; comments below cite its steps.
 Attribute names and nesting mirror the upstream PyTorch ``state_dict``
 (``resnet.``, ``cfc.``, ``sfc.``, ``conv_out32.``).
 """
@@ -18,7 +18,7 @@ from jax_csfcn.layers import ConvBNReLU, conv2d, kaiming_fan_out
 
 
 class LocalAttention(nnx.Module):
-    """MODEL.md CFC step 5: ``x * tanh(conv3x3(ConvBNReLU1x1(x))) + x``."""
+    """docs/architecture.md, CFC step 5: ``x * tanh(conv3x3(ConvBNReLU1x1(x))) + x``."""
 
     def __init__(self, channels: int, inter: int, *, dtype=None, rngs: nnx.Rngs):
         # conv.1 starts at zero so the gate starts neutral (tanh(0) = 0).
@@ -83,7 +83,7 @@ def _merge_groups(t: jax.Array, groups: int) -> jax.Array:
 
 
 def sfc_sample_and_gate(cp: jax.Array, sp: jax.Array, r: jax.Array, groups: int = SFC_GROUPS) -> jax.Array:
-    """MODEL.md SFC steps 4-7 given cp, sp (N, H, W, 128) and the 10-channel map r."""
+    """docs/architecture.md, SFC steps 4-7 given cp, sp (N, H, W, 128) and the 10-channel map r."""
     n, h, w, _ = cp.shape
     off_cp = ops.at_least_f32(_split_groups(r[..., 0 : 2 * groups], groups))
     off_sp = ops.at_least_f32(_split_groups(r[..., 2 * groups : 4 * groups], groups))

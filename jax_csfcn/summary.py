@@ -6,7 +6,7 @@
 FLOPs are counted exactly from the traced program (no arrays are allocated): every
 convolution and matrix product is 2 x its multiply-adds.  Resampling (bilinear resize,
 adaptive pooling, grid sampling), normalisation and activations are not counted, which is
-the convention of MODEL.md's table (189.2 GFLOPs for CSFCN at 1024x2048).
+the convention of docs/architecture.md, Cost (189.2 GFLOPs for CSFCN at 1024x2048).
 """
 
 from __future__ import annotations

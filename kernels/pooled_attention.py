@@ -1,4 +1,4 @@
-"""CFC's attention over the pooled positions in one pass (MODEL.md, CFC step 4).
+"""CFC's attention over the pooled positions in one pass (docs/architecture.md, CFC step 4).
 
 For every query pixel n of a (B, D, H, W) query map, with keys (B, D, S) and values
 (B, C, S) at the S pooled positions (S = 100 at an aspect ratio of 2; S grows with the

@@ -1,4 +1,4 @@
-"""SFC sampling and gating in one pass (MODEL.md, SFC steps 4-7).
+"""SFC sampling and gating in one pass (docs/architecture.md, SFC steps 4-7).
 
 Given the calibrated 1/8 features ``cp`` (B, C, H, W), the spatial branch ``sp`` -- either at
 cp's size or at its own lower resolution (the 1/32 map; then the align-corners bilinear
@@ -298,7 +298,7 @@ def linspace_m1p1(n: int, dtype=torch.float32, device=None) -> torch.Tensor:
 
 
 def _grid(offsets: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B*G, H, W, 2) sampling grid: linspace base plus offsets / (W, H) (MODEL.md SFC step 5)."""
+    """(B*G, H, W, 2) sampling grid: linspace base plus offsets / (W, H) (docs/architecture.md, SFC step 5)."""
     n, _, h, w = offsets.shape
     ys = linspace_m1p1(h, offsets.dtype, offsets.device).view(1, h, 1).expand(n * groups, h, w)
     xs = linspace_m1p1(w, offsets.dtype, offsets.device).view(1, 1, w).expand(n * groups, h, w)

@@ -1,7 +1,7 @@
 """The CSFCN head's 1x1 conv fused with its pixel shuffle (logits) or with the argmax (labels).
 
 The head ends in a 1x1 conv 128 -> K * R * R (R = 8) followed by ``pixel_shuffle(R)``:
-``out[k, R*y + i, R*x + j] = conv[k*R*R + i*R + j, y, x]`` (MODEL.md, Head). Both kernels
+``out[k, R*y + i, R*x + j] = conv[k*R*R + i*R + j, y, x]`` (docs/architecture.md, Head). Both kernels
 compute that conv as a GEMM over the input channels with fp32 accumulation:
 
 * ``output="logits"``: the epilogue adds the bias and stores every value straight at its

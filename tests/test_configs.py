@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
 COMMANDS = ("jax_csfcn.train", "jax_csfcn.summary", "jax_csfcn.evaluate")
-# The shipped set (TRAINING.md "Entry point"): changing it is a decision, not an accident.
+# The shipped set of configs (README, Training): changing it is a decision, not an accident.
 EXPECTED = {
     "camvid_csfcn",
     "cityscapes_csfcn",

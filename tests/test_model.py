@@ -117,4 +117,4 @@ def test_summary_cli():
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=root).stdout
     assert "input 1x3x720x960" in out
     total = float(out.strip().splitlines()[-1].split()[-1])
-    assert abs(total - 62.6) <= 0.01 * 62.6  # MODEL.md: 62.6 GFLOPs at 720x960 (K = 19)
+    assert abs(total - 62.6) <= 0.01 * 62.6  # docs/architecture.md, Cost: 62.6 GFLOPs at 720x960 (K = 19)

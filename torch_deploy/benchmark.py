@@ -1,10 +1,10 @@
 """Inference speed of CSFCN: the reference twin against ``torch_deploy.optimize``, side by side.
 
-    python -m torch_deploy.benchmark                          # all DEPLOY.md sizes on a GPU
+    python -m torch_deploy.benchmark                          # all protocol sizes on a GPU
     python -m torch_deploy.benchmark --classes 11 --size 720 960 --json camvid.json
     python -m torch_deploy.benchmark --size 512 1024          # on CPU: the CPU variants
 
-Protocol (DEPLOY.md): batch 1, random weights (speed does not depend on them), every variant
+Protocol (docs/architecture.md, "Benchmark protocol"): batch 1, random weights (speed does not depend on them), every variant
 warmed up, then timed in interleaved rounds (one call of each variant per round, so a noisy
 machine slows all of them alike); median and spread (min..max, p10..p90) per variant. GPU:
 CUDA events around each call. Variants:
@@ -47,7 +47,7 @@ CPU_SIZES = [(512, 1024)]
 def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m torch_deploy.benchmark",
-        description=__doc__.split("\n\n")[0] + " See DEPLOY.md, 'Benchmark protocol'.",
+        description=__doc__.split("\n\n")[0] + " See docs/architecture.md, 'Benchmark protocol'.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--classes", type=int, default=19, help="number of classes K (19 Cityscapes, 11 CamVid)")

@@ -118,7 +118,7 @@ def sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
 
 
 def sfc_sample_and_gate(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """MODEL.md SFC steps 4-7 (the op that ``kernels.sfc_fuse`` fuses)."""
+    """docs/architecture.md, SFC steps 4-7 (the op that ``kernels.sfc_fuse`` fuses)."""
     n, c, h, w = cp.shape
     g = SFC_GROUPS
     cp = F.grid_sample(cp.reshape(n * g, -1, h, w), sfc_grid(n, h, w, r[:, 0 : 2 * g]), align_corners=True)
@@ -178,7 +178,7 @@ class CSFCN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """MODEL.md initialisation: kaiming fan_out convs, unit BN, zero biases and gates."""
+        """docs/architecture.md, Initialisation: kaiming fan_out convs, unit BN, zero biases and gates."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv1d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

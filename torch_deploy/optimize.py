@@ -7,7 +7,7 @@
 What :func:`optimize` builds from the PyTorch twin (which it leaves untouched):
 
 * every BatchNorm folded into the conv before it (:func:`fold_bn`, eval-mode statistics);
-* SFC's offset branch folded (MODEL.md, SFC step 3, :func:`fold_sfc_1x1`): cp1x1 / sp1x1 and
+* SFC's offset branch folded (docs/architecture.md, SFC step 3, :func:`fold_sfc_1x1`): cp1x1 / sp1x1 and
   the 1x1 conv (+ BN) of conv_offset compose into one 128 -> 64 map per branch, and the sp
   branch's map is applied at 1/32 *before* the align-corners resize (both are linear, so they
   commute): the 1/8 map only ever sees 64 channels of sp, and with the fused ``sfc_fuse``
@@ -117,7 +117,7 @@ def _conv1x1(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
 
 @torch.no_grad()
 def fold_sfc_1x1(sfc) -> tuple[nn.Conv2d, nn.Conv2d]:
-    """SFC's offset branch up to its ReLU as two 1x1 convs ``(cp_proj, sp_proj)`` (MODEL.md SFC step 3).
+    """SFC's offset branch up to its ReLU as two 1x1 convs ``(cp_proj, sp_proj)`` (docs/architecture.md, SFC step 3).
 
     ``relu(bn(conv(concat(cp1x1(cp), sp1x1(sp)))))`` == ``relu(cp_proj(cp) + sp_proj(sp))``: the
     BN folds into conv_offset's 1x1 conv, which splits by input channels and composes with

@@ -15,7 +15,7 @@ Which network runs:
 * On CPU the PyTorch twin (:mod:`torch_deploy.model`), fp32: the reference the fast path is
   tested against; fp16/bf16 on CPU are refused rather than silently run in fp32.
 
-Pre-processing (MODEL.md): RGB in 0..1, ImageNet mean/std normalisation, then zero padding
+Pre-processing (docs/architecture.md): RGB in 0..1, ImageNet mean/std normalisation, then zero padding
 (after normalisation) at the bottom/right to the next multiple of 8, and the labels cropped
 back.  Inputs already a multiple of 8 are not padded.  Images of different sizes may be
 mixed in one call; they are batched by padded size, ``batch_size`` at a time.  In eval mode
@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
+
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD  # csfcn/model_config.py
 PAD_MULTIPLE = 8
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -1,6 +1,6 @@
 """Roofline floors: the least time a kernel or the whole model can take on a given GPU.
 
-    python -m torch_deploy.roofline --gpu h200                 # predicted floors, DEPLOY.md sizes
+    python -m torch_deploy.roofline --gpu h200                 # predicted floors, benchmark sizes
     python -m torch_deploy.roofline --gpu a100 --size 1024 2048 --precision fp32
 
 Every op is charged the bytes it must move -- each tensor it reads once, each tensor it writes
