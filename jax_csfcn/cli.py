@@ -1,5 +1,7 @@
 """Running the absl/ml_collections CLIs (train, evaluate, summary) with clear config errors.
 
+``--help`` exits 0 after printing the flags (absl's own handler exits 1).
+
 ``--config.<key>=<value>`` overrides are parsed by ml_collections' config flags; a key that
 does not exist surfaces there as a bare ``AttributeError``/``KeyError`` deep in flag parsing.
 :func:`run` catches it, finds the override that names a missing key and says so.
@@ -54,8 +56,13 @@ def run(main, define_flags) -> None:
     from absl import app
 
     define_flags()
+    wants_help = any(a in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in sys.argv[1:])
     try:
         app.run(main, argv=sys.argv)
+    except SystemExit as e:
+        if wants_help and e.code in (None, 1):  # absl prints the help, then exits 1: help is a success
+            raise SystemExit(0) from None
+        raise
     except (AttributeError, KeyError) as e:
         path = _config_file(sys.argv)
         msg = None
