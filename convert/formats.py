@@ -17,13 +17,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from pathlib import Path as FsPath
+from pathlib import Path
 
 import numpy as np
 
-from convert.table import ConversionError, Path, flax_to_torch, torch_to_flax
+from convert.table import ConversionError, KeyPath, flax_to_torch, torch_to_flax
 from csfcn.files import write_atomic
 from csfcn.model_config import HEAD_UPSAMPLE, ModelConfig
+from csfcn.tree import flatten, unflatten
 
 CONFIG_KEY = "csfcn_config"  # safetensors metadata key
 CONFIG_FILE = "csfcn_config.json"  # next to Orbax params
@@ -46,28 +47,18 @@ def kind_of(path) -> str:
 
 
 # --------------------------------------------------------------------------- Flax side
-def flatten_state(tree, leaf=np.asarray) -> dict[Path, np.ndarray]:
+def flatten_state(tree, leaf=np.asarray) -> dict[KeyPath, np.ndarray]:
     """Nested pure dict (as ``nnx.to_pure_dict`` gives) -> {path tuple: leaf(value)}."""
-    out = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, (*prefix, k))
-        else:
-            out[prefix] = leaf(node)
-
-    walk(tree, ())
-    return out
+    return flatten(tree, leaf=leaf)
 
 
-def model_flat(model) -> dict[Path, np.ndarray]:
+def model_flat(model) -> dict[KeyPath, np.ndarray]:
     from flax import nnx
 
     return flatten_state(nnx.to_pure_dict(nnx.state(model)))
 
 
-def model_template(config: ModelConfig) -> dict[Path, tuple[int, ...]]:
+def model_template(config: ModelConfig) -> dict[KeyPath, tuple[int, ...]]:
     """{path: shape} of every variable of the model, without allocating it."""
     from flax import nnx
 
@@ -77,7 +68,7 @@ def model_template(config: ModelConfig) -> dict[Path, tuple[int, ...]]:
     return flatten_state(nnx.to_pure_dict(nnx.state(abstract)), leaf=lambda v: tuple(v.shape))
 
 
-def set_model_flat(model, flat: dict[Path, np.ndarray]) -> None:
+def set_model_flat(model, flat: dict[KeyPath, np.ndarray]) -> None:
     """Write {path: array} into the model's variables (paths must exist)."""
     import jax.numpy as jnp
     from flax import nnx
@@ -185,21 +176,16 @@ def write_pth(path, tensors: dict[str, np.ndarray]) -> None:
 
 
 # --------------------------------------------------------------------------- Orbax (Flax)
-def write_orbax(path, config: ModelConfig, flat: dict[Path, np.ndarray]) -> None:
+def write_orbax(path, config: ModelConfig, flat: dict[KeyPath, np.ndarray]) -> None:
     """Flax params + BN statistics with Orbax, and the config as JSON, into directory ``path``."""
     import orbax.checkpoint as ocp
 
-    path = FsPath(path).absolute()
+    path = Path(path).absolute()
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path}: directory exists and is not empty; remove it or choose another")
-    tree: dict = {}
-    for p, arr in flat.items():
-        node = tree
-        for k in p[:-1]:
-            node = node.setdefault(str(k), {})
-        node[str(p[-1])] = np.asarray(arr)
+    tree = unflatten(flat, leaf=np.asarray, key=str)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = FsPath(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, tree)
@@ -217,7 +203,7 @@ def read_orbax(path) -> tuple[ModelConfig, dict[tuple[str, ...], np.ndarray]]:
     """(config, {path of str keys: array}) of an Orbax params directory."""
     import orbax.checkpoint as ocp
 
-    path = FsPath(path).absolute()
+    path = Path(path).absolute()
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file() or not (path / PARAMS_DIR).is_dir():
         raise ConversionError(f"{path}: not a csfcn Flax checkpoint (expected {CONFIG_FILE} and {PARAMS_DIR}/ inside)")
@@ -227,7 +213,7 @@ def read_orbax(path) -> tuple[ModelConfig, dict[tuple[str, ...], np.ndarray]]:
     return config, {tuple(map(str, p)): np.asarray(v) for p, v in flatten_state(tree).items()}
 
 
-def _match_template(template: dict[Path, tuple], flat_str: dict, source: str) -> dict[Path, np.ndarray]:
+def _match_template(template: dict[KeyPath, tuple], flat_str: dict, source: str) -> dict[KeyPath, np.ndarray]:
     """Map string-keyed paths back onto the template's (str | int) paths, strictly."""
     by_str = {tuple(map(str, p)): p for p in template}
     missing = [".".join(s) for s in by_str if s not in flat_str]
@@ -245,7 +231,7 @@ def _match_template(template: dict[Path, tuple], flat_str: dict, source: str) ->
 
 
 # --------------------------------------------------------------------------- high level
-def read_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[Path, np.ndarray]]:
+def read_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[KeyPath, np.ndarray]]:
     """Any supported whole-model checkpoint -> (config, Flax flat params)."""
     kind = kind_of(path)
     if kind == "orbax":
@@ -268,7 +254,7 @@ def read_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[Pat
     return config, flat
 
 
-def write_checkpoint(path, config: ModelConfig, flat: dict[Path, np.ndarray]) -> str:
+def write_checkpoint(path, config: ModelConfig, flat: dict[KeyPath, np.ndarray]) -> str:
     """Write Flax flat params in the format named by ``path``; returns the kind written."""
     kind = kind_of(path)
     if kind == "orbax":
@@ -301,7 +287,7 @@ def is_imagenet_resnet(tensors) -> bool:
     return "layer1.0.conv1.weight" in tensors and not any(k.startswith("resnet.") for k in tensors)
 
 
-def load_imagenet_backbone(config: ModelConfig, flat: dict[Path, np.ndarray], path, *, strict: bool = True):
+def load_imagenet_backbone(config: ModelConfig, flat: dict[KeyPath, np.ndarray], path, *, strict: bool = True):
     """Replace the ``resnet`` params of ``flat`` with an ImageNet ResNet-18 ``state_dict``.
 
     torchvision and timm name ResNet-18 alike (``conv1``, ``bn1``, ``layerN``, ``fc``); timm's

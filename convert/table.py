@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-Path = tuple  # of str | int, as produced by flattening an nnx state
+KeyPath = tuple  # of str | int, as produced by flattening an nnx state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +73,14 @@ class ConversionError(ValueError):
     """A checkpoint does not match the model: names every offending tensor."""
 
 
-def torch_key(path: Path) -> str:
+def torch_key(path: KeyPath) -> str:
     *mods, leaf = path
     if leaf not in LEAF_RULES:
         raise ConversionError(f"no conversion rule for Flax leaf {'.'.join(map(str, path))!r}")
     return ".".join([*map(str, mods), LEAF_RULES[leaf].torch_leaf])
 
 
-def flax_to_torch(flat: Mapping[Path, np.ndarray]) -> dict[str, np.ndarray]:
+def flax_to_torch(flat: Mapping[KeyPath, np.ndarray]) -> dict[str, np.ndarray]:
     """Flax flat params {path: array} -> PyTorch layout {key: array}."""
     out = {}
     for path, arr in flat.items():
@@ -89,13 +89,13 @@ def flax_to_torch(flat: Mapping[Path, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def torch_to_flax(
-    template: Mapping[Path, tuple[int, ...]],
+    template: Mapping[KeyPath, tuple[int, ...]],
     tensors: Mapping[str, np.ndarray],
     *,
     strict: bool = True,
     ignore: Callable[[str], bool] = lambda key: False,
     source: str = "checkpoint",
-) -> tuple[dict[Path, np.ndarray], list[str], list[str]]:
+) -> tuple[dict[KeyPath, np.ndarray], list[str], list[str]]:
     """PyTorch layout {key: array} -> Flax flat params for every path of ``template``.
 
     ``template`` maps each Flax path to its expected shape.  Returns (params, missing,
@@ -103,7 +103,7 @@ def torch_to_flax(
     :class:`ConversionError` that lists them; keys for which ``ignore(key)`` is true are
     dropped silently (the ImageNet classifier, say).
     """
-    params: dict[Path, np.ndarray] = {}
+    params: dict[KeyPath, np.ndarray] = {}
     missing, bad_shape = [], []
     used = set()
     for path, shape in template.items():

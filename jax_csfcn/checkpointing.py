@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from csfcn.model_config import ModelConfig
+from csfcn.tree import flatten
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "loader", "meta")
@@ -177,14 +178,8 @@ def read_run_params(path) -> tuple[ModelConfig, dict[tuple[str, ...], np.ndarray
         if part not in tree:
             raise CheckpointError(f"{step_dir}/state has no {part!r}: not a csfcn training checkpoint")
 
-        def walk(node, prefix):
-            if isinstance(node, dict):
-                for k, v in node.items():
-                    walk(v, (*prefix, str(k)))
-            else:
-                flat[_strip_value(prefix)] = np.asarray(node)
-
-        walk(tree[part], ())
+        for path, value in flatten(tree[part], leaf=np.asarray, key=str).items():
+            flat[_strip_value(path)] = value
     return config, flat, step_dir
 
 

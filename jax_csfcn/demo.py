@@ -146,7 +146,8 @@ def main(argv=None) -> dict:
     from jax_csfcn.cli import load_config_file
     from jax_csfcn.data.cityscapes import CityscapesSource
     from jax_csfcn.data.sources import palette
-    from jax_csfcn.train import build_split, train
+    from jax_csfcn.evaluate import build_split
+    from jax_csfcn.train import train
 
     workdir = Path(args.workdir)
     if args.fresh and workdir.exists():

@@ -114,12 +114,18 @@ def ohem_cross_entropy(
     thresh: float = 0.9,
     min_kept: int = 110000,
     ignore_index: int = 255,
-) -> jax.Array:
+    return_kept: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """OHEM cross-entropy: mean CE over the hard pixels of the batch (fp32 scalar).
 
     Pixels whose true-class probability exceeds ``thresh`` are dropped, unless fewer than
     ``min_kept`` valid pixels of the batch would remain; then the ``min(min_kept, n_valid)``
     hardest are kept.  Exact definition and the differences from upstream: module docstring.
+    With ``return_kept``: ``(loss, fraction of the valid pixels kept)`` (the train step logs it).
     """
     nll, keep = ohem_select(logits, labels, thresh=thresh, min_kept=min_kept, ignore_index=ignore_index)
-    return _masked_mean(nll, keep)
+    loss = _masked_mean(nll, keep)
+    if not return_kept:
+        return loss
+    n_valid = jnp.sum(labels != ignore_index, dtype=jnp.float32)
+    return loss, jnp.sum(keep, dtype=jnp.float32) / jnp.maximum(n_valid, 1.0)

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
+
 # Data-movement ops are tagged with this scope; the FLOP counter skips it.
 INTERP_SCOPE = "interp"
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -151,3 +153,10 @@ def pyramid_pool(x: jax.Array, grids: tuple[int, ...]) -> jax.Array:
         p = adaptive_avg_pool(x, (g, max(1, round(ar * g))))
         pooled.append(p.reshape(n, -1, c))
     return jnp.concatenate(pooled, axis=1)
+
+
+def normalize_on_device(images: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """uint8 NHWC RGB -> ImageNet-normalised ``dtype`` (runs inside the jitted steps)."""
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
+    std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
+    return ((images.astype(jnp.float32) - mean) / std).astype(dtype)

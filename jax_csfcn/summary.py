@@ -19,7 +19,7 @@ from flax import nnx
 
 from jax_csfcn.model import CSFCN, build_model
 from jax_csfcn.ops import INTERP_SCOPE
-from jax_csfcn.train import model_config
+from jax_csfcn.step import model_config
 
 
 def _sub_jaxprs(params):

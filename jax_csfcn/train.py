@@ -26,27 +26,34 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_csfcn import checkpointing as ckpt
-from jax_csfcn.evaluate import evaluate, format_scores, make_eval_step, scores_json
-from jax_csfcn.model import build_model
+from jax_csfcn.evaluate import (
+    build_split,
+    check_source,
+    class_names_of,
+    data_mesh,
+    evaluate_checkpoint,
+    format_scores,
+    make_eval_step,
+    run_eval,
+    scores_json,
+)
 from jax_csfcn.run_log import Logger, plot_curves
 from jax_csfcn.schedule import sgd_optimizer, warmup_poly_schedule
 
 # The step and its state live in jax_csfcn/step.py (no grain, ml_collections or Orbax there);
 # re-exported here under their old names, which other modules and the tests use
 # (jax_csfcn/benchmark.py, jax_csfcn/summary.py, tests/test_train.py, tests/test_configs.py).
-from jax_csfcn.step import DTYPES, TrainError
+from jax_csfcn.step import DTYPES, TrainError, maybe_initialize_distributed
 from jax_csfcn.step import _fresh as _fresh
 from jax_csfcn.step import _init_state as _init_state
 from jax_csfcn.step import make_train_step as make_train_step
@@ -57,135 +64,7 @@ __all__ = ["TrainError", "evaluate_checkpoint", "train"]
 
 
 # --------------------------------------------------------------------------- setup
-def maybe_initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
-    """``jax.distributed.initialize`` when asked to (flags) or when a cluster is detected."""
-    if jax.distributed.is_initialized():
-        return
-    explicit = coordinator_address is not None
-    detected = any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
-    if not explicit and not detected:
-        return
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or not _has_accelerator():
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if explicit:
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    else:
-        jax.distributed.initialize()
-
-
-def _has_accelerator() -> bool:
-    try:
-        import importlib.util
-
-        return (
-            importlib.util.find_spec("jax_cuda12_plugin") is not None or importlib.util.find_spec("libtpu") is not None
-        )
-    except Exception:
-        return False
-
-
-def build_split(cfg, split: str):
-    """The data source of ``split`` ("a+b" concatenates), generating the synthetic set if asked."""
-    from jax_csfcn.data.concat import ConcatSource
-    from jax_csfcn.data.sources import build_source
-
-    dataset, root = cfg.data.dataset, cfg.data.root
-    if dataset == "synthetic" and not Path(root).exists():
-        if jax.process_index() == 0:
-            from jax_csfcn.data.synthetic import write_synthetic_cityscapes
-
-            s = cfg.data.synthetic
-            write_synthetic_cityscapes(
-                root, splits={"train": s.train, "val": s.val}, size=tuple(s.size), seed=s.seed, progress=True
-            )
-        _barrier("synthetic data")
-    parts = [build_source(dataset, root, s) for s in split.split("+")]
-    return parts[0] if len(parts) == 1 else ConcatSource(parts)
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def check_source(src, cfg, what: str) -> None:
-    """Read the first record now so that bad data fails before the first step, naming the file."""
-    item = src[0]
-    k = cfg.model.num_classes
-    ids = np.unique(item["label"])
-    bad = ids[(ids >= k) & (ids != cfg.data.ignore_index)]
-    if bad.size:
-        raise TrainError(
-            f"{what}: record 0 ({item.get('name', '?')}) has label ids {bad.tolist()} >= model.num_classes={k}; "
-            f"set --config.model.num_classes to the dataset's class count"
-        )
-
-
-# --------------------------------------------------------------------------- evaluation
-def run_eval(cfg, mesh, eval_step, params, stats, src, *, on_predictions=None, desc="eval") -> dict:
-    from jax_csfcn.data.pipeline import eval_loader
-
-    pc, pi = jax.process_count(), jax.process_index()
-    # Rounded up to a multiple of the device count (every device gets whole images; the
-    # padding slots are dummy records that count for nothing).
-    dc = jax.device_count()
-    global_bs = -(-max(1, cfg.eval.batch_size) // dc) * dc
-    local_bs = global_bs // pc
-    n = len(src) if not cfg.eval.max_images else min(len(src), cfg.eval.max_images)
-    if n < len(src):
-        src = _Head(src, n)
-    # Every process gets the same number of batches (dummy records fill the last ones), so
-    # the collective eval steps stay in lockstep across hosts.
-    loader = eval_loader(src, batch_size=local_bs, shard_index=pi, shard_count=pc, worker_count=cfg.data.workers)
-    return evaluate(
-        eval_step,
-        params,
-        stats,
-        loader,
-        num_classes=cfg.model.num_classes,
-        mesh=mesh,
-        num_batches=len(loader),
-        on_predictions=on_predictions,
-        desc=desc,
-    )
-
-
-class _Head:
-    """The first ``n`` records of a source (``eval.max_images``)."""
-
-    def __init__(self, src, n: int):
-        self.src, self.n = src, n
-
-    def __len__(self):
-        return self.n
-
-    def __repr__(self):
-        return f"Head({self.src!r}, n={self.n})"
-
-    def __getitem__(self, i):
-        i = int(i)
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.src[i]
-
-
-def class_names_of(cfg):
-    from jax_csfcn.data.sources import class_names
-
-    names = list(class_names(cfg.data.dataset))
-    k = cfg.model.num_classes
-    return names if len(names) == k else [f"class {i}" for i in range(k)]
-
-
 # --------------------------------------------------------------------------- training
-def _mesh():
-    # Auto axes: XLA propagates the batch sharding through the network (explicit sharding
-    # would need an out_sharding on every reshape of a batch-sharded array).
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
 def _validate(cfg) -> None:
     if cfg.train.dtype not in DTYPES:
         raise TrainError(f"train.dtype={cfg.train.dtype!r}: choose one of {sorted(DTYPES)}")
@@ -222,7 +101,7 @@ def train(cfg, *, resume: bool = False, stop_after: int | None = None, progress:
     check_source(train_src, cfg, f"train split {cfg.data.train_split!r}")
     check_source(val_src, cfg, f"val split {cfg.data.val_split!r}")
 
-    mesh = _mesh()
+    mesh = data_mesh()
     schedule = warmup_poly_schedule(
         cfg.train.base_lr,
         cfg.train.steps,
@@ -385,59 +264,6 @@ def _check(pending, mngr) -> None:
             f"{'step ' + str(last) if last is not None else 'none'}. Lower train.base_lr, check the data, or "
             "resume with --resume after fixing the cause."
         )
-
-
-# --------------------------------------------------------------------------- evaluate a checkpoint
-def evaluate_checkpoint(cfg, checkpoint, *, split: str, dump_dir=None, dump_format="trainids") -> dict:
-    """Scores of ``checkpoint`` (anything load_model reads) on ``split`` with ``cfg``'s eval settings."""
-    from convert.formats import read_checkpoint, set_model_flat
-
-    config, flat = read_checkpoint(checkpoint)
-    if config.num_classes != cfg.model.num_classes:
-        raise TrainError(
-            f"{checkpoint} predicts {config.num_classes} classes, the config's dataset has {cfg.model.num_classes}; "
-            "use the matching config"
-        )
-    model = build_model(config)
-    set_model_flat(model, flat)
-    model.eval()
-    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    mesh = _mesh()
-    params, stats = replicate(params, mesh), replicate(stats, mesh)
-    eval_step = make_eval_step(
-        graphdef,
-        mesh,
-        num_classes=config.num_classes,
-        ignore_index=cfg.data.ignore_index,
-        scales=tuple(cfg.eval.scales),
-        flip=cfg.eval.flip,
-        input_size=cfg.data.eval_size,
-    )
-    src = build_split(cfg, split)
-    on_pred = _prediction_writer(Path(dump_dir), dump_format) if dump_dir else None
-    sc = run_eval(cfg, mesh, eval_step, params, stats, src, on_predictions=on_pred, desc=f"eval {split}")
-    names = class_names_of(cfg)
-    return {"scores": scores_json(sc, names), "table": format_scores(sc, names), "raw": sc}
-
-
-def _prediction_writer(out: Path, fmt: str):
-    from csfcn.palette import train_id_to_label_id, write_png
-
-    out.mkdir(parents=True, exist_ok=True)
-
-    def on_predictions(batch, pred):
-        for i in range(len(pred)):
-            if "valid" in batch and not batch["valid"][i]:
-                continue
-            h, w = (int(v) for v in batch["size"][i])
-            p = pred[i, :h, :w]
-            name = str(batch["name"][i])
-            if fmt == "cityscapes":
-                write_png(out / f"{name}_leftImg8bit.png", train_id_to_label_id(p))
-            else:
-                write_png(out / f"{name}_trainIds.png", p)
-
-    return on_predictions
 
 
 # --------------------------------------------------------------------------- CLI

@@ -122,7 +122,7 @@ def _valid_pixels(root) -> int:
 
 @pytest.fixture(scope="module")
 def single_scale(setup, tmp_path_factory):
-    from jax_csfcn.train import evaluate_checkpoint
+    from jax_csfcn.evaluate import evaluate_checkpoint
 
     root, ckpt, _, _ = setup
     dump = tmp_path_factory.mktemp("dump")
@@ -175,7 +175,7 @@ def test_scores_equal_official_cityscapes_evaluator(setup, single_scale):
 
 
 def test_multiscale_and_flip(setup, single_scale):
-    from jax_csfcn.train import evaluate_checkpoint
+    from jax_csfcn.evaluate import evaluate_checkpoint
 
     root, ckpt, _, _ = setup
     cfg = _config(root, eval__scales=(0.5, 1.0), eval__flip=True)
@@ -192,7 +192,7 @@ def test_reduced_eval_size_scores_at_full_resolution(setup, single_scale, tmp_pa
     stay at the labels' full resolution."""
     from PIL import Image
 
-    from jax_csfcn.train import evaluate_checkpoint
+    from jax_csfcn.evaluate import evaluate_checkpoint
 
     root, ckpt, _, _ = setup
     cfg = _config(root)
