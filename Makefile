@@ -9,8 +9,10 @@ STAMP  := $(VENV)/.installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install when the package metadata changes. torch==2.13.0 is pinned for the CPU wheel
-# this machine image provides; elsewhere pip resolves the range in pyproject.toml.
+# Re-install when the package metadata changes. `.[test]` holds every extra (train, tfds, onnx,
+# triton) plus the test tools. torch comes from the package registry as pip resolves the range
+# in pyproject.toml: on Linux x86_64 that is PyPI's CUDA build (several GB in .venv; it runs on
+# CPU too). For a CPU-only wheel, install torch from the PyTorch CPU index into .venv first.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

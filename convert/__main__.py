@@ -16,17 +16,22 @@ import collections
 import sys
 
 from convert.formats import (
+    STAT_LEAVES,
     is_imagenet_resnet,
     kind_of,
     load_imagenet_backbone,
     model_flat,
     read_checkpoint,
+    read_torch_checkpoint,
     read_torch_file,
     write_checkpoint,
+    write_torch_checkpoint,
 )
 from convert.table import ConversionError
+from csfcn.extras import MissingExtra
 from csfcn.model_config import STEMS, VARIANTS, ModelConfig
 
+TORCH_KINDS = ("pth", "safetensors")
 KIND_NAMES = {
     "orbax": "Flax params (Orbax directory)",
     "safetensors": "PyTorch (.safetensors, config in metadata)",
@@ -69,18 +74,30 @@ def main(argv=None) -> int:
             flat = model_flat(build_model(config, seed=args.seed))
             flat, n = load_imagenet_backbone(config, flat, args.src, strict=args.strict)
             note = f"ImageNet backbone: {n} tensors into resnet.*, other layers initialised (seed {args.seed})"
+            write_checkpoint(args.dst, config, flat)
+            leaves = [(str(p[0]), str(p[-1]), a.size) for p, a in flat.items()]
+        elif src_kind in TORCH_KINDS and dst_kind in TORCH_KINDS:
+            # PyTorch to PyTorch needs no Flax: checked against the twin, then written (deploy install)
+            config, sd = read_torch_checkpoint(args.src, strict=args.strict)
+            write_torch_checkpoint(args.dst, config, sd)
+            leaves = [(k.split(".")[0], STAT_LEAVES.get(k.rsplit(".", 1)[-1], "param"), a.size) for k, a in sd.items()]
+            note = None
         else:
             config, flat = read_checkpoint(args.src, strict=args.strict)
+            write_checkpoint(args.dst, config, flat)
+            leaves = [(str(p[0]), str(p[-1]), a.size) for p, a in flat.items()]
             note = None
-        write_checkpoint(args.dst, config, flat)
+    except MissingExtra as e:  # e.g. Flax/Orbax formats on a deploy-only install
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ConversionError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     stats = {"mean", "var", "num_batches_tracked"}
     tensors, params, buffers = collections.Counter(), collections.Counter(), collections.Counter()
-    for p, a in flat.items():
-        tensors[str(p[0])] += 1
-        (buffers if p[-1] in stats else params)[str(p[0])] += a.size
+    for module, leaf, size in leaves:
+        tensors[module] += 1
+        (buffers if leaf in stats else params)[module] += size
     print(f"{args.src}  [{KIND_NAMES[src_kind]}]")
     print(f"  -> {args.dst}  [{KIND_NAMES[dst_kind]}]")
     print(f"config: {config.to_json()}")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.table import ConversionError, KeyPath, flax_to_torch, torch_to_flax
+from csfcn.extras import require
 from csfcn.files import write_atomic
 from csfcn.model_config import HEAD_UPSAMPLE, ModelConfig
 from csfcn.tree import flatten, unflatten
@@ -53,6 +54,7 @@ def flatten_state(tree, leaf=np.asarray) -> dict[KeyPath, np.ndarray]:
 
 
 def model_flat(model) -> dict[KeyPath, np.ndarray]:
+    require("train", "the Flax side of convert", modules=("jax", "flax"))
     from flax import nnx
 
     return flatten_state(nnx.to_pure_dict(nnx.state(model)))
@@ -60,6 +62,7 @@ def model_flat(model) -> dict[KeyPath, np.ndarray]:
 
 def model_template(config: ModelConfig) -> dict[KeyPath, tuple[int, ...]]:
     """{path: shape} of every variable of the model, without allocating it."""
+    require("train", "the Flax side of convert", modules=("jax", "flax"))
     from flax import nnx
 
     from jax_csfcn.model import build_model
@@ -70,6 +73,7 @@ def model_template(config: ModelConfig) -> dict[KeyPath, tuple[int, ...]]:
 
 def set_model_flat(model, flat: dict[KeyPath, np.ndarray]) -> None:
     """Write {path: array} into the model's variables (paths must exist)."""
+    require("train", "the Flax side of convert", modules=("jax", "flax"))
     import jax.numpy as jnp
     from flax import nnx
 
@@ -178,6 +182,7 @@ def write_pth(path, tensors: dict[str, np.ndarray]) -> None:
 # --------------------------------------------------------------------------- Orbax (Flax)
 def write_orbax(path, config: ModelConfig, flat: dict[KeyPath, np.ndarray]) -> None:
     """Flax params + BN statistics with Orbax, and the config as JSON, into directory ``path``."""
+    require("train", "reading or writing Orbax checkpoints", modules=("orbax",))
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
@@ -201,6 +206,7 @@ def write_orbax(path, config: ModelConfig, flat: dict[KeyPath, np.ndarray]) -> N
 
 def read_orbax(path) -> tuple[ModelConfig, dict[tuple[str, ...], np.ndarray]]:
     """(config, {path of str keys: array}) of an Orbax params directory."""
+    require("train", "reading or writing Orbax checkpoints", modules=("orbax",))
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
@@ -252,6 +258,69 @@ def read_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[Key
     config = config_of(tensors, meta, str(path))
     flat, _, _ = torch_to_flax(model_template(config), tensors, strict=strict, source=str(path))
     return config, flat
+
+
+# --------------------------------------------------------------------------- PyTorch formats only
+STAT_LEAVES = {"running_mean": "mean", "running_var": "var", "num_batches_tracked": "num_batches_tracked"}
+
+
+def check_torch_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], *, strict: bool, source: str) -> dict:
+    """``tensors`` checked against the PyTorch twin's ``state_dict`` (names and shapes, as
+    :func:`convert.table.torch_to_flax` checks them against the Flax model), in its order.
+    Needs torch only: a deploy install converts between .pth and .safetensors without JAX."""
+    import torch
+
+    from torch_deploy.model import CSFCN as TorchCSFCN
+
+    with torch.device("meta"):
+        ref = {k: tuple(v.shape) for k, v in TorchCSFCN(config).state_dict().items()}
+    missing = [k for k in ref if k not in tensors and not k.endswith("num_batches_tracked")]
+    unexpected = sorted(k for k in tensors if k not in ref)
+    bad = [
+        f"{k}: checkpoint has {tuple(np.shape(tensors[k]))}, model expects {ref[k]}"
+        for k in ref
+        if k in tensors and tuple(np.shape(tensors[k])) != ref[k]
+    ]
+    problems = []
+    if bad:
+        problems.append("wrong shape: " + "; ".join(bad))
+    if strict and missing:
+        problems.append(f"missing {len(missing)}: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+    if strict and unexpected:
+        problems.append(
+            f"unexpected {len(unexpected)}: " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else "")
+        )
+    if problems:
+        raise ConversionError(
+            f"{source} does not match the model ({'; '.join(problems)}). Check the variant, "
+            "class count and stem, or pass strict=False / --no-strict to load the rest."
+        )
+    return {k: np.asarray(tensors[k]) for k in ref if k in tensors}
+
+
+def read_torch_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """A .pth/.safetensors CSFCN checkpoint -> (config, checked PyTorch tensors), without Flax."""
+    tensors, meta = read_torch_file(path)
+    if is_imagenet_resnet(tensors):
+        raise ConversionError(
+            f"{path}: this is an ImageNet ResNet-18 (torchvision/timm names), not a CSFCN checkpoint; "
+            "use it to initialise the backbone (convert.load_imagenet_backbone or `python -m convert "
+            f"{path} OUT --variant ... --num-classes ...`)"
+        )
+    config = config_of(tensors, meta, str(path))
+    return config, check_torch_tensors(config, tensors, strict=strict, source=str(path))
+
+
+def write_torch_checkpoint(path, config: ModelConfig, tensors: dict[str, np.ndarray]) -> str:
+    """PyTorch-layout tensors into a .safetensors (config in the metadata) or an upstream .pth."""
+    kind = kind_of(path)
+    if kind == "safetensors":
+        write_safetensors(path, config, tensors)
+    elif kind == "pth":
+        write_pth(path, _upstream_order(config, tensors))
+    else:
+        raise ConversionError(f"{path}: write_torch_checkpoint writes .safetensors or .pth, not {kind}")
+    return kind
 
 
 def write_checkpoint(path, config: ModelConfig, flat: dict[KeyPath, np.ndarray]) -> str:

@@ -9,6 +9,12 @@ Submodules import JAX lazily so that ``csfcn.model_config`` stays framework-free
 
 from __future__ import annotations
 
+from csfcn.extras import require
+
+# The model, its step and the losses need JAX, Flax and Optax; the training command also needs
+# grain, Orbax and ml_collections, which jax_csfcn.train checks (a GPU machine may lack them).
+require("train", "jax_csfcn", modules=("jax", "flax", "optax"))
+
 
 def build_model(config, *, seed: int = 0, dtype=None):
     """A fresh CSFCN from a :class:`~csfcn.model_config.ModelConfig` or a mapping of its fields."""

@@ -21,6 +21,10 @@ it reports mean nothing.
 
 from __future__ import annotations
 
+from csfcn.extras import require
+
+require("train", "python -m jax_csfcn.demo", cli=__name__ == "__main__")  # before the imports that need the extra
+
 import argparse
 import json
 import math

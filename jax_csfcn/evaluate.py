@@ -23,6 +23,10 @@ resized back to the label's full resolution, so the scores are always at full re
 
 from __future__ import annotations
 
+from csfcn.extras import require
+
+require("train", "python -m jax_csfcn.evaluate", cli=__name__ == "__main__")  # before the imports that need the extra
+
 import functools
 import json
 import math

@@ -24,6 +24,10 @@ and devices; BatchNorm statistics are over the global batch.
 
 from __future__ import annotations
 
+from csfcn.extras import require
+
+require("train", "python -m jax_csfcn.train", cli=__name__ == "__main__")  # before the imports that need the extra
+
 import json
 import math
 import sys

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+from isolated_site import site_without
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABSENT = (
     "grain",
@@ -28,29 +30,8 @@ ABSENT = (
 )
 
 
-def site_without_absent(dest) -> str:
-    """A copy of this interpreter's site-packages as symlinks, minus the packages the GPU machine
-    lacks (and their metadata): run with ``python -S`` and this folder on PYTHONPATH, they are
-    really absent (``importlib.util.find_spec`` says None, as it would there)."""
-    import site
-    import sysconfig
-
-    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
-    dest.mkdir()
-    absent = {a.lower() for a in ABSENT} | {"tensorflow_cpu", "tensorflow-cpu", "tensorflow_io_gcs_filesystem"}
-    for root in sorted(r for r in roots if os.path.isdir(r)):
-        for entry in os.listdir(root):
-            stem = entry.split("-")[0].split(".")[0].lower()
-            # on PYTHONPATH the folder comes before the standard library: leave out backports (typing.py)
-            shadows = stem in sys.stdlib_module_names
-            if stem in absent or shadows or entry.endswith(".pth") or (dest / entry).exists():
-                continue
-            os.symlink(os.path.join(root, entry), dest / entry)
-    return str(dest)
-
-
 def test_gpu_check_dry_run_without_the_training_stack(tmp_path):
-    site = site_without_absent(tmp_path / "site")
+    site = site_without(tmp_path / "site", ABSENT + ("tensorflow_cpu", "tensorflow_io_gcs_filesystem"))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([site, ROOT])
     probe = subprocess.run(

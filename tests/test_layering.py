@@ -114,3 +114,61 @@ def test_exported_model_is_readable_by_others(tmp_path):
         os.umask(old)
     for p in (out, dst):
         assert (os.stat(p).st_mode & 0o777) == 0o644, oct(os.stat(p).st_mode)
+
+
+DEPLOY_ONLY_ABSENT = (
+    "jax",
+    "jaxlib",
+    "jax_plugins",
+    "flax",
+    "optax",
+    "orbax",
+    "orbax_checkpoint",
+    "grain",
+    "ml_collections",
+    "absl",
+    "absl_py",
+    "tensorflow",
+    "tensorflow_cpu",
+    "tensorflow_datasets",
+    "tensorflow_io_gcs_filesystem",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+)
+
+
+def test_a_deploy_only_install_converts_and_names_the_missing_extras(tmp_path):
+    """With only the base dependencies: convert an upstream .pth, and every command of another
+    extra says in one line which extra to install (exit 2, no traceback)."""
+    import torch
+    from isolated_site import site_without
+
+    from torch_deploy.model import CSFCN
+
+    site = site_without(tmp_path / "site", DEPLOY_ONLY_ABSENT)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([site, ROOT])
+    torch.save(CSFCN(variant="csfcn_tiny", num_classes=3).state_dict(), tmp_path / "up.pth")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-S", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    res = run("-m", "convert", "up.pth", "model.safetensors")
+    assert res.returncode == 0 and (tmp_path / "model.safetensors").is_file(), res.stderr[-2000:]
+    res = run("-m", "convert", "model.safetensors", "back.pth")  # and back, byte-for-byte the same tensors
+    assert res.returncode == 0, res.stderr[-2000:]
+    first, again = torch.load(tmp_path / "up.pth"), torch.load(tmp_path / "back.pth")
+    assert list(first) == list(again) and all(torch.equal(first[k], again[k]) for k in first)
+    for argv, extra in (
+        (["-m", "jax_csfcn.train", "--config", "configs/synthetic.py"], "train"),
+        (["-m", "jax_csfcn.evaluate", "--help"], "train"),
+        (["-m", "torch_deploy.export_onnx", "--checkpoint", "model.safetensors", "--out", "m.onnx"], "onnx"),
+        (["-m", "convert", "model.safetensors", "flax_dir"], "train"),
+    ):
+        res = run(*argv)
+        assert res.returncode != 0, (argv, res.stdout)
+        assert f"pip install 'csfcn[{extra}]'" in res.stderr, (argv, res.stderr[-2000:])
+        assert "Traceback" not in res.stderr and res.returncode == 2, (argv, res.stderr[-2000:])
+    res = run("-c", "import jax_csfcn")
+    assert "MissingExtra" in res.stderr and "csfcn[train]" in res.stderr

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from csfcn.extras import require
 from csfcn.files import write_atomic
 from csfcn.model_config import PYRAMID_GRIDS, SFC_GROUPS
 from torch_deploy.model import CSFCN
@@ -225,6 +226,7 @@ def check_sizes(size, dynamic: bool) -> list[tuple[int, int, int]]:
 
 def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_OPSET, seed=0) -> dict:
     """Export, check with onnxruntime, then move into place. Returns the report (dict)."""
+    require("onnx", "torch_deploy.export_onnx")
     import onnx
     import onnxruntime as ort
 
@@ -312,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    require("onnx", "python -m torch_deploy.export_onnx", cli=True)
     try:
         report = export_onnx(
             args.checkpoint, args.out, size=tuple(args.size), dynamic=args.dynamic, opset=args.opset, seed=args.seed

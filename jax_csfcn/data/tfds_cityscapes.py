@@ -32,6 +32,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from csfcn.extras import require
 from jax_csfcn.data.cityscapes import DataError, label_id_to_train_id, valid_label_ids
 
 BUILDER = "cityscapes"
@@ -221,6 +222,7 @@ def main(argv=None) -> str:
     ap.add_argument("--download_dir", default=None, help="where TFDS extracts the zips (default: data_dir/downloads)")
     ap.add_argument("--config", default=DEFAULT_CONFIG, help="builder config (default: %(default)s)")
     args = ap.parse_args(argv)
+    require("tfds", "python -m jax_csfcn.data.tfds_cityscapes", cli=__name__ == "__main__")
     out = prepare(args.manual_dir, args.data_dir, args.config, args.download_dir)
     print(f"prepared TFDS {BUILDER}/{args.config} in {out}")
     return out
