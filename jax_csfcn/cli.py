@@ -36,10 +36,11 @@ def load_config_file(path):
     """``get_config()`` of a config file (``path`` may carry ml_collections' ``:arg`` suffix)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("csfcn_config_file", path.split(":")[0])
+    file, _, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location("csfcn_config_file", file)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.get_config()
+    return mod.get_config(arg) if arg else mod.get_config()
 
 
 def _config_file(argv) -> str | None:

@@ -3,7 +3,7 @@
 Override any field on the command line with ml_collections' config flags (the one override
 form used everywhere in this project)::
 
-    python -m jax_csfcn.train --config configs/cityscapes_csfcn.py --config.train.batch_size=4 \\
+    python -m jax_csfcn.train --config configs/cityscapes.py:csfcn,100 --config.train.batch_size=4 \\
         --config.data.root=/data/cityscapes --config.workdir=runs/cs50
 
 A key that does not exist is an error naming it.  The fields, their defaults and what each

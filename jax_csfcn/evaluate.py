@@ -1,7 +1,7 @@
 """Evaluate a CSFCN checkpoint on a split: mIoU, per-class IoU, pixel accuracy.
 
-    python -m jax_csfcn.evaluate --config configs/cityscapes_csfcn.py --checkpoint runs/cs100
-    python -m jax_csfcn.evaluate --config configs/cityscapes_csfcn.py --checkpoint model.safetensors \\
+    python -m jax_csfcn.evaluate --config configs/cityscapes.py:csfcn,100 --checkpoint runs/cs100
+    python -m jax_csfcn.evaluate --config configs/cityscapes.py:csfcn,100 --checkpoint model.safetensors \\
         --config.eval.scales='(0.75, 1.0, 1.25)' --config.eval.flip=True --dump_dir preds/
 
 ``--checkpoint`` is anything ``jax_csfcn.load_model`` reads: a training run directory (its

@@ -1,7 +1,7 @@
 """Parameters and forward FLOPs of CSFCN per top-level module.
 
-    python -m jax_csfcn.summary --config configs/cityscapes_csfcn.py
-    python -m jax_csfcn.summary --config configs/camvid_csfcn.py --config.data.image_size='(720, 960)'
+    python -m jax_csfcn.summary --config configs/cityscapes.py:csfcn,100
+    python -m jax_csfcn.summary --config configs/camvid.py:csfcn --config.data.image_size='(720, 960)'
 
 FLOPs are counted exactly from the traced program (no arrays are allocated): every
 convolution and matrix product is 2 x its multiply-adds.  Resampling (bilinear resize,
@@ -108,7 +108,7 @@ def _define_flags() -> None:
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file(
-        "config", "configs/cityscapes_csfcn.py", "Config file (a get_config() module); override with --config.a.b=v"
+        "config", "configs/cityscapes.py", "Config file (a get_config() module); override with --config.a.b=v"
     )
 
 

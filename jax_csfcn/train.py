@@ -1,9 +1,9 @@
 """Train CSFCN in JAX: one jitted step, data parallel over every device of every host.
 
     python -m jax_csfcn.train --config configs/synthetic.py
-    python -m jax_csfcn.train --config configs/cityscapes_csfcn.py \\
+    python -m jax_csfcn.train --config configs/cityscapes.py:csfcn,100 \\
         --config.data.root=/data/cityscapes --config.workdir=runs/csfcn100
-    python -m jax_csfcn.train --config configs/cityscapes_csfcn.py --config.workdir=runs/csfcn100 --resume
+    python -m jax_csfcn.train --config configs/cityscapes.py:csfcn,100 --config.workdir=runs/csfcn100 --resume
 
 Config fields are overridden with ``--config.<key>=<value>`` (jax_csfcn/config.py lists them
 all).  Everything of a run lives in ``config.workdir``: ``checkpoints/`` (Orbax), ``metrics.jsonl``
@@ -28,8 +28,11 @@ from csfcn.extras import require
 
 require("train", "python -m jax_csfcn.train", cli=__name__ == "__main__")  # before the imports that need the extra
 
+import contextlib
 import json
 import math
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -83,12 +86,55 @@ def _validate(cfg) -> None:
         raise TrainError(f"loss.min_kept={cfg.loss.min_kept} must be >= 1")
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: Path, take: bool = True):
+    """Hold ``workdir/.lock`` (an exclusive ``flock``) for the duration of a run.
+
+    A second run on the same folder would interleave ``metrics.jsonl``, replace the first run's
+    checkpoints and ``config.json``: it stops at once instead, naming the run that holds the
+    folder. The kernel drops the lock when the holder exits, however it exits (SIGKILL included),
+    so a killed run never leaves a stale lock. Only process 0 of a multi-process run takes it
+    (``take``): the other processes share the folder with it by design.
+    """
+    if not take:
+        yield
+        return
+    import fcntl
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    f = open(workdir / ".lock", "a+")  # noqa: SIM115 (held open for the whole run)
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise TrainError(
+                f"{workdir} is in use by another training run ({holder}); wait for it to finish, or give this run "
+                "its own folder with --config.workdir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
 def train(cfg, *, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> dict:
     """Run (or continue) the training described by ``cfg``; returns a summary dict.
 
     ``stop_after``: leave after this many steps of this invocation (with a checkpoint), e.g.
-    to fit a time-limited job; ``--resume`` continues from there.
+    to fit a time-limited job; ``--resume`` continues from there. One run per workdir at a time
+    (:func:`workdir_lock`).
     """
+    _validate(cfg)
+    with workdir_lock(Path(cfg.workdir).absolute(), take=jax.process_index() == 0):
+        return _train(cfg, resume=resume, stop_after=stop_after, progress=progress)
+
+
+def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict:
     from tqdm import tqdm
 
     from jax_csfcn.data.pipeline import AugmentConfig, loader_state, restore_loader_state, train_loader

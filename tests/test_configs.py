@@ -12,23 +12,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
+FILES = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
 COMMANDS = ("jax_csfcn.train", "jax_csfcn.summary", "jax_csfcn.evaluate")
-# The shipped set of configs (README, Training): changing it is a decision, not an accident.
-EXPECTED = {
-    "camvid_csfcn",
-    "cityscapes_csfcn",
-    "cityscapes_csfcn_50",
-    "cityscapes_csfcn_75",
-    "cityscapes_csfcn_100",
-    "cityscapes_csfcn_tiny",
-    "cityscapes_csfcn_tiny_50",
-    "cityscapes_csfcn_tiny_75",
-    "cityscapes_csfcn_tiny_100",
-    "cityscapes_csfcn_trainval",
-    "cityscapes_tfds_csfcn",
-    "synthetic",
-}
+# The shipped families and every member (README, Training): changing them is a decision, not an accident.
+MEMBERS = [
+    *(f"cityscapes.py:{v},{s}" for v in ("csfcn", "csfcn_tiny") for s in ("50", "75", "100")),
+    "cityscapes.py:csfcn,100,trainval",
+    "cityscapes.py:csfcn,100,tfds",
+    "cityscapes.py",  # no argument: csfcn,100
+    "camvid.py:csfcn",
+    "camvid.py:csfcn_tiny",
+    "synthetic.py",
+]
 
 
 def _module(path: Path):
@@ -38,8 +33,11 @@ def _module(path: Path):
     return mod
 
 
-def _load(path: Path):
-    return _module(path).get_config()
+def _load(member: str):
+    """``get_config`` of ``file.py[:arg]``, as ml_collections' config flags call it."""
+    file, _, arg = member.partition(":")
+    mod = _module(ROOT / "configs" / file)
+    return mod.get_config(arg) if arg else mod.get_config()
 
 
 def _flat_keys(d, prefix=""):
@@ -49,8 +47,8 @@ def _flat_keys(d, prefix=""):
     return out
 
 
-def test_shipped_set():
-    assert {p.stem for p in CONFIGS} == EXPECTED
+def test_shipped_families():
+    assert {p.name for p in FILES} == {m.partition(":")[0] for m in MEMBERS}
 
 
 def _command_line(doc: str) -> str:
@@ -63,19 +61,21 @@ def _command_line(doc: str) -> str:
     return lines[2]
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_docstring_opens_with_the_command_that_runs_it(path):
     doc = _module(path).__doc__
     assert doc and doc.strip(), f"{path.name} has no docstring"
     argv = shlex.split(_command_line(doc))
     assert argv[:2] == ["python", "-m"] and argv[2] in COMMANDS, argv
     i = argv.index("--config")
-    assert argv[i + 1] == f"configs/{path.name}", argv
+    assert argv[i + 1].partition(":")[0] == f"configs/{path.name}", argv
+    members = {m.partition(":")[2] for m in MEMBERS if m.partition(":")[0] == path.name}
+    assert argv[i + 1].partition(":")[2] in members, (argv, members)  # a shipped member of the family
     assert all(a.startswith("--config.") for a in argv[i + 2 :]), argv  # overrides only, one form
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_is_valid(path):
+@pytest.mark.parametrize("member", MEMBERS)
+def test_config_is_valid(member):
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -86,7 +86,7 @@ def test_config_is_valid(path):
     from jax_csfcn.model import build_model
     from jax_csfcn.train import _validate, model_config
 
-    cfg = _load(path)
+    cfg = _load(member)
     # only existing fields are set (a new key would be a typo the trainer never reads)
     assert _flat_keys(cfg.to_dict()) == _flat_keys(base().to_dict())
     assert cfg.data.dataset in DATASETS
@@ -122,22 +122,35 @@ def test_sizes_of_the_upstream_models():
     want = {"50": (512, 1024), "75": (768, 1536), "100": (1024, 2048)}
     for variant in ("csfcn", "csfcn_tiny"):
         for tag, size in want.items():
-            cfg = _load(ROOT / "configs" / f"cityscapes_{variant}_{tag}.py")
+            cfg = _load(f"cityscapes.py:{variant},{tag}")
             assert cfg.model.variant == variant and cfg.data.dataset == "cityscapes"
             assert tuple(cfg.data.image_size) == size
             evaluated = tuple(cfg.data.eval_size) if cfg.data.eval_size is not None else None
             assert evaluated == (None if tag == "100" else size)
-    camvid = _load(ROOT / "configs" / "camvid_csfcn.py")
+            assert cfg.workdir == f"runs/cityscapes_{variant}_{tag}"
+    camvid = _load("camvid.py:csfcn")
     assert tuple(camvid.data.image_size) == (720, 960) and camvid.model.num_classes == 11
-    assert _load(ROOT / "configs" / "cityscapes_csfcn_trainval.py").data.train_split == "train+val"
-    assert _load(ROOT / "configs" / "cityscapes_tfds_csfcn.py").data.dataset == "tfds_cityscapes"
+    assert _load("camvid.py:csfcn_tiny").model.variant == "csfcn_tiny"
+    trainval = _load("cityscapes.py:csfcn,100,trainval")
+    assert trainval.data.train_split == "train+val" and trainval.train.steps == 139200
+    tfds = _load("cityscapes.py:tfds")  # order and defaults: csfcn, 100
+    assert tfds.data.dataset == "tfds_cityscapes" and tfds.data.val_split == "validation"
+    assert _load("cityscapes.py").to_dict() == _load("cityscapes.py:csfcn,100").to_dict()
 
 
-@pytest.mark.parametrize("variant", ["csfcn", "csfcn_tiny"])
-def test_old_names_are_the_100_configs(variant):
-    old = _load(ROOT / "configs" / f"cityscapes_{variant}.py").to_dict()
-    new = _load(ROOT / "configs" / f"cityscapes_{variant}_100.py").to_dict()
-    assert old == new
+@pytest.mark.parametrize("bad", ["cityscapes.py:csfcn,90", "cityscapes.py:pspnet", "camvid.py:csfcn,75"])
+def test_unknown_family_argument_is_named(bad):
+    with pytest.raises(ValueError, match="unknown (token|variant)"):
+        _load(bad)
+
+
+def test_family_argument_through_the_command_line():
+    """`--config configs/cityscapes.py:csfcn_tiny,75` reaches get_config (ml_collections' idiom)."""
+    cmd = [sys.executable, "-m", "jax_csfcn.summary", "--config", "configs/cityscapes.py:csfcn_tiny,75"]
+    cmd += ["--config.data.image_size=(64, 128)"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "csfcn_tiny" in r.stdout
 
 
 def test_command_line_overrides(monkeypatch):
@@ -146,7 +159,7 @@ def test_command_line_overrides(monkeypatch):
 
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True)
-    argv = ["prog", "--config", "configs/cityscapes_csfcn_50.py", "--config.data.root=/data/cs"]
+    argv = ["prog", "--config", "configs/cityscapes.py:csfcn,50", "--config.data.root=/data/cs"]
     argv += ["--config.data.eval_size=(256, 512)", "--config.eval.scales=(0.75, 1.0)", "--config.train.batch_size=4"]
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv

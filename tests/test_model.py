@@ -110,7 +110,7 @@ def test_summary_cli():
         "-m",
         "jax_csfcn.summary",
         "--config",
-        "configs/camvid_csfcn.py",
+        "configs/camvid.py:csfcn",
         "--config.model.num_classes=19",
     ]
     root = Path(__file__).resolve().parents[1]

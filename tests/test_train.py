@@ -314,3 +314,19 @@ def test_bfloat16_compute_keeps_fp32_params(data_root, tmp_path):
     train(ref, progress=False)
     first32 = losses(tmp_path / "fp32")[1]
     assert got[1] != first32 and abs(got[1] - first32) < 0.05 * first32
+
+
+def test_one_run_per_workdir(tmp_path, data_root):
+    """A second run on a folder in use stops at once, naming the holder; the lock goes with the run."""
+    from pathlib import Path
+
+    from jax_csfcn.train import TrainError, train, workdir_lock
+
+    cfg = tiny_config(data_root, tmp_path / "run")
+    wd = Path(cfg.workdir).absolute()
+    with workdir_lock(wd):
+        with pytest.raises(TrainError, match=r"in use by another training run \(pid \d+"):
+            train(cfg, progress=False)
+        assert not (wd / "metrics.jsonl").exists()
+    with workdir_lock(wd):  # released on exit: taken again at once
+        pass

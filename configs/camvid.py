@@ -1,6 +1,6 @@
-"""python -m jax_csfcn.train --config configs/camvid_csfcn.py --config.data.root=/data/CamVid
+"""python -m jax_csfcn.train --config configs/camvid.py:csfcn --config.data.root=/data/CamVid
 
-CSFCN on CamVid, 11 classes (SegNet layout: train/ trainannot/ val/ valannot/ test/ testannot/,
+CSFCN (``configs/camvid.py:csfcn``, the default) or CSFCN-Tiny (``:csfcn_tiny``) on CamVid, 11 classes (SegNet layout: train/ trainannot/ val/ valannot/ test/ testannot/,
 void = ignore), 720x960.  The upstream's CamVid settings (its configs/fcn_camvid.yaml and
 dataset/camvid.py): full-image 720x960 crops, random scale U(0.5, 2.0) of the image, flip,
 Gaussian blur (p = 0.5) and colour jitter 0.3, batch 16, SGD lr 0.001, momentum 0.9, weight
@@ -12,10 +12,16 @@ the input exactly.  The upstream's best CamVid model (CSFCN-P) starts from Citys
 
 from jax_csfcn.config import get_config as base
 
+VARIANTS = ("csfcn", "csfcn_tiny")
 
-def get_config():
+
+def get_config(arg: str | None = None):
+    variant = (arg or "csfcn").strip()
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/camvid.py:{arg}: unknown variant {variant!r}; choose one of {VARIANTS}")
     c = base()
-    c.workdir = "runs/camvid_csfcn"
+    c.workdir = f"runs/camvid_{variant}"
+    c.model.variant = variant
     c.model.num_classes = 11
     c.data.dataset = "camvid"
     c.data.root = "data/CamVid"
