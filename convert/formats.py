@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.table import ConversionError, KeyPath, flax_to_torch, torch_to_flax
+from convert.table import ConversionError, KeyPath, flax_to_torch, raise_mismatch, torch_to_flax
 from csfcn.extras import require
 from csfcn.files import write_atomic
 from csfcn.model_config import HEAD_UPSAMPLE, ModelConfig
@@ -237,6 +237,15 @@ def _match_template(template: dict[KeyPath, tuple], flat_str: dict, source: str)
 
 
 # --------------------------------------------------------------------------- high level
+def _refuse_imagenet(path, tensors) -> None:
+    if is_imagenet_resnet(tensors):
+        raise ConversionError(
+            f"{path}: this is an ImageNet ResNet-18 (torchvision/timm names), not a CSFCN checkpoint; "
+            "use it to initialise the backbone (convert.load_imagenet_backbone or `python -m convert "
+            f"{path} OUT --variant ... --num-classes ...`)"
+        )
+
+
 def read_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[KeyPath, np.ndarray]]:
     """Any supported whole-model checkpoint -> (config, Flax flat params)."""
     kind = kind_of(path)
@@ -249,12 +258,7 @@ def read_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[Key
         config, flat_str = read_orbax(path)
         return config, _match_template(model_template(config), flat_str, str(path))
     tensors, meta = read_torch_file(path)
-    if is_imagenet_resnet(tensors):
-        raise ConversionError(
-            f"{path}: this is an ImageNet ResNet-18 (torchvision/timm names), not a CSFCN checkpoint; "
-            "use it to initialise the backbone (convert.load_imagenet_backbone or `python -m convert "
-            f"{path} OUT --variant ... --num-classes ...`)"
-        )
+    _refuse_imagenet(path, tensors)
     config = config_of(tensors, meta, str(path))
     flat, _, _ = torch_to_flax(model_template(config), tensors, strict=strict, source=str(path))
     return config, flat
@@ -281,32 +285,14 @@ def check_torch_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], *, 
         for k in ref
         if k in tensors and tuple(np.shape(tensors[k])) != ref[k]
     ]
-    problems = []
-    if bad:
-        problems.append("wrong shape: " + "; ".join(bad))
-    if strict and missing:
-        problems.append(f"missing {len(missing)}: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
-    if strict and unexpected:
-        problems.append(
-            f"unexpected {len(unexpected)}: " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else "")
-        )
-    if problems:
-        raise ConversionError(
-            f"{source} does not match the model ({'; '.join(problems)}). Check the variant, "
-            "class count and stem, or pass strict=False / --no-strict to load the rest."
-        )
+    raise_mismatch(source, bad, missing, unexpected, strict)
     return {k: np.asarray(tensors[k]) for k in ref if k in tensors}
 
 
 def read_torch_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """A .pth/.safetensors CSFCN checkpoint -> (config, checked PyTorch tensors), without Flax."""
     tensors, meta = read_torch_file(path)
-    if is_imagenet_resnet(tensors):
-        raise ConversionError(
-            f"{path}: this is an ImageNet ResNet-18 (torchvision/timm names), not a CSFCN checkpoint; "
-            "use it to initialise the backbone (convert.load_imagenet_backbone or `python -m convert "
-            f"{path} OUT --variant ... --num-classes ...`)"
-        )
+    _refuse_imagenet(path, tensors)
     config = config_of(tensors, meta, str(path))
     return config, check_torch_tensors(config, tensors, strict=strict, source=str(path))
 

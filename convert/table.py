@@ -88,6 +88,25 @@ def flax_to_torch(flat: Mapping[KeyPath, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def raise_mismatch(source: str, bad_shape: list[str], missing: list[str], unexpected: list[str], strict: bool) -> None:
+    """One :class:`ConversionError` naming every wrongly shaped, missing (strict) and unexpected
+    (strict) tensor of ``source``; nothing when all match."""
+    problems = []
+    if bad_shape:
+        problems.append("wrong shape: " + "; ".join(bad_shape))
+    if strict and missing:
+        problems.append(f"missing {len(missing)}: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+    if strict and unexpected:
+        problems.append(
+            f"unexpected {len(unexpected)}: " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else "")
+        )
+    if problems:
+        raise ConversionError(
+            f"{source} does not match the model ({'; '.join(problems)}). Check the variant, "
+            "class count and stem, or pass strict=False / --no-strict to load the rest."
+        )
+
+
 def torch_to_flax(
     template: Mapping[KeyPath, tuple[int, ...]],
     tensors: Mapping[str, np.ndarray],
@@ -125,18 +144,5 @@ def torch_to_flax(
             continue
         params[path] = conv
     unexpected = sorted(k for k in tensors if k not in used and not ignore(k))
-    problems = []
-    if bad_shape:
-        problems.append("wrong shape: " + "; ".join(bad_shape))
-    if strict and missing:
-        problems.append(f"missing {len(missing)}: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
-    if strict and unexpected:
-        problems.append(
-            f"unexpected {len(unexpected)}: " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else "")
-        )
-    if problems:
-        raise ConversionError(
-            f"{source} does not match the model ({'; '.join(problems)}). Check the variant, "
-            "class count and stem, or pass strict=False / --no-strict to load the rest."
-        )
+    raise_mismatch(source, bad_shape, missing, unexpected, strict)
     return params, missing, unexpected

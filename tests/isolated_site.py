@@ -13,6 +13,20 @@ import sys
 import sysconfig
 from pathlib import Path
 
+# What a GPU machine's preinstalled Python lacks (torch_deploy.gpu_check must run without them).
+GPU_MACHINE_LACKS = (
+    "grain",
+    "ml_collections",
+    "orbax",
+    "tensorflow",
+    "tensorflow_datasets",
+    "cityscapesscripts",
+    "onnx",
+    "onnxruntime",
+    "tensorboardX",
+    "matplotlib",
+)
+
 
 def site_without(dest: Path, absent) -> str:
     """Symlinks to every entry of this interpreter's site-packages except the ``absent``

@@ -13,21 +13,10 @@ import os
 import subprocess
 import sys
 
-from isolated_site import site_without
+from isolated_site import GPU_MACHINE_LACKS, site_without
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ABSENT = (
-    "grain",
-    "ml_collections",
-    "orbax",
-    "tensorflow",
-    "tensorflow_datasets",
-    "cityscapesscripts",
-    "onnx",
-    "onnxruntime",
-    "tensorboardX",
-    "matplotlib",
-)
+ABSENT = GPU_MACHINE_LACKS
 
 
 def test_gpu_check_dry_run_without_the_training_stack(tmp_path):

@@ -18,20 +18,11 @@ import sys
 import types
 from pathlib import Path
 
+from isolated_site import GPU_MACHINE_LACKS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
-NOT_INSTALLED = (
-    "grain",
-    "ml_collections",
-    "orbax",
-    "tensorflow",
-    "tensorflow_datasets",
-    "cityscapesscripts",
-    "onnx",
-    "onnxruntime",
-    "tensorboardX",
-    "matplotlib",
-)
+NOT_INSTALLED = GPU_MACHINE_LACKS
 
 CHILD = """
 import importlib.abc, json, sys
