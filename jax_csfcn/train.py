@@ -84,6 +84,24 @@ def _validate(cfg) -> None:
         raise TrainError(f"train.steps={cfg.train.steps} must exceed train.warmup_steps={cfg.train.warmup_steps}")
     if cfg.loss.min_kept < 1:
         raise TrainError(f"loss.min_kept={cfg.loss.min_kept} must be >= 1")
+    at_least_one = {
+        "train.batch_size": cfg.train.batch_size,
+        "train.steps": cfg.train.steps,
+        "train.log_every": cfg.train.log_every,
+        "checkpoint.every": cfg.checkpoint.every,
+        "checkpoint.keep": cfg.checkpoint.keep,
+        "eval.batch_size": cfg.eval.batch_size,
+    }
+    for key, value in at_least_one.items():
+        if value < 1:
+            raise TrainError(f"{key}={value} must be >= 1")
+    for key, value in (("eval.every", cfg.eval.every), ("data.workers", cfg.data.workers)):
+        if value < 0:
+            raise TrainError(
+                f"{key}={value} must be >= 0 (0 = {'only at the end' if key == 'eval.every' else 'in-process'})"
+            )
+    if len(cfg.data.crop_size) != 2 or min(cfg.data.crop_size) < 32:
+        raise TrainError(f"data.crop_size={tuple(cfg.data.crop_size)} must be (H, W) with both sides >= 32")
 
 
 @contextlib.contextmanager

@@ -27,6 +27,12 @@ def load_model(path, *, strict: bool = True, map_location="cpu"):
         config = config_of(tensors, meta, str(path))
     model = CSFCN(config)
     sd = {k: torch.from_numpy(v.copy()) for k, v in tensors.items()}
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a diverged run's weights: every prediction would be garbage (class 0 everywhere)
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({shown}); this checkpoint cannot predict"
+        )
     result = model.load_state_dict(sd, strict=strict)
     if not strict and (result.missing_keys or result.unexpected_keys):
         import warnings

@@ -40,6 +40,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+VARIANT_KEYS = ("a", "u", "b", "c", "d", "e")
 GPU_SIZES = [(512, 1024), (768, 1536), (1024, 2048), (720, 960)]
 CPU_SIZES = [(512, 1024)]
 
@@ -345,7 +346,13 @@ def main(argv=None) -> int:
     sizes = [tuple(s) for s in args.size] if args.size else (GPU_SIZES if gpu else CPU_SIZES)
     warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
     repeats = args.repeats if args.repeats is not None else (100 if gpu else 10)
-    only = set((args.only or "a,u,b,c,d,e").replace(" ", "").split(","))
+    only = set((args.only or ",".join(VARIANT_KEYS)).replace(" ", "").split(","))
+    if only - set(VARIANT_KEYS):
+        print(
+            f"--only {args.only}: unknown variant(s) {sorted(only - set(VARIANT_KEYS))}; choose from {', '.join(VARIANT_KEYS)}",
+            file=sys.stderr,
+        )
+        return 2
     timer = Timer(device)
     ceil = sheet = None
     from torch_deploy.roofline import DATASHEET, datasheet_for, measure_ceilings

@@ -20,6 +20,7 @@ is a pure function of ``(seed, split, index, size)``.
 from __future__ import annotations
 
 import argparse
+import shutil
 import zlib
 from pathlib import Path
 
@@ -382,7 +383,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"), help="image size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--overwrite", action="store_true", help="replace a dataset already at --root")
     args = ap.parse_args(argv)
+    if args.train < 0 or args.val < 0 or args.train + args.val < 1:
+        ap.error(f"--train {args.train} --val {args.val}: counts must be >= 0, with at least one image")
+    if min(args.size) < 32:
+        ap.error(f"--size {args.size[0]} {args.size[1]}: both sides must be >= 32 (the network's 1/32 map)")
+    root = Path(args.root)
+    written = [root / sub for sub in ("leftImg8bit", "gtFine") if (root / sub).exists()]
+    if written and not args.overwrite:
+        ap.error(
+            f"--root {root} already holds a dataset ({', '.join(p.name for p in written)}); writing into it "
+            "would mix two datasets. Pass --overwrite to replace it, or choose another --root"
+        )
+    for p in written:  # --overwrite: the old images go first, so no file of the old set survives
+        shutil.rmtree(p)
     counts = write_synthetic_cityscapes(
         args.root,
         splits={"train": args.train, "val": args.val},

@@ -1,0 +1,93 @@
+"""Hostile input: bad values and inputs that once passed silently or failed deep inside now stop at
+once with one line that names the problem (the project's own suite of bad inputs, growing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*argv, cwd):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_synthetic_refuses_to_write_into_an_existing_dataset(tmp_path):
+    args = ("jax_csfcn.data.synthetic", "--root", "ds", "--train", "1", "--val", "1", "--no-progress")
+    assert _cli(*args, "--size", "32", "64", cwd=tmp_path).returncode == 0
+    res = _cli(*args, "--size", "64", "96", cwd=tmp_path)
+    assert res.returncode == 2 and "already holds a dataset" in res.stderr and "--overwrite" in res.stderr
+    assert "Traceback" not in res.stderr
+    # --overwrite replaces the whole set: every image has the new size afterwards
+    assert _cli(*args, "--size", "64", "96", "--overwrite", cwd=tmp_path).returncode == 0
+    sizes = {Image.open(p).size for p in (tmp_path / "ds").rglob("*.png")}
+    assert sizes == {(96, 64)}
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [(["--train", "-1"], "counts must be >= 0"), (["--size", "0", "0"], "must be >= 32")],
+)
+def test_synthetic_rejects_impossible_sizes_and_counts(tmp_path, extra, message):
+    res = _cli("jax_csfcn.data.synthetic", "--root", "ds", "--no-progress", *extra, cwd=tmp_path)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("train.batch_size", 0, "train.batch_size=0 must be >= 1"),
+        ("checkpoint.every", 0, "checkpoint.every=0 must be >= 1"),
+        ("train.log_every", -3, "train.log_every=-3 must be >= 1"),
+        ("eval.every", -1, "eval.every=-1 must be >= 0"),
+        ("data.crop_size", (0, 0), r"data.crop_size=\(0, 0\) must be \(H, W\)"),
+    ],
+)
+def test_training_settings_are_checked_before_any_work(tmp_path, key, value, message):
+    from jax_csfcn.config import get_config
+    from jax_csfcn.train import TrainError, train
+
+    cfg = get_config()
+    cfg.workdir = str(tmp_path / "run")
+    cfg.data.root = str(tmp_path / "never_written")
+    section, field = key.split(".")
+    cfg[section][field] = value
+    with pytest.raises(TrainError, match=message):
+        train(cfg, progress=False)
+    assert not (tmp_path / "never_written").exists() and not (tmp_path / "run").exists()
+
+
+def test_benchmark_rejects_an_unknown_variant(capsys):
+    from torch_deploy.benchmark import main
+
+    assert main(["--only", "a,z", "--size", "32", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown variant(s) ['z']" in err and "a, u, b, c, d, e" in err
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
+    from convert.formats import write_safetensors
+    from torch_deploy import load_model
+    from torch_deploy.model import CSFCN
+
+    twin = CSFCN(variant="csfcn_tiny", num_classes=3)
+    sd = {k: v.numpy().copy() for k, v in twin.state_dict().items()}
+    key = "sfc.conv_8.conv.weight"
+    sd[key].flat[7] = np.nan
+    write_safetensors(tmp_path / "diverged.safetensors", twin.config, sd)
+    with pytest.raises(ValueError, match=rf"1 tensor\(s\) hold NaN or infinite values \({key}\)"):
+        load_model(tmp_path / "diverged.safetensors")
+    # through the CLI: one line, exit status 1
+    Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / "x.png")
+    res = _cli(
+        "torch_deploy.predict", "--checkpoint", "diverged.safetensors", "--input", "x.png", "--out", "o", cwd=tmp_path
+    )
+    assert res.returncode != 0 and "NaN or infinite" in res.stderr and "Traceback" not in res.stderr
