@@ -12,6 +12,27 @@ import jax
 from csfcn.files import write_atomic
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl``. A process killed in the middle of a write can leave the
+    last line cut off: that one line is dropped (it is past the last checkpoint anyway); a bad
+    line anywhere else is an error naming the file and the line."""
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, ln in enumerate(lines):
+        if not ln.strip():
+            continue
+        try:
+            row = json.loads(ln)
+            if not isinstance(row, dict) or "step" not in row:
+                raise ValueError("not a metrics row")
+        except ValueError as e:
+            if i == len(lines) - 1:
+                break  # the cut-off tail of a killed run
+            raise ValueError(f"{path}, line {i + 1}: not a metrics row ({e}); remove the line or the file") from None
+        rows.append(row)
+    return rows
+
+
 class Logger:
     """Scalars to ``metrics.jsonl`` and TensorBoard (process 0 only)."""
 
@@ -22,8 +43,9 @@ class Logger:
         if not self.on:
             return
         if self.path.exists():  # a resumed run: drop what was logged after its checkpoint
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            keep = [r for r in read_metrics(self.path) if r["step"] <= start_step]
+            text = "".join(json.dumps(r) + "\n" for r in keep)
+            write_atomic(self.path, lambda tmp: Path(tmp).write_text(text))
         from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(str(workdir / "tb"), purge_step=start_step + 1 if start_step else None)
@@ -49,7 +71,7 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+    rows = read_metrics(metrics_path)
     series = {k: [(r["step"], r[k]) for r in rows if r.get(k) is not None] for k in ("loss", "lr", "val/miou")}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (key, title) in zip(

@@ -91,3 +91,40 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
         "torch_deploy.predict", "--checkpoint", "diverged.safetensors", "--input", "x.png", "--out", "o", cwd=tmp_path
     )
     assert res.returncode != 0 and "NaN or infinite" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_predict_keeps_apart_images_that_differ_only_by_suffix(tmp_path):
+    from torch_deploy.predict import collect_inputs
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for name in ("x.png", "x.jpg", "y.png"):
+        Image.fromarray(rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)).save(tmp_path / "in" / name)
+    kind, items = collect_inputs(str(tmp_path / "in"))
+    names = sorted(n for _, n in items)
+    assert kind == "images" and names == ["x.jpg", "x.png", "y"]
+
+
+def test_sixteen_bit_images_are_refused_not_clipped(tmp_path):
+    from torch_deploy.predictor import InputError, load_image
+
+    deep = (np.arange(32 * 64, dtype=np.uint16).reshape(32, 64) * 17).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")  # a 16-bit greyscale PNG
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")
+    with pytest.raises(InputError, match="16-bit or floating point"):
+        load_image(tmp_path / "deep.png")
+    with pytest.raises(InputError, match="16-bit or floating point"):
+        load_image(Image.fromarray(deep.astype(np.float32)))
+    assert load_image(Image.fromarray(np.zeros((4, 4), np.uint8))).shape == (4, 4, 3)  # 8-bit grey still reads
+
+
+def test_a_metrics_log_cut_off_by_a_kill_does_not_block_resume(tmp_path):
+    from jax_csfcn.run_log import read_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.1}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(log)] == [1, 2]
+    log.write_text('{"step": 1, "loss": 2.5}\ngarbage\n{"step": 3, "loss": 2.0}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl, line 2: not a metrics row"):
+        read_metrics(log)

@@ -69,14 +69,25 @@ def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
+def _unique_names(items: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """Output names keep their suffix where two inputs share one (``x.png`` and ``x.jpg`` would
+    otherwise write the same ``x`` outputs, the second over the first)."""
+    count: dict[str, int] = {}
+    for _, name in items:
+        count[name] = count.get(name, 0) + 1
+    return [(p, name if count[name] == 1 else f"{name}.{p.suffix.lstrip('.').lower()}") for p, name in items]
+
+
 def collect_inputs(spec: str) -> tuple[str, list[tuple[Path, str]]]:
-    """('images' | 'video', [(path, rel name without suffix)]) for an image, folder, glob or video."""
+    """('images' | 'video', [(path, rel name without suffix)]) for an image, folder, glob or video.
+
+    Names are unique: where two files differ only by their suffix, both keep it in their name."""
     p = Path(spec)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
         if not files:
             raise PredictError(f"{spec}: folder holds no images ({', '.join(IMAGE_EXTS)})")
-        return "images", [(f, str(f.relative_to(p).with_suffix(""))) for f in files]
+        return "images", _unique_names([(f, str(f.relative_to(p).with_suffix(""))) for f in files])
     if p.is_file():
         if p.suffix.lower() in VIDEO_EXTS:
             return "video", [(p, p.stem)]
@@ -87,7 +98,7 @@ def collect_inputs(spec: str) -> tuple[str, list[tuple[Path, str]]]:
         if not files:
             raise PredictError(f"{spec}: the pattern matches no image files")
         root = Path(os.path.commonpath([str(f.parent.absolute()) for f in files]))
-        return "images", [(f, str(f.absolute().relative_to(root).with_suffix(""))) for f in files]
+        return "images", _unique_names([(f, str(f.absolute().relative_to(root).with_suffix(""))) for f in files])
     raise PredictError(f"{spec}: no such file, folder or matching pattern")
 
 
@@ -95,10 +106,15 @@ def check_images(items) -> None:
     """Open every image's header, so that an unreadable file fails before any output exists."""
     from PIL import Image
 
+    from torch_deploy.predictor import InputError, _check_8_bit
+
     for path, _ in items:
         try:
             with Image.open(path) as im:
+                _check_8_bit(im, path)
                 im.verify()
+        except InputError as e:
+            raise PredictError(str(e)) from e
         except Exception as e:
             raise PredictError(f"{path}: cannot read this image ({type(e).__name__}: {e})") from e
 

@@ -45,6 +45,19 @@ class InputError(ValueError):
     """An image that cannot be read or is not an RGB uint8 image."""
 
 
+_EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def _check_8_bit(im: Image.Image, what) -> None:
+    """PIL clips 16-bit and float images to 8 bits in ``convert("RGB")`` (a 16-bit PNG comes out
+    nearly all 255): refuse them instead of predicting on a white image."""
+    if im.mode not in _EIGHT_BIT_MODES:
+        raise InputError(
+            f"{what}: a {im.mode!r} image (16-bit or floating point); the model takes 8-bit RGB. Convert it to "
+            "8 bits per channel first (scaling its range to 0..255)"
+        )
+
+
 def load_image(image) -> np.ndarray:
     """A path, PIL image or array -> contiguous uint8 (H, W, 3) RGB array.
 
@@ -54,12 +67,14 @@ def load_image(image) -> np.ndarray:
         path = os.fspath(image)
         try:
             with Image.open(path) as im:
+                _check_8_bit(im, path)
                 image = im.convert("RGB")
         except FileNotFoundError:
             raise InputError(f"{path}: no such image file") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise InputError(f"{path}: cannot read this image ({e})") from e
     if isinstance(image, Image.Image):
+        _check_8_bit(image, "image")
         image = np.asarray(image.convert("RGB"))
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
