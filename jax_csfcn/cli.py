@@ -32,6 +32,19 @@ def unknown_override(argv, config) -> str | None:
     return None
 
 
+def repeated_overrides(argv) -> str | None:
+    """A message when one ``--config.key`` is given twice: ml_collections would silently join two
+    tuple values (``eval.scales`` given twice becomes both lists end to end) or keep the last."""
+    seen: dict[str, str] = {}
+    for arg in argv[1:]:
+        if arg.startswith("--config.") and "=" in arg:
+            key = arg[len("--config.") : arg.index("=")]
+            if key in seen:
+                return f"--config.{key} is given twice ({seen[key]!r} and {arg!r}); give it once"
+            seen[key] = arg
+    return None
+
+
 def load_config_file(path):
     """``get_config()`` of a config file (``path`` may carry ml_collections' ``:arg`` suffix)."""
     import importlib.util
@@ -57,6 +70,10 @@ def run(main, define_flags) -> None:
     from absl import app
 
     define_flags()
+    repeated = repeated_overrides(sys.argv)
+    if repeated:
+        print(f"error: {repeated}", file=sys.stderr)
+        raise SystemExit(2)
     wants_help = any(a in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in sys.argv[1:])
     try:
         app.run(main, argv=sys.argv)

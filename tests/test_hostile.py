@@ -128,3 +128,69 @@ def test_a_metrics_log_cut_off_by_a_kill_does_not_block_resume(tmp_path):
     log.write_text('{"step": 1, "loss": 2.5}\ngarbage\n{"step": 3, "loss": 2.0}\n')
     with pytest.raises(ValueError, match="metrics.jsonl, line 2: not a metrics row"):
         read_metrics(log)
+
+
+def test_an_override_given_twice_is_refused(tmp_path):
+    res = _cli(
+        "jax_csfcn.train",
+        "--config",
+        os.path.join(ROOT, "configs", "synthetic.py"),
+        "--config.eval.scales=(0.75,)",
+        "--config.eval.scales=(1.0,)",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2 and "--config.eval.scales is given twice" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "runs").exists()
+
+
+_LOADER_CHILD = """
+import os, sys, time
+from jax_csfcn.data.synthetic import write_synthetic_cityscapes
+from jax_csfcn.data.cityscapes import CityscapesSource
+from jax_csfcn.data.pipeline import AugmentConfig, train_loader
+
+if __name__ == "__main__":
+    root = sys.argv[1]
+    write_synthetic_cityscapes(root, splits={"train": 4}, size=(64, 128), progress=False)
+    src = CityscapesSource(root, "train")
+    it = iter(train_loader(src, AugmentConfig(crop_size=(32, 64)), batch_size=2, seed=0, worker_count=1))
+    next(it)
+    print("READY", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_loader_workers_end_with_a_killed_training_process(tmp_path):
+    """SIGKILL leaves no cleanup to the parent: its grain workers must notice and exit themselves."""
+    import signal
+    import time
+
+    script = tmp_path / "child.py"
+    script.write_text(_LOADER_CHILD)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "ds")], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert kids, "the loader started no worker process"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 20
+        alive = kids
+        while alive and time.time() < deadline:
+            time.sleep(0.5)
+            alive = [k for k in kids if os.path.exists(f"/proc/{k}") and "zombie" not in _state(k)]
+        assert not alive, f"worker(s) {alive} outlived the killed parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _state(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((ln for ln in f if ln.startswith("State:")), "").lower()
+    except OSError:
+        return "gone"

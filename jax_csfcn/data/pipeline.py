@@ -70,6 +70,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 
 import grain
@@ -368,6 +369,25 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def exit_with_parent(worker_index: int = 0, worker_count: int = 1) -> None:
+    """Run in each grain worker at start: a daemon thread ends the worker when its parent dies.
+
+    A training process killed by SIGKILL or SIGTERM runs no cleanup, and its workers (a few
+    hundred MB each) would live on, re-parented to init. The thread polls the parent's pid once
+    a second and exits the worker once it has changed."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class LoaderIterator:
     """Iterator over a :class:`Loader`'s batches, checkpointable with ``get_state``/``set_state``.
 
@@ -393,7 +413,8 @@ class LoaderIterator:
         if lo.worker_count > 0:
             _ensure_absl_flags_parsed()
             it_ds = it_ds.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=lo.worker_count, per_worker_buffer_size=lo.worker_buffer_size)
+                grain.MultiprocessingOptions(num_workers=lo.worker_count, per_worker_buffer_size=lo.worker_buffer_size),
+                worker_init_fn=exit_with_parent,
             )
         self._it = iter(it_ds)
 
