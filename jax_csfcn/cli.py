@@ -93,3 +93,35 @@ def run(main, define_flags) -> None:
             raise
         print(f"error: {msg}", file=sys.stderr)
         raise SystemExit(2) from e
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that describe a problem with the user's input or files (their message says
+    what, which file and the fix): the CLIs print them as one line instead of a traceback."""
+    from convert.table import ConversionError
+    from csfcn.extras import MissingExtra
+    from jax_csfcn.checkpointing import CheckpointError
+    from jax_csfcn.data.cityscapes import DataError
+    from jax_csfcn.step import TrainError
+
+    return (TrainError, DataError, CheckpointError, ConversionError, MissingExtra, FloatingPointError)
+
+
+def one_line_errors(fn, *, debug: bool, disk_hint: str = ""):
+    """``fn()``; a user error (:func:`user_errors`) or a full disk exits 1 with ``error: <message>``
+    on stderr. ``debug`` (the ``--debug`` flag) lets the traceback through instead."""
+    import errno
+
+    try:
+        return fn()
+    except user_errors() as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:
+        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror}{where}{disk_hint}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -357,12 +357,17 @@ def main(argv) -> None:
     if not FLAGS.checkpoint:
         raise SystemExit("--checkpoint is required (a run directory, a step directory or an exported model)")
     maybe_initialize_distributed()
-    result = evaluate_checkpoint(
-        cfg,
-        FLAGS.checkpoint,
-        split=FLAGS.split or cfg.data.val_split,
-        dump_dir=FLAGS.dump_dir,
-        dump_format=FLAGS.dump_format,
+    from jax_csfcn.cli import one_line_errors
+
+    result = one_line_errors(
+        lambda: evaluate_checkpoint(
+            cfg,
+            FLAGS.checkpoint,
+            split=FLAGS.split or cfg.data.val_split,
+            dump_dir=FLAGS.dump_dir,
+            dump_format=FLAGS.dump_format,
+        ),
+        debug=FLAGS.debug,
     )
     if jax.process_index() == 0:
         print(result["table"])
@@ -385,6 +390,7 @@ def _define_flags():
         "trainids: train-id PNGs; cityscapes: label-id PNGs named for the official evaluator / test server",
     )
     flags.DEFINE_string("json", None, "write the scores as JSON to this file")
+    flags.DEFINE_bool("debug", False, "show the traceback of an input or file error instead of one line")
     flags.mark_flags_as_required(["config"])
 
 

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -342,11 +341,13 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments {argv[1:]}; config fields are set with --config.<key>=<value>")
     maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    try:
-        train(FLAGS.config, resume=FLAGS.resume, stop_after=FLAGS.stop_after, progress=not FLAGS.no_progress)
-    except (TrainError, FloatingPointError, ckpt.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    from jax_csfcn.cli import one_line_errors
+
+    one_line_errors(
+        lambda: train(FLAGS.config, resume=FLAGS.resume, stop_after=FLAGS.stop_after, progress=not FLAGS.no_progress),
+        debug=FLAGS.debug,
+        disk_hint="; the last complete checkpoint is intact: free space, then --resume",
+    )
 
 
 def _define_flags() -> None:
@@ -357,6 +358,7 @@ def _define_flags() -> None:
     flags.DEFINE_bool("resume", False, "continue the run in config.workdir from its last complete checkpoint")
     flags.DEFINE_integer("stop_after", None, "stop (with a checkpoint) after this many steps of this invocation")
     flags.DEFINE_bool("no_progress", False, "no progress bar")
+    flags.DEFINE_bool("debug", False, "show the traceback of an input or file error instead of one line")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for several processes/hosts")
     flags.DEFINE_integer("num_processes", None, "number of processes (hosts)")
     flags.DEFINE_integer("process_id", None, "index of this process, 0..num_processes-1")

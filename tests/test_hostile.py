@@ -194,3 +194,19 @@ def _state(pid: str) -> str:
             return next((ln for ln in f if ln.startswith("State:")), "").lower()
     except OSError:
         return "gone"
+
+
+def test_a_data_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    argv = (
+        "jax_csfcn.train",
+        "--config",
+        os.path.join(ROOT, "configs", "cityscapes.py") + ":csfcn_tiny,50",
+        f"--config.data.root={tmp_path / 'no_such_dataset'}",
+        f"--config.workdir={tmp_path / 'run'}",
+    )
+    res = _cli(*argv, cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no_such_dataset" in last
+    res = _cli(*argv, "--debug", cwd=tmp_path)
+    assert res.returncode != 0 and "Traceback" in res.stderr and "DataError" in res.stderr
