@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
 
 from convert.formats import (
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="checkpoint to read")
     p.add_argument("dst", help="checkpoint to write (its suffix picks the format)")
     p.add_argument("--no-strict", dest="strict", action="store_false", help="load what matches instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (otherwise an error)")
     g = p.add_argument_group("only when SRC is an ImageNet ResNet-18 (torchvision/timm)")
     g.add_argument("--variant", choices=VARIANTS, default="csfcn")
     g.add_argument("--num-classes", type=int, default=19)
@@ -65,6 +67,9 @@ def _is_imagenet(path: str) -> bool:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if os.path.isfile(args.dst) and not args.overwrite:
+        print(f"error: {args.dst} exists; pass --overwrite to replace it, or choose another DST", file=sys.stderr)
+        return 1
     try:
         src_kind, dst_kind = kind_of(args.src), kind_of(args.dst)
         if _is_imagenet(args.src):

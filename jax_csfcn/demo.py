@@ -185,7 +185,8 @@ def main(argv=None) -> dict:
     ev = summary.get("val") or json.loads((workdir / "eval.json").read_text())
     exported = workdir / "model.safetensors"
     with _stage("export to PyTorch (python -m convert)", times):
-        subprocess.run([sys.executable, "-m", "convert", str(workdir), str(exported)], check=True, cwd=os.getcwd())
+        cmd = [sys.executable, "-m", "convert", str(workdir), str(exported), "--overwrite"]  # a re-run re-exports
+        subprocess.run(cmd, check=True, cwd=os.getcwd())
     val = CityscapesSource(args.data, "val")
     items = [val[i] for i in range(len(val))]
     with _stage("parity: JAX vs exported PyTorch", times):

@@ -210,3 +210,17 @@ def test_a_data_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
     assert last.startswith("error: ") and "no_such_dataset" in last
     res = _cli(*argv, "--debug", cwd=tmp_path)
     assert res.returncode != 0 and "Traceback" in res.stderr and "DataError" in res.stderr
+
+
+def test_convert_does_not_replace_an_existing_file_unless_asked(tmp_path):
+    import torch
+
+    from torch_deploy.model import CSFCN
+
+    torch.save(CSFCN(variant="csfcn_tiny", num_classes=3).state_dict(), tmp_path / "up.pth")
+    (tmp_path / "notes.safetensors").write_text("my notes, not a model")
+    res = _cli("convert", "up.pth", "notes.safetensors", cwd=tmp_path)
+    assert res.returncode == 1 and "exists; pass --overwrite" in res.stderr
+    assert (tmp_path / "notes.safetensors").read_text() == "my notes, not a model"
+    assert _cli("convert", "up.pth", "notes.safetensors", "--overwrite", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "notes.safetensors").stat().st_size > 1000
