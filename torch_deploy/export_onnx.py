@@ -33,14 +33,12 @@ printed; the file is written under a temporary name and renamed only when the ch
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from csfcn.extras import require
@@ -61,29 +59,14 @@ class ExportError(Exception):
 
 # --------------------------------------------------------------------------- BN folding
 def fold_batchnorms(model: CSFCN) -> CSFCN:
-    """A copy of the twin with every BatchNorm folded into the conv before it (BN -> Identity).
+    """A copy of the twin with every BatchNorm folded into the conv before it (BN -> Identity):
+    :func:`torch_deploy.optimize.remove_bn`, the one folding pass, then a check that none is left."""
+    from torch_deploy.optimize import remove_bn
 
-    Pairs are adjacent children in registration order, which in the twin is execution order:
-    ConvBNReLU (conv, bn), BasicBlock (conv1, bn1), (conv2, bn2), downsample (0, 1), the stem
-    (conv1, bn1) and the deep stem's inner pairs (conv1 a Sequential: its last conv).
-    """
-    from torch_deploy.optimize import fold_bn
-
-    model = copy.deepcopy(model).eval()
-    for parent in list(model.modules()):
-        names = list(parent._modules)
-        for a, b in zip(names, names[1:]):
-            conv_holder, bn = parent._modules[a], parent._modules[b]
-            if not isinstance(bn, nn.BatchNorm2d):
-                continue
-            holder, name = parent, a
-            if isinstance(conv_holder, nn.Sequential) and not isinstance(conv_holder, nn.Conv2d):
-                holder, name = conv_holder, list(conv_holder._modules)[-1]
-            conv = holder._modules[name]
-            if not isinstance(conv, nn.Conv2d):
-                raise ExportError(f"cannot fold {b}: the module before it is {type(conv).__name__}, not a conv")
-            setattr(holder, name, fold_bn(conv, bn))
-            setattr(parent, b, nn.Identity())
+    try:
+        model = remove_bn(model)
+    except ValueError as e:
+        raise ExportError(str(e)) from e
     left = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     if left:
         raise ExportError(f"BatchNorm layers left unfolded: {left}")
@@ -142,7 +125,9 @@ def _sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
 
 
 class DynamicCSFCN(nn.Module):
-    """The twin's forward with shape-generic pooling and grids (for ``--dynamic`` export)."""
+    """The twin's own modules with shape-generic pooling and sampling grids (``--dynamic`` export):
+    CFC attends over masked, padded pooled positions, SFC samples on a grid built from symbolic
+    sizes; everything else is the twin's forward."""
 
     def __init__(self, model: CSFCN):
         super().__init__()
@@ -151,30 +136,12 @@ class DynamicCSFCN(nn.Module):
     def _cfc(self, x):
         cfc = self.m.cfc
         x = cfc.reduce_channel(x)
-        b, c, h, w = x.shape
         pooled, valid = pyramid_pool_masked(x)
-        query = cfc.query_conv(x).reshape(b, 32, -1).permute(0, 2, 1)
-        scores = torch.matmul(query, cfc.key_conv(pooled)).masked_fill(~valid, float("-inf"))
-        attn = torch.softmax(scores, dim=-1)
-        context = torch.bmm(cfc.value_conv(pooled), attn.permute(0, 2, 1)).reshape(b, c, h, w)
-        return x + cfc.local_attention(context)
-
-    def _sfc(self, cp, sp):
-        sfc = self.m.sfc
-        sp = F.interpolate(sfc.conv_32(sp), cp.shape[2:], mode="bilinear", align_corners=True)
-        cp = sfc.conv_8(cp)
-        cat = torch.cat([cp, sp], 1) if sfc.tiny else torch.cat([sfc.cp1x1(cp), sfc.sp1x1(sp)], 1)
-        r = sfc.conv_offset(cat)
-        n, c, h, w = cp.shape
-        g = SFC_GROUPS
-        cp = F.grid_sample(cp.reshape(n * g, -1, h, w), _sfc_grid(n, h, w, r[:, 0 : 2 * g]), align_corners=True)
-        sp = F.grid_sample(sp.reshape(n * g, -1, h, w), _sfc_grid(n, h, w, r[:, 2 * g : 4 * g]), align_corners=True)
-        att = 1 + torch.tanh(r[:, 4 * g : 4 * g + 2])
-        return sp.reshape(n, c, h, w) * att[:, 0:1] + cp.reshape(n, c, h, w) * att[:, 1:2]
+        return cfc.attend(x, pooled, valid)
 
     def forward(self, image):
         feat8, feat32 = self.m.resnet(image)
-        return self.m.conv_out32(self._sfc(feat8, self._cfc(feat32)))
+        return self.m.conv_out32(self.m.sfc(feat8, self._cfc(feat32), grid=_sfc_grid))
 
 
 # --------------------------------------------------------------------------- export + check

@@ -99,10 +99,18 @@ class CFC(nn.Module):
 
     def forward(self, x):
         x = self.reduce_channel(x)
+        return self.attend(x, pyramid_pool(x))
+
+    def attend(self, x, pooled, valid=None):
+        """docs/architecture.md, CFC steps 3-6 on the reduced map ``x`` and its pooled positions
+        (B, C, S). ``valid`` (S,) bool masks padded positions out of the softmax (the ONNX
+        export's shape-generic pooling pads S to a bound)."""
         b, c, h, w = x.shape
-        pooled = pyramid_pool(x)
         query = self.query_conv(x).reshape(b, 32, -1).permute(0, 2, 1)  # B N d
-        attn = torch.softmax(torch.matmul(query, self.key_conv(pooled)), dim=-1)  # B N S
+        scores = torch.matmul(query, self.key_conv(pooled))  # B N S
+        if valid is not None:
+            scores = scores.masked_fill(~valid, float("-inf"))
+        attn = torch.softmax(scores, dim=-1)
         context = torch.bmm(self.value_conv(pooled), attn.permute(0, 2, 1)).reshape(b, c, h, w)
         return x + self.local_attention(context)
 
@@ -117,12 +125,15 @@ def sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
     return grid + offsets.reshape(n * SFC_GROUPS, 2, h, w).permute(0, 2, 3, 1) / norm
 
 
-def sfc_sample_and_gate(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """docs/architecture.md, SFC steps 4-7 (the op that ``kernels.sfc_fuse`` fuses)."""
+def sfc_sample_and_gate(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, grid=None) -> torch.Tensor:
+    """docs/architecture.md, SFC steps 4-7 (the op that ``kernels.sfc_fuse`` fuses). ``grid``:
+    the function building the sampling grid (default :func:`sfc_grid`; the ONNX export passes a
+    shape-generic one)."""
+    grid = grid or sfc_grid
     n, c, h, w = cp.shape
     g = SFC_GROUPS
-    cp = F.grid_sample(cp.reshape(n * g, -1, h, w), sfc_grid(n, h, w, r[:, 0 : 2 * g]), align_corners=True)
-    sp = F.grid_sample(sp.reshape(n * g, -1, h, w), sfc_grid(n, h, w, r[:, 2 * g : 4 * g]), align_corners=True)
+    cp = F.grid_sample(cp.reshape(n * g, -1, h, w), grid(n, h, w, r[:, 0 : 2 * g]), align_corners=True)
+    sp = F.grid_sample(sp.reshape(n * g, -1, h, w), grid(n, h, w, r[:, 2 * g : 4 * g]), align_corners=True)
     att = 1 + torch.tanh(r[:, 4 * g : 4 * g + 2])
     return sp.reshape(n, c, h, w) * att[:, 0:1] + cp.reshape(n, c, h, w) * att[:, 1:2]
 
@@ -142,11 +153,16 @@ class SFC(nn.Module):
             ConvBNReLU(256 if tiny else 64, 64, 1), nn.Conv2d(64, SFC_GROUPS * 4 + 2, 3, padding=1, bias=False)
         )
 
-    def forward(self, cp, sp):
-        sp = F.interpolate(self.conv_32(sp), cp.shape[2:], mode="bilinear", align_corners=True)
-        cp = self.conv_8(cp)
+    def forward(self, cp, sp, grid=None):
+        cp, sp, r = self.offsets(cp, sp)
+        return sfc_sample_and_gate(cp, sp, r, grid)
+
+    def offsets(self, feat8, cfc_out):
+        """docs/architecture.md, SFC steps 1-3: (cp, sp at 1/8, the offset/gate map r)."""
+        sp = F.interpolate(self.conv_32(cfc_out), feat8.shape[2:], mode="bilinear", align_corners=True)
+        cp = self.conv_8(feat8)
         cat = torch.cat([cp, sp], 1) if self.tiny else torch.cat([self.cp1x1(cp), self.sp1x1(sp)], 1)
-        return sfc_sample_and_gate(cp, sp, self.conv_offset(cat))
+        return cp, sp, self.conv_offset(cat)
 
 
 class Head(nn.Module):
