@@ -30,6 +30,7 @@ from convert.formats import (
 )
 from convert.table import ConversionError
 from csfcn.extras import MissingExtra
+from csfcn.files import write_failure
 from csfcn.model_config import STEMS, VARIANTS, ModelConfig
 
 TORCH_KINDS = ("pth", "safetensors")
@@ -92,6 +93,12 @@ def main(argv=None) -> int:
             write_checkpoint(args.dst, config, flat)
             leaves = [(str(p[0]), str(p[-1]), a.size) for p, a in flat.items()]
             note = None
+    except OSError as e:  # a full disk or a forbidden folder: one line (the writer kept nothing partial)
+        msg = write_failure(e)
+        if msg is None and not isinstance(e, (FileNotFoundError, FileExistsError)):
+            raise
+        print(f"error: {msg or e}", file=sys.stderr)
+        return 1
     except MissingExtra as e:  # e.g. Flax/Orbax formats on a deploy-only install
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -37,3 +37,18 @@ def write_atomic(path, write: Callable[[str], object]) -> Path:
             os.remove(tmp)
         raise
     return path
+
+
+# errno values that mean "the disk or the folder will not take the file": a user's problem with a
+# clear fix, reported as one line by the command lines (not a traceback)
+import errno as _errno  # noqa: E402
+
+WRITE_FAILURES = (_errno.ENOSPC, _errno.EDQUOT, _errno.EACCES, _errno.EROFS, _errno.EPERM)
+
+
+def write_failure(e: OSError) -> str | None:
+    """One line for an OSError that a full disk or a read-only/forbidden folder raised, else None."""
+    if not isinstance(e, OSError) or e.errno not in WRITE_FAILURES:
+        return None
+    where = f" writing {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}: free space or choose another output folder; nothing partial was kept"

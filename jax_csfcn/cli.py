@@ -110,7 +110,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def one_line_errors(fn, *, debug: bool, disk_hint: str = ""):
     """``fn()``; a user error (:func:`user_errors`) or a full disk exits 1 with ``error: <message>``
     on stderr. ``debug`` (the ``--debug`` flag) lets the traceback through instead."""
-    import errno
+    from csfcn.files import write_failure
 
     try:
         return fn()
@@ -120,8 +120,8 @@ def one_line_errors(fn, *, debug: bool, disk_hint: str = ""):
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as e:
-        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+        msg = write_failure(e)
+        if debug or msg is None:
             raise
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"error: {e.strerror}{where}{disk_hint}", file=sys.stderr)
+        print(f"error: {msg}{disk_hint}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -224,3 +224,37 @@ def test_convert_does_not_replace_an_existing_file_unless_asked(tmp_path):
     assert (tmp_path / "notes.safetensors").read_text() == "my notes, not a model"
     assert _cli("convert", "up.pth", "notes.safetensors", "--overwrite", cwd=tmp_path).returncode == 0
     assert (tmp_path / "notes.safetensors").stat().st_size > 1000
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device", "out.file")
+
+
+def test_a_full_disk_is_one_line_in_convert_and_predict(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import convert.__main__ as convert_cli
+    import convert.formats
+    import csfcn.palette
+    from convert.formats import write_safetensors
+    from torch_deploy.model import CSFCN
+    from torch_deploy.predict import main as predict
+
+    twin = CSFCN(variant="csfcn_tiny", num_classes=11)  # 11: CamVid's palette by class count
+    torch.save(twin.state_dict(), tmp_path / "up.pth")
+    write_safetensors(tmp_path / "m.safetensors", twin.config, {k: v.numpy() for k, v in twin.state_dict().items()})
+    Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / "x.png")
+
+    monkeypatch.setattr(convert.formats, "write_atomic", _disk_full)
+    assert convert_cli.main([str(tmp_path / "up.pth"), str(tmp_path / "new.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: No space left on device writing out.file") and "\n" not in err
+    assert not (tmp_path / "new.safetensors").exists()
+
+    monkeypatch.setattr(csfcn.palette, "write_atomic", _disk_full)
+    argv = ["--checkpoint", str(tmp_path / "m.safetensors"), "--input", str(tmp_path / "x.png")]
+    assert predict([*argv, "--out", str(tmp_path / "pred"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: No space left on device") and "free space" in err

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csfcn.files import write_failure
 from csfcn.palette import (
     DATASETS,
     colorize,
@@ -342,6 +343,12 @@ def main(argv=None) -> int:
     except (PredictError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk or a forbidden folder: one line, not a traceback
+        msg = write_failure(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
     if not args.quiet:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
