@@ -258,3 +258,33 @@ def test_a_full_disk_is_one_line_in_convert_and_predict(tmp_path, monkeypatch, c
     assert predict([*argv, "--out", str(tmp_path / "pred"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: No space left on device") and "free space" in err
+
+
+def test_a_video_cut_off_is_reported_not_silent(tmp_path):
+    import imageio.v2 as iio
+
+    from convert.formats import write_safetensors
+    from torch_deploy.model import CSFCN
+
+    twin = CSFCN(variant="csfcn_tiny", num_classes=11)
+    write_safetensors(tmp_path / "m.safetensors", twin.config, {k: v.numpy() for k, v in twin.state_dict().items()})
+    # header first (faststart), so that the first half of the file still decodes
+    w = iio.get_writer(
+        tmp_path / "full.mp4", format="FFMPEG", fps=10, macro_block_size=1, output_params=["-movflags", "+faststart"]
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        w.append_data(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    w.close()
+    data = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    torch.manual_seed(0)
+    res = _cli(
+        "torch_deploy.predict", "--checkpoint", "m.safetensors", "--input", "cut.mp4", "--out", "o", cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "frames its header announces" in res.stderr and "of the 20 frames" in res.stderr
+    full = _cli(
+        "torch_deploy.predict", "--checkpoint", "m.safetensors", "--input", "full.mp4", "--out", "o2", cwd=tmp_path
+    )
+    assert full.returncode == 0 and "announces" not in full.stderr

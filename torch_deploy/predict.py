@@ -151,6 +151,17 @@ def open_video(path: Path):
     return reader, fps, meta
 
 
+def announced_frames(meta: dict) -> int | None:
+    """The frame count a video's header announces: ``nframes``, else duration x fps, else None."""
+    n = meta.get("nframes")
+    if isinstance(n, (int, float)) and np.isfinite(n):
+        return int(n)
+    duration, fps = meta.get("duration"), meta.get("fps")
+    if isinstance(duration, (int, float)) and isinstance(fps, (int, float)) and duration > 0 and fps > 0:
+        return int(round(duration * fps))
+    return None
+
+
 def _even(frame: np.ndarray) -> np.ndarray:
     """Pad odd heights/widths by repeating the last row/column (yuv420p needs even sizes)."""
     h, w = frame.shape[:2]
@@ -253,8 +264,7 @@ def run(args) -> dict:
 
     path, stem = items[0]
     reader, fps, meta = open_video(path)
-    nframes = meta.get("nframes")
-    total = int(nframes) if isinstance(nframes, (int, float)) and np.isfinite(nframes) else None
+    total = announced_frames(meta)
     dst = out / f"{stem}_overlay.mp4"
 
     def frames():
@@ -289,7 +299,15 @@ def run(args) -> dict:
         raise
     except Exception as e:
         raise PredictError(f"writing {dst} failed ({type(e).__name__}: {e})") from e
-    return {"frames": written, "video": str(dst), "fps": fps, "dataset": dataset, "device": str(predictor.device)}
+    summary = {"frames": written, "video": str(dst), "fps": fps, "dataset": dataset, "device": str(predictor.device)}
+    if total is not None and written < total - 1:  # (duration x fps rounds; one frame of slack)
+        summary["frames_announced"] = total
+        print(
+            f"warning: {path}: decoded {written} of the {total} frames its header announces; the file looks cut "
+            f"off. {dst} holds the {written} frames that could be read",
+            file=sys.stderr,
+        )
+    return summary
 
 
 def _chunks(it, n):
