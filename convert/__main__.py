@@ -73,6 +73,7 @@ def main(argv=None) -> int:
         return 1
     try:
         src_kind, dst_kind = kind_of(args.src), kind_of(args.dst)
+        flat, note = None, None  # Flax params, unless PyTorch goes straight to PyTorch
         if _is_imagenet(args.src):
             from jax_csfcn.model import build_model
 
@@ -80,30 +81,27 @@ def main(argv=None) -> int:
             flat = model_flat(build_model(config, seed=args.seed))
             flat, n = load_imagenet_backbone(config, flat, args.src, strict=args.strict)
             note = f"ImageNet backbone: {n} tensors into resnet.*, other layers initialised (seed {args.seed})"
-            write_checkpoint(args.dst, config, flat)
-            leaves = [(str(p[0]), str(p[-1]), a.size) for p, a in flat.items()]
         elif src_kind in TORCH_KINDS and dst_kind in TORCH_KINDS:
             # PyTorch to PyTorch needs no Flax: checked against the twin, then written (deploy install)
             config, sd = read_torch_checkpoint(args.src, strict=args.strict)
             write_torch_checkpoint(args.dst, config, sd)
             leaves = [(k.split(".")[0], STAT_LEAVES.get(k.rsplit(".", 1)[-1], "param"), a.size) for k, a in sd.items()]
-            note = None
         else:
             config, flat = read_checkpoint(args.src, strict=args.strict)
+        if flat is not None:
             write_checkpoint(args.dst, config, flat)
             leaves = [(str(p[0]), str(p[-1]), a.size) for p, a in flat.items()]
-            note = None
-    except OSError as e:  # a full disk or a forbidden folder: one line (the writer kept nothing partial)
-        msg = write_failure(e)
-        if msg is None and not isinstance(e, (FileNotFoundError, FileExistsError)):
-            raise
-        print(f"error: {msg or e}", file=sys.stderr)
-        return 1
     except MissingExtra as e:  # e.g. Flax/Orbax formats on a deploy-only install
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (ConversionError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk or a forbidden folder: one line (the writer kept nothing partial)
+        msg = write_failure(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 1
     stats = {"mean", "var", "num_batches_tracked"}
     tensors, params, buffers = collections.Counter(), collections.Counter(), collections.Counter()

@@ -160,23 +160,18 @@ def read_torch_file(path) -> tuple[dict[str, np.ndarray], dict]:
     return {k: v.detach().cpu().numpy() for k, v in sd.items() if hasattr(v, "detach")}, {}
 
 
-def _atomic_file(path, write) -> None:
-    """Complete or absent, with normal permissions (csfcn/files.py)."""
-    write_atomic(path, write)
-
-
 def write_safetensors(path, config: ModelConfig, tensors: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
     meta = {CONFIG_KEY: config.to_json(), "format": "csfcn-torch"}
-    _atomic_file(path, lambda tmp: save_file({k: np.array(v, order="C") for k, v in tensors.items()}, tmp, meta))
+    write_atomic(path, lambda tmp: save_file({k: np.array(v, order="C") for k, v in tensors.items()}, tmp, meta))
 
 
 def write_pth(path, tensors: dict[str, np.ndarray]) -> None:
     import torch
 
     sd = {k: torch.from_numpy(np.array(v, order="C")) for k, v in tensors.items()}
-    _atomic_file(path, lambda tmp: torch.save(sd, tmp))
+    write_atomic(path, lambda tmp: torch.save(sd, tmp))
 
 
 # --------------------------------------------------------------------------- Orbax (Flax)
@@ -311,14 +306,10 @@ def write_torch_checkpoint(path, config: ModelConfig, tensors: dict[str, np.ndar
 
 def write_checkpoint(path, config: ModelConfig, flat: dict[KeyPath, np.ndarray]) -> str:
     """Write Flax flat params in the format named by ``path``; returns the kind written."""
-    kind = kind_of(path)
-    if kind == "orbax":
+    if kind_of(path) == "orbax":
         write_orbax(path, config, flat)
-    elif kind == "safetensors":
-        write_safetensors(path, config, flax_to_torch(flat))
-    else:
-        write_pth(path, _upstream_order(config, flax_to_torch(flat)))
-    return kind
+        return "orbax"
+    return write_torch_checkpoint(path, config, flax_to_torch(flat))
 
 
 def _upstream_order(config: ModelConfig, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

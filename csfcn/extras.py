@@ -26,8 +26,9 @@ class MissingExtra(ModuleNotFoundError):
     """A part of csfcn whose optional dependencies are not installed."""
 
 
-def missing(extra: str, modules=None) -> list[str]:
-    return [m for m in (modules or EXTRAS[extra]) if importlib.util.find_spec(m) is None]
+def missing(modules) -> list[str]:
+    """The top-level packages of ``modules`` that are not installed."""
+    return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
 def require(extra: str, what: str, *, cli: bool = False, modules=None) -> None:
@@ -37,7 +38,7 @@ def require(extra: str, what: str, *, cli: bool = False, modules=None) -> None:
     imports the command's package (``sys.argv[0]`` is ``-m`` then) -- it prints one line and
     exits with status 2; imported as a library it raises :class:`MissingExtra`. ``modules``
     narrows the check to the packages this part needs (default: the whole extra)."""
-    gone = missing(extra, modules)
+    gone = missing(modules or EXTRAS[extra])
     if not gone:
         return
     msg = f"{what} needs the '{extra}' extra ({', '.join(gone)} not installed): pip install 'csfcn[{extra}]'"

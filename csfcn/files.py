@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -41,9 +42,7 @@ def write_atomic(path, write: Callable[[str], object]) -> Path:
 
 # errno values that mean "the disk or the folder will not take the file": a user's problem with a
 # clear fix, reported as one line by the command lines (not a traceback)
-import errno as _errno  # noqa: E402
-
-WRITE_FAILURES = (_errno.ENOSPC, _errno.EDQUOT, _errno.EACCES, _errno.EROFS, _errno.EPERM)
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM)
 
 
 def write_failure(e: OSError) -> str | None:

@@ -197,8 +197,8 @@ def bench_train(
     from jax.sharding import PartitionSpec as P
 
     from convert import flax_to_torch, model_flat
+    from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
     from jax_csfcn import step as jstep_mod
-    from jax_csfcn.defaults import IMAGENET_MEAN, IMAGENET_STD
     from jax_csfcn.schedule import sgd_optimizer, warmup_poly_schedule
     from torch_deploy.model import CSFCN as TorchCSFCN
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import types
 
-from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD  # RGB, in 0..1 units (re-exported)
-
 # The defaults are the upstream Cityscapes recipe (docs/architecture.md, "Training recipe") on the embedded
 # synthetic dataset; configs/ hold the real datasets and sizes.
 DEFAULTS: dict = {
@@ -102,4 +100,4 @@ def default_settings() -> types.SimpleNamespace:
     return ns(DEFAULTS)
 
 
-__all__ = ["DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "OPTIONAL_TYPES", "default_settings"]
+__all__ = ["DEFAULTS", "OPTIONAL_TYPES", "default_settings"]

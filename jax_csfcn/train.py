@@ -156,7 +156,6 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
 
     from jax_csfcn.data.pipeline import AugmentConfig, loader_state, restore_loader_state, train_loader
 
-    _validate(cfg)
     t_start = time.time()
     workdir = Path(cfg.workdir).absolute()
     config = model_config(cfg)
@@ -346,7 +345,7 @@ def main(argv) -> None:
     one_line_errors(
         lambda: train(FLAGS.config, resume=FLAGS.resume, stop_after=FLAGS.stop_after, progress=not FLAGS.no_progress),
         debug=FLAGS.debug,
-        disk_hint="; the last complete checkpoint is intact: free space, then --resume",
+        disk_hint="; the last complete checkpoint is intact: --resume continues from it",
     )
 
 

@@ -38,6 +38,7 @@ import time
 
 import torch
 
+from csfcn.tables import markdown_table
 from kernels._common import Launch, gpu_launch_config, interpreted, record_launches
 
 # Per-block shared memory a kernel may use (the opt-in maximum, bytes): A100 (sm_80) and H100/H200
@@ -98,10 +99,8 @@ def record_model_launches(
 ) -> list[tuple[str, Launch]]:
     """(case label, launch) for every kernel launch of ``optimize``'s model over the grid of cases,
     traced on the ``meta`` device with the GPU launch configuration."""
-    import warnings
-
     from torch_deploy.model import CSFCN
-    from torch_deploy.optimize import optimize
+    from torch_deploy.optimize import optimize_on_meta
 
     out = []
     for variant in variants:
@@ -109,9 +108,7 @@ def record_model_launches(
             twin = CSFCN(variant=variant, num_classes=classes).eval()
         for precision in precisions:
             for output in outputs:
-                with warnings.catch_warnings(), record_launches():  # optimize accepts meta models while tracing
-                    warnings.simplefilter("ignore")
-                    fast = optimize(twin, precision, output, cuda_graphs=False, kernels=True)
+                fast = optimize_on_meta(twin, precision, output)
                 for h, w in sizes:
                     x = torch.empty(batch, 3, h, w, device="meta")
                     with record_launches() as launches, gpu_launch_config():
@@ -313,11 +310,7 @@ def table(results: list[Result]) -> str:
                 ok,
             ]
         )
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    lines = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(head, widths)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(head, rows)
 
 
 def run_gate(sizes=DEFAULT_SIZES, variants=VARIANTS, classes=19, workers=None, progress=True) -> list[Result]:

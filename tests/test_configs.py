@@ -34,10 +34,10 @@ def _module(path: Path):
 
 
 def _load(member: str):
-    """``get_config`` of ``file.py[:arg]``, as ml_collections' config flags call it."""
-    file, _, arg = member.partition(":")
-    mod = _module(ROOT / "configs" / file)
-    return mod.get_config(arg) if arg else mod.get_config()
+    """``get_config`` of ``file.py[:arg]``, as the command lines load it."""
+    from jax_csfcn.cli import load_config_file
+
+    return load_config_file(str(ROOT / "configs" / member))
 
 
 def _flat_keys(d, prefix=""):

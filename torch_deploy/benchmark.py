@@ -40,6 +40,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from csfcn.tables import markdown_table
+
 VARIANT_KEYS = ("a", "u", "b", "c", "d", "e")
 GPU_SIZES = [(512, 1024), (768, 1536), (1024, 2048), (720, 960)]
 CPU_SIZES = [(512, 1024)]
@@ -211,8 +213,8 @@ def model_variants(args, device: torch.device, only: set[str]):
 
 # ----------------------------------------------------------------------------- kernels
 def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype):
-    """[(name, kernel fn, PyTorch-ops fn, bytes moved, roofline kernel name)] at the shapes the model gives
-    for an (h, w) input."""
+    """[(name, kernel fn, PyTorch-ops fn, roofline kernel name)] at the shapes the model gives for an
+    (h, w) input. The bytes each must move come from torch_deploy.roofline (the same tensors)."""
     from kernels.pooled_attention import pooled_attention, pooled_attention_reference
     from kernels.sfc_fuse import sfc_fuse
     from kernels.shuffle_head import shuffle_head
@@ -222,7 +224,6 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
     cl = torch.channels_last
     b = args.batch
     h8, w8, h32, w32 = h // 8, w // 8, -(-h // 32), -(-w // 32)
-    el = torch.tensor([], dtype=dtype).element_size()
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(shape, generator=g) * scale).to(device=device, dtype=dtype)
@@ -236,8 +237,7 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
         sp = F.interpolate(sp32, (h8, w8), mode="bilinear", align_corners=True)
         return sfc_sample_and_gate(cp, sp, r)
 
-    moved = (cp.numel() + sp32.numel() + r.numel() + cp.numel()) * el
-    cases.append(("sfc_fuse (1/32 resize fused)", lambda: sfc_fuse(cp, sp32, r), sfc_torch, moved, "sfc_fuse"))
+    cases.append(("sfc_fuse (1/32 resize fused)", lambda: sfc_fuse(cp, sp32, r), sfc_torch, "sfc_fuse"))
 
     if args.variant == "csfcn":
         k = args.classes
@@ -245,13 +245,11 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
         wt = rnd(k * 64, 128, scale=128**-0.5)
         bias = rnd(k * 64)
         w4 = wt.reshape(k * 64, 128, 1, 1)
-        moved_in = (x.numel() + wt.numel() + bias.numel()) * el
         cases.append(
             (
                 f"shuffle_head logits K={k}",
                 lambda: shuffle_head(x, wt, bias),
                 lambda: F.pixel_shuffle(F.conv2d(x, w4, bias), 8),
-                moved_in + b * k * h8 * w8 * 64 * el,
                 "shuffle_logits",
             )
         )
@@ -260,7 +258,6 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
                 f"shuffle_head labels K={k}",
                 lambda: shuffle_head(x, wt, bias, output="labels"),
                 lambda: F.pixel_shuffle(F.conv2d(x, w4, bias), 8).argmax(1).to(torch.uint8),
-                moved_in + b * h8 * w8 * 64,
                 "shuffle_labels",
             )
         )
@@ -269,13 +266,11 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
     q = rnd(b, 32, h32, w32).contiguous(memory_format=cl)
     key = rnd(b, 32, s, scale=0.3)
     val = rnd(b, 256, s)
-    moved = (q.numel() + key.numel() + val.numel() + b * 256 * h32 * w32) * el
     cases.append(
         (
             f"pooled_attention S={s}",
             lambda: pooled_attention(q, key, val),
             lambda: pooled_attention_reference(q, key, val),
-            moved,
             "pooled_attention",
         )
     )
@@ -318,20 +313,8 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
-def fmt_row(cols, widths):
-    return (
-        "| "
-        + " | ".join(str(c).ljust(wd) if i == 0 else str(c).rjust(wd) for i, (c, wd) in enumerate(zip(cols, widths)))
-        + " |"
-    )
-
-
 def print_table(headers, rows):
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    print(fmt_row(headers, widths))
-    print("|" + "|".join("-" * (wd + 2) if i == 0 else "-" * (wd + 1) + ":" for i, wd in enumerate(widths)) + "|")
-    for r in rows:
-        print(fmt_row(r, widths))
+    print(markdown_table(headers, rows))
 
 
 def main(argv=None) -> int:
@@ -375,7 +358,7 @@ def main(argv=None) -> int:
         "skipped": {},
     }
     if ceil is not None:
-        report["ceilings"] = {"measured": dataclasses.asdict(ceil), "datasheet": sheet and dataclasses.asdict(sheet)}
+        report["ceilings"] = {"used": dataclasses.asdict(ceil), "datasheet": sheet and dataclasses.asdict(sheet)}
         print(
             f"roofline ceilings ({ceil.source}): copy {ceil.bandwidth_gbps:.0f} GB/s, fp16 matmul {ceil.tensor_tflops:.0f} "
             f"TFLOP/s, fp32 matmul {ceil.fp32_tflops:.1f} TFLOP/s"
@@ -433,11 +416,14 @@ def main(argv=None) -> int:
             report["copy_bandwidth_GBps"] = bw
             krows = []
             for h, w in sizes:
-                floors = kernel_floors(h, w, args.precision, ceil, classes=args.classes, batch=args.batch)
-                for name, kfn, tfn, moved, rname in kernel_cases(args, h, w, device, dtype):
+                floors = kernel_floors(
+                    h, w, args.precision, ceil, variant=args.variant, classes=args.classes, batch=args.batch
+                )
+                for name, kfn, tfn, rname in kernel_cases(args, h, w, device, dtype):
                     res = run_interleaved({"kernel": kfn, "torch": tfn}, timer, warmup, repeats)
                     k_ms, t_ms = res["kernel"]["median_ms"], res["torch"]["median_ms"]
-                    floor_ms = floors[rname][1] / 1e3 if rname in floors else None
+                    cost, kernel_floor_us = floors[rname]
+                    moved, floor_ms = cost.bytes, kernel_floor_us / 1e3
                     gbps = moved / (k_ms * 1e-3) / 1e9
                     krows.append(
                         [

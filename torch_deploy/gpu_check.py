@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
-import importlib.util
 import json
 import os
 import platform
@@ -45,6 +44,8 @@ import subprocess
 import sys
 import time
 import traceback
+
+from csfcn.extras import MissingExtra, missing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONAL = ("triton", "jax", "flax", "optax", "numpy", "safetensors", "pytest")
@@ -122,7 +123,7 @@ class Check:
         try:
             result = fn()
             entry.update(status="ok", result=result)
-        except MissingPackage as e:
+        except MissingExtra as e:
             entry.update(status="skipped", reason=str(e))
             print(f"   skipped: {e}", flush=True)
         except Exception as e:  # one failing section must not lose the others
@@ -143,14 +144,11 @@ class Check:
         write_atomic(os.path.join(self.out, "gpu_check.json"), write)
 
 
-class MissingPackage(RuntimeError):
-    pass
-
-
 def need(*names: str) -> None:
-    missing = [n for n in names if importlib.util.find_spec(n) is None]
-    if missing:
-        raise MissingPackage(f"needs {', '.join(missing)} (not installed in this Python: {sys.executable})")
+    """Skip the section (:class:`MissingExtra`) when a package it needs is not installed."""
+    gone = missing(names)
+    if gone:
+        raise MissingExtra(f"needs {', '.join(gone)} (not installed in this Python: {sys.executable})")
 
 
 # ----------------------------------------------------------------------------- sections
@@ -165,13 +163,13 @@ def environment(plan: Plan) -> dict:
         "cuda_runtime": torch.version.cuda,
         "packages": {},
     }
+    gone = missing(OPTIONAL)
     for name in OPTIONAL:
-        if importlib.util.find_spec(name) is None:
+        if name in gone:
             env["packages"][name] = None
             print(f"   optional package missing: {name} (the sections that need it are skipped)")
         else:
-            mod = importlib.import_module(name)
-            env["packages"][name] = getattr(mod, "__version__", "?")
+            env["packages"][name] = getattr(importlib.import_module(name), "__version__", "?")
     if plan.device == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("no CUDA device visible to torch; run with --dry-run to check the code paths on CPU")

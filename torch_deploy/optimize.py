@@ -512,3 +512,14 @@ def optimize(
     )
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return fast.to(device=device, dtype=PRECISIONS[precision], memory_format=fmt)
+
+
+def optimize_on_meta(model: CSFCN, precision: str, output: str) -> OptimizedCSFCN:
+    """``optimize``'s graph, Triton kernels included, of a model on the ``meta`` device: run it
+    inside ``kernels.record_launches()`` and it computes shapes only and records its kernel launches
+    instead of running them. How kernels.aot traces what a GPU would compile, and
+    torch_deploy.roofline what each op costs, at any input size without a GPU."""
+    from kernels._common import record_launches
+
+    with record_launches():  # optimize(kernels=True) accepts a meta model only while tracing
+        return optimize(model, precision, output, cuda_graphs=False, kernels=True)

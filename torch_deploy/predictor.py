@@ -36,7 +36,6 @@ from PIL import Image, UnidentifiedImageError
 
 from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
 
-MEAN, STD = IMAGENET_MEAN, IMAGENET_STD  # csfcn/model_config.py
 PAD_MULTIPLE = 8
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -115,8 +114,8 @@ class Predictor:
         self.model = model.eval().to(self.device)
         self.num_classes = int(model.config.num_classes)
         self.config = model.config
-        self._mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
-        self._std = torch.tensor(STD, device=self.device).view(3, 1, 1)
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
         self.fast = False
         self._run = self._run_twin
         if self.device.type == "cuda":
@@ -209,7 +208,7 @@ class Predictor:
 def normalise(images: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised fp32 (B, 3, H, W) (no padding), as the predictor does."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return (x / 255.0 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return (x / 255.0 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:

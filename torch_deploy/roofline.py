@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
-import warnings
+from collections.abc import Sequence
 
 import torch
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from csfcn.tables import markdown_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +67,7 @@ def datasheet_for(device_name: str) -> Ceilings | None:
     return None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Cost:
     """What one op (or a sum of ops) must do: bytes moved, FLOPs, and its floor on given ceilings."""
 
@@ -156,8 +159,8 @@ class _CostMode(TorchDispatchMode):
 
 
 def trace_costs(fn, *inputs) -> list[Cost]:
-    """Per-op costs of ``fn(*inputs)`` on ``meta`` tensors: ATen ops and recorded Triton launches,
-    in execution order is not kept between the two kinds (floors add up either way)."""
+    """Per-op costs of ``fn(*inputs)`` on ``meta`` tensors: the ATen ops, then the recorded Triton
+    launches (the order between the two is lost; sums of floors do not need it)."""
     from kernels._common import gpu_launch_config, record_launches
 
     mode = _CostMode()
@@ -166,15 +169,15 @@ def trace_costs(fn, *inputs) -> list[Cost]:
     return mode.ops + [kernel_cost(ln.name, ln.args) for ln in launches]
 
 
+@functools.lru_cache(maxsize=64)
 def model_costs(
     kind: str, precision: str, h: int, w: int, *, variant: str = "csfcn", classes: int = 19, batch: int = 1
-) -> list[Cost]:
+) -> tuple[Cost, ...]:
     """Per-op costs of one forward pass at (h, w). ``kind``: "twin" (the reference model in
     ``precision``, channels-last unless fp32), "logits" or "labels" (``optimize``'s graph with
-    its Triton kernels)."""
-    from kernels._common import record_launches
+    its Triton kernels). Cached: the benchmark asks for the same graph's model and kernel floors."""
     from torch_deploy.model import CSFCN
-    from torch_deploy.optimize import PRECISIONS, optimize
+    from torch_deploy.optimize import PRECISIONS, optimize_on_meta
 
     dtype = PRECISIONS[precision]
     with torch.device("meta"):
@@ -183,36 +186,35 @@ def model_costs(
     if kind == "twin":
         fmt = torch.contiguous_format if precision == "fp32" else torch.channels_last
         twin = twin.to(dtype=dtype, memory_format=fmt)
-        return trace_costs(lambda t: twin(t.to(dtype=dtype, memory_format=fmt)), x)
-    with warnings.catch_warnings(), record_launches():  # optimize accepts meta models while tracing
-        warnings.simplefilter("ignore")
-        fast = optimize(twin, precision, kind, cuda_graphs=False, kernels=True)
-    return trace_costs(fast, x)
+        return tuple(trace_costs(lambda t: twin(t.to(dtype=dtype, memory_format=fmt)), x))
+    return tuple(trace_costs(optimize_on_meta(twin, precision, kind), x))
 
 
-def total(costs: list[Cost], name: str = "total") -> Cost:
+def total(costs: Sequence[Cost], name: str = "total") -> Cost:
     return Cost(name, sum(c.bytes for c in costs), sum(c.flops for c in costs))
 
 
-def floor_us(costs: list[Cost], ceil: Ceilings, precision: str) -> float:
+def floor_us(costs: Sequence[Cost], ceil: Ceilings, precision: str) -> float:
     """Sum of per-op floors (each op streams its own tensors; ops run one after another)."""
     return sum(c.floor_us(ceil, precision) for c in costs)
 
 
-def kernel_floors(h: int, w: int, precision: str, ceil: Ceilings, *, classes: int = 19, batch: int = 1) -> dict:
+def kernel_floors(
+    h: int, w: int, precision: str, ceil: Ceilings, *, variant: str = "csfcn", classes: int = 19, batch: int = 1
+) -> dict:
     """{kernel name: (Cost, floor µs)} for the kernels of optimize's graph at (h, w)."""
     out = {}
     for kind in ("logits", "labels"):
-        for c in model_costs(kind, precision, h, w, classes=classes, batch=batch):
+        for c in model_costs(kind, precision, h, w, variant=variant, classes=classes, batch=batch):
             if c.name in ("pooled_attention", "sfc_fuse", "shuffle_logits", "shuffle_labels"):
                 out[c.name] = (c, c.floor_us(ceil, precision))
     return out
 
 
 # ----------------------------------------------------------------------------- measured ceilings
-def measure_ceilings(device: torch.device | str = "cuda", datasheet: Ceilings | None = None) -> Ceilings:
+def measure_ceilings(device: torch.device | str = "cuda") -> Ceilings:
     """Copy bandwidth (256 MiB device-to-device, read + write) and fp16/fp32 matmul rates, measured
-    as medians of CUDA-event timings. Falls back to nothing: call on a CUDA device."""
+    as medians of CUDA-event timings (on a CUDA device; the datasheet is the fallback elsewhere)."""
     import statistics
 
     device = torch.device(device)
@@ -295,12 +297,8 @@ def main(argv=None) -> int:
         f"tensor, {ceil.fp32_tflops:.1f} TFLOP/s fp32; batch 1, K={args.classes}; floor = sum over ops of "
         "max(bytes / bandwidth, FLOPs / rate)"
     )
-    from torch_deploy.benchmark import print_table
-
-    print_table(
-        ["size", "what", "MB moved", "GFLOP", "floor us", "FPS ceiling"],
-        prediction_rows(ceil, sizes, args.precision, args.classes),
-    )
+    rows = prediction_rows(ceil, sizes, args.precision, args.classes)
+    print(markdown_table(["size", "what", "MB moved", "GFLOP", "floor us", "FPS ceiling"], rows))
     return 0
 
 

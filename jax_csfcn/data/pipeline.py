@@ -77,7 +77,7 @@ import grain
 import numpy as np
 from PIL import Image, ImageFilter
 
-from jax_csfcn.defaults import IMAGENET_MEAN, IMAGENET_STD  # RGB, in 0..1 units
+from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD  # RGB, in 0..1 units
 
 STATE_FORMAT = "csfcn-loader-v1"
 
