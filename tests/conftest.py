@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import zlib
 
 import numpy as np
@@ -13,17 +15,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the session and the child processes it starts:
 # the training tests build the same step functions many times (fresh closures per run, and
 # in subprocesses), and a cache hit skips a 10-30 s CPU compile.  Keyed by the program, so a
-# hit is always the same program.
+# hit is always the same program.  The process that loads this file first (pytest itself, or
+# the xdist controller, whose workers inherit its environment) makes it and removes it at the end.
+_OWN_JAX_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    import tempfile
-
-    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # pytest -n N: one cache for all workers of the run
-    if run_id:
-        cache = os.path.join(tempfile.gettempdir(), f"csfcn-jax-cache-{run_id}")
-        os.makedirs(cache, exist_ok=True)
-    else:
-        cache = tempfile.mkdtemp(prefix="csfcn-jax-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    _OWN_JAX_CACHE = tempfile.mkdtemp(prefix="csfcn-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_JAX_CACHE
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 sys.path.insert(0, os.path.dirname(__file__))  # tests/random_weights.py
 
@@ -40,6 +37,11 @@ def nchw(a) -> np.ndarray:
 
 def nhwc(a) -> np.ndarray:
     return np.asarray(a).transpose(0, 2, 3, 1)
+
+
+def pytest_sessionfinish(session):
+    if _OWN_JAX_CACHE and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(_OWN_JAX_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -143,7 +143,8 @@ def ws(tmp_path_factory):
     for _ in range(3):
         w.append_data(random_image(rng, 48, 80))
     w.close()
-    return ws
+    yield ws
+    shutil.rmtree(ws, ignore_errors=True)  # about 1 GB of runs and checkpoints: not kept past the module
 
 
 def child_env(ws: Path) -> dict:
