@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 
@@ -16,8 +17,9 @@ from torch_checkpoints import make_checkpoint, random_model
 from csfcn.model_config import ModelConfig
 from torch_deploy import load_model
 from torch_deploy.export_onnx import (
-    DynamicCSFCN,
     ExportError,
+    ExportOps,
+    export_module,
     export_onnx,
     fold_batchnorms,
     pyramid_pool_masked,
@@ -63,8 +65,13 @@ def test_masked_pyramid_pool_equals_adaptive_pooling(shape):
 
 
 def test_dynamic_module_equals_twin():
+    """The exported module for --dynamic is the twin's own tree, BN folded, on ExportOps; the twin
+    itself keeps its reference backend."""
     twin = random_model(ModelConfig(num_classes=19), seed=4)
-    dyn = DynamicCSFCN(twin).eval()
+    exported = export_module(twin, dynamic=True)
+    assert type(exported) is type(twin) and exported.ops.name == "export" and twin.ops.name == "reference"
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in exported.modules())
+    dyn = copy.deepcopy(twin).use_ops(ExportOps()).eval()  # the shape-generic ops alone, BN unfolded
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for shape in [(1, 3, 64, 128), (2, 3, 40, 56), (1, 3, 96, 48)]:

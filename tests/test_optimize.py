@@ -178,8 +178,7 @@ def test_cpu_head_matmul_matches_conv_pixel_shuffle_argmax(g, k, b, h, w, cl):
         logits_ref = F.pixel_shuffle(head.conv_out(x), 8)
     got = {}
     for output in ("logits", "labels"):
-        fast = opt._Head(head, output, use_kernels=False)
-        got[output] = fast._cpu_shuffle(x)
+        got[output] = opt.FastOps(output, kernels=False).cpu_shuffle(head, x)
     assert got["logits"].shape == (b, k, 8 * h, 8 * w)
     assert rel_l2(got["logits"], logits_ref) <= 1e-6
     assert got["labels"].dtype == (torch.uint8 if k <= 256 else torch.int32)
@@ -230,7 +229,8 @@ def test_optimized_with_kernels_matches_twin(g, variant, stem, k, b, h, w, cl):
         ref_cl = copy.deepcopy(twin).to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     twin_noise = max(rel_l2(ref, truth), rel_l2(ref_cl, truth))
     fast = optimize(twin, "fp32", "logits", kernels=True, channels_last=cl)
-    assert fast.use_kernels and fast.sfc.use_kernels and fast.head.use_kernels
+    assert fast.use_kernels and fast.model.ops.kernels and fast.model.sfc.ops is fast.model.conv_out32.ops
+    assert fast.model.sfc.folded and not any(isinstance(m, nn.BatchNorm2d) for m in fast.model.modules())
     out = fast(x)
     assert out.shape == ref.shape == (b, k, h, w)
     assert rel_l2(out, optimize(twin, "fp32", "logits", kernels=False, channels_last=cl)(x)) <= 1e-5

@@ -12,8 +12,8 @@ becomes ONNX ``GridSample`` (opset >= 16) and the head's pixel shuffle a ``Depth
 reshape-transpose.
 
 Static (default): batch and ``--size H W`` are fixed.  ``--dynamic``: batch, H and W are free
-(H, W multiples of 8, 32..8192).  The dynamic graph is the same network written so that no
-shape is baked in: CFC's pyramid pooling (whose column count ``round(W / H * g)`` depends on
+(H, W multiples of 8, 32..8192).  The dynamic graph is the twin's own module tree on the
+:class:`ExportOps` backend, whose two shape-dependent ops bake no shape in: CFC's pyramid pooling (whose column count ``round(W / H * g)`` depends on
 the aspect ratio) becomes averaging matrices built from the shape, padded to a shape-derived
 upper bound, with the padded bins masked out of the softmax; SFC's base grid is the
 ``linspace`` formula on ``arange``.  On the twin's own inputs it computes the same function.
@@ -44,7 +44,8 @@ from torch import nn
 from csfcn.extras import require
 from csfcn.files import write_atomic
 from csfcn.model_config import PYRAMID_GRIDS, SFC_GROUPS
-from torch_deploy.model import CSFCN
+from torch_deploy.model import CSFCN, ReferenceOps
+from torch_deploy.optimize import remove_bn
 
 MAX_REL_L2 = 1e-4
 MIN_ARGMAX_AGREEMENT = 0.999
@@ -61,8 +62,6 @@ class ExportError(Exception):
 def fold_batchnorms(model: CSFCN) -> CSFCN:
     """A copy of the twin with every BatchNorm folded into the conv before it (BN -> Identity):
     :func:`torch_deploy.optimize.remove_bn`, the one folding pass, then a check that none is left."""
-    from torch_deploy.optimize import remove_bn
-
     try:
         model = remove_bn(model)
     except ValueError as e:
@@ -124,24 +123,24 @@ def _sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
     return torch.stack((xs, ys), dim=2) + torch.stack((off[..., 0] / w, off[..., 1] / h), dim=3)
 
 
-class DynamicCSFCN(nn.Module):
-    """The twin's own modules with shape-generic pooling and sampling grids (``--dynamic`` export):
+class ExportOps(ReferenceOps):
+    """The twin's ops with shape-generic pooling and sampling grids (the ``--dynamic`` export):
     CFC attends over masked, padded pooled positions, SFC samples on a grid built from symbolic
-    sizes; everything else is the twin's forward."""
+    sizes; every other op is the twin's."""
 
-    def __init__(self, model: CSFCN):
-        super().__init__()
-        self.m = model
+    name = "export"
 
-    def _cfc(self, x):
-        cfc = self.m.cfc
-        x = cfc.reduce_channel(x)
-        pooled, valid = pyramid_pool_masked(x)
-        return cfc.attend(x, pooled, valid)
+    def pool(self, x):
+        return pyramid_pool_masked(x)
 
-    def forward(self, image):
-        feat8, feat32 = self.m.resnet(image)
-        return self.m.conv_out32(self.m.sfc(feat8, self._cfc(feat32), grid=_sfc_grid))
+    def sfc_grid(self, n, h, w, offsets):
+        return _sfc_grid(n, h, w, offsets)
+
+
+def export_module(model: CSFCN, dynamic: bool) -> CSFCN:
+    """What is exported: the twin with its BatchNorms folded, on :class:`ExportOps` when ``dynamic``."""
+    folded = fold_batchnorms(model)
+    return folded.use_ops(ExportOps()) if dynamic else folded
 
 
 # --------------------------------------------------------------------------- export + check
@@ -153,7 +152,7 @@ def _export(module: nn.Module, example: torch.Tensor, path: str, opset: int, dyn
         from torch.export import Dim
 
         h8, w8 = Dim("h8", min=4, max=1024), Dim("w8", min=4, max=1024)
-        kwargs["dynamic_shapes"] = {"image": {0: Dim("batch", min=1, max=1024), 2: 8 * h8, 3: 8 * w8}}
+        kwargs["dynamic_shapes"] = ({0: Dim("batch", min=1, max=1024), 2: 8 * h8, 3: 8 * w8},)  # the one input
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -216,8 +215,7 @@ def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_O
             twin = load_model(checkpoint)
         except (OSError, ValueError, KeyError) as e:  # ConversionError is a ValueError
             raise ExportError(f"--checkpoint {checkpoint}: {e}") from e
-        folded = fold_batchnorms(twin)
-        module = DynamicCSFCN(folded) if dynamic else folded
+        module = export_module(twin, dynamic)
         gen = torch.Generator().manual_seed(seed)
         inputs = [torch.randn(b, 3, h, w, generator=gen) for b, h, w in shapes]
         # A batch of 2 as the example keeps torch.export from specialising batch 1.

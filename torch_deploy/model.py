@@ -3,8 +3,15 @@
 Same structure and names as the upstream release (kaigelee/CSFCN ``models/csfcn.py`` and
 ``models/csfcn_tiny.py``) and as :mod:`jax_csfcn.model`: an upstream ``state_dict`` loads
 with ``strict=True`` and this model's ``state_dict`` has exactly the upstream key set.
-It is the reference that the fast path (:mod:`torch_deploy.optimize`) and the parity
-tests compare against, and it runs on CPU.
+It is the reference that the parity tests compare against, and it runs on CPU.
+
+This file is the only place the PyTorch forward pass is written. Its three hot spots (CFC's
+pooled attention, SFC's sampling + gating, the head's 1x1 conv + pixel shuffle or argmax) and
+its convolutions go through the module's ``ops`` backend (:class:`ReferenceOps` by default, the
+plain PyTorch ops). The fast path (:mod:`torch_deploy.optimize`) and the shape-generic ONNX
+export (:mod:`torch_deploy.export_onnx`) are transformations of this module tree -- BatchNorms
+folded, SFC's offset 1x1s folded (:meth:`SFC.forward`'s folded branch) -- with another backend
+installed by :meth:`CSFCN.use_ops`; parameters and names stay those of the twin.
 """
 
 from __future__ import annotations
@@ -16,15 +23,102 @@ from torch import nn
 from csfcn.model_config import HEAD_UPSAMPLE, PYRAMID_GRIDS, SFC_GROUPS, ModelConfig
 
 
+def labels_dtype(k: int) -> torch.dtype:
+    """The dtype of argmax labels over ``k`` classes: uint8 up to 256 classes, else int32."""
+    return torch.uint8 if k <= 256 else torch.int32
+
+
+class ReferenceOps:
+    """The twin's ops in plain PyTorch: what every other backend must equal (docs/architecture.md).
+
+    ``output``: "logits" (B, K, H, W) or "labels" (B, H, W) argmax. A backend overrides the ops
+    it runs faster; the module tree calls only these methods for the parts that differ.
+    """
+
+    name = "reference"
+
+    def __init__(self, output: str = "logits"):
+        if output not in ("logits", "labels"):
+            raise ValueError(f"ops: output={output!r}; choose 'logits' or 'labels'")
+        self.output = output
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(output={self.output!r})"
+
+    # --- convolutions
+    def conv(self, conv: nn.Conv2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        y = conv(x)
+        return F.relu(y) if relu else y
+
+    def add_relu(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``relu(x + y)`` (a residual; fast backends may overwrite ``x``)."""
+        return F.relu(x + y)
+
+    def conv_bn(self, conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """``relu?(bn(conv(x)))``; one conv when the BN was folded into it (``bn`` is Identity)."""
+        if isinstance(bn, nn.Identity):
+            return self.conv(conv, x, relu)
+        y = bn(self.conv(conv, x))
+        return F.relu(y) if relu else y
+
+    # --- CFC (docs/architecture.md, CFC)
+    def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pooled (B, C, S), validity mask (S,) or None when every position is real)."""
+        return pyramid_pool(x), None
+
+    def attention(self, cfc: CFC, x: torch.Tensor, pooled: torch.Tensor, valid=None) -> torch.Tensor:
+        """CFC steps 3-5: the context (B, C, H, W) of every position of ``x`` over ``pooled``."""
+        b, c, h, w = x.shape
+        query = self.conv(cfc.query_conv, x).reshape(b, cfc.query_conv.out_channels, -1).permute(0, 2, 1)
+        scores = torch.matmul(query, cfc.key_conv(pooled))  # B N S
+        if valid is not None:
+            scores = scores.masked_fill(~valid, float("-inf"))
+        attn = torch.softmax(scores, dim=-1)
+        return torch.bmm(cfc.value_conv(pooled), attn.permute(0, 2, 1)).reshape(b, c, h, w)
+
+    # --- SFC (docs/architecture.md, SFC)
+    def sfc_grid(self, n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
+        return sfc_grid(n, h, w, offsets)
+
+    def sample_and_gate(self, cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """SFC steps 4-7 on cp and sp at 1/8."""
+        return sfc_sample_and_gate(cp, sp, r, self.sfc_grid)
+
+    def sfc_fuse(self, cp: torch.Tensor, sp32: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """SFC steps 4-7 with sp still at 1/32 (the folded SFC): resize, then sample and gate."""
+        sp = F.interpolate(sp32, cp.shape[2:], mode="bilinear", align_corners=True)
+        return self.sample_and_gate(cp, sp, r)
+
+    # --- head (docs/architecture.md, Head)
+    def head(self, head: Head, x: torch.Tensor) -> torch.Tensor:
+        """The head's 1x1 conv and x8 upsampling of the (already 3x3-convolved) ``x``."""
+        y = self.conv(head.conv_out, x)
+        if head.tiny:
+            y = F.interpolate(y, scale_factor=HEAD_UPSAMPLE, mode="bilinear", align_corners=True)
+        else:
+            y = F.pixel_shuffle(y, HEAD_UPSAMPLE)
+        return y if self.output == "logits" else y.argmax(1).to(labels_dtype(head.num_classes))
+
+
+REFERENCE_OPS = ReferenceOps()
+
+
 class ConvBNReLU(nn.Sequential):
+    ops = REFERENCE_OPS
+
     def __init__(self, cin: int, cout: int, k: int = 3):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
 
+    def forward(self, x):
+        return self.ops.conv_bn(self.conv, self.bn, x, relu=True)
+
 
 class BasicBlock(nn.Module):
+    ops = REFERENCE_OPS
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -36,14 +130,16 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
+        ops = self.ops
+        out = ops.conv_bn(self.conv2, self.bn2, ops.conv_bn(self.conv1, self.bn1, x, relu=True))
+        identity = x if self.downsample is None else ops.conv_bn(self.downsample[0], self.downsample[1], x)
+        return ops.add_relu(out, identity)
 
 
 class ResNet18(nn.Module):
     """torchvision-named ResNet-18 trunk returning (feat8, feat32)."""
+
+    ops = REFERENCE_OPS
 
     def __init__(self, stem: str = "torchvision"):
         super().__init__()
@@ -67,7 +163,14 @@ class ResNet18(nn.Module):
             cin = cout
 
     def forward(self, x):
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        ops = self.ops
+        if isinstance(self.conv1, nn.Conv2d):
+            x = ops.conv_bn(self.conv1, self.bn1, x, relu=True)
+        else:  # deep stem: (conv, bn, relu) x2, conv, then the trunk's bn1 + relu
+            s = self.conv1
+            x = ops.conv_bn(s[3], s[4], ops.conv_bn(s[0], s[1], x, relu=True), relu=True)
+            x = ops.conv_bn(s[6], self.bn1, x, relu=True)
+        x = self.maxpool(x)
         feat8 = self.layer2(self.layer1(x))
         return feat8, self.layer4(self.layer3(feat8))
 
@@ -80,15 +183,19 @@ def pyramid_pool(x: torch.Tensor, grids=PYRAMID_GRIDS) -> torch.Tensor:
 
 
 class LocalAttention(nn.Module):
+    ops = REFERENCE_OPS
+
     def __init__(self, channels: int, inter: int):
         super().__init__()
         self.conv = nn.Sequential(ConvBNReLU(channels, inter, 1), nn.Conv2d(inter, channels, 3, padding=1, bias=False))
 
     def forward(self, x):
-        return x * torch.tanh(self.conv(x)) + x
+        return x * torch.tanh(self.ops.conv(self.conv[1], self.conv[0](x))) + x
 
 
 class CFC(nn.Module):
+    ops = REFERENCE_OPS
+
     def __init__(self, cin: int = 512, inter: int = 256, local_inter: int = 64):
         super().__init__()
         self.reduce_channel = ConvBNReLU(cin, inter, 3)
@@ -98,21 +205,11 @@ class CFC(nn.Module):
         self.local_attention = LocalAttention(inter, local_inter)
 
     def forward(self, x):
+        """docs/architecture.md, CFC: reduce, pool (``valid`` masks padded positions out of the
+        softmax when a backend pads S to a bound), attend, local attention, residual."""
         x = self.reduce_channel(x)
-        return self.attend(x, pyramid_pool(x))
-
-    def attend(self, x, pooled, valid=None):
-        """docs/architecture.md, CFC steps 3-6 on the reduced map ``x`` and its pooled positions
-        (B, C, S). ``valid`` (S,) bool masks padded positions out of the softmax (the ONNX
-        export's shape-generic pooling pads S to a bound)."""
-        b, c, h, w = x.shape
-        query = self.query_conv(x).reshape(b, 32, -1).permute(0, 2, 1)  # B N d
-        scores = torch.matmul(query, self.key_conv(pooled))  # B N S
-        if valid is not None:
-            scores = scores.masked_fill(~valid, float("-inf"))
-        attn = torch.softmax(scores, dim=-1)
-        context = torch.bmm(self.value_conv(pooled), attn.permute(0, 2, 1)).reshape(b, c, h, w)
-        return x + self.local_attention(context)
+        pooled, valid = self.ops.pool(x)
+        return x + self.local_attention(self.ops.attention(self, x, pooled, valid))
 
 
 def sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
@@ -127,8 +224,8 @@ def sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
 
 def sfc_sample_and_gate(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, grid=None) -> torch.Tensor:
     """docs/architecture.md, SFC steps 4-7 (the op that ``kernels.sfc_fuse`` fuses). ``grid``:
-    the function building the sampling grid (default :func:`sfc_grid`; the ONNX export passes a
-    shape-generic one)."""
+    the function building the sampling grid (default :func:`sfc_grid`; the ONNX export's backend
+    passes a shape-generic one)."""
     grid = grid or sfc_grid
     n, c, h, w = cp.shape
     g = SFC_GROUPS
@@ -139,9 +236,12 @@ def sfc_sample_and_gate(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, gri
 
 
 class SFC(nn.Module):
+    ops = REFERENCE_OPS
+
     def __init__(self, tiny: bool = False):
         super().__init__()
         self.tiny = tiny
+        self.folded = False  # set by torch_deploy.optimize.fold_sfc_offsets
         # Registration order as upstream, so state_dict keys come out in the same order.
         self.conv_8 = ConvBNReLU(128, 128, 3)
         if not tiny:
@@ -153,30 +253,40 @@ class SFC(nn.Module):
             ConvBNReLU(256 if tiny else 64, 64, 1), nn.Conv2d(64, SFC_GROUPS * 4 + 2, 3, padding=1, bias=False)
         )
 
-    def forward(self, cp, sp, grid=None):
-        cp, sp, r = self.offsets(cp, sp)
-        return sfc_sample_and_gate(cp, sp, r, grid)
+    def forward(self, feat8, cfc_out):
+        if self.folded:
+            # docs/architecture.md, "The SFC folding": the offset branch's 1x1s are two 128 -> 64
+            # maps (cp_proj, sp_proj), sp_proj applied at 1/32 before the (linear) resize, and sp
+            # itself stays at 1/32 until the sampling op resizes it.
+            ops = self.ops
+            sp32 = self.conv_32(cfc_out)
+            cp = self.conv_8(feat8)
+            sp_off = F.interpolate(ops.conv(self.sp_proj, sp32), cp.shape[2:], mode="bilinear", align_corners=True)
+            r = ops.conv(self.conv_offset[1], ops.add_relu(ops.conv(self.cp_proj, cp), sp_off))
+            return ops.sfc_fuse(cp, sp32, r)
+        cp, sp, r = self.offsets(feat8, cfc_out)
+        return self.ops.sample_and_gate(cp, sp, r)
 
     def offsets(self, feat8, cfc_out):
         """docs/architecture.md, SFC steps 1-3: (cp, sp at 1/8, the offset/gate map r)."""
         sp = F.interpolate(self.conv_32(cfc_out), feat8.shape[2:], mode="bilinear", align_corners=True)
         cp = self.conv_8(feat8)
         cat = torch.cat([cp, sp], 1) if self.tiny else torch.cat([self.cp1x1(cp), self.sp1x1(sp)], 1)
-        return cp, sp, self.conv_offset(cat)
+        return cp, sp, self.ops.conv(self.conv_offset[1], self.conv_offset[0](cat))
 
 
 class Head(nn.Module):
+    ops = REFERENCE_OPS
+
     def __init__(self, num_classes: int, tiny: bool = False):
         super().__init__()
         self.tiny = tiny
+        self.num_classes = num_classes
         self.conv = ConvBNReLU(128, 128, 3)
         self.conv_out = nn.Conv2d(128, num_classes if tiny else num_classes * HEAD_UPSAMPLE**2, 1, bias=True)
 
     def forward(self, x):
-        x = self.conv_out(self.conv(x))
-        if self.tiny:
-            return F.interpolate(x, scale_factor=HEAD_UPSAMPLE, mode="bilinear", align_corners=True)
-        return F.pixel_shuffle(x, HEAD_UPSAMPLE)
+        return self.ops.head(self, self.conv(x))
 
 
 class CSFCN(nn.Module):
@@ -206,6 +316,19 @@ class CSFCN(nn.Module):
         nn.init.zeros_(self.cfc.local_attention.conv[1].weight)
         nn.init.zeros_(self.sfc.conv_offset[1].weight)
 
+    @property
+    def ops(self) -> ReferenceOps:
+        return self.conv_out32.ops
+
+    def use_ops(self, ops: ReferenceOps) -> CSFCN:
+        """Run every module of this network through the backend ``ops`` (returns self)."""
+        for m in self.modules():
+            if isinstance(getattr(type(m), "ops", None), ReferenceOps):
+                m.ops = ops
+        return self
+
     def forward(self, x):
+        """Normalised (B, 3, H, W) images -> logits (B, K, H, W), or labels (B, H, W) when the
+        backend's output is "labels"."""
         feat8, feat32 = self.resnet(x)
         return self.conv_out32(self.sfc(feat8, self.cfc(feat32)))

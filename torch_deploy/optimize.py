@@ -4,10 +4,11 @@
     fast = optimize(model, precision="fp16", output="labels")   # model: torch_deploy.model.CSFCN
     labels = fast(x)            # x: normalised (B, 3, H, W) float -> (B, H, W) uint8
 
-What :func:`optimize` builds from the PyTorch twin (which it leaves untouched):
+What :func:`optimize` builds is the twin's own module tree (:mod:`torch_deploy.model`, copied;
+the twin is left untouched) after two passes, running the :class:`FastOps` backend:
 
 * every BatchNorm folded into the conv before it (:func:`fold_bn`, eval-mode statistics);
-* SFC's offset branch folded (docs/architecture.md, SFC step 3, :func:`fold_sfc_1x1`): cp1x1 / sp1x1 and
+* SFC's offset branch folded (docs/architecture.md, SFC step 3, :func:`fold_sfc_offsets`): cp1x1 / sp1x1 and
   the 1x1 conv (+ BN) of conv_offset compose into one 128 -> 64 map per branch, and the sp
   branch's map is applied at 1/32 *before* the align-corners resize (both are linear, so they
   commute): the 1/8 map only ever sees 64 channels of sp, and with the fused ``sfc_fuse``
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
-from torch_deploy.model import CSFCN, pyramid_pool
+from torch_deploy.model import CSFCN, SFC, Head, ReferenceOps, labels_dtype
 
 # fp64 runs the reference ops only: it exists to check that the folded graph is the same function.
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -124,7 +125,8 @@ def fold_sfc_1x1(sfc) -> tuple[nn.Conv2d, nn.Conv2d]:
     cp1x1 / sp1x1 (CSFCN) or applies directly to cp / sp (CSFCN-Tiny, no cp1x1/sp1x1). The bias
     goes to ``cp_proj``; ``sp_proj`` has none, so it commutes with the bilinear resize of sp.
     """
-    first = fold_bn(sfc.conv_offset[0].conv, sfc.conv_offset[0].bn)
+    cbr = sfc.conv_offset[0]
+    first = cbr.conv if isinstance(cbr.bn, nn.Identity) else fold_bn(cbr.conv, cbr.bn)  # already folded by remove_bn
     w = first.weight.double().flatten(1)  # (64, 64) or, Tiny, (64, 256)
     if sfc.tiny:
         c = sfc.conv_8.conv.out_channels
@@ -135,11 +137,6 @@ def fold_sfc_1x1(sfc) -> tuple[nn.Conv2d, nn.Conv2d]:
         w_sp = w[:, half:] @ sfc.sp1x1.weight.double().flatten(1)
     dtype = first.weight.dtype
     return _conv1x1(w_cp, first.bias.double(), dtype), _conv1x1(w_sp, None, dtype)
-
-
-def _cbr(m) -> nn.Conv2d:
-    """A twin ConvBNReLU (conv, bn, relu) -> the folded conv; the ReLU is applied by the caller."""
-    return fold_bn(m.conv, m.bn)
 
 
 def _onednn(conv: nn.Conv2d, x: torch.Tensor) -> bool:
@@ -194,86 +191,75 @@ def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return conv2d(conv, x, relu=True)
 
 
-# ----------------------------------------------------------------------------- folded modules
-class _Block(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.conv1 = fold_bn(block.conv1, block.bn1)
-        self.conv2 = fold_bn(block.conv2, block.bn2)
-        self.downsample = None if block.downsample is None else fold_bn(block.downsample[0], block.downsample[1])
-
-    def forward(self, x):
-        identity = x if self.downsample is None else conv2d(self.downsample, x)
-        return F.relu_(conv2d(self.conv2, conv_relu(self.conv1, x)).add_(identity))
-
-
-class _Backbone(nn.Module):
-    def __init__(self, resnet):
-        super().__init__()
-        if isinstance(resnet.conv1, nn.Conv2d):
-            self.stem = nn.ModuleList([fold_bn(resnet.conv1, resnet.bn1)])
-        else:  # deep stem: conv-bn-relu x2, conv, then the trunk's bn1 + relu
-            s = resnet.conv1
-            self.stem = nn.ModuleList([fold_bn(s[0], s[1]), fold_bn(s[3], s[4]), fold_bn(s[6], resnet.bn1)])
-        self.maxpool = copy.deepcopy(resnet.maxpool)
-        for i in range(1, 5):
-            setattr(self, f"layer{i}", nn.Sequential(*(_Block(b) for b in getattr(resnet, f"layer{i}"))))
-
-    def forward(self, x):
-        for conv in self.stem:
-            x = conv_relu(conv, x)
-        x = self.maxpool(x)
-        feat8 = self.layer2(self.layer1(x))
-        return feat8, self.layer4(self.layer3(feat8))
+@torch.no_grad()
+def fold_sfc_offsets(sfc: SFC) -> SFC:
+    """Switch ``sfc`` (in place) to its folded form (docs/architecture.md, "The SFC folding"): the
+    offset branch's first 1x1 (+ BN) composed with cp1x1 / sp1x1 into ``cp_proj`` / ``sp_proj``,
+    which :meth:`torch_deploy.model.SFC.forward` then applies with sp kept at 1/32."""
+    sfc.cp_proj, sfc.sp_proj = fold_sfc_1x1(sfc)
+    sfc.conv_offset[0] = nn.Identity()
+    if not sfc.tiny:
+        del sfc.cp1x1, sfc.sp1x1
+    sfc.folded = True
+    return sfc
 
 
-class _CFC(nn.Module):
-    def __init__(self, cfc, use_kernels: bool):
-        super().__init__()
-        self.use_kernels = use_kernels
-        self.reduce = _cbr(cfc.reduce_channel)
-        self.query = copy.deepcopy(cfc.query_conv)
-        self.key = nn.Parameter(cfc.key_conv.weight.detach().flatten(1).clone(), requires_grad=False)  # (D, C)
-        self.key_bias = nn.Parameter(cfc.key_conv.bias.detach().clone(), requires_grad=False)
-        self.value = nn.Parameter(cfc.value_conv.weight.detach().flatten(1).clone(), requires_grad=False)  # (C, C)
-        self.value_bias = nn.Parameter(cfc.value_conv.bias.detach().clone(), requires_grad=False)
-        self.local0 = _cbr(cfc.local_attention.conv[0])
-        self.local1 = copy.deepcopy(cfc.local_attention.conv[1])
+# ----------------------------------------------------------------------------- the fast backend
+def _head_rows(conv_out: nn.Conv2d, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's 1x1 conv with outputs reordered from (class, sub-pixel) to (sub-pixel, class), for
+    the CPU path: one matmul then gives, per pixel, 64 contiguous runs of K scores. Cached on the
+    conv like the packed weights, recomputed if the weight changes."""
+    w = conv_out.weight
+    key = (w.data_ptr(), w.dtype, None if w.is_inference() else w._version)
+    cached = conv_out.__dict__.get("_head_rows")
+    if cached is None or cached[0] != key:
+        r2 = HEAD_UPSAMPLE**2
+        rows = w.detach().reshape(k, r2, -1).transpose(0, 1).reshape(r2 * k, -1).clone()
+        bias = conv_out.bias.detach().reshape(k, r2).t().reshape(-1).clone()
+        cached = conv_out.__dict__["_head_rows"] = (key, (rows, bias))
+    return cached[1]
 
-    def forward(self, x):
-        x = conv_relu(self.reduce, x)
-        pooled = pyramid_pool(x)  # (B, C, S)
-        query = conv2d(self.query, x)
-        key = (self.key @ pooled + self.key_bias[:, None]).contiguous()
-        value = (self.value @ pooled + self.value_bias[:, None]).contiguous()
-        if self.use_kernels:
+
+class FastOps(ReferenceOps):
+    """``optimize``'s backend for the twin's module tree (BN folded, SFC folded).
+
+    Convolutions: on CPU in fp32/bf16 one oneDNN call each with pre-packed weights and the ReLU
+    fused (:func:`conv2d`). The hot spots: with ``kernels`` the Triton kernels of :mod:`kernels`
+    (``pooled_attention``, ``sfc_fuse`` with the 1/32 resize fused, ``shuffle_head``), else the
+    same functions' reference ops; the CSFCN head on CPU as one matmul (:meth:`cpu_shuffle`).
+    """
+
+    name = "fast"
+
+    def __init__(self, output: str = "logits", kernels: bool = False):
+        super().__init__(output)
+        self.kernels = kernels
+
+    def __repr__(self) -> str:
+        return f"FastOps(output={self.output!r}, kernels={self.kernels})"
+
+    def conv(self, conv, x, relu=False):
+        return conv2d(conv, x, relu)
+
+    def add_relu(self, x, y):
+        return F.relu_(x.add_(y))
+
+    def attention(self, cfc, x, pooled, valid=None):
+        if valid is not None:  # padded positions: only the shape-generic export pads
+            return super().attention(cfc, x, pooled, valid)
+        query = self.conv(cfc.query_conv, x)
+        key = (cfc.key_conv.weight.flatten(1) @ pooled + cfc.key_conv.bias[:, None]).contiguous()
+        value = (cfc.value_conv.weight.flatten(1) @ pooled + cfc.value_conv.bias[:, None]).contiguous()
+        if self.kernels:  # kernels import lazily: Triton reads TRITON_INTERPRET when first imported
             from kernels.pooled_attention import pooled_attention
 
-            context = pooled_attention(query, key, value)
-        else:
-            from kernels.pooled_attention import pooled_attention_reference
+            return pooled_attention(query, key, value)
+        from kernels.pooled_attention import pooled_attention_reference
 
-            context = pooled_attention_reference(query, key, value)
-        context = context * torch.tanh(conv2d(self.local1, conv_relu(self.local0, context))) + context
-        return x + context
+        return pooled_attention_reference(query, key, value)
 
-
-class _SFC(nn.Module):
-    def __init__(self, sfc, use_kernels: bool):
-        super().__init__()
-        self.use_kernels = use_kernels
-        self.conv_8 = _cbr(sfc.conv_8)
-        self.conv_32 = _cbr(sfc.conv_32)
-        self.cp_proj, self.sp_proj = fold_sfc_1x1(sfc)
-        self.offset = copy.deepcopy(sfc.conv_offset[1])
-
-    def forward(self, feat8, cfc_out):
-        sp32 = conv_relu(self.conv_32, cfc_out)  # 128 ch at 1/32: never resized to 1/8 in full
-        cp = conv_relu(self.conv_8, feat8)
-        size = cp.shape[2:]
-        sp_off = F.interpolate(conv2d(self.sp_proj, sp32), size, mode="bilinear", align_corners=True)
-        r = conv2d(self.offset, F.relu_(conv2d(self.cp_proj, cp).add_(sp_off)))
-        if self.use_kernels:
+    def sfc_fuse(self, cp, sp32, r):
+        if self.kernels:
             from kernels.sfc_fuse import sfc_fuse
 
             return sfc_fuse(cp, sp32, r)
@@ -281,30 +267,7 @@ class _SFC(nn.Module):
 
         return sfc_fuse_reference(cp, sp32, r)
 
-
-class _Head(nn.Module):
-    def __init__(self, head, output: str, use_kernels: bool):
-        super().__init__()
-        self.tiny = head.tiny
-        self.output = output
-        self.use_kernels = use_kernels
-        self.conv = _cbr(head.conv)
-        self.conv_out = copy.deepcopy(head.conv_out)
-        self.num_classes = k = head.conv_out.out_channels // (1 if head.tiny else HEAD_UPSAMPLE**2)
-        from kernels.shuffle_head import default_labels_dtype  # kernels import lazily (TRITON_INTERPRET)
-
-        self.labels_dtype = default_labels_dtype(k)
-        if not self.tiny:
-            # the 1x1 conv's outputs reordered from (class, sub-pixel) to (sub-pixel, class) for the
-            # CPU path: one matmul then gives, per pixel, 64 contiguous runs of K scores
-            r2 = HEAD_UPSAMPLE**2
-            w = head.conv_out.weight.detach().reshape(k, r2, -1).transpose(0, 1).reshape(r2 * k, -1)
-            self.register_buffer("weight_sk", w.clone(), persistent=False)
-            self.register_buffer(
-                "bias_sk", head.conv_out.bias.detach().reshape(k, r2).t().reshape(-1).clone(), persistent=False
-            )
-
-    def _cpu_shuffle(self, x: torch.Tensor) -> torch.Tensor:
+    def cpu_shuffle(self, head: Head, x: torch.Tensor) -> torch.Tensor:
         """Head 1x1 conv + pixel shuffle (+ argmax) on CPU as a matmul over (pixel, channel) rows.
 
         For channels-last ``x`` the rows are a free view; the matmul writes (pixel, sub-pixel, class),
@@ -312,37 +275,35 @@ class _Head(nn.Module):
         than reducing over K from the (class, sub-pixel) layout) and the 64 labels per pixel are
         scattered to their 8x8 block as uint8."""
         b, c, h, w = x.shape
-        k, r = self.num_classes, HEAD_UPSAMPLE
+        k, r = head.num_classes, HEAD_UPSAMPLE
+        weight, bias = _head_rows(head.conv_out, k)
         rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        y = torch.addmm(self.bias_sk, rows, self.weight_sk.t()).view(b, h, w, r, r, k)
+        y = torch.addmm(bias, rows, weight.t()).view(b, h, w, r, r, k)
         if self.output == "labels":
-            labels = y.argmax(-1).to(self.labels_dtype)  # (b, h, w, i, j)
+            labels = y.argmax(-1).to(labels_dtype(k))  # (b, h, w, i, j)
             return labels.permute(0, 1, 3, 2, 4).reshape(b, h * r, w * r)
         # (b, h, i, w, j, k) in memory: logits (b, k, 8h, 8w) in channels-last layout
         return y.permute(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, k).permute(0, 3, 1, 2)
 
-    def forward(self, x):
-        x = conv_relu(self.conv, x)
-        if self.tiny:
-            y = conv2d(self.conv_out, x)
-            logits = F.interpolate(y, scale_factor=HEAD_UPSAMPLE, mode="bilinear", align_corners=True)
-            if self.output == "logits":
-                return logits
-            return logits.argmax(1).to(self.labels_dtype)
+    def head(self, head, x):
+        if head.tiny:  # a bilinear x8 resize: no shortcut, conv + resize (+ argmax)
+            return super().head(head, x)
         from kernels.shuffle_head import shuffle_head, shuffle_labels
 
-        if self.use_kernels:
-            return shuffle_head(x, self.conv_out.weight, self.conv_out.bias, upscale=HEAD_UPSAMPLE, output=self.output)
+        if self.kernels:
+            return shuffle_head(x, head.conv_out.weight, head.conv_out.bias, upscale=HEAD_UPSAMPLE, output=self.output)
         if x.device.type == "cpu" and x.dtype != torch.float64:
-            return self._cpu_shuffle(x)
-        y = self.conv_out(x)
+            return self.cpu_shuffle(head, x)
+        y = self.conv(head.conv_out, x)
         if self.output == "logits":
             return F.pixel_shuffle(y, HEAD_UPSAMPLE)
         return shuffle_labels(y, HEAD_UPSAMPLE)
 
 
+# ----------------------------------------------------------------------------- the wrapper
 class OptimizedCSFCN(nn.Module):
-    """The folded inference graph (see the module docstring); build it with :func:`optimize`."""
+    """The twin's module tree after :func:`optimize`'s passes (``self.model``, running
+    :class:`FastOps`), wrapped for input precision/layout, TF32 and CUDA graphs."""
 
     def __init__(
         self,
@@ -366,12 +327,11 @@ class OptimizedCSFCN(nn.Module):
         self.cuda_graphs = cuda_graphs
         self.allow_tf32 = allow_tf32
         self.static_output = static_output
-        self.backbone = _Backbone(model.resnet)
-        self.cfc = _CFC(model.cfc, use_kernels)
-        self.sfc = _SFC(model.sfc, use_kernels)
-        self.head = _Head(model.conv_out32, output, use_kernels)
-        if (self.sfc.offset.out_channels - 2) // 4 != SFC_GROUPS:
+        folded = remove_bn(model)  # a copy: the twin is not modified
+        fold_sfc_offsets(folded.sfc)
+        if (folded.sfc.conv_offset[1].out_channels - 2) // 4 != SFC_GROUPS:
             raise ValueError("optimize: conv_offset's outputs do not match SFC_GROUPS")
+        self.model = folded.use_ops(FastOps(output, use_kernels))
         self.requires_grad_(False)
         self.eval()
         self._graphs: dict = {}
@@ -379,8 +339,7 @@ class OptimizedCSFCN(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.to(dtype=self.dtype, memory_format=fmt)
-        feat8, feat32 = self.backbone(x)
-        return self.head(self.sfc(feat8, self.cfc(feat32)))
+        return self.model(x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and self.dtype == torch.float32:
