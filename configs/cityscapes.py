@@ -1,7 +1,7 @@
 """python -m jax_csfcn.train --config configs/cityscapes.py:csfcn,100 --config.data.root=/data/cityscapes
 
 CSFCN and CSFCN-Tiny on Cityscapes (19 classes): one family, chosen by the argument after the
-colon (ml_collections passes it to ``get_config``), a comma list of
+colon (passed to ``get_config``), a comma list of
 
     variant   csfcn (default, pixel-shuffle head) | csfcn_tiny (bilinear head)
     size      100 (default, 1024x2048) | 75 (768x1536) | 50 (512x1024)

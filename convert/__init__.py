@@ -2,23 +2,27 @@
 
 Public API::
 
-    config, flat = convert.read_checkpoint(path)          # any supported checkpoint
+    config, flat = convert.read_checkpoint(path)          # any supported checkpoint -> Flax params
     convert.write_checkpoint(path, config, flat)          # format from the path
+    flax_model = convert.load_flax_model(path)            # any checkpoint -> the nnx model
+    torch_model = convert.load_torch_model(path)          # any checkpoint -> the PyTorch twin
     flat, n = convert.load_imagenet_backbone(config, flat, "resnet18.pth")
 
 and the CLI ``python -m convert SRC DST``.  See :mod:`convert.table` for the one rule table.
+The Flax side (JAX, Flax, Orbax) is needed only for the Flax formats and models.
 """
 
 from convert.formats import (
+    imagenet_initialised,
     infer_config,
+    init_backbone,
     kind_of,
+    load_flax_model,
     load_imagenet_backbone,
-    model_flat,
-    model_template,
+    load_torch_model,
     read_checkpoint,
     read_torch_file,
     save_flax_model,
-    set_model_flat,
     write_checkpoint,
 )
 from convert.table import (
@@ -33,15 +37,16 @@ __all__ = [
     "LEAF_RULES",
     "ConversionError",
     "flax_to_torch",
+    "imagenet_initialised",
     "infer_config",
+    "init_backbone",
     "kind_of",
+    "load_flax_model",
     "load_imagenet_backbone",
-    "model_flat",
-    "model_template",
+    "load_torch_model",
     "read_checkpoint",
     "read_torch_file",
     "save_flax_model",
-    "set_model_flat",
     "torch_key",
     "torch_to_flax",
     "write_checkpoint",

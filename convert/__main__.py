@@ -17,23 +17,21 @@ import os
 import sys
 
 from convert.formats import (
-    STAT_LEAVES,
-    is_imagenet_resnet,
-    kind_of,
-    load_imagenet_backbone,
-    model_flat,
+    imagenet_initialised,
     read_checkpoint,
     read_torch_checkpoint,
     read_torch_file,
     write_checkpoint,
     write_torch_checkpoint,
 )
-from convert.table import ConversionError
+from csfcn.checkpoints import ConversionError, is_imagenet_resnet, kind_of
+from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import MissingExtra
-from csfcn.files import write_failure
 from csfcn.model_config import STEMS, VARIANTS, ModelConfig
 
 TORCH_KINDS = ("pth", "safetensors")
+USER_ERRORS = (ConversionError, FileNotFoundError, FileExistsError, KeyError, ValueError)
+STAT_LEAVES = {"running_mean": "mean", "running_var": "var", "num_batches_tracked": "num_batches_tracked"}
 KIND_NAMES = {
     "orbax": "Flax params (Orbax directory)",
     "safetensors": "PyTorch (.safetensors, config in metadata)",
@@ -57,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=19)
     g.add_argument("--stem", choices=STEMS, default="torchvision")
     g.add_argument("--seed", type=int, default=0, help="init seed of the non-backbone layers")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return p
 
 
@@ -72,37 +71,31 @@ def main(argv=None) -> int:
         print(f"error: {args.dst} exists; pass --overwrite to replace it, or choose another DST", file=sys.stderr)
         return 1
     try:
-        src_kind, dst_kind = kind_of(args.src), kind_of(args.dst)
-        flat, note = None, None  # Flax params, unless PyTorch goes straight to PyTorch
-        if _is_imagenet(args.src):
-            from jax_csfcn.model import build_model
-
-            config = ModelConfig(variant=args.variant, num_classes=args.num_classes, stem=args.stem)
-            flat = model_flat(build_model(config, seed=args.seed))
-            flat, n = load_imagenet_backbone(config, flat, args.src, strict=args.strict)
-            note = f"ImageNet backbone: {n} tensors into resnet.*, other layers initialised (seed {args.seed})"
-        elif src_kind in TORCH_KINDS and dst_kind in TORCH_KINDS:
-            # PyTorch to PyTorch needs no Flax: checked against the twin, then written (deploy install)
-            config, sd = read_torch_checkpoint(args.src, strict=args.strict)
-            write_torch_checkpoint(args.dst, config, sd)
-            leaves = [(k.split(".")[0], STAT_LEAVES.get(k.rsplit(".", 1)[-1], "param"), a.size) for k, a in sd.items()]
-        else:
-            config, flat = read_checkpoint(args.src, strict=args.strict)
-        if flat is not None:
-            write_checkpoint(args.dst, config, flat)
-            leaves = [(str(p[0]), str(p[-1]), a.size) for p, a in flat.items()]
-    except MissingExtra as e:  # e.g. Flax/Orbax formats on a deploy-only install
+        return report_errors(lambda: _convert(args), USER_ERRORS, debug=args.debug, code=1)  # csfcn/cli.py
+    except MissingExtra as e:  # e.g. the Flax formats on a deploy-only install: exit 2, as for any missing extra
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (ConversionError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # a full disk or a forbidden folder: one line (the writer kept nothing partial)
-        msg = write_failure(e)
-        if msg is None:
-            raise
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
+
+
+def _convert(args) -> None:
+    src_kind, dst_kind = kind_of(args.src), kind_of(args.dst)
+    flat, note = None, None  # Flax params, unless PyTorch goes straight to PyTorch
+    if _is_imagenet(args.src):
+        config = ModelConfig(variant=args.variant, num_classes=args.num_classes, stem=args.stem)
+        flat, n = imagenet_initialised(config, args.src, seed=args.seed, strict=args.strict)
+        note = f"ImageNet backbone: {n} tensors into resnet.*, other layers initialised (seed {args.seed})"
+    elif src_kind in TORCH_KINDS and dst_kind in TORCH_KINDS:
+        # PyTorch to PyTorch needs no Flax: checked against the twin, then written (deploy install)
+        config, sd = read_torch_checkpoint(args.src, strict=args.strict)
+        write_torch_checkpoint(args.dst, config, sd)
+        leaves = [(k.split(".")[0], STAT_LEAVES.get(k.rsplit(".", 1)[-1], "param"), a.size) for k, a in sd.items()]
+    else:
+        config, flat = read_checkpoint(args.src, strict=args.strict)
+    if flat is not None:
+        write_checkpoint(args.dst, config, flat)
+        leaves = [(str(p[0]), str(p[-1]), a.size) for p, a in flat.items()]
     stats = {"mean", "var", "num_batches_tracked"}
     tensors, params, buffers = collections.Counter(), collections.Counter(), collections.Counter()
     for module, leaf, size in leaves:
@@ -118,7 +111,6 @@ def main(argv=None) -> int:
         print(f"  {mod:<12} {tensors[mod]:>7} {params[mod]:>12,} {buffers[mod]:>9,}")
     total = (sum(tensors.values()), sum(params.values()), sum(buffers.values()))
     print(f"  {'total':<12} {total[0]:>7} {total[1]:>12,} {total[2]:>9,}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from csfcn.checkpoints import ConversionError, raise_mismatch
+
 KeyPath = tuple  # of str | int, as produced by flattening an nnx state
+__all__ = ["LEAF_RULES", "ConversionError", "KeyPath", "flax_to_torch", "raise_mismatch", "torch_key", "torch_to_flax"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +72,6 @@ LEAF_RULES: dict[str, Rule] = {
 OPTIONAL_LEAVES = frozenset({"num_batches_tracked"})
 
 
-class ConversionError(ValueError):
-    """A checkpoint does not match the model: names every offending tensor."""
-
-
 def torch_key(path: KeyPath) -> str:
     *mods, leaf = path
     if leaf not in LEAF_RULES:
@@ -86,25 +85,6 @@ def flax_to_torch(flat: Mapping[KeyPath, np.ndarray]) -> dict[str, np.ndarray]:
     for path, arr in flat.items():
         out[torch_key(path)] = np.array(LEAF_RULES[path[-1]].to_torch(np.asarray(arr)), order="C")  # keeps 0-d shapes
     return out
-
-
-def raise_mismatch(source: str, bad_shape: list[str], missing: list[str], unexpected: list[str], strict: bool) -> None:
-    """One :class:`ConversionError` naming every wrongly shaped, missing (strict) and unexpected
-    (strict) tensor of ``source``; nothing when all match."""
-    problems = []
-    if bad_shape:
-        problems.append("wrong shape: " + "; ".join(bad_shape))
-    if strict and missing:
-        problems.append(f"missing {len(missing)}: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
-    if strict and unexpected:
-        problems.append(
-            f"unexpected {len(unexpected)}: " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else "")
-        )
-    if problems:
-        raise ConversionError(
-            f"{source} does not match the model ({'; '.join(problems)}). Check the variant, "
-            "class count and stem, or pass strict=False / --no-strict to load the rest."
-        )
 
 
 def torch_to_flax(

@@ -29,6 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
+from jax_csfcn import step as jstep_mod
+from jax_csfcn.checkpointing import model_flat
+from jax_csfcn.model import build_model
+from jax_csfcn.ops import grid_sample
+from jax_csfcn.schedule import sgd_optimizer, warmup_poly_schedule
 
 
 def _block(x):
@@ -62,7 +71,6 @@ def _summary(t: list[float]) -> dict:
 
 def bench_grid_sample(repeats: int) -> dict:
     """SFC sampling shape: batch 2 x 2 groups, 64 channels, 128x256, offsets of a few px."""
-    from jax_csfcn.ops import grid_sample
 
     rng = np.random.default_rng(0)
     n, c, h, w = 4, 64, 128, 256
@@ -99,8 +107,7 @@ def bench_grid_sample(repeats: int) -> dict:
 
 
 def bench_forward(repeats: int, size=(512, 1024), variant="csfcn") -> dict:
-    from convert import flax_to_torch, model_flat
-    from jax_csfcn.model import build_model
+    from convert.table import flax_to_torch
     from torch_deploy.model import CSFCN as TorchCSFCN
 
     model = build_model({"variant": variant}, seed=0)
@@ -193,13 +200,8 @@ def bench_train(
     ``jax_csfcn.config.get_config()``) with the arguments above: nothing here imports
     ml_collections, grain or Orbax (tests/test_step_imports.py).
     """
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from convert import flax_to_torch, model_flat
-    from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
-    from jax_csfcn import step as jstep_mod
-    from jax_csfcn.schedule import sgd_optimizer, warmup_poly_schedule
+    from convert.table import flax_to_torch
     from torch_deploy.model import CSFCN as TorchCSFCN
 
     if dtype not in jstep_mod.DTYPES:

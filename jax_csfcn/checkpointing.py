@@ -11,19 +11,35 @@ when complete), so a run killed at any moment keeps every checkpoint it finished
 ``keep`` checkpoints are kept, plus the best by val mIoU.
 
 :func:`read_run_params` reads the model of a run (its best checkpoint, else the latest) for
-``jax_csfcn.load_model`` / ``torch_deploy.load_model`` / ``python -m convert``.
+``jax_csfcn.load_model`` / ``convert.load_torch_model`` / ``python -m convert``.
+
+Also the Flax side of checkpoint files: a model's variables as {path: array}
+(:func:`model_flat`, :func:`set_model_flat`, :func:`model_template`) and bare Orbax params
+directories (:func:`write_orbax`, :func:`read_orbax`). Orbax and grain are imported where they
+are used: the model and its train step run without them (csfcn.extras, "train").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from csfcn.checkpoints import CONFIG_FILE, PARAMS_DIR, ConversionError
+from csfcn.extras import require
 from csfcn.model_config import ModelConfig
-from csfcn.tree import flatten
+from csfcn.tree import flatten, unflatten
+from jax_csfcn.model import build_model
+
+KeyPath = tuple  # of str | int, as produced by flattening an nnx state
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "loader", "meta")
@@ -160,8 +176,7 @@ def _strip_value(path: tuple) -> tuple:
 
 def read_run_params(path) -> tuple[ModelConfig, dict[tuple[str, ...], np.ndarray], Path]:
     """(model config, {str path: array} of params + BN statistics, step dir) of a run checkpoint."""
-    import jax
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # optional: see the module docstring
 
     step_dir = resolve_step_dir(path)
     meta = read_meta(step_dir)
@@ -185,3 +200,107 @@ def read_run_params(path) -> tuple[ModelConfig, dict[tuple[str, ...], np.ndarray
 
 def model_meta(config: ModelConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+# --------------------------------------------------------------------------- a model's variables
+def flatten_state(tree, leaf=np.asarray) -> dict[KeyPath, np.ndarray]:
+    """Nested pure dict (as ``nnx.to_pure_dict`` gives) -> {path tuple: leaf(value)}."""
+    return flatten(tree, leaf=leaf)
+
+
+def model_flat(model) -> dict[KeyPath, np.ndarray]:
+    """{path: array} of every variable (params and BN statistics) of an nnx model."""
+    return flatten_state(nnx.to_pure_dict(nnx.state(model)))
+
+
+def model_template(config: ModelConfig) -> dict[KeyPath, tuple[int, ...]]:
+    """{path: shape} of every variable of the model, without allocating it."""
+    abstract = nnx.eval_shape(lambda: build_model(config))
+    return flatten_state(nnx.to_pure_dict(nnx.state(abstract)), leaf=lambda v: tuple(v.shape))
+
+
+def set_model_flat(model, flat: dict[KeyPath, np.ndarray]) -> None:
+    """Write {path: array} into the model's variables (paths must exist)."""
+    state = nnx.state(model)
+    pure = nnx.to_pure_dict(state)
+    for path, arr in flat.items():
+        node = pure
+        for k in path[:-1]:
+            node = node[k]
+        if tuple(node[path[-1]].shape) != tuple(arr.shape):
+            raise ConversionError(f"{'.'.join(map(str, path))}: shape {arr.shape} != model {node[path[-1]].shape}")
+        node[path[-1]] = jnp.asarray(arr, dtype=node[path[-1]].dtype)
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(model, state)
+
+
+def match_template(template: dict[KeyPath, tuple], flat_str: dict, source: str) -> dict[KeyPath, np.ndarray]:
+    """Map string-keyed paths back onto the template's (str | int) paths, strictly."""
+    by_str = {tuple(map(str, p)): p for p in template}
+    missing = [".".join(s) for s in by_str if s not in flat_str]
+    unexpected = [".".join(s) for s in flat_str if s not in by_str]
+    bad = [
+        f"{'.'.join(s)}: {flat_str[s].shape} vs {template[p]}"
+        for s, p in by_str.items()
+        if s in flat_str and tuple(flat_str[s].shape) != tuple(template[p])
+    ]
+    if missing or unexpected or bad:
+        raise ConversionError(
+            f"{source}: params do not match the model: missing {missing[:10]}, unexpected {unexpected[:10]}, wrong shape {bad[:10]}"
+        )
+    return {p: flat_str[s] for s, p in by_str.items()}
+
+
+# --------------------------------------------------------------------------- bare Orbax params
+def write_orbax(path, config: ModelConfig, flat: dict[KeyPath, np.ndarray]) -> None:
+    """Flax params + BN statistics with Orbax, and the config as JSON, into directory ``path``."""
+    require("train", "reading or writing Orbax checkpoints", modules=("orbax",))
+    import orbax.checkpoint as ocp  # optional: see the module docstring
+
+    path = Path(path).absolute()
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path}: directory exists and is not empty; remove it or choose another")
+    tree = unflatten(flat, leaf=np.asarray, key=str)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / PARAMS_DIR, tree)
+            ckptr.wait_until_finished()
+        (tmp / CONFIG_FILE).write_text(config.to_json())
+        if path.exists():
+            path.rmdir()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def read_orbax(path) -> tuple[ModelConfig, dict[tuple[str, ...], np.ndarray]]:
+    """(config, {path of str keys: array}) of an Orbax params directory."""
+    require("train", "reading or writing Orbax checkpoints", modules=("orbax",))
+    import orbax.checkpoint as ocp  # optional: see the module docstring
+
+    path = Path(path).absolute()
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.is_file() or not (path / PARAMS_DIR).is_dir():
+        raise ConversionError(f"{path}: not a csfcn Flax checkpoint (expected {CONFIG_FILE} and {PARAMS_DIR}/ inside)")
+    config = ModelConfig.from_json(cfg_file.read_text())
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.restore(path / PARAMS_DIR)
+    return config, {tuple(map(str, p)): np.asarray(v) for p, v in flatten_state(tree).items()}
+
+
+def read_flax_checkpoint(path) -> tuple[ModelConfig, dict[KeyPath, np.ndarray]]:
+    """A training run (best, else latest, checkpoint), one step of it, or an Orbax params
+    directory -> (config, flat params matched to the model)."""
+    if is_run_dir(path):
+        config, flat_str, step_dir = read_run_params(path)
+        return config, match_template(model_template(config), flat_str, str(step_dir))
+    if not Path(path).is_dir():
+        raise ConversionError(
+            f"{path}: not a training run or Orbax directory; a PyTorch file (.safetensors/.pth) loads into "
+            "Flax with convert.load_flax_model"
+        )
+    config, flat_str = read_orbax(path)
+    return config, match_template(model_template(config), flat_str, str(path))

@@ -1,7 +1,7 @@
 """Default configuration: every field and its default; files in configs/ change a few.
 
-Override any field on the command line with ml_collections' config flags (the one override
-form used everywhere in this project)::
+Override any field on the command line with ``--config.<key>=<value>`` (jax_csfcn/cli.py parses
+it as the field's type; the one override form used everywhere in this project)::
 
     python -m jax_csfcn.train --config configs/cityscapes.py:csfcn,100 --config.train.batch_size=4 \\
         --config.data.root=/data/cityscapes --config.workdir=runs/cs50

@@ -35,7 +35,17 @@ import sys
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image, ImageDraw
+
+import jax_csfcn
+from csfcn.palette import colorize, write_atomic, write_png
+from jax_csfcn.cli import load_config_file
+from jax_csfcn.data.cityscapes import CityscapesSource
+from jax_csfcn.data.sources import palette
+from jax_csfcn.evaluate import build_split, normalize_on_device
+from jax_csfcn.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,15 +66,12 @@ def _stage(name: str, times: dict):
 
 def parity(run_dir: Path, exported: Path, images: list[np.ndarray]) -> dict:
     """JAX (the run's checkpoint) vs the PyTorch twin (the export) on ``images``."""
-    import jax.numpy as jnp
     import torch
 
-    import jax_csfcn
     import torch_deploy
-    from jax_csfcn.evaluate import normalize_on_device
 
     jm = jax_csfcn.load_model(run_dir)
-    tm = torch_deploy.load_model(exported)
+    tm = torch_deploy.load_model(exported)  # the .safetensors export
     num = den = 0.0
     agree = total = 0
     for img in images:
@@ -81,9 +88,6 @@ def parity(run_dir: Path, exported: Path, images: list[np.ndarray]) -> dict:
 
 def picture(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], palette, out: Path) -> None:
     """A grid: image | ground truth | prediction, one val image per row."""
-    from PIL import Image, ImageDraw
-
-    from csfcn.palette import colorize, write_png
 
     h, w = rows[0][0].shape[:2]
     gap, top = 4, 18
@@ -128,7 +132,6 @@ def report(path: Path, *, ev: dict, par: dict, times: dict, cfg, steps: int) -> 
     ]
     lines += [f"| {k} | {v:.0f} |" for k, v in times.items()]
     lines += [f"| total | {sum(times.values()):.0f} |", "", "Pictures: `predictions.png`, `curves.png`, `predict/`."]
-    from csfcn.palette import write_atomic
 
     write_atomic(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
@@ -146,12 +149,6 @@ def main(argv=None) -> dict:
     suffix = "_tiny" if args.tiny else ""
     args.workdir = args.workdir or f"runs/demo{suffix}"
     args.data = args.data or f"data/synthetic{suffix}"
-
-    from jax_csfcn.cli import load_config_file
-    from jax_csfcn.data.cityscapes import CityscapesSource
-    from jax_csfcn.data.sources import palette
-    from jax_csfcn.evaluate import build_split
-    from jax_csfcn.train import train
 
     workdir = Path(args.workdir)
     if args.fresh and workdir.exists():
@@ -199,7 +196,6 @@ def main(argv=None) -> dict:
              "--input", str(Path(args.data) / "leftImg8bit" / "val"), "--out", str(pred_dir)],
             check=True,
         )  # fmt: skip
-        from PIL import Image
 
         rows = []
         for it in items[:4]:

@@ -2,7 +2,7 @@
 
     python -m jax_csfcn.evaluate --config configs/cityscapes.py:csfcn,100 --checkpoint runs/cs100
     python -m jax_csfcn.evaluate --config configs/cityscapes.py:csfcn,100 --checkpoint model.safetensors \\
-        --config.eval.scales='(0.75, 1.0, 1.25)' --config.eval.flip=True --dump_dir preds/
+        --config.eval.scales='(0.75, 1.0, 1.25)' --config.eval.flip=True --dump-dir preds/
 
 ``--checkpoint`` is anything ``jax_csfcn.load_model`` reads: a training run directory (its
 best checkpoint by val mIoU, else the latest), one step directory of a run, an exported
@@ -27,6 +27,7 @@ from csfcn.extras import require
 
 require("train", "python -m jax_csfcn.evaluate", cli=__name__ == "__main__")  # before the imports that need the extra
 
+import argparse
 import functools
 import json
 import math
@@ -37,9 +38,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
 
+from csfcn.checkpoints import kind_of
+from csfcn.files import write_atomic
+from csfcn.palette import train_id_to_label_id, write_png
+from jax_csfcn.checkpointing import read_flax_checkpoint, set_model_flat
+from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
+from jax_csfcn.data.concat import ConcatSource
+from jax_csfcn.data.pipeline import eval_loader
+from jax_csfcn.data.sources import build_source, class_names
+from jax_csfcn.data.synthetic import write_synthetic_cityscapes
 from jax_csfcn.metrics import confusion_matrix, scores
 from jax_csfcn.model import build_model
 from jax_csfcn.ops import normalize_on_device
@@ -135,7 +147,6 @@ def evaluate(
     ``on_predictions(batch, pred)``: optional host callback with this process's predictions
     (uint8 N x H x W, cropped per record by the caller using ``batch["size"]``).
     """
-    from tqdm import tqdm
 
     data = NamedSharding(mesh, P("data"))
     conf = jnp.zeros((num_classes, num_classes), jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
@@ -195,14 +206,10 @@ def scores_json(sc: dict, class_names) -> dict:
 # --------------------------------------------------------------------------- a split, a checkpoint
 def build_split(cfg, split: str):
     """The data source of ``split`` ("a+b" concatenates), generating the synthetic set if asked."""
-    from jax_csfcn.data.concat import ConcatSource
-    from jax_csfcn.data.sources import build_source
 
     dataset, root = cfg.data.dataset, cfg.data.root
     if dataset == "synthetic" and not Path(root).exists():
         if jax.process_index() == 0:
-            from jax_csfcn.data.synthetic import write_synthetic_cityscapes
-
             s = cfg.data.synthetic
             write_synthetic_cityscapes(
                 root, splits={"train": s.train, "val": s.val}, size=tuple(s.size), seed=s.seed, progress=True
@@ -214,8 +221,6 @@ def build_split(cfg, split: str):
 
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -234,7 +239,6 @@ def check_source(src, cfg, what: str) -> None:
 
 # --------------------------------------------------------------------------- evaluation
 def run_eval(cfg, mesh, eval_step, params, stats, src, *, on_predictions=None, desc="eval") -> dict:
-    from jax_csfcn.data.pipeline import eval_loader
 
     pc, pi = jax.process_count(), jax.process_index()
     # Rounded up to a multiple of the device count (every device gets whole images; the
@@ -281,7 +285,6 @@ class _Head:
 
 
 def class_names_of(cfg):
-    from jax_csfcn.data.sources import class_names
 
     names = list(class_names(cfg.data.dataset))
     k = cfg.model.num_classes
@@ -296,9 +299,12 @@ def data_mesh():
 
 def evaluate_checkpoint(cfg, checkpoint, *, split: str, dump_dir=None, dump_format="trainids") -> dict:
     """Scores of ``checkpoint`` (anything load_model reads) on ``split`` with ``cfg``'s eval settings."""
-    from convert.formats import read_checkpoint, set_model_flat
+    if kind_of(checkpoint) == "orbax":
+        config, flat = read_flax_checkpoint(checkpoint)
+    else:  # optional: a PyTorch file is read through the bridge (imports torch)
+        from convert.formats import read_checkpoint
 
-    config, flat = read_checkpoint(checkpoint)
+        config, flat = read_checkpoint(checkpoint)
     if config.num_classes != cfg.model.num_classes:
         raise TrainError(
             f"{checkpoint} predicts {config.num_classes} classes, the config's dataset has {cfg.model.num_classes}; "
@@ -327,7 +333,6 @@ def evaluate_checkpoint(cfg, checkpoint, *, split: str, dump_dir=None, dump_form
 
 
 def _prediction_writer(out: Path, fmt: str):
-    from csfcn.palette import train_id_to_label_id, write_png
 
     out.mkdir(parents=True, exist_ok=True)
 
@@ -347,54 +352,39 @@ def _prediction_writer(out: Path, fmt: str):
 
 
 # --------------------------------------------------------------------------- CLI
-def main(argv) -> None:
-    from absl import flags
+def build_parser() -> argparse.ArgumentParser:
+    p = config_parser("python -m jax_csfcn.evaluate", (__doc__ or "").split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run directory, step directory or exported model")
+    p.add_argument("--split", help="split to evaluate (default: data.val_split)")
+    p.add_argument("--dump-dir", metavar="DIR", help="also write the predictions as PNGs into this folder")
+    p.add_argument(
+        "--dump-format",
+        default="trainids",
+        choices=("trainids", "cityscapes"),
+        help="trainids: train-id PNGs; cityscapes: label-id PNGs named for the official evaluator / test server",
+    )
+    p.add_argument("--json", metavar="PATH", help="write the scores as JSON to this file")
+    return p
 
-    FLAGS = flags.FLAGS
-    cfg = FLAGS.config
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments {argv[1:]}; use --config.<key>=<value> for config fields")
-    if not FLAGS.checkpoint:
-        raise SystemExit("--checkpoint is required (a run directory, a step directory or an exported model)")
+
+def main(argv=None) -> None:
+    args, cfg = parse_config_args(build_parser(), argv)
     maybe_initialize_distributed()
-    from jax_csfcn.cli import one_line_errors
-
     result = one_line_errors(
         lambda: evaluate_checkpoint(
             cfg,
-            FLAGS.checkpoint,
-            split=FLAGS.split or cfg.data.val_split,
-            dump_dir=FLAGS.dump_dir,
-            dump_format=FLAGS.dump_format,
+            args.checkpoint,
+            split=args.split or cfg.data.val_split,
+            dump_dir=args.dump_dir,
+            dump_format=args.dump_format,
         ),
-        debug=FLAGS.debug,
+        debug=args.debug,
     )
     if jax.process_index() == 0:
         print(result["table"])
-        if FLAGS.json:
-            Path(FLAGS.json).write_text(json.dumps(result["scores"], indent=2))
-
-
-def _define_flags():
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
-    flags.DEFINE_string("checkpoint", None, "run directory, step directory or exported model")
-    flags.DEFINE_string("split", None, "split to evaluate (default: data.val_split)")
-    flags.DEFINE_string("dump_dir", None, "also write the predictions as PNGs into this folder")
-    flags.DEFINE_enum(
-        "dump_format",
-        "trainids",
-        ["trainids", "cityscapes"],
-        "trainids: train-id PNGs; cityscapes: label-id PNGs named for the official evaluator / test server",
-    )
-    flags.DEFINE_string("json", None, "write the scores as JSON to this file")
-    flags.DEFINE_bool("debug", False, "show the traceback of an input or file error instead of one line")
-    flags.mark_flags_as_required(["config"])
+        if args.json:
+            write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result["scores"], indent=2)))
 
 
 if __name__ == "__main__":
-    from jax_csfcn.cli import run
-
-    run(main, _define_flags)
+    main()

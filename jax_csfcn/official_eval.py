@@ -9,8 +9,8 @@ which NumPy 2.4 no longer has, so the console script stops with an AttributeErro
 first image. Class IoU, category IoU and their means are computed by the library's own
 ``evaluateImgLists`` on every ``gtFine/{split}/*/*_gtFine_labelIds.png``; the predictions are
 found by its own ``getPrediction`` (one ``{city}_{seq}_{frame}*.png`` per ground truth, anywhere
-under ``--results``), e.g. those written by ``python -m jax_csfcn.evaluate --dump_dir DIR
---dump_format cityscapes`` or ``python -m torch_deploy.predict --format cityscapes-submission``.
+under ``--results``), e.g. those written by ``python -m jax_csfcn.evaluate --dump-dir DIR
+--dump-format cityscapes`` or ``python -m torch_deploy.predict --format cityscapes-submission``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from csfcn.cli import DEBUG_HELP, report_errors
+from csfcn.palette import write_atomic
 
 
 def evaluate_folder(cityscapes: str, results: str, split: str = "val", quiet: bool = False) -> dict:
@@ -62,12 +65,13 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="val", help="ground-truth split (default val)")
     ap.add_argument("--json", default=None, help="also write the scores as JSON to this file")
     ap.add_argument("--quiet", action="store_true", help="print only the mean IoU")
+    ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = ap.parse_args(argv)
-    try:
-        res = evaluate_folder(args.cityscapes, args.results, args.split, quiet=args.quiet)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return report_errors(lambda: _evaluate(args), (FileNotFoundError,), debug=args.debug)  # csfcn/cli.py
+
+
+def _evaluate(args) -> None:
+    res = evaluate_folder(args.cityscapes, args.results, args.split, quiet=args.quiet)
     summary = {
         "miou": res["averageScoreClasses"],
         "category_miou": res["averageScoreCategories"],
@@ -75,10 +79,7 @@ def main(argv=None) -> int:
     }
     print(f"official Cityscapes evaluator: mIoU {summary['miou']:.4f}, category mIoU {summary['category_miou']:.4f}")
     if args.json:
-        from csfcn.palette import write_atomic
-
         write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
-    return 0
 
 
 if __name__ == "__main__":

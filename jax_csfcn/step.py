@@ -22,6 +22,7 @@ imports refused), so the step runs on a machine with just the JAX and PyTorch st
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import jax
@@ -72,19 +73,23 @@ def _fresh(tree):
     return jax.tree.map(lambda a: a, tree)
 
 
-def _init_state(cfg, config: ModelConfig):
+def _init_state(cfg, config: ModelConfig, init_backbone=None):
     """``(train graphdef, eval graphdef, params, batch_stats)`` of a fresh model (seed ``cfg.seed``).
 
     Built in the compute dtype ``cfg.train.dtype`` (parameters stay fp32); the backbone comes
-    from ``cfg.model.imagenet_init`` when that names a file.
+    from ``cfg.model.imagenet_init`` when that names a file, read by ``init_backbone(model,
+    config, path) -> tensor count`` (``convert.init_backbone``: the PyTorch file reader lives
+    above this package).
     """
     dtype = DTYPES[cfg.train.dtype]
     model = build_model(config, seed=cfg.seed, dtype=dtype if dtype != jnp.float32 else None)
     if cfg.model.imagenet_init:
-        from convert.formats import load_imagenet_backbone, model_flat, set_model_flat
-
-        flat, n = load_imagenet_backbone(config, model_flat(model), cfg.model.imagenet_init)
-        set_model_flat(model, flat)
+        if init_backbone is None:
+            raise TrainError(
+                f"model.imagenet_init={cfg.model.imagenet_init!r} needs a backbone reader: pass "
+                "init_backbone=convert.init_backbone"
+            )
+        n = init_backbone(model, config, cfg.model.imagenet_init)
         if jax.process_index() == 0:
             print(f"backbone initialised from {cfg.model.imagenet_init} ({n} tensors)")
     model.train()
@@ -163,8 +168,6 @@ def maybe_initialize_distributed(coordinator_address=None, num_processes=None, p
 
 def _has_accelerator() -> bool:
     try:
-        import importlib.util
-
         return (
             importlib.util.find_spec("jax_cuda12_plugin") is not None or importlib.util.find_spec("libtpu") is not None
         )

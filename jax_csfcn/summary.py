@@ -11,12 +11,14 @@ the convention of docs/architecture.md, Cost (189.2 GFLOPs for CSFCN at 1024x204
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_csfcn.cli import config_parser, parse_config_args
 from jax_csfcn.model import CSFCN, build_model
 from jax_csfcn.ops import INTERP_SCOPE
 from jax_csfcn.step import model_config
@@ -93,26 +95,18 @@ def format_table(rows, image_size, config) -> str:
     return "\n".join(lines)
 
 
-def main(argv) -> None:
-    from absl import flags
+def build_parser() -> argparse.ArgumentParser:
+    return config_parser(
+        "python -m jax_csfcn.summary", (__doc__ or "").split("\n\n")[0], config_default="configs/cityscapes.py"
+    )
 
-    config = flags.FLAGS.config
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments {argv[1:]}; use --config.FIELD=VALUE overrides")
+
+def main(argv=None) -> None:
+    _, config = parse_config_args(build_parser(), argv)
     model = nnx.eval_shape(lambda: build_model(model_config(config)))
     size = tuple(int(s) for s in config.data.image_size)
     print(format_table(module_table(model, size), size, model.config))
 
 
-def _define_flags() -> None:
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file(
-        "config", "configs/cityscapes.py", "Config file (a get_config() module); override with --config.a.b=v"
-    )
-
-
 if __name__ == "__main__":
-    from jax_csfcn.cli import run
-
-    run(main, _define_flags)
+    main()

@@ -14,8 +14,8 @@ that of an uninterrupted run.
 
 Several hosts (one process per host, each feeding its own shard of the data)::
 
-    python -m jax_csfcn.train --config ... --coordinator_address=HOST0:1234 \\
-        --num_processes=N --process_id=I          # on host I = 0..N-1
+    python -m jax_csfcn.train --config ... --coordinator-address=HOST0:1234 \\
+        --num-processes=N --process-id=I          # on host I = 0..N-1
 
 (or no flags where ``jax.distributed.initialize()`` detects the cluster: SLURM, Open MPI,
 Kubernetes/TPU pods).  The global batch ``train.batch_size`` is split evenly over processes
@@ -28,7 +28,9 @@ from csfcn.extras import require
 
 require("train", "python -m jax_csfcn.train", cli=__name__ == "__main__")  # before the imports that need the extra
 
+import argparse
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -40,8 +42,11 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
 
 from jax_csfcn import checkpointing as ckpt
+from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
+from jax_csfcn.data.pipeline import AugmentConfig, loader_state, restore_loader_state, train_loader
 from jax_csfcn.evaluate import (
     build_split,
     check_source,
@@ -116,7 +121,6 @@ def workdir_lock(workdir: Path, take: bool = True):
     if not take:
         yield
         return
-    import fcntl
 
     workdir.mkdir(parents=True, exist_ok=True)
     f = open(workdir / ".lock", "a+")  # noqa: SIM115 (held open for the whole run)
@@ -152,9 +156,6 @@ def train(cfg, *, resume: bool = False, stop_after: int | None = None, progress:
 
 
 def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict:
-    from tqdm import tqdm
-
-    from jax_csfcn.data.pipeline import AugmentConfig, loader_state, restore_loader_state, train_loader
 
     t_start = time.time()
     workdir = Path(cfg.workdir).absolute()
@@ -175,7 +176,10 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
         warmup_start_factor=cfg.train.warmup_start_factor,
         power=cfg.train.poly_power,
     )
-    graphdef, eval_graphdef, params, stats = _init_state(cfg, config)
+    init_backbone = None
+    if cfg.model.imagenet_init:  # optional: only an ImageNet init reads a PyTorch file (imports torch)
+        from convert.formats import init_backbone
+    graphdef, eval_graphdef, params, stats = _init_state(cfg, config, init_backbone)
     tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
     state = replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
 
@@ -333,38 +337,35 @@ def _check(pending, mngr) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
-def main(argv) -> None:
-    from absl import flags
+def build_parser() -> argparse.ArgumentParser:
+    p = config_parser("python -m jax_csfcn.train", (__doc__ or "").split("\n\n")[0])
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in config.workdir from its last complete checkpoint"
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="STEPS",
+        help="stop (with a checkpoint) after this many steps of this invocation",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--coordinator-address", metavar="HOST:PORT", help="address of process 0, for several processes/hosts"
+    )
+    p.add_argument("--num-processes", type=int, help="number of processes (hosts)")
+    p.add_argument("--process-id", type=int, help="index of this process, 0..num_processes-1")
+    return p
 
-    FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments {argv[1:]}; config fields are set with --config.<key>=<value>")
-    maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    from jax_csfcn.cli import one_line_errors
 
+def main(argv=None) -> None:
+    args, cfg = parse_config_args(build_parser(), argv)
+    maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     one_line_errors(
-        lambda: train(FLAGS.config, resume=FLAGS.resume, stop_after=FLAGS.stop_after, progress=not FLAGS.no_progress),
-        debug=FLAGS.debug,
+        lambda: train(cfg, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress),
+        debug=args.debug,
         disk_hint="; the last complete checkpoint is intact: --resume continues from it",
     )
 
 
-def _define_flags() -> None:
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
-    flags.DEFINE_bool("resume", False, "continue the run in config.workdir from its last complete checkpoint")
-    flags.DEFINE_integer("stop_after", None, "stop (with a checkpoint) after this many steps of this invocation")
-    flags.DEFINE_bool("no_progress", False, "no progress bar")
-    flags.DEFINE_bool("debug", False, "show the traceback of an input or file error instead of one line")
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for several processes/hosts")
-    flags.DEFINE_integer("num_processes", None, "number of processes (hosts)")
-    flags.DEFINE_integer("process_id", None, "index of this process, 0..num_processes-1")
-    flags.mark_flags_as_required(["config"])
-
-
 if __name__ == "__main__":
-    from jax_csfcn.cli import run
-
-    run(main, _define_flags)
+    main()

@@ -37,6 +37,7 @@ import tempfile
 import time
 
 import torch
+from tqdm import tqdm
 
 from csfcn.tables import markdown_table
 from kernels._common import Launch, gpu_launch_config, interpreted, record_launches
@@ -250,8 +251,6 @@ def compile_all(jobs: list[Job], workers: int | None = None, progress: bool = Tr
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(jobs), desc="compile", unit="kernel", file=sys.stderr)
     results: list[Result | None] = [None] * len(jobs)
     if workers <= 1:

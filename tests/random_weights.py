@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convert import model_flat, set_model_flat
+from jax_csfcn.checkpointing import model_flat, set_model_flat
 from jax_csfcn.layers import BatchNorm2d
 
 

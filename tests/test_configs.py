@@ -154,20 +154,43 @@ def test_family_argument_through_the_command_line():
 
 
 def test_command_line_overrides(monkeypatch):
-    from absl import flags
-    from ml_collections import config_flags
+    """--config.<key>=<value> and --config.<key> <value>, parsed as each field's type."""
+    from jax_csfcn.cli import config_parser, parse_config_args
 
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True)
-    argv = ["prog", "--config", "configs/cityscapes.py:csfcn,50", "--config.data.root=/data/cs"]
-    argv += ["--config.data.eval_size=(256, 512)", "--config.eval.scales=(0.75, 1.0)", "--config.train.batch_size=4"]
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
-    fv(argv)
-    c = fv.config
-    assert c.data.root == "/data/cs" and c.train.batch_size == 4
+    argv = ["--config", "configs/cityscapes.py:csfcn,50", "--config.data.root=/data/cs", "--config.eval.flip", "true"]
+    argv += ["--config.data.eval_size=(256, 512)", "--config.eval.scales=(0.75, 1.0)", "--config.train.batch_size=4"]
+    argv += ["--config.train.base_lr=1", "--debug"]
+    args, c = parse_config_args(config_parser("prog", "test"), argv)
+    assert args.debug and args.config == "configs/cityscapes.py:csfcn,50"
+    assert c.data.root == "/data/cs" and c.train.batch_size == 4 and c.eval.flip is True
+    assert c.train.base_lr == 1.0 and isinstance(c.train.base_lr, float)
     assert tuple(c.data.eval_size) == (256, 512) and tuple(c.eval.scales) == (0.75, 1.0)
     assert tuple(c.data.crop_size) == (512, 1024)  # the file's own value, untouched
+    with pytest.raises(AttributeError):  # locked: a typo in code cannot add a field either
+        c.train.batchsize = 3
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.train.batch_size=four", "'four' is not a int"),
+        ("--config.eval.flip=maybe", "expected true or false"),
+        ("--config.data.eval_size=512", "'512' is not a tuple"),
+        ("--config.train=3", "is a group of fields"),
+        ("--config.train.nonexistent=1", "train has no field 'nonexistent'"),
+        ("--batch-size=3", "unrecognized arguments: --batch-size=3"),
+    ],
+)
+def test_bad_overrides_are_one_line_usage_errors(monkeypatch, capsys, override, message):
+    from jax_csfcn.cli import config_parser, parse_config_args
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as e:
+        parse_config_args(config_parser("prog", "test"), ["--config", "configs/synthetic.py", override])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_unknown_key_is_an_error_naming_it():

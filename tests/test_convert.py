@@ -12,9 +12,9 @@ from convert import (
     ConversionError,
     flax_to_torch,
     infer_config,
+    load_flax_model,
     load_imagenet_backbone,
-    model_flat,
-    model_template,
+    load_torch_model,
     read_checkpoint,
     save_flax_model,
     torch_to_flax,
@@ -22,6 +22,7 @@ from convert import (
 )
 from convert.__main__ import main as convert_main
 from csfcn.model_config import ModelConfig
+from jax_csfcn.checkpointing import model_flat, model_template
 from jax_csfcn.model import build_model
 from torch_deploy.model import CSFCN as TorchCSFCN
 
@@ -89,14 +90,22 @@ def test_all_formats_carry_config_and_weights(tmp_path, rng):
         cfg, again = read_checkpoint(tmp_path / path)
         assert cfg == config
         assert_flat_equal(again, flat)
-        tm = torch_deploy.load_model(tmp_path / path)
+        tm = load_torch_model(tmp_path / path)
         assert not tm.training and tm.config == config
         for k, v in tm.state_dict().items():
             assert torch.equal(v, sd[k]), k
-    fm = jax_csfcn.load_model(tmp_path / "flax")
-    assert fm.config == config
-    assert_flat_equal(model_flat(fm), flat)
-    assert fm.resnet.bn1.use_running_average  # eval mode
+    for path in ("flax", "m.safetensors"):
+        fm = load_flax_model(tmp_path / path)
+        assert fm.config == config
+        assert_flat_equal(model_flat(fm), flat)
+        assert fm.resnet.bn1.use_running_average  # eval mode
+    # each side's own loader reads its own formats and points at the bridge for the others
+    assert_flat_equal(model_flat(jax_csfcn.load_model(tmp_path / "flax")), flat)
+    assert torch_deploy.load_model(tmp_path / "m.safetensors").config == config
+    with pytest.raises(ConversionError, match="convert.load_torch_model"):
+        torch_deploy.load_model(tmp_path / "flax")
+    with pytest.raises(ConversionError, match="convert.load_flax_model"):
+        jax_csfcn.load_model(tmp_path / "m.safetensors")
 
 
 def test_save_flax_model_writes_orbax_and_refuses_nonempty_dir(tmp_path):

@@ -49,8 +49,8 @@ def prepared(tmp_path_factory):
     write_synthetic_cityscapes(root, splits=SPLITS, size=(32, 64), progress=False)
     _zip_layout(root, manual)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "jax_csfcn.data.tfds_cityscapes", "--manual_dir", str(manual)]
-    cmd += ["--data_dir", str(data_dir), "--download_dir", str(base / "downloads")]
+    cmd = [sys.executable, "-m", "jax_csfcn.data.tfds_cityscapes", "--manual-dir", str(manual)]
+    cmd += ["--data-dir", str(data_dir), "--download-dir", str(base / "downloads")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = data_dir / "cityscapes" / "semantic_segmentation" / "1.0.0"
@@ -105,7 +105,7 @@ def test_errors(prepared, tmp_path):
     _, data_dir, _ = prepared
     with pytest.raises(DataError, match=r"no split 'bogus'.*\['train', 'validation', 'test'\]"):
         TfdsCityscapesSource("bogus", data_dir=data_dir)
-    with pytest.raises(DataError, match=r"not prepared in .*empty.*--manual_dir"):
+    with pytest.raises(DataError, match=r"not prepared in .*empty.*--manual-dir"):
         TfdsCityscapesSource("train", data_dir=tmp_path / "empty")
     with pytest.raises(DataError, match="has no segmentation labels"):
         TfdsCityscapesSource("train", data_dir=data_dir, builder_config="stereo_disparity")

@@ -32,7 +32,7 @@ def _fit_probe(model, images, labels, num_classes, ridge=1e-2):
     import jax.numpy as jnp
     from flax import nnx
 
-    from convert.formats import model_flat, set_model_flat
+    from jax_csfcn.checkpointing import model_flat, set_model_flat
     from jax_csfcn.evaluate import normalize_on_device
 
     @nnx.jit
@@ -76,7 +76,7 @@ def setup(tmp_path_factory):
 
     out_json = tmp / "cli" / "scores.json"
     cmd = [sys.executable, "-m", "jax_csfcn.evaluate", "--config", "configs/synthetic.py", "--checkpoint", str(ckpt)]
-    cmd += [f"--config.data.root={root}", "--json", str(out_json), "--dump_dir", str(tmp / "cli" / "dump")]
+    cmd += [f"--config.data.root={root}", "--json", str(out_json), "--dump-dir", str(tmp / "cli" / "dump")]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     cli = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

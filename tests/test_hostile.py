@@ -236,8 +236,8 @@ def test_a_full_disk_is_one_line_in_convert_and_predict(tmp_path, monkeypatch, c
     import torch
 
     import convert.__main__ as convert_cli
-    import convert.formats
     import csfcn.palette
+    import torch_deploy.checkpoint
     from convert.formats import write_safetensors
     from torch_deploy.model import CSFCN
     from torch_deploy.predict import main as predict
@@ -247,7 +247,7 @@ def test_a_full_disk_is_one_line_in_convert_and_predict(tmp_path, monkeypatch, c
     write_safetensors(tmp_path / "m.safetensors", twin.config, {k: v.numpy() for k, v in twin.state_dict().items()})
     Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / "x.png")
 
-    monkeypatch.setattr(convert.formats, "write_atomic", _disk_full)
+    monkeypatch.setattr(torch_deploy.checkpoint, "write_atomic", _disk_full)
     assert convert_cli.main([str(tmp_path / "up.pth"), str(tmp_path / "new.safetensors")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: No space left on device writing out.file") and "\n" not in err
@@ -287,3 +287,28 @@ def test_a_video_cut_off_is_reported_not_silent(tmp_path):
         "torch_deploy.predict", "--checkpoint", "m.safetensors", "--input", "full.mp4", "--out", "o2", cwd=tmp_path
     )
     assert full.returncode == 0 and "announces" not in full.stderr
+
+
+def test_debug_shows_the_traceback_the_one_line_error_hides(tmp_path, capsys):
+    """csfcn/cli.py: the same mistake is one `error:` line, or with --debug the exception itself."""
+    from convert.__main__ import main as convert
+    from csfcn.checkpoints import ConversionError
+    from torch_deploy.predict import PredictError
+    from torch_deploy.predict import main as predict
+
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    argv = [str(tmp_path / "broken.pth"), str(tmp_path / "out.safetensors")]
+    assert convert(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "broken.pth" in err and err.count("\n") == 1
+    with pytest.raises(ConversionError, match="broken.pth"):
+        convert([*argv, "--debug"])
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "x.png")
+    argv = ["--checkpoint", str(tmp_path / "broken.pth"), "--input", str(tmp_path / "x.png"), "--quiet"]
+    argv += ["--out", str(tmp_path / "pred")]
+    assert predict(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "broken.pth" in err and err.count("\n") == 1
+    with pytest.raises(PredictError):
+        predict([*argv, "--debug"])
+    assert not (tmp_path / "out.safetensors").exists()

@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +174,137 @@ def test_a_deploy_only_install_converts_and_names_the_missing_extras(tmp_path):
         assert "Traceback" not in res.stderr and res.returncode == 2, (argv, res.stderr[-2000:])
     res = run("-c", "import jax_csfcn")
     assert "MissingExtra" in res.stderr and "csfcn[train]" in res.stderr
+
+
+# ----------------------------------------------------------------------------- the import graph
+PACKAGES = ("csfcn", "jax_csfcn", "torch_deploy", "convert", "kernels", "configs")
+# The command-line tools that compare or chain the two sides, or read any checkpoint format,
+# sit on top of every library module (docs/architecture.md, "Package layering").
+TOOLS = {
+    "jax_csfcn.train",  # ImageNet initialisation reads a PyTorch file through convert
+    "jax_csfcn.evaluate",  # evaluates any checkpoint format
+    "jax_csfcn.demo",
+    "jax_csfcn.benchmark",
+    "torch_deploy.predict",  # predicts from any checkpoint format (a training run too)
+    "torch_deploy.export_onnx",
+    "torch_deploy.gpu_check",
+    "kernels.aot",
+    "convert.__main__",
+}
+# What a library module of each package may import from the other packages.
+MAY_IMPORT = {
+    "csfcn": set(),
+    "kernels": set(),
+    "jax_csfcn": {"csfcn"},
+    "torch_deploy": {"csfcn", "kernels"},
+    "convert": {"csfcn", "jax_csfcn", "torch_deploy"},
+    "configs": {"csfcn", "jax_csfcn"},
+}
+# Function-level imports are kept for what an install may lack, each for a reason:
+OPTIONAL = {
+    "triton": "the triton extra; Triton reads TRITON_INTERPRET when first imported",
+    "kernels": "imports Triton (above)",
+    "tensorflow": "the tfds extra",
+    "tensorflow_datasets": "the tfds extra",
+    "jax_csfcn.data.tfds_cityscapes": "the tfds extra",
+    "onnx": "the onnx extra",
+    "onnxruntime": "the onnx extra",
+    "onnxscript": "the onnx extra",
+    "absl": "grain's flags, read only when grain starts workers",
+    **dict.fromkeys(
+        ("grain", "orbax", "ml_collections", "cityscapesscripts", "tensorboardX", "matplotlib"),
+        "absent on a GPU machine without a package registry (isolated_site.GPU_MACHINE_LACKS), where the "
+        "model, the train step and its benchmark run",
+    ),
+}
+# ... and a tool's or the bridge's imports of the other side (only installed where it is used).
+OTHER_SIDE = {"jax", "flax", "torch", "jax_csfcn", "torch_deploy", "convert"}
+
+
+def _modules() -> dict[str, str]:
+    mods = {}
+    for pkg in PACKAGES:
+        for path in sorted(Path(ROOT, pkg).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            mods[name.removesuffix(".__init__")] = str(path)
+    return mods
+
+
+def _imports(path: str):
+    """(imported module, function-level?, line, source line) of every import statement."""
+    text = Path(path).read_text()
+    lines = text.splitlines()
+    tree = ast.parse(text)
+    in_function = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            in_function.update(id(n) for n in ast.walk(node) if n is not node)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" for a in node.names]  # the package itself: implicit
+        else:
+            continue
+        for name in names:
+            yield name, id(node) in in_function, node.lineno, lines[node.lineno - 1]
+
+
+def _project_module(name: str, mods) -> str | None:
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in mods:
+            return ".".join(parts[:i])
+    return None
+
+
+def test_packages_depend_one_way_with_no_import_cycle():
+    mods = _modules()
+    graph, wrong_way = {m: set() for m in mods}, []
+    for mod, path in mods.items():
+        pkg = mod.split(".")[0]
+        for name, _, line, _ in _imports(path):
+            target = _project_module(name, mods)
+            if target is None or target == mod:
+                continue
+            graph[mod].add(target)
+            other = target.split(".")[0]
+            if other != pkg and mod not in TOOLS and other not in MAY_IMPORT[pkg]:
+                wrong_way.append(f"{path}:{line} imports {target}")
+    assert not wrong_way, "library modules importing the wrong way:\n" + "\n".join(wrong_way)
+    # no cycle: a depth-first search finds no edge back to a module on the current path
+    state, cycles = {}, []
+
+    def visit(m, stack):
+        state[m] = "open"
+        for t in sorted(graph[m]):
+            if state.get(t) == "open":
+                cycles.append(" -> ".join([*stack[stack.index(t) :], t]))
+            elif t not in state:
+                visit(t, [*stack, t])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_function_level_imports_are_optional_dependencies_each_with_a_reason():
+    mods = _modules()
+    unexplained = []
+    for mod, path in mods.items():
+        for name, in_function, line, source in _imports(path):
+            if not in_function:
+                continue
+            top = name.split(".")[0]
+            if any(name == k or name.startswith(k + ".") for k in OPTIONAL):
+                continue
+            if top in OTHER_SIDE and top != mod.split(".")[0] and (mod in TOOLS or mod.startswith("convert")):
+                continue
+            if "# lazy:" in source or "# optional:" in source:  # the reason is on the line
+                continue
+            unexplained.append(f"{path}:{line}: {source.strip()}")
+    assert not unexplained, "function-level imports without a reason (move them to the top):\n" + "\n".join(
+        sorted(set(unexplained))
+    )

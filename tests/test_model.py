@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convert import flax_to_torch, model_flat, model_template
+from convert import flax_to_torch
 from csfcn.model_config import ModelConfig
+from jax_csfcn.checkpointing import model_flat, model_template
 from jax_csfcn.model import build_model, count_params, sfc_sample_and_gate
 from jax_csfcn.summary import module_table
 from torch_deploy.model import CSFCN as TorchCSFCN

@@ -1,7 +1,7 @@
 """``python -m jax_csfcn.official_eval``: the official evaluator on a folder, and its bad input.
 
 (tests/test_evaluate.py checks that the official class IoUs equal ours on a trained-like model;
-tests/test_readme.py runs the README's command after ``jax_csfcn.evaluate --dump_dir``.)
+tests/test_readme.py runs the README's command after ``jax_csfcn.evaluate --dump-dir``.)
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from conftest import nchw, rel_l2
 from flax import nnx
 from random_weights import randomize_like_trained
 
-from convert import flax_to_torch, model_flat
+from convert import flax_to_torch
+from jax_csfcn.checkpointing import model_flat
 from jax_csfcn.model import build_model
 from torch_deploy.model import CSFCN as TorchCSFCN
 

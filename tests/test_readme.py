@@ -53,7 +53,7 @@ TINY_TRAIN = [
     "--config.checkpoint.every=2",
     "--config.eval.every=2",
     "--config.eval.batch_size=2",
-    "--no_progress",
+    "--no-progress",
 ]
 
 
@@ -182,12 +182,12 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
     if mod == "jax_csfcn.train":
         extra = list(TINY_TRAIN)
         if "--config.workdir=runs/csfcn100" in rest and "--resume" not in rest:
-            extra.append("--stop_after=1")  # interrupted after step 1, so that the --resume command has work
-        if any(a.startswith("--coordinator_address=") for a in rest):
+            extra.append("--stop-after=1")  # interrupted after step 1, so that the --resume command has work
+        if any(a.startswith("--coordinator-address=") for a in rest):
             rest = [a.replace("host0:1234", "localhost:{port}") for a in rest]
         return [*py, *rest, *extra]
     if mod == "jax_csfcn.data.tfds_cityscapes":
-        return [*py, *rest, "--download_dir", str(ws / "tfds_downloads")]
+        return [*py, *rest, "--download-dir", str(ws / "tfds_downloads")]
     if mod == "jax_csfcn.data.synthetic":
         rest = list(rest)
         for flag, value in (("--train", "2"), ("--val", "1")):
@@ -272,7 +272,7 @@ def check_after(cmd: Command, proc, ws: Path) -> None:
     elif "jax_csfcn.evaluate" in text and "--json" in argv:
         scores = json.loads((ws / argv[argv.index("--json") + 1]).read_text())
         assert 0.0 <= scores["miou"] <= 1.0 and scores["images"] == 2
-        assert len(list((ws / argv[argv.index("--dump_dir") + 1]).iterdir())) == 2
+        assert len(list((ws / argv[argv.index("--dump-dir") + 1]).iterdir())) == 2
     elif "jax_csfcn.official_eval" in text:
         ours = json.loads((ws / "scores.json").read_text())["miou"]  # the evaluate --json run above
         official = float(re.search(r"official Cityscapes evaluator: mIoU ([0-9.]+)", proc.stdout).group(1))

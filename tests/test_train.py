@@ -98,7 +98,7 @@ def child_env(cache_dir, devices: int = 1) -> dict:
 
 
 def run_cli(cfg, cache_dir, *extra, devices=1, check=True, timeout=600):
-    cmd = [sys.executable, "-m", "jax_csfcn.train", "--config", str(ROOT / "jax_csfcn/config.py"), "--no_progress"]
+    cmd = [sys.executable, "-m", "jax_csfcn.train", "--config", str(ROOT / "jax_csfcn/config.py"), "--no-progress"]
     cmd += cli_args(cfg) + list(extra)
     proc = subprocess.run(cmd, env=child_env(cache_dir, devices), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -197,7 +197,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):
 def test_sigkill_during_training_resumes_from_last_complete_checkpoint(data_root, tmp_path, cache_dir):
     wd = tmp_path / "killed"
     cfg = tiny_config(data_root, wd, **{"train.steps": 400, "checkpoint.every": 2, "train.warmup_steps": 10})
-    cmd = [sys.executable, "-m", "jax_csfcn.train", "--config", str(ROOT / "jax_csfcn/config.py"), "--no_progress"]
+    cmd = [sys.executable, "-m", "jax_csfcn.train", "--config", str(ROOT / "jax_csfcn/config.py"), "--no-progress"]
     proc = subprocess.Popen(
         cmd + cli_args(cfg), env=child_env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -216,7 +216,7 @@ def test_sigkill_during_training_resumes_from_last_complete_checkpoint(data_root
         if proc.poll() is None:
             proc.kill()
     steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
-    out = run_cli(cfg, cache_dir, "--resume", "--stop_after=2")
+    out = run_cli(cfg, cache_dir, "--resume", "--stop-after=2")
     resumed_at = int(out.stdout.split("resumed")[1].split("at step ")[1].split()[0])
     assert resumed_at in steps and resumed_at >= 4
     after = losses(wd)

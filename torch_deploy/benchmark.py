@@ -29,8 +29,10 @@ variants it skipped and why.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -41,6 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from csfcn.tables import markdown_table
+from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
+from torch_deploy.optimize import optimize, remove_bn
+from torch_deploy.roofline import DATASHEET, datasheet_for, floor_us, kernel_floors, measure_ceilings, model_costs
 
 VARIANT_KEYS = ("a", "u", "b", "c", "d", "e")
 GPU_SIZES = [(512, 1024), (768, 1536), (1024, 2048), (720, 960)]
@@ -145,10 +150,6 @@ def run_interleaved(fns: dict, timer: Timer, warmup: int, repeats: int) -> dict:
 # ----------------------------------------------------------------------------- model variants
 def model_variants(args, device: torch.device, only: set[str]):
     """(runnable variants {label: (key, fn-of-x)}, skipped {label: reason})."""
-    import copy
-
-    from torch_deploy.model import CSFCN
-    from torch_deploy.optimize import optimize
 
     torch.manual_seed(0)
     twin = CSFCN(variant=args.variant, num_classes=args.classes, stem=args.stem).eval().to(device)
@@ -161,8 +162,6 @@ def model_variants(args, device: torch.device, only: set[str]):
     if want("a"):
         run["a  reference eager fp32"] = ("a", lambda x: twin(x))
     if want("u"):
-        from torch_deploy.optimize import remove_bn
-
         no_bn = remove_bn(twin)
         run["u  upstream protocol: eager fp32, BN folded"] = ("u", lambda x: no_bn(x))
     if device.type == "cuda":
@@ -218,7 +217,6 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
     from kernels.pooled_attention import pooled_attention, pooled_attention_reference
     from kernels.sfc_fuse import sfc_fuse
     from kernels.shuffle_head import shuffle_head
-    from torch_deploy.model import pyramid_pool, sfc_sample_and_gate
 
     g = torch.Generator(device="cpu").manual_seed(0)
     cl = torch.channels_last
@@ -285,7 +283,6 @@ _FLOOR_KIND.update({"d": ("logits", None), "e": ("labels", None)})
 def model_floor_ms(key: str, args, h: int, w: int, ceil, gpu: bool = True) -> float:
     """Roofline floor (ms) of variant ``key`` at (h, w): the sum of its ops' floors (torch_deploy.roofline).
     (u) and (c) are charged the twin's ops (BN folding and compiler fusion are what they may save)."""
-    from torch_deploy.roofline import floor_us, model_costs
 
     kind, prec = _FLOOR_KIND[key]
     prec = prec or (args.precision if gpu else "fp32")  # the CPU variants d', e' run in fp32
@@ -308,7 +305,6 @@ def versions() -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import os
 
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
@@ -338,7 +334,6 @@ def main(argv=None) -> int:
         return 2
     timer = Timer(device)
     ceil = sheet = None
-    from torch_deploy.roofline import DATASHEET, datasheet_for, measure_ceilings
 
     if args.ceilings != "measured":
         ceil = sheet = DATASHEET[args.ceilings]
@@ -410,7 +405,6 @@ def main(argv=None) -> int:
             )
         else:
             dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
-            from torch_deploy.roofline import kernel_floors
 
             bw = ceil.bandwidth_gbps
             report["copy_bandwidth_GBps"] = bw

@@ -35,12 +35,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.export import Dim
 
+from convert.formats import load_torch_model
+from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import require
 from csfcn.files import write_atomic
 from csfcn.model_config import PYRAMID_GRIDS, SFC_GROUPS
@@ -145,12 +149,9 @@ def export_module(model: CSFCN, dynamic: bool) -> CSFCN:
 
 # --------------------------------------------------------------------------- export + check
 def _export(module: nn.Module, example: torch.Tensor, path: str, opset: int, dynamic: bool) -> None:
-    import warnings
 
     kwargs = {}
     if dynamic:
-        from torch.export import Dim
-
         h8, w8 = Dim("h8", min=4, max=1024), Dim("w8", min=4, max=1024)
         kwargs["dynamic_shapes"] = ({0: Dim("batch", min=1, max=1024), 2: 8 * h8, 3: 8 * w8},)  # the one input
     with warnings.catch_warnings():
@@ -196,8 +197,6 @@ def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_O
     import onnx
     import onnxruntime as ort
 
-    from torch_deploy import load_model
-
     if opset < MIN_OPSET:
         raise ExportError(
             f"--opset {opset}: use >= {MIN_OPSET} (GridSample needs 16; the dynamo exporter emits opset-18 "
@@ -212,7 +211,7 @@ def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_O
     def build(tmp: str) -> None:  # the export and its checks, on the temporary file
         holder["started"] = True
         try:
-            twin = load_model(checkpoint)
+            twin = load_torch_model(checkpoint)
         except (OSError, ValueError, KeyError) as e:  # ConversionError is a ValueError
             raise ExportError(f"--checkpoint {checkpoint}: {e}") from e
         module = export_module(twin, dynamic)
@@ -274,19 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument("--seed", type=int, default=0, help="seed of the random check inputs")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     require("onnx", "python -m torch_deploy.export_onnx", cli=True)
-    try:
-        report = export_onnx(
-            args.checkpoint, args.out, size=tuple(args.size), dynamic=args.dynamic, opset=args.opset, seed=args.seed
-        )
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rc = report_errors(lambda: _export_and_report(args), (ExportError,), debug=args.debug)  # csfcn/cli.py
+    return rc
+
+
+def _export_and_report(args) -> None:
+    report = export_onnx(
+        args.checkpoint, args.out, size=tuple(args.size), dynamic=args.dynamic, opset=args.opset, seed=args.seed
+    )
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -296,7 +297,6 @@ def main(argv=None) -> int:
                 f"onnxruntime vs twin, input {c['shape']}: rel L2 {c['rel_l2']:.3e} (<= {MAX_REL_L2:g}), "
                 f"argmax agreement {100 * c['argmax_agreement']:.4f}% (>= {100 * MIN_ARGMAX_AGREEMENT:g}%)"
             )
-    return 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,12 @@ import sys
 import time
 import traceback
 
+import torch
+
 from csfcn.extras import MissingExtra, missing
+from csfcn.files import write_atomic
+from torch_deploy import benchmark as bench
+from torch_deploy.roofline import DATASHEET, datasheet_for, measure_ceilings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONAL = ("triton", "jax", "flax", "optax", "numpy", "safetensors", "pytest")
@@ -133,7 +138,6 @@ class Check:
         self.save()
 
     def save(self) -> None:
-        from csfcn.files import write_atomic
 
         text = json.dumps(self.report, indent=2, default=str)
 
@@ -153,7 +157,6 @@ def need(*names: str) -> None:
 
 # ----------------------------------------------------------------------------- sections
 def environment(plan: Plan) -> dict:
-    import torch
 
     env = {
         "python": platform.python_version(),
@@ -195,11 +198,8 @@ def environment(plan: Plan) -> dict:
 
 
 def ceilings(plan: Plan) -> dict:
-    from torch_deploy.roofline import DATASHEET, datasheet_for, measure_ceilings
 
     if plan.device == "cuda":
-        import torch
-
         measured = measure_ceilings("cuda")
         sheet = datasheet_for(torch.cuda.get_device_name(0))
     else:
@@ -294,7 +294,6 @@ def compiled_kernels() -> list:
 
 def benchmark(plan: Plan, out: str, size: tuple, only: str) -> dict:
     """``torch_deploy.benchmark`` at one size: the variants in ``only``, each kernel, roofline floors."""
-    from torch_deploy import benchmark as bench
 
     h, w = size
     path = os.path.join(out, f"benchmark_{h}x{w}.json")
@@ -313,8 +312,6 @@ def benchmark(plan: Plan, out: str, size: tuple, only: str) -> dict:
 def train(plan: Plan) -> dict:
     need("jax", "flax", "optax")
     if plan.device == "cuda":
-        import torch
-
         torch.cuda.empty_cache()  # the benchmark's cached blocks go back before JAX allocates
     from jax_csfcn.benchmark import bench_train
 

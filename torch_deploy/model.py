@@ -48,7 +48,7 @@ class ReferenceOps:
     # --- convolutions
     def conv(self, conv: nn.Conv2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         y = conv(x)
-        return F.relu(y) if relu else y
+        return F.relu(y, inplace=True) if relu else y  # in place, as upstream (autograd needs no conv output)
 
     def add_relu(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``relu(x + y)`` (a residual; fast backends may overwrite ``x``)."""
@@ -59,7 +59,7 @@ class ReferenceOps:
         if isinstance(bn, nn.Identity):
             return self.conv(conv, x, relu)
         y = bn(self.conv(conv, x))
-        return F.relu(y) if relu else y
+        return F.relu(y, inplace=True) if relu else y  # BN's backward needs its input, not its output
 
     # --- CFC (docs/architecture.md, CFC)
     def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

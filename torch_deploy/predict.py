@@ -40,9 +40,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import imageio.v2 as iio
+import imageio_ffmpeg
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
-from csfcn.files import write_failure
+from convert.formats import load_torch_model
+from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.palette import (
     DATASETS,
     colorize,
@@ -53,6 +58,7 @@ from csfcn.palette import (
     write_atomic,
     write_png,
 )
+from torch_deploy.predictor import InputError, Predictor, _check_8_bit, load_image
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -105,9 +111,6 @@ def collect_inputs(spec: str) -> tuple[str, list[tuple[Path, str]]]:
 
 def check_images(items) -> None:
     """Open every image's header, so that an unreadable file fails before any output exists."""
-    from PIL import Image
-
-    from torch_deploy.predictor import InputError, _check_8_bit
 
     for path, _ in items:
         try:
@@ -131,7 +134,6 @@ def check_submission_names(items) -> None:
 
 # --------------------------------------------------------------------------- video
 def ffmpeg_has_encoder(codec: str) -> bool:
-    import imageio_ffmpeg
 
     out = subprocess.run(
         [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True, text=True, check=False
@@ -140,7 +142,6 @@ def ffmpeg_has_encoder(codec: str) -> bool:
 
 
 def open_video(path: Path):
-    import imageio.v2 as iio
 
     try:
         reader = iio.get_reader(str(path), format="FFMPEG")
@@ -194,7 +195,6 @@ def _write_visuals(out: Path, rel: str, image, labels, palette, opacity, label_v
 
 def run(args) -> dict:
     """The command; returns a summary dict. Raises PredictError (and friends) on bad input."""
-    from tqdm import tqdm
 
     if args.dataset is not None and args.dataset not in DATASETS:
         raise PredictError(f"--dataset {args.dataset!r}: unknown dataset/palette; choose one of {sorted(DATASETS)}")
@@ -218,12 +218,9 @@ def run(args) -> dict:
         if args.format == "cityscapes-submission":
             check_submission_names(items)
 
-    from torch_deploy.predictor import Predictor, load_image
-
     try:
-        predictor = Predictor.from_checkpoint(
-            args.checkpoint, device=args.device, precision=args.precision, batch_size=args.batch_size
-        )
+        model = load_torch_model(args.checkpoint)  # any format: a training run needs the training extra
+        predictor = Predictor(model, device=args.device, precision=args.precision, batch_size=args.batch_size)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         # ConversionError (a ValueError) names the checkpoint; RuntimeError: no CUDA for --device
         raise PredictError(str(e)) from e
@@ -260,7 +257,6 @@ def run(args) -> dict:
         return {"images": written, "out": str(out), "dataset": dataset, "device": str(predictor.device)}
 
     # video
-    import imageio.v2 as iio
 
     path, stem = items[0]
     reader, fps, meta = open_video(path)
@@ -349,27 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", default="libx264", help="video encoder for the overlay video (ffmpeg name)")
     p.add_argument("--save-frames", action="store_true", help="for a video, also write per-frame PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from torch_deploy.predictor import InputError
 
-    try:
+    def predict() -> None:
         summary = run(args)
-    except (PredictError, InputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk or a forbidden folder: one line, not a traceback
-        msg = write_failure(e)
-        if msg is None:
-            raise
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    return 0
+        if not args.quiet:
+            print(" ".join(f"{k}={v}" for k, v in summary.items()))
+
+    return report_errors(predict, (PredictError, InputError), debug=args.debug)  # csfcn/cli.py
 
 
 if __name__ == "__main__":

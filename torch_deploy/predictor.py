@@ -26,7 +26,6 @@ change the function (only float rounding, which can flip a near-tie pixel).
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -35,6 +34,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
+from torch_deploy.checkpoint import load_model
+from torch_deploy.optimize import optimize
 
 PAD_MULTIPLE = 8
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -119,23 +120,14 @@ class Predictor:
         self.fast = False
         self._run = self._run_twin
         if self.device.type == "cuda":
-            try:
-                from torch_deploy.optimize import optimize
-            except ImportError as e:
-                warnings.warn(
-                    f"torch_deploy.optimize is not importable ({e}); running the reference twin on {self.device}",
-                    stacklevel=2,
-                )
-            else:
-                self._optimized = optimize(self.model, precision=precision, output="labels")
-                self._run = self._run_fast
-                self.fast = True
+            self._optimized = optimize(self.model, precision=precision, output="labels")
+            self._run = self._run_fast
+            self.fast = True
 
     @classmethod
     def from_checkpoint(cls, path, device=None, precision: str = "fp32", batch_size: int = 4) -> Predictor:
-        """A predictor for any checkpoint :func:`torch_deploy.load_model` reads."""
-        from torch_deploy import load_model
-
+        """A predictor for a ``.safetensors`` or upstream ``.pth`` checkpoint (:func:`torch_deploy.load_model`;
+        a training run: ``Predictor(convert.load_torch_model(run))``)."""
         return cls(load_model(path), device=device, precision=precision, batch_size=batch_size)
 
     # ------------------------------------------------------------------ running the network

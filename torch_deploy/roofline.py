@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import statistics
 import sys
 from collections.abc import Sequence
 
@@ -34,6 +35,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from csfcn.tables import markdown_table
+from torch_deploy.model import CSFCN
+from torch_deploy.optimize import PRECISIONS, optimize_on_meta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +179,6 @@ def model_costs(
     """Per-op costs of one forward pass at (h, w). ``kind``: "twin" (the reference model in
     ``precision``, channels-last unless fp32), "logits" or "labels" (``optimize``'s graph with
     its Triton kernels). Cached: the benchmark asks for the same graph's model and kernel floors."""
-    from torch_deploy.model import CSFCN
-    from torch_deploy.optimize import PRECISIONS, optimize_on_meta
 
     dtype = PRECISIONS[precision]
     with torch.device("meta"):
@@ -215,7 +216,6 @@ def kernel_floors(
 def measure_ceilings(device: torch.device | str = "cuda") -> Ceilings:
     """Copy bandwidth (256 MiB device-to-device, read + write) and fp16/fp32 matmul rates, measured
     as medians of CUDA-event timings (on a CUDA device; the datasheet is the fallback elsewhere)."""
-    import statistics
 
     device = torch.device(device)
 

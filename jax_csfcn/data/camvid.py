@@ -39,9 +39,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from csfcn.classes import CAMVID_NAMES, CAMVID_PALETTE
 from jax_csfcn.data.cityscapes import IGNORE_INDEX, DataError, read_pair
+from jax_csfcn.data.synthetic import generate_scene
 
 NUM_CLASSES = 11
 VOID_INDEX = 11  # the void / "Unlabelled" index stored in the label PNGs
@@ -241,9 +243,6 @@ def write_synthetic_camvid(
     Cityscapes void -> 11).  List lines are root-relative: ``train/synth_train_000000.png
     trainannot/synth_train_000000.png``.
     """
-    from tqdm import tqdm
-
-    from jax_csfcn.data.synthetic import generate_scene
 
     splits = dict(splits if splits is not None else {"train": 8, "val": 2, "test": 2})
     root = Path(root)

@@ -71,6 +71,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import threading
+import time
 from collections.abc import Sequence
 
 import grain
@@ -375,8 +377,6 @@ def exit_with_parent(worker_index: int = 0, worker_count: int = 1) -> None:
     A training process killed by SIGKILL or SIGTERM runs no cleanup, and its workers (a few
     hundred MB each) would live on, re-parented to init. The thread polls the parent's pid once
     a second and exits the worker once it has changed."""
-    import threading
-    import time
 
     parent = os.getppid()
 

@@ -4,7 +4,7 @@ For users who keep their data in TFDS.  The dataset must have been prepared in t
 ``array_record`` file format (random access); TFDS builds it from the two official zips,
 ``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip``, placed in a manual folder::
 
-    python -m jax_csfcn.data.tfds_cityscapes --manual_dir ~/Downloads/cityscapes --data_dir ~/tensorflow_datasets
+    python -m jax_csfcn.data.tfds_cityscapes --manual-dir ~/Downloads/cityscapes --data-dir ~/tensorflow_datasets
 
 (or ``tfds build cityscapes/semantic_segmentation --manual_dir ... --file_format array_record``).
 Preparing runs the TFDS builder, which needs TensorFlow (``pip install tensorflow-cpu``);
@@ -99,7 +99,7 @@ class TfdsCityscapesSource:
             raise DataError(
                 f"TFDS {self._name} is not prepared in {self.root}. Put leftImg8bit_trainvaltest.zip and "
                 "gtFine_trainvaltest.zip in a folder and run `python -m jax_csfcn.data.tfds_cityscapes "
-                f"--manual_dir FOLDER --data_dir {self._data_dir_arg or '<tfds default>'} --config {self.builder_config}` "
+                f"--manual-dir FOLDER --data-dir {self._data_dir_arg or '<tfds default>'} --config {self.builder_config}` "
                 "(needs tensorflow-cpu), or pass the data_dir where it was prepared"
             )
         formats = {f.value for f in builder.info.available_file_formats()}
@@ -216,10 +216,10 @@ def main(argv=None) -> str:
         description="Prepare TFDS cityscapes in array_record format (random access) from the official zips.",
     )
     ap.add_argument(
-        "--manual_dir", required=True, help="folder with leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip"
+        "--manual-dir", required=True, help="folder with leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip"
     )
-    ap.add_argument("--data_dir", default=None, help="TFDS data dir (default: TFDS's, ~/tensorflow_datasets)")
-    ap.add_argument("--download_dir", default=None, help="where TFDS extracts the zips (default: data_dir/downloads)")
+    ap.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS's, ~/tensorflow_datasets)")
+    ap.add_argument("--download-dir", default=None, help="where TFDS extracts the zips (default: data_dir/downloads)")
     ap.add_argument("--config", default=DEFAULT_CONFIG, help="builder config (default: %(default)s)")
     args = ap.parse_args(argv)
     require("tfds", "python -m jax_csfcn.data.tfds_cityscapes", cli=__name__ == "__main__")

@@ -1,0 +1,112 @@
+"""What every checkpoint format shares, framework-free: names, kinds, the config inferred from
+upstream tensor shapes, and the one error a mismatching checkpoint raises.
+
+The formats (docs/architecture.md, "Checkpoint names"); each side reads its own:
+
+* ``*.safetensors`` -- our PyTorch export: upstream key names and layouts, the model config
+  as JSON in the file metadata (:data:`CONFIG_KEY`) so that loading needs nothing else;
+* ``*.pth`` / ``*.pt`` / ``*.pth.tar`` -- a PyTorch ``state_dict`` with upstream names (an
+  official CSFCN checkpoint, or one we wrote); the config is inferred from tensor shapes;
+  both read and written by :mod:`torch_deploy.checkpoint`;
+* a directory -- Flax params saved with Orbax (``params/`` next to :data:`CONFIG_FILE`) or a
+  training run, read and written by :mod:`jax_csfcn.checkpointing`.
+
+:mod:`convert` bridges the two sides (any format into either framework).
+"""
+
+from __future__ import annotations
+
+import os
+
+from csfcn.model_config import HEAD_UPSAMPLE, ModelConfig
+
+CONFIG_KEY = "csfcn_config"  # safetensors metadata key
+CONFIG_FILE = "csfcn_config.json"  # next to Orbax params
+PARAMS_DIR = "params"
+TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".bin", ".ckpt")
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not match the model: names every offending tensor."""
+
+
+def kind_of(path) -> str:
+    """'safetensors', 'pth' or 'orbax' from the path (existing or to be written)."""
+    p = str(path)
+    if p.endswith(".safetensors"):
+        return "safetensors"
+    if p.endswith(TORCH_SUFFIXES):
+        return "pth"
+    if os.path.isdir(p) or not os.path.splitext(p)[1]:
+        return "orbax"
+    raise ConversionError(
+        f"{p}: unknown checkpoint type; use .safetensors, .pth/.pt, or a directory (Orbax Flax params)"
+    )
+
+
+def raise_mismatch(source: str, bad_shape: list[str], missing: list[str], unexpected: list[str], strict: bool) -> None:
+    """One :class:`ConversionError` naming every wrongly shaped, missing (strict) and unexpected
+    (strict) tensor of ``source``; nothing when all match."""
+    problems = []
+    if bad_shape:
+        problems.append("wrong shape: " + "; ".join(bad_shape))
+    if strict and missing:
+        problems.append(f"missing {len(missing)}: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+    if strict and unexpected:
+        problems.append(
+            f"unexpected {len(unexpected)}: " + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else "")
+        )
+    if problems:
+        raise ConversionError(
+            f"{source} does not match the model ({'; '.join(problems)}). Check the variant, "
+            "class count and stem, or pass strict=False / --no-strict to load the rest."
+        )
+
+
+def infer_config(tensors, source: str = "checkpoint") -> ModelConfig:
+    """Variant, class count and stem from upstream-named tensor shapes ({name: array})."""
+    try:
+        head_bias = tensors["conv_out32.conv_out.bias"]
+        offset_in = tensors["sfc.conv_offset.0.conv.weight"].shape[1]
+    except KeyError as e:
+        raise ConversionError(f"{source}: not a CSFCN state_dict (no {e.args[0]!r})") from None
+    stem = "deep" if "resnet.conv1.0.weight" in tensors else "torchvision"
+    has_1x1 = "sfc.cp1x1.weight" in tensors
+    if has_1x1 and offset_in == 64:
+        variant = "csfcn"
+    elif not has_1x1 and offset_in == 256:
+        variant = "csfcn_tiny"
+    else:
+        raise ConversionError(
+            f"{source}: ambiguous variant (sfc.cp1x1 {'present' if has_1x1 else 'absent'}, "
+            f"conv_offset input width {offset_in}); expected CSFCN (present, 64) or CSFCN-Tiny (absent, 256)"
+        )
+    k = int(head_bias.shape[0])
+    if variant == "csfcn":
+        if k % HEAD_UPSAMPLE**2:
+            raise ConversionError(
+                f"{source}: conv_out32.conv_out has {k} outputs, not a multiple of {HEAD_UPSAMPLE**2}; "
+                "cannot infer the class count of a pixel-shuffle head"
+            )
+        k //= HEAD_UPSAMPLE**2
+    return ModelConfig(variant=variant, num_classes=k, stem=stem)
+
+
+def config_of(tensors, meta: dict, source: str) -> ModelConfig:
+    """The config stored in our metadata, else the one inferred from upstream tensor shapes."""
+    return ModelConfig.from_json(meta[CONFIG_KEY]) if CONFIG_KEY in meta else infer_config(tensors, source)
+
+
+def is_imagenet_resnet(tensors) -> bool:
+    """torchvision/timm ResNet naming (top-level ``layer1``), not a CSFCN ``resnet.`` tree."""
+    return "layer1.0.conv1.weight" in tensors and not any(k.startswith("resnet.") for k in tensors)
+
+
+def refuse_imagenet(path, tensors) -> None:
+    """An ImageNet backbone given where a whole CSFCN checkpoint is expected: say what to do."""
+    if is_imagenet_resnet(tensors):
+        raise ConversionError(
+            f"{path}: this is an ImageNet ResNet-18 (torchvision/timm names), not a CSFCN checkpoint; "
+            "use it to initialise the backbone (convert.load_imagenet_backbone or `python -m convert "
+            f"{path} OUT --variant ... --num-classes ...`)"
+        )

@@ -1,0 +1,46 @@
+"""The one error convention of every csfcn command line.
+
+A mistake of the user's (a bad file, key, shape or flag: the exceptions each command names) is
+one line, ``error: <what, which file, the fix>`` on stderr, and a non-zero exit; so is a full
+disk or a forbidden folder (:func:`csfcn.files.write_failure`), where nothing partial was kept.
+``--debug`` shows the traceback instead. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from csfcn.files import write_failure
+
+DEBUG_HELP = "show the traceback of an input or file error instead of one line"
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (a library's multi-line explanation joined)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def report_errors(
+    fn: Callable[[], object],
+    user_errors: tuple[type[BaseException], ...],
+    *,
+    debug: bool,
+    code: int = 2,
+    disk_hint: str = "",
+) -> int:
+    """Run ``fn()``: 0 when it returns, ``code`` after printing a user error, 1 after a write failure."""
+    try:
+        fn()
+    except user_errors as e:
+        if debug:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return code
+    except OSError as e:
+        msg = write_failure(e)
+        if debug or msg is None:
+            raise
+        print(f"error: {msg}{disk_hint}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,145 @@
+"""PyTorch checkpoint files: read and write ``.safetensors`` and upstream ``.pth`` state_dicts,
+check them against the twin, and load the twin from them -- with torch alone (no JAX).
+
+A Flax run or Orbax directory is the training side's format: :func:`convert.load_torch_model`
+reads it into the twin (it needs the training extra).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from csfcn.checkpoints import CONFIG_KEY, ConversionError, config_of, kind_of, raise_mismatch, refuse_imagenet
+from csfcn.files import write_atomic
+from csfcn.model_config import ModelConfig
+from torch_deploy.model import CSFCN
+
+
+def _unwrap_state_dict(obj, source: str) -> dict:
+    if isinstance(obj, dict) and not any(hasattr(v, "shape") for v in obj.values()):
+        for key in ("state_dict", "model", "model_state_dict", "net"):
+            if isinstance(obj.get(key), dict):
+                return _unwrap_state_dict(obj[key], source)
+        raise ConversionError(f"{source}: no state_dict inside (top-level keys: {sorted(obj)[:10]})")
+    if not isinstance(obj, dict):
+        raise ConversionError(f"{source}: expected a state_dict, got {type(obj).__name__}")
+    # DataParallel ("module.") and training wrappers ("model.") prefix every key.
+    for prefix in ("module.", "model."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    return obj
+
+
+def read_torch_file(path) -> tuple[dict[str, np.ndarray], dict]:
+    """(tensors in PyTorch layout, metadata) of a .safetensors or .pth file."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.endswith(".safetensors"):
+        try:
+            with safe_open(path, framework="np") as f:
+                meta = f.metadata() or {}
+                return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 - safe_open is not a dict
+        except (SafetensorError, OSError) as e:
+            raise ConversionError(f"{path}: not a readable safetensors file ({e})") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt files raise anything from IndexError to UnpicklingError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # torch explains at length
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({first})") from e
+    sd = _unwrap_state_dict(obj, path)
+    return {k: v.detach().cpu().numpy() for k, v in sd.items() if hasattr(v, "detach")}, {}
+
+
+def write_safetensors(path, config: ModelConfig, tensors: dict[str, np.ndarray]) -> None:
+    meta = {CONFIG_KEY: config.to_json(), "format": "csfcn-torch"}
+    write_atomic(path, lambda tmp: save_file({k: np.array(v, order="C") for k, v in tensors.items()}, tmp, meta))
+
+
+def write_pth(path, tensors: dict[str, np.ndarray]) -> None:
+    sd = {k: torch.from_numpy(np.array(v, order="C")) for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: torch.save(sd, tmp))
+
+
+def _twin_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The twin's state_dict {key: shape} in registration order (built on the meta device: free)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in CSFCN(config).state_dict().items()}
+
+
+def check_torch_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], *, strict: bool, source: str) -> dict:
+    """``tensors`` checked against the PyTorch twin's ``state_dict`` (names and shapes, as
+    :func:`convert.table.torch_to_flax` checks them against the Flax model), in its order."""
+    ref = _twin_shapes(config)
+    missing = [k for k in ref if k not in tensors and not k.endswith("num_batches_tracked")]
+    unexpected = sorted(k for k in tensors if k not in ref)
+    bad = [
+        f"{k}: checkpoint has {tuple(np.shape(tensors[k]))}, model expects {ref[k]}"
+        for k in ref
+        if k in tensors and tuple(np.shape(tensors[k])) != ref[k]
+    ]
+    raise_mismatch(source, bad, missing, unexpected, strict)
+    return {k: np.asarray(tensors[k]) for k in ref if k in tensors}
+
+
+def _read_whole_model(path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    if kind_of(path) == "orbax":
+        raise ConversionError(
+            f"{path}: a directory (a training run or Orbax Flax params), not a PyTorch checkpoint; load it with "
+            f"convert.load_torch_model, or convert it once: python -m convert {path} model.safetensors"
+        )
+    tensors, meta = read_torch_file(path)
+    refuse_imagenet(path, tensors)
+    return config_of(tensors, meta, str(path)), tensors
+
+
+def read_torch_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """A .pth/.safetensors CSFCN checkpoint -> (config, checked PyTorch tensors)."""
+    config, tensors = _read_whole_model(path)
+    return config, check_torch_tensors(config, tensors, strict=strict, source=str(path))
+
+
+def write_torch_checkpoint(path, config: ModelConfig, tensors: dict[str, np.ndarray]) -> str:
+    """PyTorch-layout tensors into a .safetensors (config in the metadata) or an upstream .pth
+    (keys in the upstream module registration order)."""
+    kind = kind_of(path)
+    if kind == "safetensors":
+        write_safetensors(path, config, tensors)
+    elif kind == "pth":
+        order = list(_twin_shapes(config))
+        write_pth(
+            path, {k: tensors[k] for k in order if k in tensors} | {k: v for k, v in tensors.items() if k not in order}
+        )
+    else:
+        raise ConversionError(f"{path}: write_torch_checkpoint writes .safetensors or .pth, not {kind}")
+    return kind
+
+
+def twin_from_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], *, source: str, strict: bool = True):
+    """The twin in eval mode holding ``tensors``; refuses NaN/infinite weights."""
+    model = CSFCN(config)
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a diverged run's weights: every prediction would be garbage (class 0 everywhere)
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"{source}: {len(bad)} tensor(s) hold NaN or infinite values ({shown}); this checkpoint cannot predict"
+        )
+    result = model.load_state_dict(sd, strict=strict)
+    if not strict and (result.missing_keys or result.unexpected_keys):
+        warnings.warn(f"{source}: missing {result.missing_keys}, unexpected {result.unexpected_keys}", stacklevel=3)
+    return model.eval()
+
+
+def load_model(path, *, strict: bool = True, map_location="cpu") -> CSFCN:
+    """The PyTorch twin in eval mode from a ``.safetensors`` export or an upstream ``.pth``
+    state_dict (config inferred from the tensor shapes). A training run or Orbax directory:
+    :func:`convert.load_torch_model`."""
+    config, tensors = _read_whole_model(path)
+    return twin_from_tensors(config, tensors, source=str(path), strict=strict).to(map_location)
