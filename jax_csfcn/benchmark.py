@@ -37,7 +37,7 @@ from jax_csfcn import step as jstep_mod
 from jax_csfcn.checkpointing import model_flat
 from jax_csfcn.model import build_model
 from jax_csfcn.ops import grid_sample
-from jax_csfcn.schedule import sgd_optimizer, warmup_poly_schedule
+from jax_csfcn.schedule import schedule_of, sgd_optimizer
 
 
 def _block(x):
@@ -224,13 +224,7 @@ def bench_train(
 
     # JAX: the state and step exactly as jax_csfcn.train.train builds them (1-device mesh).
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
-    schedule = warmup_poly_schedule(
-        cfg.train.base_lr,
-        cfg.train.steps,
-        warmup_steps=cfg.train.warmup_steps,
-        warmup_start_factor=cfg.train.warmup_start_factor,
-        power=cfg.train.poly_power,
-    )
+    schedule = schedule_of(cfg.train)
     graphdef, _, params, stats = jstep_mod._init_state(cfg, config)
     tensors = flax_to_torch(model_flat(nnx.merge(graphdef, params, stats)))
     tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)

@@ -60,6 +60,17 @@ def warmup_poly_schedule(
     return schedule
 
 
+def schedule_of(train) -> optax.Schedule:
+    """The learning-rate schedule of the ``train`` settings (``cfg.train``): warm-up, then poly."""
+    return warmup_poly_schedule(
+        train.base_lr,
+        train.steps,
+        warmup_steps=train.warmup_steps,
+        warmup_start_factor=train.warmup_start_factor,
+        power=train.poly_power,
+    )
+
+
 def _key_name(entry) -> str | None:
     # The name carried by one entry of a jax key path (dict key, attribute, or sequence index).
     for attr in ("key", "name", "idx"):

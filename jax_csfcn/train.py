@@ -59,7 +59,7 @@ from jax_csfcn.evaluate import (
     scores_json,
 )
 from jax_csfcn.run_log import Logger, plot_curves
-from jax_csfcn.schedule import sgd_optimizer, warmup_poly_schedule
+from jax_csfcn.schedule import schedule_of, sgd_optimizer
 
 # The step and its state live in jax_csfcn/step.py (no grain, ml_collections or Orbax there);
 # re-exported here under their old names, which other modules and the tests use
@@ -169,13 +169,7 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
     check_source(val_src, cfg, f"val split {cfg.data.val_split!r}")
 
     mesh = data_mesh()
-    schedule = warmup_poly_schedule(
-        cfg.train.base_lr,
-        cfg.train.steps,
-        warmup_steps=cfg.train.warmup_steps,
-        warmup_start_factor=cfg.train.warmup_start_factor,
-        power=cfg.train.poly_power,
-    )
+    schedule = schedule_of(cfg.train)
     init_backbone = None
     if cfg.model.imagenet_init:  # optional: only an ImageNet init reads a PyTorch file (imports torch)
         from convert.formats import init_backbone
