@@ -94,7 +94,15 @@ def infer_config(tensors, source: str = "checkpoint") -> ModelConfig:
 
 def config_of(tensors, meta: dict, source: str) -> ModelConfig:
     """The config stored in our metadata, else the one inferred from upstream tensor shapes."""
-    return ModelConfig.from_json(meta[CONFIG_KEY]) if CONFIG_KEY in meta else infer_config(tensors, source)
+    if CONFIG_KEY not in meta:
+        return infer_config(tensors, source)
+    try:
+        return ModelConfig.from_json(meta[CONFIG_KEY])
+    except (ValueError, TypeError, KeyError) as e:  # JSONDecodeError is a ValueError
+        raise ConversionError(
+            f"{source}: the model config in its metadata ({CONFIG_KEY!r}) is not valid: {e}; re-export it with "
+            "python -m convert"
+        ) from None
 
 
 def is_imagenet_resnet(tensors) -> bool:

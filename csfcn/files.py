@@ -51,3 +51,13 @@ def write_failure(e: OSError) -> str | None:
         return None
     where = f" writing {e.filename}" if e.filename else ""
     return f"{e.strerror or e}{where}: free space or choose another output folder; nothing partial was kept"
+
+
+def child_path(folder, name: str) -> Path:
+    """``folder / name`` for a ``name`` that comes from data (a record or file name), refusing one
+    that would land outside ``folder`` (an absolute path, ``..``, a link out of it)."""
+    root = Path(folder).resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise ValueError(f"the name {name!r} from the data would write outside {root}; refusing it")
+    return path

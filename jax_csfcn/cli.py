@@ -39,6 +39,10 @@ def load_config_file(path):
         spec.loader.exec_module(mod)
     except FileNotFoundError:
         raise ValueError(f"--config {path}: no such file") from None
+    except Exception as e:  # a broken config file: name it and the error, not a traceback
+        raise ValueError(f"--config {path}: the file fails to load: {type(e).__name__}: {e}") from e
+    if not callable(getattr(mod, "get_config", None)):
+        raise ValueError(f"--config {path}: defines no get_config(); see configs/*.py")
     return mod.get_config(arg) if arg else mod.get_config()
 
 

@@ -44,7 +44,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from csfcn.checkpoints import kind_of
-from csfcn.files import write_atomic
+from csfcn.files import child_path, write_atomic
 from csfcn.palette import train_id_to_label_id, write_png
 from jax_csfcn.checkpointing import read_flax_checkpoint, set_model_flat
 from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
@@ -333,8 +333,15 @@ def evaluate_checkpoint(cfg, checkpoint, *, split: str, dump_dir=None, dump_form
 
 
 def _prediction_writer(out: Path, fmt: str):
-
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--dump-dir {out}: is a file; give a folder for the prediction PNGs")
     out.mkdir(parents=True, exist_ok=True)
+
+    def target(name: str, suffix: str) -> Path:
+        try:  # names come from the data (a TFDS image_id, a file name): they stay inside the folder
+            return child_path(out, f"{name}{suffix}")
+        except ValueError as e:
+            raise TrainError(f"--dump-dir: {e}") from None
 
     def on_predictions(batch, pred):
         for i in range(len(pred)):
@@ -344,9 +351,9 @@ def _prediction_writer(out: Path, fmt: str):
             p = pred[i, :h, :w]
             name = str(batch["name"][i])
             if fmt == "cityscapes":
-                write_png(out / f"{name}_leftImg8bit.png", train_id_to_label_id(p))
+                write_png(target(name, "_leftImg8bit.png"), train_id_to_label_id(p))
             else:
-                write_png(out / f"{name}_trainIds.png", p)
+                write_png(target(name, "_trainIds.png"), p)
 
     return on_predictions
 

@@ -102,9 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    _, config = parse_config_args(build_parser(), argv)
-    model = nnx.eval_shape(lambda: build_model(model_config(config)))
+    parser = build_parser()
+    _, config = parse_config_args(parser, argv)
     size = tuple(int(s) for s in config.data.image_size)
+    if len(size) != 2 or min(size) < 32:
+        parser.error(f"data.image_size={size}: give (H, W), both >= 32 (the network's 1/32 map)")
+    model = nnx.eval_shape(lambda: build_model(model_config(config)))
     print(format_table(module_table(model, size), size, model.config))
 
 

@@ -77,6 +77,8 @@ __all__ = ["TrainError", "evaluate_checkpoint", "train"]
 # --------------------------------------------------------------------------- setup
 # --------------------------------------------------------------------------- training
 def _validate(cfg) -> None:
+    if Path(cfg.workdir).exists() and not Path(cfg.workdir).is_dir():
+        raise TrainError(f"workdir={cfg.workdir!r} is a file; set config.workdir to a folder for the run")
     if cfg.train.dtype not in DTYPES:
         raise TrainError(f"train.dtype={cfg.train.dtype!r}: choose one of {sorted(DTYPES)}")
     gb, pc, dc = cfg.train.batch_size, jax.process_count(), jax.device_count()

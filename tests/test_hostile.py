@@ -312,3 +312,96 @@ def test_debug_shows_the_traceback_the_one_line_error_hides(tmp_path, capsys):
     with pytest.raises(PredictError):
         predict([*argv, "--debug"])
     assert not (tmp_path / "out.safetensors").exists()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoints_that_lie_are_named_not_loaded(tmp_path):
+    """A pickle carrying code, a .safetensors with broken config metadata, and one whose tensors
+    have the wrong shapes: each a ConversionError naming the file (and the tensor), nothing run."""
+    import pickle
+
+    import torch
+
+    from csfcn.checkpoints import CONFIG_KEY, ConversionError
+    from torch_deploy import load_model
+    from torch_deploy.checkpoint import write_safetensors
+    from torch_deploy.model import CSFCN
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"w": _RunsCode()}))
+    with pytest.raises(ConversionError, match="evil.pth: refused.*objects other than tensors") as e:
+        load_model(tmp_path / "evil.pth")
+    assert "weights_only" not in str(e.value)  # no advice to turn the protection off
+
+    twin = CSFCN(variant="csfcn_tiny", num_classes=3)
+    tensors = {k: v.numpy() for k, v in twin.state_dict().items()}
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(tmp_path / "badmeta.safetensors"), {CONFIG_KEY: '{"variant": "csfcn_tiny", "num_cl'})
+    with pytest.raises(ConversionError, match="badmeta.safetensors: the model config in its metadata"):
+        load_model(tmp_path / "badmeta.safetensors")
+
+    tensors["conv_out32.conv_out.weight"] = np.zeros((5, 128, 1, 1), np.float32)
+    write_safetensors(tmp_path / "shape.safetensors", twin.config, tensors)
+    with pytest.raises(ConversionError, match=r"shape.safetensors.*conv_out32.conv_out.weight: checkpoint has \(5"):
+        load_model(tmp_path / "shape.safetensors")
+    res = _cli(
+        "torch_deploy.export_onnx", "--checkpoint", str(tmp_path / "shape.safetensors"), "--out", "m.onnx", cwd=tmp_path
+    )
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
+    assert "conv_out32.conv_out.weight" in res.stderr and not (tmp_path / "m.onnx").exists()
+    assert torch.equal(twin.state_dict()["conv_out32.conv_out.bias"], twin.conv_out32.conv_out.bias)
+
+
+def test_predictor_names_what_it_got_instead_of_an_image():
+    from torch_deploy.model import CSFCN
+    from torch_deploy.predictor import InputError, Predictor
+
+    pred = Predictor(CSFCN(variant="csfcn_tiny", num_classes=3), device="cpu")
+    with pytest.raises(InputError, match="expected an image .* got NoneType"):
+        pred.predict(None)
+
+
+def test_a_broken_config_file_is_one_line(tmp_path):
+    (tmp_path / "broken.py").write_text("def get_config(:\n")
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    for name, message in (("broken.py", "fails to load: SyntaxError"), ("empty.py", "defines no get_config")):
+        res = _cli("jax_csfcn.summary", "--config", str(tmp_path / name), cwd=tmp_path)
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_prediction_dumps_stay_inside_their_folder(tmp_path):
+    """Record names come from the data (a TFDS image_id): '../x' must not write outside --dump-dir,
+    and a --dump-dir that is a file is named."""
+    from jax_csfcn.evaluate import _prediction_writer
+    from jax_csfcn.step import TrainError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TrainError, match="--dump-dir .*file: is a file"):
+        _prediction_writer(tmp_path / "file", "trainids")
+    write = _prediction_writer(tmp_path / "dump", "trainids")
+    pred = np.zeros((2, 8, 8), np.uint8)
+    batch = {"size": np.array([[8, 8], [8, 8]]), "name": np.array(["ok", "../escaped"])}
+    with pytest.raises(TrainError, match="'../escaped_trainIds.png' from the data would write outside"):
+        write(batch, pred)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("escaped")] == []
+    assert (tmp_path / "dump" / "ok_trainIds.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv,code,message",
+    [
+        (("jax_csfcn.summary", "--config", "CFG", "--config.data.image_size=(0, 0)"), 2, "data.image_size=(0, 0)"),
+        (("jax_csfcn.train", "--config", "CFG", "--config.workdir=a.png"), 1, "workdir='a.png' is a file"),
+        (("jax_csfcn.data.synthetic", "--root", "a.png"), 2, "--root a.png: is a file"),
+    ],
+)
+def test_paths_and_sizes_that_cannot_work_are_one_line(tmp_path, argv, code, message):
+    (tmp_path / "a.png").write_bytes(b"an existing file, not a folder")
+    argv = [a.replace("CFG", os.path.join(ROOT, "configs", "synthetic.py")) for a in argv]
+    res = _cli(*argv, cwd=tmp_path)
+    assert res.returncode == code and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert (tmp_path / "a.png").read_bytes() == b"an existing file, not a folder"

@@ -162,7 +162,12 @@ def test_a_deploy_only_install_converts_and_names_the_missing_extras(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     first, again = torch.load(tmp_path / "up.pth"), torch.load(tmp_path / "back.pth")
     assert list(first) == list(again) and all(torch.equal(first[k], again[k]) for k in first)
+    (tmp_path / "a_run").mkdir()  # a training run directory: reading it needs the training extra
+    from PIL import Image
+
+    Image.new("RGB", (48, 40)).save(tmp_path / "x.png")
     for argv, extra in (
+        (["-m", "torch_deploy.predict", "--checkpoint", "a_run", "--input", "x.png", "--out", "p"], "train"),
         (["-m", "jax_csfcn.train", "--config", "configs/synthetic.py"], "train"),
         (["-m", "jax_csfcn.evaluate", "--help"], "train"),
         (["-m", "torch_deploy.export_onnx", "--checkpoint", "model.safetensors", "--out", "m.onnx"], "onnx"),

@@ -8,6 +8,7 @@ reads it into the twin (it needs the training extra).
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 
 import numpy as np
@@ -49,8 +50,15 @@ def read_torch_file(path) -> tuple[dict[str, np.ndarray], dict]:
         except (SafetensorError, OSError) as e:
             raise ConversionError(f"{path}: not a readable safetensors file ({e})") from e
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt files raise anything from IndexError to UnpicklingError
+        with warnings.catch_warnings():  # torch's note on the pickle protocol is noise beside our error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # objects other than tensors: loading them could run the file's code
+        raise ConversionError(
+            f"{path}: refused: it holds Python objects other than tensors and plain containers, and loading "
+            "them would run code from the file. Save the state_dict alone (torch.save(model.state_dict(), ...))"
+        ) from e
+    except Exception as e:  # corrupt files raise anything from IndexError to EOFError
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # torch explains at length
         raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({first})") from e
     sd = _unwrap_state_dict(obj, path)
@@ -141,5 +149,5 @@ def load_model(path, *, strict: bool = True, map_location="cpu") -> CSFCN:
     """The PyTorch twin in eval mode from a ``.safetensors`` export or an upstream ``.pth``
     state_dict (config inferred from the tensor shapes). A training run or Orbax directory:
     :func:`convert.load_torch_model`."""
-    config, tensors = _read_whole_model(path)
+    config, tensors = read_torch_checkpoint(path, strict=strict)  # names every wrong tensor
     return twin_from_tensors(config, tensors, source=str(path), strict=strict).to(map_location)

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from convert.formats import load_torch_model
 from csfcn.cli import DEBUG_HELP, report_errors
+from csfcn.extras import MissingExtra
 from csfcn.palette import (
     DATASETS,
     colorize,
@@ -221,7 +222,7 @@ def run(args) -> dict:
     try:
         model = load_torch_model(args.checkpoint)  # any format: a training run needs the training extra
         predictor = Predictor(model, device=args.device, precision=args.precision, batch_size=args.batch_size)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, MissingExtra) as e:
         # ConversionError (a ValueError) names the checkpoint; RuntimeError: no CUDA for --device
         raise PredictError(str(e)) from e
     k = predictor.num_classes

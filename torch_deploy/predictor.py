@@ -76,6 +76,11 @@ def load_image(image) -> np.ndarray:
     if isinstance(image, Image.Image):
         _check_8_bit(image, "image")
         image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray) and not hasattr(image, "__array__"):
+        raise InputError(
+            f"expected an image (a path, a PIL image or a uint8 (H, W, 3) array) or a list of them, "
+            f"got {type(image).__name__}"
+        )
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         raise InputError(f"images must be uint8 RGB, got dtype {arr.dtype}")

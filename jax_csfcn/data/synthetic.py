@@ -390,6 +390,8 @@ def main(argv=None) -> dict:
     if min(args.size) < 32:
         ap.error(f"--size {args.size[0]} {args.size[1]}: both sides must be >= 32 (the network's 1/32 map)")
     root = Path(args.root)
+    if root.exists() and not root.is_dir():
+        ap.error(f"--root {root}: is a file; give a folder for the dataset")
     written = [root / sub for sub in ("leftImg8bit", "gtFine") if (root / sub).exists()]
     if written and not args.overwrite:
         ap.error(
