@@ -151,7 +151,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that describe a problem with the user's input or files (their message says
     what, which file and the fix): the CLIs print them as one line instead of a traceback."""
 
-    return (TrainError, DataError, CheckpointError, ConversionError, MissingExtra, FloatingPointError)
+    return (
+        TrainError,
+        DataError,
+        CheckpointError,
+        ConversionError,
+        MissingExtra,
+        FloatingPointError,
+        FileNotFoundError,
+    )
 
 
 def one_line_errors(fn, *, debug: bool, disk_hint: str = ""):

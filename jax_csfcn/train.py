@@ -77,6 +77,9 @@ __all__ = ["TrainError", "evaluate_checkpoint", "train"]
 # --------------------------------------------------------------------------- setup
 # --------------------------------------------------------------------------- training
 def _validate(cfg) -> None:
+    init = cfg.model.imagenet_init
+    if init and not Path(init).is_file():
+        raise TrainError(f"model.imagenet_init={init!r}: no such file (an ImageNet ResNet-18 state_dict, .pth)")
     if Path(cfg.workdir).exists() and not Path(cfg.workdir).is_dir():
         raise TrainError(f"workdir={cfg.workdir!r} is a file; set config.workdir to a folder for the run")
     if cfg.train.dtype not in DTYPES:

@@ -397,6 +397,8 @@ def test_prediction_dumps_stay_inside_their_folder(tmp_path):
         (("jax_csfcn.summary", "--config", "CFG", "--config.data.image_size=(0, 0)"), 2, "data.image_size=(0, 0)"),
         (("jax_csfcn.train", "--config", "CFG", "--config.workdir=a.png"), 1, "workdir='a.png' is a file"),
         (("jax_csfcn.data.synthetic", "--root", "a.png"), 2, "--root a.png: is a file"),
+        (("jax_csfcn.train", "--config", "CFG", "--config.model.imagenet_init=no.pth"), 1, "'no.pth': no such file"),
+        (("jax_csfcn.train", "--config", "CFG", "--config.model.imagenet_init=a.png"), 1, "a.png: not a readable"),
     ],
 )
 def test_paths_and_sizes_that_cannot_work_are_one_line(tmp_path, argv, code, message):

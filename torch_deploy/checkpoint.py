@@ -59,8 +59,8 @@ def read_torch_file(path) -> tuple[dict[str, np.ndarray], dict]:
             "them would run code from the file. Save the state_dict alone (torch.save(model.state_dict(), ...))"
         ) from e
     except Exception as e:  # corrupt files raise anything from IndexError to EOFError
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # torch explains at length
-        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({first})") from e
+        first = (str(e).strip().splitlines() or [""])[0]  # torch explains at length
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from e
     sd = _unwrap_state_dict(obj, path)
     return {k: v.detach().cpu().numpy() for k, v in sd.items() if hasattr(v, "detach")}, {}
 
