@@ -7,6 +7,7 @@ upstream ``.pth``, predict, optimize, benchmark). The extras add the rest (pypro
     tfds    tensorflow-datasets + TensorFlow: preparing Cityscapes as a TFDS dataset
     onnx    onnx, onnxscript, onnxruntime: python -m torch_deploy.export_onnx
     triton  the Triton kernels of the GPU fast path
+    openvino  OpenVINO, a CPU peer in python -m torch_deploy.benchmark --device cpu
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ EXTRAS = {
     "tfds": ("tensorflow_datasets", "tensorflow"),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "triton": ("triton",),
+    "openvino": ("openvino",),
 }
 
 

@@ -137,3 +137,24 @@ def test_failed_check_writes_nothing(ckpt, tmp_path, monkeypatch):
         E.export_onnx(ckpt, tmp_path / "m.onnx", size=(32, 32))
     assert os.listdir(tmp_path) == []
     np.testing.assert_equal(E.MAX_REL_L2, 0.0)
+
+
+def test_cpu_peers_run_our_onnx_and_agree_with_the_twin(ckpt):
+    """torch_deploy.cpu_peers: onnxruntime (and OpenVINO where installed) on our export, labels out,
+    equal to the twin's argmax; a missing runtime is named with its extra."""
+    from torch_deploy.cpu_peers import OnnxPeer, peer_missing
+
+    twin = load_model(ckpt)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        ref = twin(x).argmax(1)
+    runs = [("onnxruntime", "fp32")] + ([("openvino", "fp32")] if peer_missing("openvino") is None else [])
+    for runtime, precision in runs:
+        peer = OnnxPeer(twin, runtime, precision)
+        got = peer(x)
+        assert got.shape == ref.shape and peer(x).shape == ref.shape  # the second call reuses the session
+        assert (got == ref).float().mean() >= 0.999, runtime
+    if peer_missing("openvino") is not None:
+        assert "pip install 'csfcn[openvino]'" in peer_missing("openvino")
+    with pytest.raises(ValueError, match="onnxruntime runs our ONNX in fp32"):
+        OnnxPeer(twin, "onnxruntime", "bf16")

@@ -371,8 +371,15 @@ def test_benchmark_cli_runs_the_cpu_variants(tmp_path, capsys):
     if torch.cuda.is_available():
         assert {"a", "u", "d", "e"} <= keys
     else:
-        assert keys == {"a", "u", "d", "e"} and "per-kernel timings" in report["skipped"]
+        from torch_deploy.cpu_peers import cpu_bf16_native, peer_missing
+
+        bf16 = cpu_bf16_native()[0]
+        want = {"a", "u", "d", "e", "o"} | ({"f"} if bf16 else set())
+        want |= {"v"} | ({"w"} if bf16 else set()) if peer_missing("openvino") is None else set()
+        assert keys == want and "per-kernel timings" in report["skipped"]
         assert "optimize fp32 labels (reference ops, CPU)" in text and "Skipped:" in text
+        if peer_missing("openvino") is not None:
+            assert "pip install 'csfcn[openvino]'" in report["skipped"]["v  openvino fp32 labels (our ONNX)"]
     assert "u  upstream protocol: eager fp32, BN folded" in text
     for r in report["models"]:
         assert r["size"] == [32, 64] and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["runs"] == 2

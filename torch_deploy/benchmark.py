@@ -18,6 +18,13 @@ CUDA events around each call. Variants:
   d  torch_deploy.optimize, fp16 logits (Triton kernels, CUDA graph)
   e  torch_deploy.optimize, fp16 labels
 
+and on CPU, what CPU users would pick instead (torch_deploy/cpu_peers.py), all labels out:
+
+  f  torch_deploy.optimize, bf16 labels (only where the CPU computes bf16 natively)
+  o  onnxruntime fp32 on our ONNX export (the onnx extra)
+  v  OpenVINO fp32 on the same ONNX (the openvino extra)
+  w  OpenVINO bf16 (INFERENCE_PRECISION_HINT=bf16; native bf16 CPUs only)
+
 plus each Triton kernel against the PyTorch ops it replaces, with achieved GB/s (bytes the op
 must read and write at least, over its median time). On a GPU every model and kernel time is
 printed next to its roofline floor (torch_deploy/roofline.py: bytes over the measured copy
@@ -43,11 +50,13 @@ import torch
 import torch.nn.functional as F
 
 from csfcn.tables import markdown_table
+from torch_deploy.cpu_peers import OnnxPeer, cpu_bf16_native, peer_missing
 from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
 from torch_deploy.optimize import optimize, remove_bn
 from torch_deploy.roofline import DATASHEET, datasheet_for, floor_us, kernel_floors, measure_ceilings, model_costs
 
-VARIANT_KEYS = ("a", "u", "b", "c", "d", "e")
+VARIANT_KEYS = ("a", "u", "b", "c", "d", "e", "f", "o", "v", "w")
+CPU_PEER_KEYS = ("f", "o", "v", "w")
 GPU_SIZES = [(512, 1024), (768, 1536), (1024, 2048), (720, 960)]
 CPU_SIZES = [(512, 1024)]
 
@@ -73,7 +82,9 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant (default 10 GPU, 2 CPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 100 GPU, 10 CPU)")
     p.add_argument("--precision", default="fp16", choices=("fp16", "bf16"), help="precision of (b)-(e) on GPU")
-    p.add_argument("--only", default=None, help="comma-separated subset of variants a,u,b,c,d,e to run, e.g. 'a,d,e'")
+    p.add_argument(
+        "--only", default=None, help="comma-separated subset of variants a,u,b,c,d,e,f,o,v,w to run, e.g. 'a,d,e'"
+    )
     p.add_argument("--no-compile", action="store_true", help="skip (c): max-autotune compilation takes minutes")
     p.add_argument(
         "--compile-mode",
@@ -187,6 +198,9 @@ def model_variants(args, device: torch.device, only: set[str]):
         if want("e"):
             fe = optimize(twin, args.precision, "labels")
             run[f"e  optimize {args.precision} labels"] = ("e", fe)
+        for key in CPU_PEER_KEYS:
+            if want(key):
+                skipped[f"{key}  CPU variant"] = "times CPU inference: run with --device cpu"
     else:
         reason = "needs a CUDA GPU (fp16 convolutions and Triton kernels are GPU features)"
         for key, label in (
@@ -207,7 +221,32 @@ def model_variants(args, device: torch.device, only: set[str]):
             skipped["d/e optimize fp16 with Triton kernels"] = (
                 "needs a CUDA GPU; run on CPU as fp32 reference ops (d', e')"
             )
+        cpu_peer_variants(twin, want, run, skipped)
     return run, skipped
+
+
+def cpu_peer_variants(twin, want, run: dict, skipped: dict) -> None:
+    """(f) optimize bf16 labels and the ONNX Runtime / OpenVINO peers (o, v, w) into ``run``, or
+    the reason each is skipped into ``skipped``."""
+    bf16, why = cpu_bf16_native()
+    if want("f"):
+        if bf16:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                run[f"f  optimize bf16 labels ({why})"] = ("f", optimize(twin, "bf16", "labels"))
+        else:
+            skipped["f  optimize bf16 labels"] = why
+    for key, runtime, precision in (("o", "onnxruntime", "fp32"), ("v", "openvino", "fp32"), ("w", "openvino", "bf16")):
+        if not want(key):
+            continue
+        label = f"{key}  {runtime} {precision} labels (our ONNX)"
+        gone = peer_missing(runtime)
+        if gone:
+            skipped[label] = gone
+        elif precision == "bf16" and not bf16:
+            skipped[label] = why
+        else:
+            run[label] = (key, OnnxPeer(twin, runtime, precision))
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -284,6 +323,8 @@ def model_floor_ms(key: str, args, h: int, w: int, ceil, gpu: bool = True) -> fl
     """Roofline floor (ms) of variant ``key`` at (h, w): the sum of its ops' floors (torch_deploy.roofline).
     (u) and (c) are charged the twin's ops (BN folding and compiler fusion are what they may save)."""
 
+    if key not in _FLOOR_KIND:  # the CPU peers: no roofline model
+        return None
     kind, prec = _FLOOR_KIND[key]
     prec = prec or (args.precision if gpu else "fp32")  # the CPU variants d', e' run in fp32
     costs = model_costs(kind, prec, h, w, variant=args.variant, classes=args.classes, batch=args.batch)

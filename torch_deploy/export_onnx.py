@@ -148,7 +148,10 @@ def export_module(model: CSFCN, dynamic: bool) -> CSFCN:
 
 
 # --------------------------------------------------------------------------- export + check
-def _export(module: nn.Module, example: torch.Tensor, path: str, opset: int, dynamic: bool) -> None:
+def export_graph(
+    module: nn.Module, example: torch.Tensor, path: str, opset: int = MIN_OPSET, dynamic: bool = False
+) -> None:
+    """Write ``module`` as ONNX (dynamo exporter) to ``path``: input "image", output "logits"."""
 
     kwargs = {}
     if dynamic:
@@ -219,7 +222,7 @@ def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_O
         inputs = [torch.randn(b, 3, h, w, generator=gen) for b, h, w in shapes]
         # A batch of 2 as the example keeps torch.export from specialising batch 1.
         example = inputs[-1] if dynamic else inputs[0]
-        _export(module.eval(), example, tmp, opset, dynamic)
+        export_graph(module.eval(), example, tmp, opset, dynamic)
 
         graph = onnx.load(tmp)
         onnx.checker.check_model(graph)

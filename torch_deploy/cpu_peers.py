@@ -1,0 +1,108 @@
+"""What CPU users would run instead of ``optimize``: ONNX Runtime and OpenVINO on our own ONNX export.
+
+    peer = OnnxPeer(twin, "openvino", precision="bf16")
+    labels = peer(x)           # x: normalised (B, 3, H, W) float32 on CPU -> (B, H, W) int64
+
+Both peers run the same graph: the twin with its BatchNorms folded (:func:`torch_deploy.export_onnx.export_module`)
+and an ArgMax over the classes, exported once per input shape (static shapes, as each runtime
+optimises best) into a temporary folder, with every graph optimisation on and the thread count
+of torch. ``torch_deploy.benchmark --device cpu`` times them beside the twin and ``optimize``.
+onnxruntime comes with the ``onnx`` extra, OpenVINO with the ``openvino`` extra
+(csfcn/extras.py); a missing one is skipped with a message naming the extra.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+from csfcn.extras import missing
+from torch_deploy.export_onnx import export_graph, export_module
+from torch_deploy.model import CSFCN
+
+RUNTIMES = {"onnxruntime": ("onnx", ("onnx", "onnxscript", "onnxruntime")), "openvino": ("openvino", ("openvino",))}
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_native() -> tuple[bool, str]:
+    """(whether this CPU computes bf16 natively, the evidence): AVX512_BF16 or AMX-BF16 in /proc/cpuinfo.
+    Without them bf16 is emulated and slower than fp32, so the bf16 rows are skipped."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False, "no /proc/cpuinfo to read the CPU's flags from"
+    have = [flag for flag in BF16_FLAGS if flag in flags]
+    if have:
+        return True, "CPU flags " + ", ".join(have)
+    return False, f"this CPU lacks {' and '.join(BF16_FLAGS)} (bf16 would be emulated)"
+
+
+def peer_missing(runtime: str) -> str | None:
+    """None when ``runtime`` is installed, else the message that names its extra."""
+    extra, modules = RUNTIMES[runtime]
+    gone = missing(modules)
+    return f"{', '.join(gone)} not installed: pip install 'csfcn[{extra}]'" if gone else None
+
+
+class _Labels(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).argmax(1)
+
+
+class OnnxPeer:
+    """``runtime`` ("onnxruntime" | "openvino") running our ONNX export of ``twin`` in ``precision``
+    ("fp32"; "bf16" for OpenVINO: its ``INFERENCE_PRECISION_HINT``); labels out."""
+
+    def __init__(self, twin: CSFCN, runtime: str, precision: str = "fp32"):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime={runtime!r}: choose one of {sorted(RUNTIMES)}")
+        if precision not in ("fp32", "bf16") or (precision == "bf16" and runtime != "openvino"):
+            raise ValueError(f"{runtime} runs our ONNX in fp32" + (" or bf16" if runtime == "openvino" else ""))
+        gone = peer_missing(runtime)
+        if gone:
+            raise ModuleNotFoundError(f"{runtime}: {gone}")
+        self.module = _Labels(export_module(twin, dynamic=False)).eval()
+        self.runtime, self.precision = runtime, precision
+        self._dir = tempfile.TemporaryDirectory(prefix="csfcn-peer-")
+        self._runs: dict = {}
+
+    def _build(self, x: torch.Tensor):
+        path = os.path.join(self._dir.name, f"labels_{'x'.join(map(str, x.shape))}.onnx")
+        with torch.inference_mode(False), torch.no_grad():
+            export_graph(self.module, x.detach().clone(), path)
+        threads = torch.get_num_threads()
+        if self.runtime == "onnxruntime":
+            import onnxruntime as ort  # optional: the onnx extra
+
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            return lambda a: session.run(None, {name: a})[0]
+        import openvino as ov  # optional: the openvino extra
+
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        compiled = ov.Core().compile_model(path, "CPU", config)
+        request = compiled.create_infer_request()
+        return lambda a: request.infer({0: a})[compiled.output(0)]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape)
+        run = self._runs.get(key)
+        if run is None:  # the first call of a shape exports and compiles (a warm-up call)
+            run = self._runs[key] = self._build(x)
+        return torch.from_numpy(run(x.detach().contiguous().numpy()))
