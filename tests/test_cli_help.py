@@ -25,6 +25,7 @@ CLIS = (
     "torch_deploy.predict",
     "torch_deploy.benchmark",
     "torch_deploy.export_onnx",
+    "torch_deploy.accuracy",
     "torch_deploy.roofline",
     "torch_deploy.gpu_check",
 )

@@ -193,6 +193,7 @@ TOOLS = {
     "torch_deploy.predict",  # predicts from any checkpoint format (a training run too)
     "torch_deploy.export_onnx",
     "torch_deploy.gpu_check",
+    "torch_deploy.accuracy",  # reads datasets and scores through jax_csfcn
     "kernels.aot",
     "convert.__main__",
 }

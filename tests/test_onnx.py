@@ -16,16 +16,10 @@ from torch_checkpoints import make_checkpoint, random_model
 
 from csfcn.model_config import ModelConfig
 from torch_deploy import load_model
-from torch_deploy.export_onnx import (
-    ExportError,
-    ExportOps,
-    export_module,
-    export_onnx,
-    fold_batchnorms,
-    pyramid_pool_masked,
-)
+from torch_deploy.export_onnx import ExportError, export_onnx
 from torch_deploy.export_onnx import main as export_main
 from torch_deploy.model import pyramid_pool
+from torch_deploy.onnx_graph import ExportOps, export_module, fold_batchnorms, pyramid_pool_masked
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,8 @@ def test_cli_folder_and_glob(ckpt, rng, tmp_path, capsys):
         Image.fromarray(random_image(rng, h, w)).save(src / name, quality=95)
     (src / "notes.txt").write_text("ignored")
     out = tmp_path / "out"
-    assert predict_main(["--checkpoint", ckpt, "--input", str(src), "--out", str(out), "--batch-size", "2"]) == 0
+    argv = ["--checkpoint", ckpt, "--input", str(src), "--out", str(out), "--batch-size", "2", "--precision", "fp32"]
+    assert predict_main(argv) == 0
     expected = ["legend.png"] + [
         f"{d}/{n.rsplit('.', 1)[0]}.png" for d in ("color", "labels", "overlay") for n in sizes
     ]
@@ -175,7 +176,7 @@ def test_cityscapes_submission_read_by_official_evaluation(ckpt, predictor, rng,
     out = tmp_path / "submission"
     code = predict_main(
         ["--checkpoint", ckpt, "--input", str(root / "leftImg8bit" / "val"), "--out", str(out)]
-        + ["--format", "cityscapes-submission", "--quiet"]
+        + ["--format", "cityscapes-submission", "--quiet", "--precision", "fp32"]
     )
     assert code == 0
     names = [f"{c}_{s}_{f}_leftImg8bit.png" for c, s, f in frames]
@@ -277,3 +278,28 @@ def test_cli_help():
     )
     for flag in ("--checkpoint", "--input", "--out", "--dataset", "--opacity", "--batch-size", "--format", "--device"):
         assert flag in r.stdout
+
+
+def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch):
+    """--precision auto takes the fastest measured path (optimize bf16 on a CPU with native bf16,
+    else optimize fp32); int8 runs ONNX Runtime's quantized graph calibrated on --calibration;
+    the choices that cannot work are one line."""
+    import torch_deploy.predictor as predictor_module
+    from torch_deploy.cpu_peers import cpu_bf16_native
+
+    rng = np.random.default_rng(5)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(random_image(rng, 40, 64)).save(tmp_path / name)
+    base = ["--checkpoint", ckpt, "--input", str(tmp_path / "a.png"), "--device", "cpu"]
+    assert predict_main([*base, "--out", str(tmp_path / "auto")]) == 0
+    want = "optimize-bf16" if cpu_bf16_native()[0] else "optimize-fp32"
+    assert f"precision={want}" in capsys.readouterr().out
+    assert predict_main([*base, "--out", str(tmp_path / "q"), "--precision", "int8", "--calibration", str(tmp_path)]) == 0
+    assert "precision=int8-onnxruntime" in capsys.readouterr().out
+    labels = np.asarray(Image.open(tmp_path / "q" / "labels" / "a.png"))
+    assert labels.shape == (40, 64) and labels.max() < 19
+    assert predict_main([*base, "--out", str(tmp_path / "r"), "--precision", "int8"]) == 2
+    assert "--precision int8 needs --calibration" in capsys.readouterr().err
+    monkeypatch.setattr(predictor_module, "cpu_bf16_native", lambda: (False, "this CPU lacks avx512_bf16"))
+    with pytest.raises(ValueError, match="bf16 on this CPU: this CPU lacks avx512_bf16"):
+        Predictor(load_model(ckpt), device="cpu", precision="bf16")

@@ -21,6 +21,8 @@ CUDA events around each call. Variants:
 and on CPU, what CPU users would pick instead (torch_deploy/cpu_peers.py), all labels out:
 
   f  torch_deploy.optimize, bf16 labels (only where the CPU computes bf16 natively)
+  i  int8: ONNX Runtime static quantization of our ONNX (calibrated on random inputs here:
+     speed does not depend on the values; accuracy is measured by torch_deploy.accuracy)
   o  onnxruntime fp32 on our ONNX export (the onnx extra)
   v  OpenVINO fp32 on the same ONNX (the openvino extra)
   w  OpenVINO bf16 (INFERENCE_PRECISION_HINT=bf16; native bf16 CPUs only)
@@ -55,8 +57,8 @@ from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
 from torch_deploy.optimize import optimize, remove_bn
 from torch_deploy.roofline import DATASHEET, datasheet_for, floor_us, kernel_floors, measure_ceilings, model_costs
 
-VARIANT_KEYS = ("a", "u", "b", "c", "d", "e", "f", "o", "v", "w")
-CPU_PEER_KEYS = ("f", "o", "v", "w")
+VARIANT_KEYS = ("a", "u", "b", "c", "d", "e", "f", "i", "o", "v", "w")
+CPU_PEER_KEYS = ("f", "i", "o", "v", "w")
 GPU_SIZES = [(512, 1024), (768, 1536), (1024, 2048), (720, 960)]
 CPU_SIZES = [(512, 1024)]
 
@@ -83,7 +85,7 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 100 GPU, 10 CPU)")
     p.add_argument("--precision", default="fp16", choices=("fp16", "bf16"), help="precision of (b)-(e) on GPU")
     p.add_argument(
-        "--only", default=None, help="comma-separated subset of variants a,u,b,c,d,e,f,o,v,w to run, e.g. 'a,d,e'"
+        "--only", default=None, help="comma-separated subset of variants a,u,b,c,d,e,f,i,o,v,w to run, e.g. 'a,d,e'"
     )
     p.add_argument("--no-compile", action="store_true", help="skip (c): max-autotune compilation takes minutes")
     p.add_argument(
@@ -236,7 +238,13 @@ def cpu_peer_variants(twin, want, run: dict, skipped: dict) -> None:
                 run[f"f  optimize bf16 labels ({why})"] = ("f", optimize(twin, "bf16", "labels"))
         else:
             skipped["f  optimize bf16 labels"] = why
-    for key, runtime, precision in (("o", "onnxruntime", "fp32"), ("v", "openvino", "fp32"), ("w", "openvino", "bf16")):
+    calibration = [torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    for key, runtime, precision in (
+        ("i", "onnxruntime", "int8"),
+        ("o", "onnxruntime", "fp32"),
+        ("v", "openvino", "fp32"),
+        ("w", "openvino", "bf16"),
+    ):
         if not want(key):
             continue
         label = f"{key}  {runtime} {precision} labels (our ONNX)"
@@ -246,7 +254,7 @@ def cpu_peer_variants(twin, want, run: dict, skipped: dict) -> None:
         elif precision == "bf16" and not bf16:
             skipped[label] = why
         else:
-            run[label] = (key, OnnxPeer(twin, runtime, precision))
+            run[label] = (key, OnnxPeer(twin, runtime, precision, calibration if precision == "int8" else None))
 
 
 # ----------------------------------------------------------------------------- kernels

@@ -12,8 +12,13 @@ Which network runs:
   (folded BN, Triton kernels, CUDA graphs; labels straight from the head, no full-resolution
   logits). It is imported only there, so CPU use never needs Triton.  If that module cannot
   be imported the twin runs on the GPU instead (autocast for fp16/bf16) with a warning.
-* On CPU the PyTorch twin (:mod:`torch_deploy.model`), fp32: the reference the fast path is
-  tested against; fp16/bf16 on CPU are refused rather than silently run in fp32.
+* On CPU, fp32: the PyTorch twin (:mod:`torch_deploy.model`), the reference the fast path is
+  tested against (``fast=True``: ``optimize`` in fp32, 1.4x faster, BENCHMARKS.md); bf16:
+  ``optimize`` in bf16, where the CPU computes bf16 natively (AVX512-BF16 / AMX; refused
+  elsewhere, where it would be emulated and slower); int8: ONNX Runtime's static int8
+  quantization of our ONNX (:mod:`torch_deploy.cpu_peers`), calibrated on ``calibration``
+  images, which needs the ``onnx`` extra. fp16 on CPU is refused rather than silently run in
+  fp32. What each costs in accuracy: ``python -m torch_deploy.accuracy``.
 
 Pre-processing (docs/architecture.md): RGB in 0..1, ImageNet mean/std normalisation, then zero padding
 (after normalisation) at the bottom/right to the next multiple of 8, and the labels cropped
@@ -35,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
 from torch_deploy.checkpoint import load_model
+from torch_deploy.cpu_peers import OnnxPeer, cpu_bf16_native
 from torch_deploy.optimize import optimize
 
 PAD_MULTIPLE = 8
@@ -105,16 +111,29 @@ def default_device() -> torch.device:
 class Predictor:
     """Runs a CSFCN checkpoint on images of any size; see the module docstring."""
 
-    def __init__(self, model: torch.nn.Module, *, device=None, precision: str = "fp32", batch_size: int = 4):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device=None,
+        precision: str = "fp32",
+        batch_size: int = 4,
+        fast: bool | None = None,
+        calibration=None,
+    ):
+        if precision not in (*PRECISIONS, "int8"):
+            raise ValueError(f"precision {precision!r}: choose one of {sorted((*PRECISIONS, 'int8'))}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {self.device} requested but CUDA is not available")
-        if self.device.type != "cuda" and precision != "fp32":
-            raise ValueError(f"precision {precision} needs a CUDA device; on {self.device} the twin runs in fp32")
+        if self.device.type == "cuda" and precision == "int8":
+            raise ValueError("precision int8 is the CPU path (ONNX Runtime); on CUDA use fp16 or bf16")
+        if self.device.type != "cuda" and precision == "fp16":
+            raise ValueError(f"precision fp16 needs a CUDA device; on {self.device} use fp32, bf16 or int8")
+        if self.device.type != "cuda" and precision == "bf16" and not cpu_bf16_native()[0]:
+            raise ValueError(f"precision bf16 on this CPU: {cpu_bf16_native()[1]}; use fp32 or int8")
         self.precision = precision
         self.batch_size = int(batch_size)
         self.model = model.eval().to(self.device)
@@ -124,10 +143,27 @@ class Predictor:
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
         self.fast = False
         self._run = self._run_twin
-        if self.device.type == "cuda":
+        if precision == "int8":
+            images = [
+                self._normalise_padded([im], *padded_size(*im.shape[:2])) for im in map(load_image, calibration or [])
+            ]
+            if not images:
+                raise ValueError("precision int8 needs calibration images (a few of the training set)")
+            self._optimized = OnnxPeer(self.model, "onnxruntime", "int8", images)
+            self._run, self.fast = self._run_fast, True
+        elif self.device.type == "cuda":
             self._optimized = optimize(self.model, precision=precision, output="labels")
-            self._run = self._run_fast
-            self.fast = True
+            self._run, self.fast = self._run_fast, True
+        elif precision == "bf16" or fast:  # CPU: the folded graph on oneDNN, the reference ops are its own
+            self._optimized = optimize(self.model, precision=precision, output="labels", kernels=False)
+            self._run, self.fast = self._run_fast, True
+
+    @property
+    def path(self) -> str:
+        """What runs: e.g. "optimize-bf16", "twin-fp32", "int8-onnxruntime"."""
+        if self.precision == "int8":
+            return "int8-onnxruntime"
+        return f"{'optimize' if self.fast else 'twin'}-{self.precision}"
 
     @classmethod
     def from_checkpoint(cls, path, device=None, precision: str = "fp32", batch_size: int = 4) -> Predictor:

@@ -1,0 +1,212 @@
+"""What each deployment path costs in accuracy: mIoU of the deployed model itself on a dataset split.
+
+    python -m torch_deploy.accuracy --checkpoint runs/demo/model.safetensors --dataset synthetic \\
+        --root data/synthetic --split val --json accuracy.json
+
+Every path predicts the same images (normalised and zero-padded to a multiple of 8 exactly as
+:class:`torch_deploy.Predictor` does) and is scored with the training side's confusion matrix
+and scores (``jax_csfcn.metrics``), so its numbers are comparable with ``jax_csfcn.evaluate``
+(single scale). Paths:
+
+  twin            the PyTorch twin, eager fp32 (the reference)
+  optimize-fp32   torch_deploy.optimize, labels
+  optimize-bf16   the same in bf16 (where the CPU computes bf16 natively, or on a GPU)
+  int8            ONNX Runtime static int8 quantization of our ONNX, calibrated on
+                  --calibration-images images of --calibration-split (torch_deploy/cpu_peers.py)
+  onnxruntime     ONNX Runtime fp32 on our ONNX export
+  openvino        OpenVINO fp32 on the same ONNX (the openvino extra)
+  openvino-bf16   OpenVINO bf16
+
+Besides mIoU and pixel accuracy, each path's argmax agreement with the twin's is reported: the
+share of pixels where the deployed model predicts what the reference predicts. A path whose
+runtime is missing is skipped with the extra to install. This tool reads datasets through
+``jax_csfcn.data`` and scores with ``jax_csfcn.metrics``, so it needs the training extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from convert.formats import load_torch_model
+from csfcn.cli import DEBUG_HELP, report_errors
+from csfcn.extras import MissingExtra, require
+from csfcn.files import write_atomic
+from csfcn.tables import markdown_table
+from torch_deploy.cpu_peers import OnnxPeer, cpu_bf16_native, peer_missing
+from torch_deploy.optimize import optimize
+from torch_deploy.predictor import normalise, pad_to_multiple
+
+PATHS = ("twin", "optimize-fp32", "optimize-bf16", "int8", "onnxruntime", "openvino", "openvino-bf16")
+
+
+class AccuracyError(ValueError):
+    """A bad argument or input of this tool; the message says which."""
+
+
+def build_path(name: str, twin, calibration: list[torch.Tensor]):
+    """(labels function of normalised padded NCHW fp32, None) or (None, why it is skipped)."""
+    if name == "twin":
+        return (lambda x: twin(x).argmax(1)), None
+    if name.startswith("optimize-"):
+        precision = name.split("-", 1)[1]
+        if precision == "bf16" and next(twin.parameters()).device.type == "cpu":
+            native, why = cpu_bf16_native()
+            if not native:
+                return None, why
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the one-time CPU notice
+            return optimize(twin, precision, "labels"), None
+    runtime, precision = {
+        "int8": ("onnxruntime", "int8"),
+        "onnxruntime": ("onnxruntime", "fp32"),
+        "openvino": ("openvino", "fp32"),
+        "openvino-bf16": ("openvino", "bf16"),
+    }[name]
+    gone = peer_missing(runtime)
+    if gone:
+        return None, gone
+    if precision == "bf16" and not cpu_bf16_native()[0]:
+        return None, cpu_bf16_native()[1]
+    return OnnxPeer(twin, runtime, precision, calibration if precision == "int8" else None), None
+
+
+def _image_tensor(image: np.ndarray) -> torch.Tensor:
+    return pad_to_multiple(normalise(np.array(image[None])))  # a writable copy: sources may hand out read-only arrays
+
+
+def evaluate_paths(
+    checkpoint, dataset: str, root, split: str, paths, *, calibration_split="train", calibration_images=8, progress=True
+) -> dict:
+    """{"paths": {name: scores + agreement}, "skipped": {name: why}, "classes": [...]} on ``split``."""
+    require("train", "python -m torch_deploy.accuracy (datasets and scores)")
+    from jax_csfcn.data.sources import build_source, class_names  # optional: the training extra
+    from jax_csfcn.metrics import confusion_matrix, scores  # optional: the training extra
+
+    twin = load_torch_model(checkpoint)
+    k = twin.config.num_classes
+    names = list(class_names(dataset))
+    if len(names) != k:
+        raise AccuracyError(f"{checkpoint} predicts {k} classes, dataset {dataset!r} has {len(names)}")
+    src = build_source(dataset, root, split)
+    calibration = []
+    if "int8" in paths:
+        cal_src = build_source(dataset, root, calibration_split)
+        step = max(1, len(cal_src) // max(1, calibration_images))
+        calibration = [_image_tensor(cal_src[i]["image"]) for i in range(0, len(cal_src), step)][:calibration_images]
+    runs, skipped = {}, {}
+    for name in paths:
+        fn, why = build_path(name, twin, calibration)
+        if fn is None:
+            skipped[name] = why
+        else:
+            runs[name] = fn
+    conf = {name: np.zeros((k, k), np.int64) for name in runs}
+    agree = dict.fromkeys(runs, 0)
+    total = 0
+    with torch.inference_mode():
+        for i in tqdm(range(len(src)), desc=f"accuracy {split}", unit="img", disable=not progress):
+            item = src[i]
+            image, label = item["image"], item["label"]
+            h, w = label.shape
+            x = _image_tensor(image)
+            with torch.no_grad():
+                ref = twin(x).argmax(1)[0, :h, :w].numpy()
+            total += ref.size
+            for name, fn in runs.items():
+                pred = np.asarray(fn(x))[0, :h, :w].astype(np.int32)
+                conf[name] += np.asarray(confusion_matrix(pred, label, k), np.int64)
+                agree[name] += int((pred == ref).sum())
+    out = {"paths": {}, "skipped": skipped, "classes": names, "images": len(src), "split": split}
+    for name in runs:
+        sc = scores(conf[name])
+        out["paths"][name] = {
+            "miou": sc["miou"],
+            "pixel_acc": sc["pixel_acc"],
+            "agreement_with_twin": agree[name] / total,
+            "iou": dict(zip(names, (float(v) for v in sc["iou"]))),
+        }
+    return out
+
+
+def format_report(report: dict) -> str:
+    base = report["paths"].get("twin", {}).get("miou")
+    rows = []
+    for name, r in report["paths"].items():
+        delta = f"{100 * (r['miou'] - base):+.2f}" if base is not None else "-"
+        rows.append(
+            [
+                name,
+                f"{100 * r['miou']:.2f}",
+                delta,
+                f"{100 * r['pixel_acc']:.2f}",
+                f"{100 * r['agreement_with_twin']:.3f}",
+            ]
+        )
+    text = markdown_table(["path", "mIoU %", "vs twin", "pixel acc %", "argmax agreement with twin %"], rows)
+    for name, why in report["skipped"].items():
+        text += f"\nskipped {name}: {why}"
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m torch_deploy.accuracy",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[2].split("\n\nBesides")[0],
+    )
+    p.add_argument("--checkpoint", required=True, help="any checkpoint: .safetensors, upstream .pth, a training run")
+    p.add_argument("--dataset", default="synthetic", help="cityscapes, camvid, synthetic or tfds_cityscapes")
+    p.add_argument("--root", default="data/synthetic", help="the dataset folder (TFDS: its data_dir)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    p.add_argument("--calibration-split", default="train", help="where the int8 calibration images come from")
+    p.add_argument("--calibration-images", type=int, default=8, help="how many (spread over the split)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (the peers use as many)")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    paths = [s for s in args.paths.replace(" ", "").split(",") if s]
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown or not paths:
+        p.error(f"--paths {args.paths}: unknown {unknown}; choose from {','.join(PATHS)}")
+    if args.calibration_images < 1:
+        p.error(f"--calibration-images {args.calibration_images}: must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def run() -> None:
+        report = evaluate_paths(
+            args.checkpoint,
+            args.dataset,
+            args.root,
+            args.split,
+            paths,
+            calibration_split=args.calibration_split,
+            calibration_images=args.calibration_images,
+            progress=not args.quiet,
+        )
+        report["command"] = "python -m torch_deploy.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
+        print(format_report(report))
+        if args.json:
+            write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+
+    return report_errors(run, (AccuracyError, MissingExtra, ValueError, FileNotFoundError), debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
