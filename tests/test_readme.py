@@ -195,6 +195,8 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         return [*py, *rest, "--size", "32", "64", "--no-progress"]
     if mod in ("jax_csfcn.evaluate", "jax_csfcn.official_eval", "convert", "torch_deploy.predict"):
         return [*py, *rest]
+    if mod == "torch_deploy.accuracy":
+        return [*py, *rest, "--paths", "twin,optimize-fp32,int8,onnxruntime", "--calibration-images", "2", "--quiet"]
     if mod == "torch_deploy.export_onnx":
         return [*py, *(_replace_size(rest, "--size", (64, 128)) if "--size" in rest else rest)]
     if mod == "torch_deploy.benchmark":
