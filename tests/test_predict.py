@@ -294,7 +294,9 @@ def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch)
     assert predict_main([*base, "--out", str(tmp_path / "auto")]) == 0
     want = "optimize-bf16" if cpu_bf16_native()[0] else "optimize-fp32"
     assert f"precision={want}" in capsys.readouterr().out
-    assert predict_main([*base, "--out", str(tmp_path / "q"), "--precision", "int8", "--calibration", str(tmp_path)]) == 0
+    assert (
+        predict_main([*base, "--out", str(tmp_path / "q"), "--precision", "int8", "--calibration", str(tmp_path)]) == 0
+    )
     assert "precision=int8-onnxruntime" in capsys.readouterr().out
     labels = np.asarray(Image.open(tmp_path / "q" / "labels" / "a.png"))
     assert labels.shape == (40, 64) and labels.max() < 19
