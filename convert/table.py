@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from csfcn.checkpoints import ConversionError, raise_mismatch
+from csfcn.tree import KeyPath
 
-KeyPath = tuple  # of str | int, as produced by flattening an nnx state
 __all__ = ["LEAF_RULES", "ConversionError", "KeyPath", "flax_to_torch", "raise_mismatch", "torch_key", "torch_to_flax"]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+KeyPath = tuple  # of str | int, as produced by flattening an nnx state
+
 
 def flatten(tree, leaf: Callable = lambda v: v, key: Callable = lambda k: k) -> dict[tuple, object]:
     """{(k1, k2, ...): leaf(value)} for every non-dict value of the nested dict ``tree``, keys

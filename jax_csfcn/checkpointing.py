@@ -36,10 +36,8 @@ from flax import nnx
 from csfcn.checkpoints import CONFIG_FILE, PARAMS_DIR, ConversionError
 from csfcn.extras import require
 from csfcn.model_config import ModelConfig
-from csfcn.tree import flatten, unflatten
+from csfcn.tree import KeyPath, flatten, unflatten
 from jax_csfcn.model import build_model
-
-KeyPath = tuple  # of str | int, as produced by flattening an nnx state
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "loader", "meta")

@@ -52,9 +52,10 @@ class AccuracyError(ValueError):
 
 
 def build_path(name: str, twin, calibration: list[torch.Tensor]):
-    """(labels function of normalised padded NCHW fp32, None) or (None, why it is skipped)."""
-    if name == "twin":
-        return (lambda x: twin(x).argmax(1)), None
+    """(labels function of normalised padded NCHW fp32, None), (None, None) for the twin itself, or
+    (None, why it is skipped)."""
+    if name == "twin":  # the reference itself: evaluate_paths computes it once per image
+        return None, None
     if name.startswith("optimize-"):
         precision = name.split("-", 1)[1]
         if precision == "bf16" and next(twin.parameters()).device.type == "cpu":
@@ -73,8 +74,9 @@ def build_path(name: str, twin, calibration: list[torch.Tensor]):
     gone = peer_missing(runtime)
     if gone:
         return None, gone
-    if precision == "bf16" and not cpu_bf16_native()[0]:
-        return None, cpu_bf16_native()[1]
+    native, why = cpu_bf16_native()
+    if precision == "bf16" and not native:
+        return None, why
     return OnnxPeer(twin, runtime, precision, calibration if precision == "int8" else None), None
 
 
@@ -104,7 +106,7 @@ def evaluate_paths(
     runs, skipped = {}, {}
     for name in paths:
         fn, why = build_path(name, twin, calibration)
-        if fn is None:
+        if why is not None:
             skipped[name] = why
         else:
             runs[name] = fn
@@ -117,11 +119,10 @@ def evaluate_paths(
             image, label = item["image"], item["label"]
             h, w = label.shape
             x = _image_tensor(image)
-            with torch.no_grad():
-                ref = twin(x).argmax(1)[0, :h, :w].numpy()
+            ref = twin(x).argmax(1)[0, :h, :w].numpy()
             total += ref.size
             for name, fn in runs.items():
-                pred = np.asarray(fn(x))[0, :h, :w].astype(np.int32)
+                pred = (ref if fn is None else np.asarray(fn(x))[0, :h, :w]).astype(np.int32)
                 conf[name] += np.asarray(confusion_matrix(pred, label, k), np.int64)
                 agree[name] += int((pred == ref).sum())
     out = {"paths": {}, "skipped": skipped, "classes": names, "images": len(src), "split": split}

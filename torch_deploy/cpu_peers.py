@@ -20,6 +20,7 @@ onnxruntime comes with the ``onnx`` extra, OpenVINO with the ``openvino`` extra
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 
@@ -35,6 +36,7 @@ RUNTIMES = {"onnxruntime": ("onnx", ("onnx", "onnxscript", "onnxruntime")), "ope
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+@functools.cache  # the CPU does not change while the process runs
 def cpu_bf16_native() -> tuple[bool, str]:
     """(whether this CPU computes bf16 natively, the evidence): AVX512_BF16 or AMX-BF16 in /proc/cpuinfo.
     Without them bf16 is emulated and slower than fp32, so the bf16 rows are skipped."""

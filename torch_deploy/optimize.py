@@ -151,18 +151,30 @@ def _onednn(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     )
 
 
+def _derived(conv: nn.Conv2d, name: str, build):
+    """``build()``, a tensor derived from ``conv``'s parameters, computed once and cached on the conv;
+    rebuilt when its weight or bias is replaced or modified in place."""
+    key = tuple(
+        (t.data_ptr(), t.dtype, None if t.is_inference() else t._version)  # inference tensors have no version
+        for t in (conv.weight, conv.bias)
+        if t is not None
+    )
+    cached = conv.__dict__.get(name)
+    if cached is None or cached[0] != key:
+        cached = conv.__dict__[name] = (key, build())
+    return cached[1]
+
+
 def _packed_weight(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv.weight`` reordered once into oneDNN's blocked layout (what PyTorch's CPU compiler does
-    when it freezes weights); re-packed if the weight is replaced or modified in place."""
-    w = conv.weight
-    key = (w.data_ptr(), w.dtype, None if w.is_inference() else w._version)  # inference tensors have no version
-    cached = conv.__dict__.get("_onednn_weight")
-    if cached is None or cached[0] != key:
-        packed = torch.ops.mkldnn._reorder_convolution_weight(
-            w, conv.padding, conv.stride, conv.dilation, conv.groups, list(x.shape)
-        )
-        cached = conv.__dict__["_onednn_weight"] = (key, packed)
-    return cached[1]
+    when it freezes weights)."""
+    return _derived(
+        conv,
+        "_onednn_weight",
+        lambda: torch.ops.mkldnn._reorder_convolution_weight(
+            conv.weight, conv.padding, conv.stride, conv.dilation, conv.groups, list(x.shape)
+        ),
+    )
 
 
 def conv2d(conv: nn.Conv2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
@@ -207,17 +219,14 @@ def fold_sfc_offsets(sfc: SFC) -> SFC:
 # ----------------------------------------------------------------------------- the fast backend
 def _head_rows(conv_out: nn.Conv2d, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's 1x1 conv with outputs reordered from (class, sub-pixel) to (sub-pixel, class), for
-    the CPU path: one matmul then gives, per pixel, 64 contiguous runs of K scores. Cached on the
-    conv like the packed weights, recomputed if the weight changes."""
-    w = conv_out.weight
-    key = (w.data_ptr(), w.dtype, None if w.is_inference() else w._version)
-    cached = conv_out.__dict__.get("_head_rows")
-    if cached is None or cached[0] != key:
+    the CPU path: one matmul then gives, per pixel, 64 contiguous runs of K scores."""
+
+    def build():
         r2 = HEAD_UPSAMPLE**2
-        rows = w.detach().reshape(k, r2, -1).transpose(0, 1).reshape(r2 * k, -1).clone()
-        bias = conv_out.bias.detach().reshape(k, r2).t().reshape(-1).clone()
-        cached = conv_out.__dict__["_head_rows"] = (key, (rows, bias))
-    return cached[1]
+        rows = conv_out.weight.detach().reshape(k, r2, -1).transpose(0, 1).reshape(r2 * k, -1).clone()
+        return rows, conv_out.bias.detach().reshape(k, r2).t().reshape(-1).clone()
+
+    return _derived(conv_out, "_head_rows", build)
 
 
 class FastOps(ReferenceOps):

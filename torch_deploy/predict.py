@@ -43,7 +43,6 @@ from pathlib import Path
 import imageio.v2 as iio
 import imageio_ffmpeg
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -60,7 +59,6 @@ from csfcn.palette import (
     write_atomic,
     write_png,
 )
-from torch_deploy.cpu_peers import cpu_bf16_native
 from torch_deploy.predictor import InputError, Predictor, _check_8_bit, load_image
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -223,12 +221,8 @@ def run(args) -> dict:
 
     try:
         model = load_torch_model(args.checkpoint)  # any format: a training run needs the training extra
-        precision, fast = args.precision, False
-        if precision == "auto":  # measured: bf16 keeps 99.94 % of the twin's labels on the demo model
-            on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-            precision, fast = ("bf16" if not on_cuda and cpu_bf16_native()[0] else "fp32"), not on_cuda
         calibration = None
-        if precision == "int8":
+        if args.precision == "int8":
             if not args.calibration:
                 raise PredictError("--precision int8 needs --calibration IMAGES (a few training images)")
             kind, found = collect_inputs(args.calibration)
@@ -238,9 +232,8 @@ def run(args) -> dict:
         predictor = Predictor(
             model,
             device=args.device,
-            precision=precision,
+            precision=args.precision,
             batch_size=args.batch_size,
-            fast=fast,
             calibration=calibration,
         )
     except (OSError, ValueError, KeyError, RuntimeError, MissingExtra) as e:

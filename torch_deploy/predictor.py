@@ -10,8 +10,7 @@ Which network runs:
 
 * On CUDA the fast path, ``torch_deploy.optimize.optimize(model, precision=..., output="labels")``
   (folded BN, Triton kernels, CUDA graphs; labels straight from the head, no full-resolution
-  logits). It is imported only there, so CPU use never needs Triton.  If that module cannot
-  be imported the twin runs on the GPU instead (autocast for fp16/bf16) with a warning.
+  logits); Triton is imported only when the kernels launch, so CPU use never needs it.
 * On CPU, fp32: the PyTorch twin (:mod:`torch_deploy.model`), the reference the fast path is
   tested against (``fast=True``: ``optimize`` in fp32, 1.4x faster, BENCHMARKS.md); bf16:
   ``optimize`` in bf16, where the CPU computes bf16 natively (AVX512-BF16 / AMX; refused
@@ -19,6 +18,9 @@ Which network runs:
   quantization of our ONNX (:mod:`torch_deploy.cpu_peers`), calibrated on ``calibration``
   images, which needs the ``onnx`` extra. fp16 on CPU is refused rather than silently run in
   fp32. What each costs in accuracy: ``python -m torch_deploy.accuracy``.
+* ``precision="auto"`` (what ``predict`` uses unless told): the fastest path whose accuracy is
+  measured -- on a CPU with native bf16 ``optimize`` in bf16, on other CPUs ``optimize`` in
+  fp32, on CUDA fp32.
 
 Pre-processing (docs/architecture.md): RGB in 0..1, ImageNet mean/std normalisation, then zero padding
 (after normalisation) at the bottom/right to the next multiple of 8, and the labels cropped
@@ -121,13 +123,16 @@ class Predictor:
         fast: bool | None = None,
         calibration=None,
     ):
-        if precision not in (*PRECISIONS, "int8"):
-            raise ValueError(f"precision {precision!r}: choose one of {sorted((*PRECISIONS, 'int8'))}")
+        if precision not in (*PRECISIONS, "int8", "auto"):
+            raise ValueError(f"precision {precision!r}: choose one of {sorted((*PRECISIONS, 'int8', 'auto'))}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {self.device} requested but CUDA is not available")
+        if precision == "auto":  # the fastest path whose accuracy is measured (BENCHMARKS.md, CPU deployment)
+            on_cpu = self.device.type != "cuda"
+            precision, fast = ("bf16" if on_cpu and cpu_bf16_native()[0] else "fp32"), on_cpu
         if self.device.type == "cuda" and precision == "int8":
             raise ValueError("precision int8 is the CPU path (ONNX Runtime); on CUDA use fp16 or bf16")
         if self.device.type != "cuda" and precision == "fp16":
@@ -172,10 +177,8 @@ class Predictor:
         return cls(load_model(path), device=device, precision=precision, batch_size=batch_size)
 
     # ------------------------------------------------------------------ running the network
-    def _run_twin(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = PRECISIONS[self.precision]
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return self.model(x).argmax(1)
+    def _run_twin(self, x: torch.Tensor) -> torch.Tensor:  # fp32 on CPU: every other case is fast
+        return self.model(x).argmax(1)
 
     def _run_fast(self, x: torch.Tensor) -> torch.Tensor:
         out = self._optimized(x)
