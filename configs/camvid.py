@@ -1,18 +1,29 @@
 """python -m jax_csfcn.train --config configs/camvid.py:csfcn --config.data.root=/data/CamVid
 
-CSFCN (``configs/camvid.py:csfcn``, the default) or CSFCN-Tiny (``:csfcn_tiny``) on CamVid, 11 classes (SegNet layout: train/ trainannot/ val/ valannot/ test/ testannot/,
+CSFCN (``configs/camvid.py:csfcn``, the default), CSFCN-Tiny (``:csfcn_tiny``) or CSFCN-P (``:csfcn_p``) on CamVid, 11 classes (SegNet layout: train/ trainannot/ val/ valannot/ test/ testannot/,
 void = ignore), 720x960.  The upstream's CamVid settings (its configs/fcn_camvid.yaml and
 dataset/camvid.py): full-image 720x960 crops, random scale U(0.5, 2.0) of the image, flip,
 Gaussian blur (p = 0.5) and colour jitter 0.3, batch 16, SGD lr 0.001, momentum 0.9, weight
 decay 5e-4, 968 epochs.  As in the usual CamVid protocol (BiSeNet, STDC, PIDNet) the model
 trains on train+val (468 images: 968 x ceil(468 / 16) = 29040 iterations) and is evaluated on
 test (233 images).  The 720 side is a multiple of 8, not 32: the network's output still matches
-the input exactly.  The upstream's best CamVid model (CSFCN-P) starts from Cityscapes weights.
+the input exactly.
+
+``configs/camvid.py:csfcn_p`` is the upstream's best CamVid model, CSFCN-P: the same recipe
+started from a Cityscapes CSFCN instead of ImageNet -- every tensor of that checkpoint, with
+each CamVid class's classifier rows copied from its Cityscapes counterpart (Car from car, Road
+from road, ...; csfcn/classes.py, CAMVID_FROM_CITYSCAPES)::
+
+    python -m jax_csfcn.train --config configs/camvid.py:csfcn_p --config.data.root=/data/CamVid \
+        --config.model.init_from=runs/cityscapes_csfcn_100
+
+(model.init_from defaults to that run directory: what configs/cityscapes.py:csfcn,100 trains;
+any checkpoint we read works: a run, a .safetensors export, the upstream's .pth.)
 """
 
 from jax_csfcn.config import get_config as base
 
-VARIANTS = ("csfcn", "csfcn_tiny")
+VARIANTS = ("csfcn", "csfcn_tiny", "csfcn_p")
 
 
 def get_config(arg: str | None = None):
@@ -21,7 +32,10 @@ def get_config(arg: str | None = None):
         raise ValueError(f"configs/camvid.py:{arg}: unknown variant {variant!r}; choose one of {VARIANTS}")
     c = base()
     c.workdir = f"runs/camvid_{variant}"
-    c.model.variant = variant
+    c.model.variant = "csfcn" if variant == "csfcn_p" else variant
+    if variant == "csfcn_p":
+        c.model.init_from = "runs/cityscapes_csfcn_100"
+        c.model.init_from_classes = "cityscapes"
     c.model.num_classes = 11
     c.data.dataset = "camvid"
     c.data.root = "data/CamVid"

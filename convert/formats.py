@@ -26,6 +26,7 @@ from csfcn.checkpoints import (
     kind_of,
     refuse_imagenet,
 )
+from csfcn.classes import class_mapping
 from csfcn.extras import require
 from csfcn.model_config import ModelConfig
 from torch_deploy.checkpoint import (
@@ -41,8 +42,10 @@ __all__ = [
     "ConversionError",
     "infer_config",
     "kind_of",
+    "finetune_params",
     "imagenet_initialised",
     "init_backbone",
+    "init_from_checkpoint",
     "load_flax_model",
     "load_imagenet_backbone",
     "load_torch_model",
@@ -116,6 +119,79 @@ def init_backbone(model, config: ModelConfig, path) -> int:
     flat, n = load_imagenet_backbone(config, ck.model_flat(model), path)
     ck.set_model_flat(model, flat)
     return n
+
+
+CLASSIFIER = ("conv_out32", "conv_out")  # the 1x1 conv whose output channels are the classes
+
+
+def finetune_params(
+    config: ModelConfig, flat: dict[KeyPath, np.ndarray], path, *, class_map: str = ""
+) -> tuple[dict[KeyPath, np.ndarray], dict]:
+    """Fine-tuning start: ``flat`` (a fresh model of ``config``) with every tensor of the
+    checkpoint ``path`` whose name and shape match.
+
+    The classifier (``conv_out32.conv_out``) is kept fresh when the class count differs, and
+    then (or whenever ``class_map`` is given) the rows of each new class listed in
+    ``class_map`` (``"NEW:OLD,..."`` or ``"cityscapes"``, csfcn.classes.class_mapping) are
+    copied from the old class's rows (its R*R sub-pixel channels under the pixel-shuffle head).
+    Any other difference -- a tensor missing, extra or of another shape (another variant or
+    stem) -- is a ConversionError naming the tensors.  Returns (params, report) with the
+    report's "loaded", "reinitialised", "ignored" tensor names and the "mapped" classes.
+    """
+    src_config, src = read_checkpoint(path)
+    k_new, k_old = config.num_classes, src_config.num_classes
+    try:
+        mapping = class_mapping(class_map, k_new, k_old)
+    except ValueError as e:
+        raise ConversionError(f"{path}: {e}") from None
+    name = ".".join
+    head = {p for p in flat if p[: len(CLASSIFIER)] == CLASSIFIER}
+    bad = [
+        f"{name(map(str, p))}: {src[p].shape} vs {flat[p].shape}"
+        for p in flat
+        if p not in head and p in src and src[p].shape != flat[p].shape
+    ]
+    missing = [name(map(str, p)) for p in flat if p not in src]
+    unexpected = [name(map(str, p)) for p in src if p not in flat]
+    if bad or missing or unexpected:
+        raise ConversionError(
+            f"{path} ({src_config.variant}, stem {src_config.stem}) cannot initialise {config.variant} with stem "
+            f"{config.stem}: "
+            + "; ".join(
+                f"{what}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+                for what, items in (("wrong shape", bad), ("missing", missing), ("unexpected", unexpected))
+                if items
+            )
+            + ". Fine-tuning keeps the architecture; only the class count may change"
+        )
+    out = dict(flat)
+    report: dict = {"loaded": [], "reinitialised": [], "ignored": [], "mapped": {}}
+    for p in flat:
+        if p in head and (k_new != k_old or mapping):
+            continue
+        out[p] = np.asarray(src[p], flat[p].dtype)
+        report["loaded"].append(name(map(str, p)))
+    if k_new != k_old or mapping:
+        for p in sorted(head):
+            new, old = np.array(flat[p]), np.asarray(src[p])
+            rows_new, rows_old = new.shape[-1] // k_new, old.shape[-1] // k_old
+            if rows_new != rows_old:
+                raise ConversionError(f"{path}: {name(map(str, p))} has {rows_old} channels per class, the model {rows_new}")
+            for i, j in mapping.items():
+                new[..., i * rows_new : (i + 1) * rows_new] = old[..., j * rows_old : (j + 1) * rows_old]
+            out[p] = new
+            report["reinitialised" if len(mapping) < k_new else "loaded"].append(name(map(str, p)))
+            report["ignored"].append(f"{name(map(str, p))} of the checkpoint ({k_old} classes)")
+        report["mapped"] = dict(mapping)
+    return out, report
+
+
+def init_from_checkpoint(model, config: ModelConfig, path, class_map: str = "") -> dict:
+    """Load a segmentation checkpoint into the nnx ``model`` for fine-tuning (:func:`finetune_params`)."""
+    ck = _flax_side("fine-tuning the Flax model")
+    flat, report = finetune_params(config, ck.model_flat(model), path, class_map=class_map)
+    ck.set_model_flat(model, flat)
+    return report
 
 
 def save_flax_model(path, model) -> str:

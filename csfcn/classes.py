@@ -61,6 +61,22 @@ CAMVID_PALETTE = np.array(
     np.uint8,
 )
 
+# Which Cityscapes classes make up each CamVid class (by name; the first is the class a
+# CamVid classifier row starts from when fine-tuning from a Cityscapes model).
+CAMVID_FROM_CITYSCAPES = {
+    "Sky": ("sky",),
+    "Building": ("building", "wall"),
+    "Pole": ("pole",),
+    "Road": ("road",),
+    "Pavement": ("sidewalk",),
+    "Tree": ("vegetation", "terrain"),
+    "SignSymbol": ("traffic sign", "traffic light"),
+    "Fence": ("fence",),
+    "Car": ("car", "truck", "bus", "train"),
+    "Pedestrian": ("person",),
+    "Bicyclist": ("rider", "bicycle", "motorcycle"),
+}
+
 # dataset -> (names, palette); the datasets that share a label space share the table
 _TABLES = {
     "cityscapes": (CITYSCAPES_NAMES, CITYSCAPES_PALETTE),
@@ -91,3 +107,39 @@ def palette(dataset: str) -> np.ndarray:
 def num_classes(dataset: str) -> int:
     """Number of train classes (labels are 0..K-1, 255 = ignore)."""
     return len(_table(dataset)[0])
+
+
+def class_mapping(spec: str, new_k: int, old_k: int) -> dict[int, int]:
+    """``{new class: old class}`` of an ``init_from_classes`` setting (fine-tuning a classifier).
+
+    ``"NEW:OLD,NEW:OLD"`` pairs of train ids, or ``"cityscapes"``: the 11 CamVid classes from
+    a 19-class Cityscapes model by :data:`CAMVID_FROM_CITYSCAPES`.  Classes not listed start
+    fresh.  Raises ValueError naming the bad entry.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        return {}
+    if spec == "cityscapes":
+        if (new_k, old_k) != (len(CAMVID_NAMES), len(CITYSCAPES_NAMES)):
+            raise ValueError(
+                f"init_from_classes='cityscapes' maps the {len(CAMVID_NAMES)} CamVid classes from a "
+                f"{len(CITYSCAPES_NAMES)}-class Cityscapes model; this is {old_k} -> {new_k} classes. "
+                "Give explicit pairs 'NEW:OLD,...'"
+            )
+        return {i: CITYSCAPES_NAMES.index(CAMVID_FROM_CITYSCAPES[n][0]) for i, n in enumerate(CAMVID_NAMES)}
+    out: dict[int, int] = {}
+    for pair in spec.split(","):
+        try:
+            new, old = (int(t) for t in pair.split(":"))
+        except ValueError:
+            raise ValueError(
+                f"init_from_classes: {pair.strip()!r} is not NEW:OLD (two train ids), in {spec!r}"
+            ) from None
+        if not (0 <= new < new_k and 0 <= old < old_k):
+            raise ValueError(
+                f"init_from_classes: {pair.strip()!r} is out of range (new classes 0..{new_k - 1}, old 0..{old_k - 1})"
+            )
+        if new in out:
+            raise ValueError(f"init_from_classes: new class {new} is mapped twice in {spec!r}")
+        out[new] = old
+    return out

@@ -27,6 +27,10 @@ class ModelConfig:
     variant: str = "csfcn"
     num_classes: int = 19
     stem: str = "torchvision"
+    # The label space, when it is a user's own (csfcn.class_table): ((name, (r, g, b), mask
+    # value: an int, an (r, g, b) colour or None), ...) per train id. Empty: the dataset's table known by the class count (19
+    # Cityscapes, 11 CamVid). It changes no tensor; predict and evaluate read names and colours.
+    classes: tuple = ()
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -36,9 +40,19 @@ class ModelConfig:
         if int(self.num_classes) < 1:
             raise ValueError(f"model.num_classes={self.num_classes}: must be >= 1")
         object.__setattr__(self, "num_classes", int(self.num_classes))
+        object.__setattr__(self, "classes", _classes(self.classes, self.num_classes))
+
+    def as_dict(self) -> dict:
+        """The fields as plain JSON values; ``classes`` only when it is set (older readers)."""
+        d = dataclasses.asdict(self)
+        if not self.classes:
+            del d["classes"]
+        else:
+            d["classes"] = [[n, list(c), list(r) if isinstance(r, tuple) else r] for n, c, r in self.classes]
+        return d
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
     def from_mapping(cls, m) -> ModelConfig:
@@ -52,3 +66,30 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls.from_mapping(json.loads(text))
+
+
+def _classes(classes, k: int) -> tuple:
+    """``classes`` as nested tuples ``((str, (r, g, b), int | (r, g, b) | None), ...)``, checked against K."""
+    if not classes:
+        return ()
+    out = []
+    for i, entry in enumerate(classes):
+        try:
+            name, colour, raw = entry
+            colour = tuple(int(c) for c in colour)
+            if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
+                raise ValueError(colour)
+            if isinstance(raw, (list, tuple)):
+                raw = tuple(int(c) for c in raw)
+                if len(raw) != 3:
+                    raise ValueError(raw)
+            elif raw is not None:
+                raw = int(raw)
+            out.append((str(name), colour, raw))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"model.classes[{i}]={entry!r}: expected (name, (r, g, b), mask value: int, (r, g, b) or None)"
+            ) from None
+    if len(out) != k:
+        raise ValueError(f"model.classes lists {len(out)} classes but model.num_classes={k}")
+    return tuple(out)

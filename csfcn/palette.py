@@ -128,14 +128,31 @@ def train_id_to_label_id(train_ids) -> np.ndarray:
     return lut[train_ids.astype(np.uint8)]
 
 
+def raw_value_lut(classes) -> np.ndarray:
+    """Train id -> the mask value a user's class table stores, from ``ModelConfig.classes``:
+    uint8/uint16 (256,) for index masks, uint8 (256, 3) for colour masks; ignore and unknown
+    ids -> 0 (black).  Index ``lut[labels]`` to write labels back in the dataset's own values."""
+    raws = [r for _, _, r in classes]
+    if not raws or any(r is None for r in raws):
+        raise ValueError("these classes carry no mask values (a model from before class tables, or a fixed dataset)")
+    if isinstance(raws[0], tuple):
+        lut = np.zeros((256, 3), np.uint8)
+    else:
+        lut = np.zeros(256, np.uint16 if max(raws) > 255 else np.uint8)
+    lut[: len(raws)] = raws
+    return lut
+
+
 def write_png(path, array) -> Path:
-    """Write a uint8 (H, W) or (H, W, 3) array (or a PIL image) as a PNG, atomically."""
+    """Write a uint8 (H, W) or (H, W, 3), or a uint16 (H, W), array (or a PIL image) as a PNG, atomically."""
     if isinstance(array, Image.Image):
         img = array
     else:
         array = np.asarray(array)
+        if array.dtype == np.uint16 and array.ndim == 2:  # 16-bit masks (a class table's raw values)
+            return write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
         if array.dtype != np.uint8:
-            raise ValueError(f"write_png expects uint8, got {array.dtype}")
+            raise ValueError(f"write_png expects uint8 (or 2-D uint16), got {array.dtype}")
         if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
             raise ValueError(f"write_png expects (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
         img = Image.fromarray(array)

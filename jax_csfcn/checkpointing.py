@@ -21,7 +21,6 @@ are used: the model and its train step run without them (csfcn.extras, "train").
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -197,7 +196,7 @@ def read_run_params(path) -> tuple[ModelConfig, dict[tuple[str, ...], np.ndarray
 
 
 def model_meta(config: ModelConfig) -> dict:
-    return dataclasses.asdict(config)
+    return config.as_dict()
 
 
 # --------------------------------------------------------------------------- a model's variables

@@ -27,11 +27,19 @@ DEFAULTS: dict = {
         # Optional ImageNet ResNet-18 state_dict (.pth / .safetensors, torchvision or timm names)
         # for the backbone; nothing is downloaded.
         "imagenet_init": "",
+        # Optional segmentation checkpoint to fine-tune from (a run directory, .safetensors, an
+        # upstream .pth): every tensor whose name and shape match is loaded; the classifier is
+        # re-initialised when the class count differs (convert.formats.init_from_checkpoint).
+        "init_from": "",
+        # Which old class each new class's classifier starts from: "NEW:OLD,..." (indices), or
+        # "cityscapes" for CamVid from a Cityscapes checkpoint (the CamVid table's own mapping).
+        "init_from_classes": "",
     },
     # Data (jax_csfcn.data.sources, jax_csfcn.data.pipeline).
     "data": {
-        "dataset": "synthetic",  # cityscapes | camvid | tfds_cityscapes | synthetic
+        "dataset": "synthetic",  # cityscapes | camvid | tfds_cityscapes | synthetic | folder
         "root": "data/synthetic",  # dataset folder (TFDS: the data_dir, "" = TFDS default)
+        "classes": "",  # folder datasets: the class table file ("" = root/classes.json)
         "train_split": "train",  # "train+val" concatenates splits
         "val_split": "val",
         "image_size": (1024, 2048),  # full-resolution size of the dataset's images (H, W)

@@ -45,10 +45,11 @@ from tqdm import tqdm
 
 from csfcn.checkpoints import kind_of
 from csfcn.files import child_path, write_atomic
-from csfcn.palette import train_id_to_label_id, write_png
+from csfcn.palette import raw_value_lut, train_id_to_label_id, write_png
 from jax_csfcn.checkpointing import read_flax_checkpoint, set_model_flat
 from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
 from jax_csfcn.data.concat import ConcatSource
+from jax_csfcn.data.folder import read_table
 from jax_csfcn.data.pipeline import eval_loader
 from jax_csfcn.data.sources import build_source, class_names
 from jax_csfcn.data.synthetic import write_synthetic_cityscapes
@@ -215,7 +216,7 @@ def build_split(cfg, split: str):
                 root, splits={"train": s.train, "val": s.val}, size=tuple(s.size), seed=s.seed, progress=True
             )
         _barrier("synthetic data")
-    parts = [build_source(dataset, root, s) for s in split.split("+")]
+    parts = [build_source(dataset, root, s, cfg.data.classes or None) for s in split.split("+")]
     return parts[0] if len(parts) == 1 else ConcatSource(parts)
 
 
@@ -286,7 +287,7 @@ class _Head:
 
 def class_names_of(cfg):
 
-    names = list(class_names(cfg.data.dataset))
+    names = list(class_names(cfg.data.dataset, cfg.data.root, cfg.data.classes or None))
     k = cfg.model.num_classes
     return names if len(names) == k else [f"class {i}" for i in range(k)]
 
@@ -326,13 +327,25 @@ def evaluate_checkpoint(cfg, checkpoint, *, split: str, dump_dir=None, dump_form
         input_size=cfg.data.eval_size,
     )
     src = build_split(cfg, split)
-    on_pred = _prediction_writer(Path(dump_dir), dump_format) if dump_dir else None
+    on_pred = _prediction_writer(Path(dump_dir), dump_format, _raw_lut(cfg, dump_format)) if dump_dir else None
     sc = run_eval(cfg, mesh, eval_step, params, stats, src, on_predictions=on_pred, desc=f"eval {split}")
     names = class_names_of(cfg)
     return {"scores": scores_json(sc, names), "table": format_scores(sc, names), "raw": sc}
 
 
-def _prediction_writer(out: Path, fmt: str):
+def _raw_lut(cfg, fmt: str):
+    """For ``--dump-format raw``: train id -> the mask value the dataset's class table stores."""
+    if fmt != "raw":
+        return None
+    if cfg.data.dataset != "folder":
+        raise TrainError(
+            f"--dump-format raw writes a folder dataset's own mask values; for {cfg.data.dataset!r} use trainids"
+            + (" or cityscapes" if "cityscapes" in cfg.data.dataset or cfg.data.dataset == "synthetic" else "")
+        )
+    return raw_value_lut(read_table(cfg.data.root, cfg.data.classes or None).model_classes())
+
+
+def _prediction_writer(out: Path, fmt: str, raw_lut=None):
     if out.exists() and not out.is_dir():
         raise TrainError(f"--dump-dir {out}: is a file; give a folder for the prediction PNGs")
     out.mkdir(parents=True, exist_ok=True)
@@ -352,6 +365,8 @@ def _prediction_writer(out: Path, fmt: str):
             name = str(batch["name"][i])
             if fmt == "cityscapes":
                 write_png(target(name, "_leftImg8bit.png"), train_id_to_label_id(p))
+            elif fmt == "raw":
+                write_png(target(name, ".png"), raw_lut[p])
             else:
                 write_png(target(name, "_trainIds.png"), p)
 
@@ -367,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dump-format",
         default="trainids",
-        choices=("trainids", "cityscapes"),
-        help="trainids: train-id PNGs; cityscapes: label-id PNGs named for the official evaluator / test server",
+        choices=("trainids", "cityscapes", "raw"),
+        help="trainids: train-id PNGs; cityscapes: label-id PNGs named for the official evaluator / test server; "
+        "raw: a folder dataset's own mask values (its class table's first value, or colour, of each class)",
     )
     p.add_argument("--json", metavar="PATH", help="write the scores as JSON to this file")
     return p

@@ -52,6 +52,19 @@ def model_config(cfg) -> ModelConfig:
     return ModelConfig(variant=cfg.model.variant, num_classes=cfg.model.num_classes, stem=cfg.model.stem)
 
 
+def finetune_summary(path, report: dict) -> str:
+    """What fine-tuning from ``path`` loaded, re-initialised, mapped and ignored (a few lines)."""
+    lines = [f"initialised from {path}: {len(report['loaded'])} tensors loaded"]
+    if report["reinitialised"]:
+        lines.append(f"  re-initialised (class count differs): {', '.join(report['reinitialised'])}")
+    if report["mapped"]:
+        pairs = ", ".join(f"{i}<-{j}" for i, j in sorted(report["mapped"].items()))
+        lines.append(f"  classifier rows copied (new<-old class): {pairs}")
+    if report["ignored"]:
+        lines.append(f"  ignored: {', '.join(report['ignored'])}")
+    return "\n".join(lines)
+
+
 def replicate(tree, mesh):
     """Host values (identical on every process) -> fully replicated global arrays."""
     sharding = NamedSharding(mesh, P())
@@ -73,17 +86,34 @@ def _fresh(tree):
     return jax.tree.map(lambda a: a, tree)
 
 
-def _init_state(cfg, config: ModelConfig, init_backbone=None):
+def _init_state(cfg, config: ModelConfig, init_backbone=None, init_from=None):
     """``(train graphdef, eval graphdef, params, batch_stats)`` of a fresh model (seed ``cfg.seed``).
 
     Built in the compute dtype ``cfg.train.dtype`` (parameters stay fp32); the backbone comes
     from ``cfg.model.imagenet_init`` when that names a file, read by ``init_backbone(model,
     config, path) -> tensor count`` (``convert.init_backbone``: the PyTorch file reader lives
-    above this package).
+    above this package); the whole model from ``cfg.model.init_from`` (a segmentation
+    checkpoint, fine-tuning) through ``init_from(model, config, path, class_map) -> report``
+    (``convert.formats.init_from_checkpoint``).
     """
     dtype = DTYPES[cfg.train.dtype]
     model = build_model(config, seed=cfg.seed, dtype=dtype if dtype != jnp.float32 else None)
-    if cfg.model.imagenet_init:
+    init_from_path = getattr(cfg.model, "init_from", "")
+    if init_from_path:
+        if cfg.model.imagenet_init:
+            raise TrainError(
+                "model.init_from and model.imagenet_init both set: a segmentation checkpoint already holds a "
+                "backbone; keep one"
+            )
+        if init_from is None:
+            raise TrainError(
+                f"model.init_from={init_from_path!r} needs a checkpoint reader: pass "
+                "init_from=convert.formats.init_from_checkpoint"
+            )
+        report = init_from(model, config, init_from_path, getattr(cfg.model, "init_from_classes", ""))
+        if jax.process_index() == 0:
+            print(finetune_summary(init_from_path, report))
+    elif cfg.model.imagenet_init:
         if init_backbone is None:
             raise TrainError(
                 f"model.imagenet_init={cfg.model.imagenet_init!r} needs a backbone reader: pass "

@@ -30,6 +30,7 @@ require("train", "python -m jax_csfcn.train", cli=__name__ == "__main__")  # bef
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
@@ -46,6 +47,7 @@ from tqdm import tqdm
 
 from jax_csfcn import checkpointing as ckpt
 from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
+from jax_csfcn.data.folder import read_table
 from jax_csfcn.data.pipeline import AugmentConfig, loader_state, restore_loader_state, train_loader
 from jax_csfcn.evaluate import (
     build_split,
@@ -80,6 +82,8 @@ def _validate(cfg) -> None:
     init = cfg.model.imagenet_init
     if init and not Path(init).is_file():
         raise TrainError(f"model.imagenet_init={init!r}: no such file (an ImageNet ResNet-18 state_dict, .pth)")
+    if cfg.model.init_from_classes and not cfg.model.init_from:
+        raise TrainError("model.init_from_classes is set without model.init_from: name the checkpoint to start from")
     if Path(cfg.workdir).exists() and not Path(cfg.workdir).is_dir():
         raise TrainError(f"workdir={cfg.workdir!r} is a file; set config.workdir to a folder for the run")
     if cfg.train.dtype not in DTYPES:
@@ -166,7 +170,21 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
     workdir = Path(cfg.workdir).absolute()
     config = model_config(cfg)
     pi, pc = jax.process_index(), jax.process_count()
+    if cfg.data.dataset == "folder":  # the user's label space travels inside every checkpoint
+        table = read_table(cfg.data.root, cfg.data.classes or None)
+        if table.num_classes != cfg.model.num_classes:
+            raise TrainError(
+                f"{table.source} lists {table.num_classes} classes but model.num_classes={cfg.model.num_classes}; "
+                f"pass --config.model.num_classes={table.num_classes}"
+            )
+        config = dataclasses.replace(config, classes=table.model_classes())
 
+    start = cfg.model.init_from
+    if start and not Path(start).exists():
+        raise TrainError(
+            f"model.init_from={start!r}: no such checkpoint; pass --config.model.init_from=CKPT (a run directory, "
+            ".safetensors or .pth to fine-tune from)"
+        )
     # Data first: a bad dataset fails here, before anything is compiled.
     train_src = build_split(cfg, cfg.data.train_split)
     val_src = build_split(cfg, cfg.data.val_split)
@@ -175,10 +193,12 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
 
     mesh = data_mesh()
     schedule = schedule_of(cfg.train)
-    init_backbone = None
+    init_backbone = init_from = None
     if cfg.model.imagenet_init:  # optional: only an ImageNet init reads a PyTorch file (imports torch)
         from convert.formats import init_backbone
-    graphdef, eval_graphdef, params, stats = _init_state(cfg, config, init_backbone)
+    if cfg.model.init_from:  # optional: as above
+        from convert.formats import init_from_checkpoint as init_from
+    graphdef, eval_graphdef, params, stats = _init_state(cfg, config, init_backbone, init_from)
     tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
     state = replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
 

@@ -22,6 +22,8 @@ MEMBERS = [
     "cityscapes.py",  # no argument: csfcn,100
     "camvid.py:csfcn",
     "camvid.py:csfcn_tiny",
+    "camvid.py:csfcn_p",
+    "folder.py:data/folder",
     "synthetic.py",
 ]
 
@@ -75,7 +77,7 @@ def test_docstring_opens_with_the_command_that_runs_it(path):
 
 
 @pytest.mark.parametrize("member", MEMBERS)
-def test_config_is_valid(member):
+def test_config_is_valid(member, tmp_path, monkeypatch):
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -86,11 +88,16 @@ def test_config_is_valid(member):
     from jax_csfcn.model import build_model
     from jax_csfcn.train import _validate, model_config
 
+    if member.startswith("folder.py"):  # its class count comes from the dataset's table
+        from jax_csfcn.data.folder import write_synthetic_folder
+
+        monkeypatch.chdir(tmp_path)
+        write_synthetic_folder(tmp_path / "data/folder", splits={"train": 1}, size=(32, 32))
     cfg = _load(member)
     # only existing fields are set (a new key would be a typo the trainer never reads)
     assert _flat_keys(cfg.to_dict()) == _flat_keys(base().to_dict())
     assert cfg.data.dataset in DATASETS
-    assert cfg.model.num_classes == num_classes(cfg.data.dataset)
+    assert cfg.model.num_classes == num_classes(cfg.data.dataset, cfg.data.root)
     mc = model_config(cfg)
     assert isinstance(mc, ModelConfig) and mc.variant in ("csfcn", "csfcn_tiny")
     _validate(cfg)  # what the trainer checks before anything else (batch, steps, dtype, OHEM)
@@ -131,6 +138,12 @@ def test_sizes_of_the_upstream_models():
     camvid = _load("camvid.py:csfcn")
     assert tuple(camvid.data.image_size) == (720, 960) and camvid.model.num_classes == 11
     assert _load("camvid.py:csfcn_tiny").model.variant == "csfcn_tiny"
+    csfcn_p = _load("camvid.py:csfcn_p")  # CSFCN-P: the CamVid recipe from the Cityscapes model
+    assert csfcn_p.model.variant == "csfcn" and csfcn_p.model.init_from_classes == "cityscapes"
+    assert csfcn_p.model.init_from == _load("cityscapes.py:csfcn,100").workdir
+    assert {k: v for k, v in csfcn_p.to_dict().items() if k not in ("model", "workdir")} == {
+        k: v for k, v in camvid.to_dict().items() if k not in ("model", "workdir")
+    }
     trainval = _load("cityscapes.py:csfcn,100,trainval")
     assert trainval.data.train_split == "train+val" and trainval.train.steps == 139200
     tfds = _load("cityscapes.py:tfds")  # order and defaults: csfcn, 100

@@ -16,6 +16,9 @@ and scores (``jax_csfcn.metrics``), so its numbers are comparable with ``jax_csf
   onnxruntime     ONNX Runtime fp32 on our ONNX export
   openvino        OpenVINO fp32 on the same ONNX (the openvino extra)
   openvino-bf16   OpenVINO bf16
+  onnx-file       an ONNX file you exported (--onnx FILE, python -m torch_deploy.export_onnx; a
+                  static export must have the split's size, padded to a multiple of 8, or use
+                  --dynamic), run by ONNX Runtime: what you ship, scored as it is
 
 Besides mIoU and pixel accuracy, each path's argmax agreement with the twin's is reported: the
 share of pixels where the deployed model predicts what the reference predicts. A path whose
@@ -80,32 +83,77 @@ def build_path(name: str, twin, calibration: list[torch.Tensor]):
     return OnnxPeer(twin, runtime, precision, calibration if precision == "int8" else None), None
 
 
+def onnx_file_path(path):
+    """(labels function running the ONNX file ``path`` in ONNX Runtime, None), or (None, why skipped).
+
+    The file's first output is taken as logits (N, K, H, W; argmax over K) or labels (N, H, W).
+    """
+    gone = peer_missing("onnxruntime")
+    if gone:
+        return None, gone
+    import onnxruntime as ort  # optional: the onnx extra
+
+    if not Path(path).is_file():
+        raise AccuracyError(f"--onnx {path}: no such file (python -m torch_deploy.export_onnx writes one)")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise AccuracyError(f"--onnx {path}: ONNX Runtime cannot load it ({type(e).__name__}: {e})") from None
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        a = x.numpy()
+        try:
+            out = session.run(None, {name: a})[0]
+        except Exception as e:
+            raise AccuracyError(
+                f"--onnx {path}: cannot run on a {tuple(a.shape)} input ({type(e).__name__}: {e}); export it with "
+                "--dynamic or at this size"
+            ) from None
+        return out.argmax(1) if out.ndim == 4 else out
+
+    return run, None
+
+
 def _image_tensor(image: np.ndarray) -> torch.Tensor:
     return pad_to_multiple(normalise(np.array(image[None])))  # a writable copy: sources may hand out read-only arrays
 
 
 def evaluate_paths(
-    checkpoint, dataset: str, root, split: str, paths, *, calibration_split="train", calibration_images=8, progress=True
+    checkpoint,
+    dataset: str,
+    root,
+    split: str,
+    paths,
+    *,
+    calibration_split="train",
+    calibration_images=8,
+    progress=True,
+    classes: str | None = None,
+    onnx_file=None,
 ) -> dict:
-    """{"paths": {name: scores + agreement}, "skipped": {name: why}, "classes": [...]} on ``split``."""
+    """{"paths": {name: scores + agreement}, "skipped": {name: why}, "classes": [...]} on ``split``
+    (``classes``: a folder dataset's class table; ``onnx_file``: also score that file as "onnx-file")."""
     require("train", "python -m torch_deploy.accuracy (datasets and scores)")
     from jax_csfcn.data.sources import build_source, class_names  # optional: the training extra
     from jax_csfcn.metrics import confusion_matrix, scores  # optional: the training extra
 
     twin = load_torch_model(checkpoint)
     k = twin.config.num_classes
-    names = list(class_names(dataset))
+    names = list(class_names(dataset, root, classes))
     if len(names) != k:
         raise AccuracyError(f"{checkpoint} predicts {k} classes, dataset {dataset!r} has {len(names)}")
-    src = build_source(dataset, root, split)
+    src = build_source(dataset, root, split, classes)
     calibration = []
     if "int8" in paths:
-        cal_src = build_source(dataset, root, calibration_split)
+        cal_src = build_source(dataset, root, calibration_split, classes)
         step = max(1, len(cal_src) // max(1, calibration_images))
         calibration = [_image_tensor(cal_src[i]["image"]) for i in range(0, len(cal_src), step)][:calibration_images]
     runs, skipped = {}, {}
+    if onnx_file is not None:
+        paths = [*paths, "onnx-file"]
     for name in paths:
-        fn, why = build_path(name, twin, calibration)
+        fn, why = onnx_file_path(onnx_file) if name == "onnx-file" else build_path(name, twin, calibration)
         if why is not None:
             skipped[name] = why
         else:
@@ -165,8 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 2)[2].split("\n\nBesides")[0],
     )
     p.add_argument("--checkpoint", required=True, help="any checkpoint: .safetensors, upstream .pth, a training run")
-    p.add_argument("--dataset", default="synthetic", help="cityscapes, camvid, synthetic or tfds_cityscapes")
+    p.add_argument("--dataset", default="synthetic", help="cityscapes, camvid, synthetic, tfds_cityscapes or folder")
     p.add_argument("--root", default="data/synthetic", help="the dataset folder (TFDS: its data_dir)")
+    p.add_argument("--classes", default=None, help="a folder dataset's class table (default: ROOT/classes.json)")
+    p.add_argument("--onnx", metavar="FILE", default=None, help="also score this exported ONNX file (onnx-file)")
     p.add_argument("--split", default="val")
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     p.add_argument("--calibration-split", default="train", help="where the int8 calibration images come from")
@@ -200,6 +250,8 @@ def main(argv=None) -> int:
             calibration_split=args.calibration_split,
             calibration_images=args.calibration_images,
             progress=not args.quiet,
+            classes=args.classes,
+            onnx_file=args.onnx,
         )
         report["command"] = "python -m torch_deploy.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
         print(format_report(report))

@@ -9,8 +9,10 @@
 Outputs for images (``REL`` is the image's path relative to the input folder, or its name):
 
 * ``OUT/labels/REL.png``   single-channel class indices (Cityscapes train ids 0..18, or CamVid
-  class indices 0..10 with ``--format camvid``);
-* ``OUT/color/REL.png``    the labels in the dataset's palette;
+  class indices 0..10 with ``--format camvid``, or your class table's mask values with
+  ``--format raw``);
+* ``OUT/color/REL.png``    the labels in the dataset's palette (a model trained on your own
+  data carries its class table: names and colours come from it);
 * ``OUT/overlay/REL.png``  the image blended with the colours (``--opacity``);
 * ``OUT/legend.png``       the classes and their colours.
 
@@ -55,6 +57,7 @@ from csfcn.palette import (
     dataset_palette,
     legend_image,
     overlay,
+    raw_value_lut,
     train_id_to_label_id,
     write_atomic,
     write_png,
@@ -63,7 +66,7 @@ from torch_deploy.predictor import InputError, Predictor, _check_8_bit, load_ima
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-FORMATS = ("trainids", "cityscapes-submission", "camvid")
+FORMATS = ("trainids", "cityscapes-submission", "camvid", "raw")
 DEFAULT_DATASET = {19: "cityscapes", 11: "camvid"}
 CITYSCAPES_NAME = re.compile(r"^(?P<city>[^_/]+)_(?P<seq>\d+)_(?P<frame>\d+)_leftImg8bit\.png$")
 
@@ -240,12 +243,28 @@ def run(args) -> dict:
         # ConversionError (a ValueError) names the checkpoint; RuntimeError: no CUDA for --device
         raise PredictError(str(e)) from e
     k = predictor.num_classes
-    dataset = args.dataset or DEFAULT_DATASET.get(k)
-    if dataset is None:
-        raise PredictError(f"the checkpoint has {k} classes; pass --dataset ({sorted(DATASETS)}) for its palette")
-    names, palette = dataset_palette(dataset)
-    if len(names) != k:
-        raise PredictError(f"the checkpoint has {k} classes but dataset {dataset!r} has {len(names)}")
+    own = predictor.config.classes  # a user's class table, carried by the checkpoint
+    raw_lut = None
+    if own and args.dataset is None:
+        dataset = "own"
+        names, palette = tuple(n for n, _, _ in own), np.array([c for _, c, _ in own], np.uint8)
+        if args.format == "raw":
+            try:
+                raw_lut = raw_value_lut(own)
+            except ValueError as e:
+                raise PredictError(f"--format raw: {e}") from None
+    else:
+        dataset = args.dataset or DEFAULT_DATASET.get(k)
+        if dataset is None:
+            raise PredictError(f"the checkpoint has {k} classes; pass --dataset ({sorted(DATASETS)}) for its palette")
+        names, palette = dataset_palette(dataset)
+        if len(names) != k:
+            raise PredictError(f"the checkpoint has {k} classes but dataset {dataset!r} has {len(names)}")
+    if args.format == "raw" and raw_lut is None:
+        raise PredictError(
+            "--format raw writes the mask values of the class table the checkpoint was trained with; this checkpoint "
+            "carries none (use trainids)"
+        )
     wanted = {"cityscapes-submission": "cityscapes", "camvid": "camvid"}.get(args.format)
     if wanted and dataset != wanted:
         raise PredictError(f"--format {args.format} needs --dataset {wanted} (got {dataset})")
@@ -265,7 +284,8 @@ def run(args) -> dict:
                 if args.format == "cityscapes-submission":
                     write_png(out / path.name, train_id_to_label_id(labels))
                 else:
-                    _write_visuals(out, rel, image, labels, palette, args.opacity)
+                    values = None if raw_lut is None else raw_lut[labels]
+                    _write_visuals(out, rel, image, labels, palette, args.opacity, values)
                 written += 1
                 bar.update(1)
         bar.close()
@@ -352,12 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument(
-        "--dataset", default=None, help=f"palette and class names: {sorted(DATASETS)}; default from the class count"
+        "--dataset",
+        default=None,
+        help=f"palette and class names: {sorted(DATASETS)}; default: the class table the checkpoint carries "
+        "(trained on your own data), else from the class count",
     )
     p.add_argument(
         "--format",
         default="trainids",
-        help="label PNG format: trainids (class indices), camvid (CamVid class indices 0..10), or "
+        help="label PNG format: trainids (class indices), camvid (CamVid class indices 0..10), raw (the mask "
+        "values of your own class table, for a checkpoint trained on a folder dataset), or "
         "cityscapes-submission (label ids for the test server, flat in --out, no visualisations)",
     )
     p.add_argument("--opacity", type=float, default=0.5, help="weight of the colours in the overlays")

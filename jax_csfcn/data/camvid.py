@@ -41,8 +41,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from csfcn.classes import CAMVID_NAMES, CAMVID_PALETTE
+from csfcn.classes import CAMVID_FROM_CITYSCAPES, CAMVID_NAMES, CAMVID_PALETTE
 from jax_csfcn.data.cityscapes import IGNORE_INDEX, DataError, read_pair
+from jax_csfcn.data.folder import read_pair_list
 from jax_csfcn.data.synthetic import generate_scene
 
 NUM_CLASSES = 11
@@ -70,15 +71,6 @@ def _splits_present(root: Path) -> list[str]:
     return sorted(names)
 
 
-def _resolve(text: str, root: Path) -> Path | None:
-    """A path from a list file, resolved as the module docstring says; None when no candidate exists."""
-    p = Path(text)
-    candidates = [p if p.is_absolute() else root / p]
-    if len(p.parts) >= 2:
-        candidates.append(root.joinpath(*p.parts[-2:]))
-    return next((c for c in candidates if c.is_file()), None)
-
-
 class CamVidSource:
     """``grain`` RandomAccessDataSource over one split of a CamVid (SegNet 11-class) directory.
 
@@ -95,7 +87,7 @@ class CamVidSource:
         list_file = self.root / (self.split + LIST_SUFFIX)
         if list_file.is_file():
             self.layout = "list"
-            pairs = self._read_list(list_file)
+            pairs = read_pair_list(list_file, self.root)
             where = f"list file {list_file}"
         else:
             self.layout = "folders"
@@ -129,36 +121,6 @@ class CamVidSource:
                 f"{self.split!r} lack one); add the labels or remove the images"
             )
         return list(zip(images, labels))
-
-    def _read_list(self, list_file: Path) -> list[tuple[Path, Path]]:
-        try:
-            lines = list_file.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read CamVid list file {list_file}: {type(e).__name__}: {e}") from e
-        pairs = []
-        for lineno, line in enumerate(lines, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            fields = line.split()
-            if len(fields) != 2:
-                raise DataError(
-                    f"{list_file} line {lineno}: expected 'image_path label_path', got {len(fields)} field(s): {line!r}"
-                )
-            img = _resolve(fields[0], self.root)
-            if img is None:
-                raise DataError(
-                    f"{list_file} line {lineno}: image {fields[0]} not found (also tried it under {self.root}); "
-                    "fix the path or the dataset root"
-                )
-            lab = _resolve(fields[1], self.root)
-            if lab is None:
-                raise DataError(
-                    f"{list_file} line {lineno}: image {img} has no label file: {fields[1]} not found "
-                    f"(also tried it under {self.root}); add the label or remove the line"
-                )
-            pairs.append((img, lab))
-        return pairs
 
     def __len__(self) -> int:
         return len(self._images)
@@ -213,22 +175,9 @@ def _cityscapes_to_camvid() -> np.ndarray:
     """uint8[256]: Cityscapes labelId -> CamVid class index (11 = void), by class name."""
     from cityscapesscripts.helpers.labels import name2label
 
-    groups = {
-        "Sky": ("sky",),
-        "Building": ("building", "wall"),
-        "Pole": ("pole",),
-        "Road": ("road",),
-        "Pavement": ("sidewalk",),
-        "Tree": ("vegetation", "terrain"),
-        "SignSymbol": ("traffic light", "traffic sign"),
-        "Fence": ("fence",),
-        "Car": ("car", "truck", "bus", "train"),
-        "Pedestrian": ("person",),
-        "Bicyclist": ("rider", "bicycle", "motorcycle"),
-    }
     lut = np.full(256, VOID_INDEX, np.uint8)
     for k, name in enumerate(CLASS_NAMES):
-        for cs_name in groups[name]:
+        for cs_name in CAMVID_FROM_CITYSCAPES[name]:
             lut[name2label[cs_name].id] = k
     return lut
 

@@ -5,10 +5,12 @@
     "synthetic"        the same, over write_synthetic_cityscapes'      the folder it wrote
     "camvid"           camvid.CamVidSource (SegNet 11 classes)        the folder with train/, trainannot/...
     "tfds_cityscapes"  tfds_cityscapes.TfdsCityscapesSource           the TFDS data_dir (None: TFDS's default)
+    "folder"           folder.FolderSource (your own classes)          the folder with images/, masks/, classes.json
 
 Every source has ``len(src)`` and ``src[i] -> {"image": uint8 HxWx3, "label": uint8 HxW train
 ids (255 = ignore), "name": str}``.  ``num_classes``, ``class_names`` and ``palette`` give the
-label space of a dataset, from the one class registry (csfcn/classes.py).
+label space of a dataset, from the one class registry (csfcn/classes.py), or for "folder" from
+the dataset's class table (``classes``: its path; default ``root/classes.json``).
 The TFDS module is imported only when that source is asked for.
 """
 
@@ -16,11 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from csfcn import classes
-from jax_csfcn.data import camvid
+from csfcn import classes as classes_registry
+from jax_csfcn.data import camvid, folder
 from jax_csfcn.data.cityscapes import CityscapesSource, DataError
 
-DATASETS = classes.DATASETS  # one registry: every source's label space is in csfcn/classes.py
+# one registry: every fixed label space is in csfcn/classes.py; "folder" brings its own table
+DATASETS = (*classes_registry.DATASETS, "folder")
 
 
 def _family(dataset: str) -> str:
@@ -29,8 +32,9 @@ def _family(dataset: str) -> str:
     return dataset
 
 
-def build_source(dataset: str, root: str | None, split: str):
-    """The random-access source of ``split`` of ``dataset`` stored at ``root`` (see the module table)."""
+def build_source(dataset: str, root: str | None, split: str, classes: str | None = None):
+    """The random-access source of ``split`` of ``dataset`` stored at ``root`` (see the module table);
+    ``classes``: the class table of a "folder" dataset (default ``root/classes.json``)."""
     _family(dataset)
     if dataset == "tfds_cityscapes":
         from jax_csfcn.data.tfds_cityscapes import TfdsCityscapesSource
@@ -45,19 +49,33 @@ def build_source(dataset: str, root: str | None, split: str):
         raise DataError(f"dataset {dataset!r} needs a root folder (data.root); {hint}")
     if dataset == "camvid":
         return camvid.CamVidSource(root, split)
+    if dataset == "folder":
+        return folder.FolderSource(root, split, classes)
     return CityscapesSource(root, split)
 
 
-def num_classes(dataset: str) -> int:
+def num_classes(dataset: str, root=None, classes: str | None = None) -> int:
     """Number of train classes (labels are 0..K-1, 255 = ignore)."""
-    return classes.num_classes(_family(dataset))
+    return len(class_names(dataset, root, classes))
 
 
-def class_names(dataset: str) -> tuple[str, ...]:
+def class_names(dataset: str, root=None, classes: str | None = None) -> tuple[str, ...]:
     """Class names in train-id order."""
-    return classes.class_names(_family(dataset))
+    if _family(dataset) == "folder":
+        return folder.read_table(root, classes).names
+    return classes_registry.class_names(dataset)
 
 
-def palette(dataset: str) -> np.ndarray:
+def palette(dataset: str, root=None, classes: str | None = None) -> np.ndarray:
     """uint8 (K, 3): the display colour of each train id."""
-    return classes.palette(_family(dataset))
+    if _family(dataset) == "folder":
+        return folder.read_table(root, classes).colors.copy()
+    return classes_registry.palette(dataset)
+
+
+def model_classes(dataset: str, root=None, classes: str | None = None) -> tuple:
+    """What a checkpoint carries of the label space (``ModelConfig.classes``): the table of a
+    "folder" dataset; nothing for the fixed ones, which the class count names."""
+    if _family(dataset) == "folder":
+        return folder.read_table(root, classes).model_classes()
+    return ()
