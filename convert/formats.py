@@ -176,7 +176,9 @@ def finetune_params(
             new, old = np.array(flat[p]), np.asarray(src[p])
             rows_new, rows_old = new.shape[-1] // k_new, old.shape[-1] // k_old
             if rows_new != rows_old:
-                raise ConversionError(f"{path}: {name(map(str, p))} has {rows_old} channels per class, the model {rows_new}")
+                raise ConversionError(
+                    f"{path}: {name(map(str, p))} has {rows_old} channels per class, the model {rows_new}"
+                )
             for i, j in mapping.items():
                 new[..., i * rows_new : (i + 1) * rows_new] = old[..., j * rows_old : (j + 1) * rows_old]
             out[p] = new

@@ -70,7 +70,7 @@ class ClassTable:
             if mask.ndim != 2:
                 raise ClassTableError(
                     f"mask {path} has shape {mask.shape}: {self.source} says mask=index (one channel of class "
-                    f"values); for colour-coded masks set \"mask\": \"color\""
+                    f'values); for colour-coded masks set "mask": "color"'
                 )
             if mask.size and (mask.min() < 0 or mask.max() > _MAX_INDEX_VALUE):
                 raise ClassTableError(f"mask {path} has values outside 0..{_MAX_INDEX_VALUE}")
@@ -79,7 +79,7 @@ class ClassTable:
             if mask.ndim != 3 or mask.shape[2] < 3:
                 raise ClassTableError(
                     f"mask {path} has shape {mask.shape}: {self.source} says mask=color (RGB masks); for "
-                    f"single-channel masks set \"mask\": \"index\""
+                    f'single-channel masks set "mask": "index"'
                 )
             rgb = mask[..., :3].astype(np.int64)
             keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
@@ -92,7 +92,7 @@ class ClassTable:
             shown = [int(v) for v in found] if self.mask == "index" else [_rgb(int(v)) for v in found]
             raise ClassTableError(
                 f"mask {path} contains values {shown} ({int((~known).sum())} pixels) that are not in {self.source} "
-                f"(known: {self._known_summary()}); add them to a class's \"values\" or to \"ignore\""
+                f'(known: {self._known_summary()}); add them to a class\'s "values" or to "ignore"'
             )
         return lut_ids[pos].astype(np.uint8)
 
@@ -152,16 +152,16 @@ def _raw_value(v, mask: str, where: str):
 def parse_class_table(data, source: str = "class table") -> ClassTable:
     """A :class:`ClassTable` from the parsed JSON/YAML mapping; every problem names ``source``."""
     if not isinstance(data, dict):
-        raise ClassTableError(f"{source}: expected a mapping with a \"classes\" list, got {type(data).__name__}")
+        raise ClassTableError(f'{source}: expected a mapping with a "classes" list, got {type(data).__name__}')
     unknown = set(data) - {"mask", "classes", "ignore"}
     if unknown:
         raise ClassTableError(f"{source}: unknown keys {sorted(unknown)}; known: classes, mask, ignore")
     mask = data.get("mask", "index")
     if mask not in MASK_KINDS:
-        raise ClassTableError(f"{source}: \"mask\": {mask!r}; choose one of {MASK_KINDS}")
+        raise ClassTableError(f'{source}: "mask": {mask!r}; choose one of {MASK_KINDS}')
     entries = data.get("classes")
     if not isinstance(entries, list) or not entries:
-        raise ClassTableError(f"{source}: \"classes\" must be a non-empty list of {{name, color[, values]}}")
+        raise ClassTableError(f'{source}: "classes" must be a non-empty list of {{name, color[, values]}}')
     if len(entries) >= IGNORE_INDEX:
         raise ClassTableError(f"{source}: {len(entries)} classes; at most {IGNORE_INDEX - 1} fit in 8-bit train ids")
     names, colors, values = [], [], []
@@ -173,14 +173,14 @@ def parse_class_table(data, source: str = "class table") -> ClassTable:
         if bad:
             raise ClassTableError(f"{where}: unknown keys {sorted(bad)}; known: name, color, values, train_id")
         if not isinstance(e.get("name"), str) or not e["name"].strip():
-            raise ClassTableError(f"{where}: needs a \"name\" (a non-empty string)")
+            raise ClassTableError(f'{where}: needs a "name" (a non-empty string)')
         if "train_id" in e and e["train_id"] != i:
             raise ClassTableError(
                 f"{where} ({e['name']!r}): train_id {e['train_id']!r} but it is entry {i}; list the classes in "
                 "train-id order (0, 1, 2, ...)"
             )
         if "color" not in e:
-            raise ClassTableError(f"{where} ({e['name']!r}): needs a display \"color\" [r, g, b]")
+            raise ClassTableError(f'{where} ({e["name"]!r}): needs a display "color" [r, g, b]')
         colour = _colour(e["color"], f"{where} ({e['name']!r}).color")
         if "values" in e:
             raw = e["values"]
@@ -198,7 +198,7 @@ def parse_class_table(data, source: str = "class table") -> ClassTable:
     claimed = {_key(v, mask) for vals in values for v in vals}
     if "ignore" in data:
         if not isinstance(data["ignore"], list):
-            raise ClassTableError(f"{source}: \"ignore\" must be a list of mask values")
+            raise ClassTableError(f'{source}: "ignore" must be a list of mask values')
         ignore = tuple(_raw_value(v, mask, f"{source}: ignore") for v in data["ignore"])
     else:
         ignore = (IGNORE_INDEX,) if mask == "index" and IGNORE_INDEX not in claimed else ()
@@ -224,7 +224,7 @@ def read_class_table(path) -> ClassTable:
     path = Path(path)
     if not path.is_file():
         raise ClassTableError(
-            f"class table {path} not found; write one (README, \"Your own data\") or point data.classes at it"
+            f'class table {path} not found; write one (README, "Your own data") or point data.classes at it'
         )
     try:
         text = path.read_text()

@@ -20,6 +20,7 @@ CLIS = (
     "jax_csfcn.benchmark",
     "jax_csfcn.data.benchmark",
     "jax_csfcn.data.synthetic",
+    "jax_csfcn.data.folder",
     "jax_csfcn.data.tfds_cityscapes",
     "kernels.aot",
     "torch_deploy.predict",

@@ -193,6 +193,10 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         for flag, value in (("--train", "2"), ("--val", "1")):
             rest[rest.index(flag) + 1] = value
         return [*py, *rest, "--size", "32", "64", "--no-progress"]
+    if mod == "jax_csfcn.data.folder":
+        return [*py, *rest, "--no-progress"] + (
+            ["--size", "48", "64", "--train", "4", "--val", "2"] if "--write-example" in rest else []
+        )
     if mod in ("jax_csfcn.evaluate", "jax_csfcn.official_eval", "convert", "torch_deploy.predict"):
         return [*py, *rest]
     if mod == "torch_deploy.accuracy":

@@ -24,6 +24,7 @@ colour-coded table (tests, the README's example).
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from cityscapesscripts.helpers.labels import name2label
 from PIL import Image
 from tqdm import tqdm
 
-from csfcn.class_table import TABLE_NAME, ClassTable, ClassTableError, read_class_table, write_class_table
+from csfcn.class_table import IGNORE_INDEX, TABLE_NAME, ClassTable, ClassTableError, read_class_table, write_class_table
+from csfcn.cli import DEBUG_HELP, report_errors
 from jax_csfcn.data.cityscapes import DataError, read_pair
 from jax_csfcn.data.synthetic import generate_scene
 
@@ -175,7 +177,7 @@ class FolderSource:
         else:
             raise DataError(
                 f"mask {lab_path} has mode {lab.mode!r} but {self.table.source} says mask=index (one value per "
-                "pixel); for colour-coded masks set \"mask\": \"color\" in the table"
+                'pixel); for colour-coded masks set "mask": "color" in the table'
             )
         try:
             label = self.table.to_train_ids(mask, lab_path)
@@ -191,8 +193,23 @@ EXAMPLE_CLASSES = (
     ("construction", (70, 70, 70), ("building", "wall", "fence", "guard rail", "bridge", "tunnel")),
     ("nature", (107, 142, 35), ("vegetation", "terrain")),
     ("sky", (70, 130, 180), ("sky",)),
-    ("object", (220, 20, 60), ("pole", "traffic light", "traffic sign", "person", "rider", "car", "truck", "bus",
-                               "train", "motorcycle", "bicycle")),
+    (
+        "object",
+        (220, 20, 60),
+        (
+            "pole",
+            "traffic light",
+            "traffic sign",
+            "person",
+            "rider",
+            "car",
+            "truck",
+            "bus",
+            "train",
+            "motorcycle",
+            "bicycle",
+        ),
+    ),
 )
 EXAMPLE_IGNORE = (0, 0, 0)  # drawn black: the scenes' void pixels
 
@@ -241,3 +258,85 @@ def write_synthetic_folder(
             Image.fromarray(image).save(root / IMAGE_DIR / split / f"scene_{i:04d}.jpg", quality=95)
             Image.fromarray(lut[ids]).save(root / MASK_DIR / split / f"scene_{i:04d}.png", compress_level=1)
     return {split: int(n) for split, n in splits.items()}
+
+
+def survey(src: FolderSource, *, progress: bool = True) -> dict:
+    """Read every record of ``src`` (so a bad file fails now, named) and count what it holds:
+    images, their sizes, and each class's pixels (and ignored ones)."""
+    counts = np.zeros(256, np.int64)
+    sizes: dict[tuple[int, int], int] = {}
+    for i in tqdm(range(len(src)), desc=f"check {src.split}", unit="img", disable=not progress):
+        label = src[i]["label"]
+        counts += np.bincount(label.ravel(), minlength=256)
+        sizes[label.shape] = sizes.get(label.shape, 0) + 1
+    k = src.table.num_classes
+    return {
+        "split": src.split,
+        "images": len(src),
+        "sizes": {f"{h}x{w}": n for (h, w), n in sorted(sizes.items())},
+        "pixels": {name: int(counts[i]) for i, name in enumerate(src.table.names)},
+        "ignored": int(counts[IGNORE_INDEX]),
+        "absent": [src.table.names[i] for i in range(k) if counts[i] == 0],
+    }
+
+
+def format_survey(s: dict) -> str:
+    total = sum(s["pixels"].values()) + s["ignored"]
+    lines = [f"split {s['split']!r}: {s['images']} images, sizes (HxW: count) {s['sizes']}"]
+    lines += [f"  {name:<24} {n:>12,} px  {100 * n / max(1, total):5.1f} %" for name, n in s["pixels"].items()]
+    lines.append(f"  {'(ignore)':<24} {s['ignored']:>12,} px  {100 * s['ignored'] / max(1, total):5.1f} %")
+    if s["absent"]:
+        lines.append(f"  no pixels of: {', '.join(s['absent'])} (the model cannot learn what it never sees)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+
+    ap = argparse.ArgumentParser(
+        prog="python -m jax_csfcn.data.folder",
+        description="Check a folder dataset (your own images, masks and classes.json) before training: every "
+        "image and mask is read and mapped through the class table, and each class's pixels are counted. "
+        "With --write-example, write a small example dataset in this layout instead.",
+        epilog="\n\n".join(__doc__.split("\n\n")[1:3]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("root", help="the dataset folder")
+    ap.add_argument("--split", action="append", help="split(s) to check (default: every split found)")
+    ap.add_argument("--classes", default=None, help="the class table (default: ROOT/classes.json)")
+    ap.add_argument("--write-example", action="store_true", help="write the synthetic example dataset into ROOT")
+    ap.add_argument("--train", type=int, default=16, help="--write-example: train images")
+    ap.add_argument("--val", type=int, default=4, help="--write-example: val images")
+    ap.add_argument("--size", type=int, nargs=2, default=(192, 256), metavar=("H", "W"), help="--write-example size")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    args = ap.parse_args(argv)
+    root = Path(args.root)
+
+    def run() -> None:
+        if args.write_example:
+            if root.exists() and any(root.iterdir()):
+                raise DataError(f"{root} exists and is not empty; --write-example writes into a new folder")
+            if min(args.size) < 32 or args.train < 1 or args.val < 0:
+                raise DataError("--write-example needs --size >= 32 32, --train >= 1 and --val >= 0")
+            splits = {"train": args.train, "val": args.val} if args.val else {"train": args.train}
+            write_synthetic_folder(root, splits=splits, size=tuple(args.size), progress=not args.no_progress)
+            print(f"wrote {root}: {TABLE_NAME} ({len(EXAMPLE_CLASSES)} classes, colour masks), {splits}")
+            return
+        splits = args.split or sorted(
+            {p.stem for p in root.glob(f"*{LIST_SUFFIX}")}
+            | ({p.name for p in (root / IMAGE_DIR).iterdir() if p.is_dir()} if (root / IMAGE_DIR).is_dir() else set())
+        )
+        if not splits:
+            raise DataError(
+                f"{root}: no splits found (neither {IMAGE_DIR}/SPLIT/ folders nor SPLIT{LIST_SUFFIX} lists)"
+            )
+        table = read_table(root, args.classes)
+        print(f"{table.source}: {table.num_classes} classes, {table.mask} masks")
+        for split in splits:
+            print(format_survey(survey(FolderSource(root, split, args.classes), progress=not args.no_progress)))
+
+    return report_errors(run, (DataError, OSError), debug=args.debug)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
