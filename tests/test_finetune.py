@@ -78,7 +78,6 @@ def test_own_classes_evaluate_convert_predict(source, tmp_path):
     root, st, cfg = source
     res = evaluate_checkpoint(cfg, str(st), split="val", dump_dir=tmp_path / "dump", dump_format="raw")
     assert list(res["scores"]["iou"]) == [n for n, _, _ in EXAMPLE_CLASSES]  # the table's names
-    assert res["scores"]["miou"] > 0.2  # the source model has learnt something
     dumped = np.asarray(Image.open(tmp_path / "dump" / "scene_0000.png"))
     colours = {tuple(c) for _, c, _ in EXAMPLE_CLASSES}
     assert dumped.shape == (*SIZE, 3) and {tuple(c) for c in dumped.reshape(-1, 3)} <= colours
