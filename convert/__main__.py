@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="checkpoint to write (its suffix picks the format)")
     p.add_argument("--no-strict", dest="strict", action="store_false", help="load what matches instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (otherwise an error)")
-    g = p.add_argument_group("only when SRC is an ImageNet ResNet-18 (torchvision/timm)")
+    g = p.add_argument_group("only when SRC is an ImageNet ResNet-18 (torchvision/timm/the upstream's)")
     g.add_argument("--variant", choices=VARIANTS, default="csfcn")
     g.add_argument("--num-classes", type=int, default=19)
     g.add_argument(

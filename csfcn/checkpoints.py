@@ -84,7 +84,7 @@ def infer_stem(tensors, prefix: str = "") -> str | None:
 
 
 def stem_shapes(tensors, prefix: str = "") -> str:
-    """The stem conv shapes ``tensors`` has, for error messages ("none" when it has none)."""
+    """The stem conv shapes ``tensors`` has, for error messages."""
     convs = sorted({k for stem in STEMS for k in stem_signature(stem)})
     found = [f"{prefix}{k} {list(tensors[prefix + k].shape)}" for k in convs if prefix + k in tensors]
     return ", ".join(found) or f"no {prefix}conv1 weights"
