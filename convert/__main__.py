@@ -24,7 +24,7 @@ from convert.formats import (
     write_checkpoint,
     write_torch_checkpoint,
 )
-from csfcn.checkpoints import ConversionError, is_imagenet_resnet, kind_of
+from csfcn.checkpoints import ConversionError, infer_stem, is_imagenet_resnet, kind_of
 from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import MissingExtra
 from csfcn.model_config import STEMS, VARIANTS, ModelConfig
@@ -50,19 +50,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="checkpoint to write (its suffix picks the format)")
     p.add_argument("--no-strict", dest="strict", action="store_false", help="load what matches instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (otherwise an error)")
-    g = p.add_argument_group("only when SRC is an ImageNet ResNet-18 (torchvision/timm)")
+    g = p.add_argument_group("only when SRC is an ImageNet ResNet-18 (torchvision/timm/the upstream's)")
     g.add_argument("--variant", choices=VARIANTS, default="csfcn")
     g.add_argument("--num-classes", type=int, default=19)
-    g.add_argument("--stem", choices=STEMS, default="torchvision")
+    g.add_argument(
+        "--stem", choices=STEMS, default=None, help="backbone stem (default: the file's, told by its conv shapes)"
+    )
     g.add_argument("--seed", type=int, default=0, help="init seed of the non-backbone layers")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return p
 
 
-def _is_imagenet(path: str) -> bool:
+def _imagenet_tensors(path: str) -> dict | None:
+    """The tensors of an ImageNet ResNet-18 file; None for any other checkpoint."""
     if kind_of(path) == "orbax":
-        return False
-    return is_imagenet_resnet(read_torch_file(path)[0])
+        return None
+    tensors = read_torch_file(path)[0]
+    return tensors if is_imagenet_resnet(tensors) else None
 
 
 def main(argv=None) -> int:
@@ -82,8 +86,10 @@ def main(argv=None) -> int:
 def _convert(args) -> None:
     src_kind, dst_kind = kind_of(args.src), kind_of(args.dst)
     flat, note = None, None  # Flax params, unless PyTorch goes straight to PyTorch
-    if _is_imagenet(args.src):
-        config = ModelConfig(variant=args.variant, num_classes=args.num_classes, stem=args.stem)
+    imagenet = _imagenet_tensors(args.src)
+    if imagenet is not None:
+        stem = args.stem or infer_stem(imagenet) or "torchvision"  # an unknown stem: the strict check names it
+        config = ModelConfig(variant=args.variant, num_classes=args.num_classes, stem=stem)
         flat, n = imagenet_initialised(config, args.src, seed=args.seed, strict=args.strict)
         note = f"ImageNet backbone: {n} tensors into resnet.*, other layers initialised (seed {args.seed})"
     elif src_kind in TORCH_KINDS and dst_kind in TORCH_KINDS:

@@ -20,6 +20,7 @@ import numpy as np
 from convert.table import KeyPath, flax_to_torch, torch_to_flax
 from csfcn.checkpoints import (
     ConversionError,
+    check_imagenet_stem,
     config_of,
     infer_config,
     is_imagenet_resnet,
@@ -91,13 +92,18 @@ def load_imagenet_backbone(config: ModelConfig, flat: dict[KeyPath, np.ndarray],
     """Replace the ``resnet`` params of ``flat`` with an ImageNet ResNet-18 ``state_dict``.
 
     torchvision and timm name ResNet-18 alike (``conv1``, ``bn1``, ``layerN``, ``fc``); timm's
-    ``resnet18d`` deep stem matches ``stem: deep``.  ``fc.*`` is ignored; anything else that
-    does not map onto the backbone is an error.  Returns (new flat params, loaded key count).
+    ``resnet18d`` deep stem matches ``stem: deep``, and the upstream CSFCN's
+    ``resnet18-deep-inplane128`` (stem 3->64->64->128) ``stem: deep128``.  ``fc.*`` is ignored;
+    anything else that does not map onto the backbone is an error, and so (with ``strict``) is a
+    file whose stem, told by its conv shapes, is another than the model's.  Returns (new flat
+    params, loaded key count).
     """
     ck = _flax_side("ImageNet initialisation of the Flax model")
     tensors, _ = read_torch_file(path)
     if not is_imagenet_resnet(tensors):
         raise ConversionError(f"{path}: not an ImageNet ResNet-18 state_dict (no top-level layer1.0.conv1.weight)")
+    if strict:
+        check_imagenet_stem(tensors, config.stem, f"{path} (ImageNet backbone)")
     template = {p[1:]: s for p, s in ck.model_template(config).items() if p[0] == "resnet"}
     params, _, _ = torch_to_flax(
         template, tensors, strict=strict, ignore=lambda k: k.startswith("fc."), source=f"{path} (ImageNet backbone)"

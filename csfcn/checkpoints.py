@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from csfcn.model_config import HEAD_UPSAMPLE, ModelConfig
+from csfcn.model_config import DEEP_STEM_WIDTHS, HEAD_UPSAMPLE, STEMS, ModelConfig
 
 CONFIG_KEY = "csfcn_config"  # safetensors metadata key
 CONFIG_FILE = "csfcn_config.json"  # next to Orbax params
@@ -63,6 +63,39 @@ def raise_mismatch(source: str, bad_shape: list[str], missing: list[str], unexpe
         )
 
 
+def stem_signature(stem: str) -> dict[str, tuple[int, ...]]:
+    """The stem's conv weights ({PyTorch name under the backbone: OIHW shape}); they tell the
+    stems apart: a 7x7 ``conv1`` (torchvision), or three 3x3 convs 3->32->32->64 (``deep``)
+    or 3->64->64->128 (``deep128``)."""
+    if stem == "torchvision":
+        return {"conv1.weight": (64, 3, 7, 7)}
+    a, b, c = DEEP_STEM_WIDTHS[stem]
+    return {"conv1.0.weight": (a, 3, 3, 3), "conv1.3.weight": (b, a, 3, 3), "conv1.6.weight": (c, b, 3, 3)}
+
+
+def infer_stem(tensors, prefix: str = "") -> str | None:
+    """The stem whose conv shapes ``tensors`` has under ``prefix`` (``"resnet."`` in a CSFCN,
+    ``""`` in an ImageNet ResNet), or None when no stem matches."""
+    for stem in STEMS:
+        sig = stem_signature(stem)
+        if all(prefix + k in tensors and tuple(tensors[prefix + k].shape) == s for k, s in sig.items()):
+            return stem
+    return None
+
+
+def stem_shapes(tensors, prefix: str = "") -> str:
+    """The stem conv shapes ``tensors`` has, for error messages."""
+    convs = sorted({k for stem in STEMS for k in stem_signature(stem)})
+    found = [f"{prefix}{k} {list(tensors[prefix + k].shape)}" for k in convs if prefix + k in tensors]
+    return ", ".join(found) or f"no {prefix}conv1 weights"
+
+
+def _known_stems() -> str:
+    return "; ".join(
+        f"{stem}: " + ", ".join(f"{k} {list(s)}" for k, s in stem_signature(stem).items()) for stem in STEMS
+    )
+
+
 def infer_config(tensors, source: str = "checkpoint") -> ModelConfig:
     """Variant, class count and stem from upstream-named tensor shapes ({name: array})."""
     try:
@@ -70,7 +103,11 @@ def infer_config(tensors, source: str = "checkpoint") -> ModelConfig:
         offset_in = tensors["sfc.conv_offset.0.conv.weight"].shape[1]
     except KeyError as e:
         raise ConversionError(f"{source}: not a CSFCN state_dict (no {e.args[0]!r})") from None
-    stem = "deep" if "resnet.conv1.0.weight" in tensors else "torchvision"
+    stem = infer_stem(tensors, "resnet.")
+    if stem is None:
+        raise ConversionError(
+            f"{source}: unknown backbone stem ({stem_shapes(tensors, 'resnet.')}); the stems are {_known_stems()}"
+        )
     has_1x1 = "sfc.cp1x1.weight" in tensors
     if has_1x1 and offset_in == 64:
         variant = "csfcn"
@@ -103,6 +140,18 @@ def config_of(tensors, meta: dict, source: str) -> ModelConfig:
             f"{source}: the model config in its metadata ({CONFIG_KEY!r}) is not valid: {e}; re-export it with "
             "python -m convert"
         ) from None
+
+
+def check_imagenet_stem(tensors, stem: str, source: str) -> None:
+    """An ImageNet ResNet whose stem is another known one than the model's ``stem``: one error
+    naming both and the setting that fixes it (an unknown stem is left to the name-by-name check)."""
+    found = infer_stem(tensors)
+    if found is not None and found != stem:
+        raise ConversionError(
+            f"{source}: its stem is {found!r} ({stem_shapes(tensors)}), the model's is {stem!r}; set the "
+            f"model's stem to {found!r} (--config.model.stem={found} in training, --stem {found} for "
+            "python -m convert) to initialise it from this file"
+        )
 
 
 def is_imagenet_resnet(tensors) -> bool:

@@ -10,7 +10,13 @@ import dataclasses
 import json
 
 VARIANTS = ("csfcn", "csfcn_tiny")
-STEMS = ("torchvision", "deep")
+STEMS = ("torchvision", "deep", "deep128")
+# The deep stems: three 3x3 convs (the first of stride 2) of these output widths, named
+# ``conv1.0``, ``conv1.3``, ``conv1.6`` (BN at ``conv1.1``, ``conv1.4``, then the trunk's ``bn1``).
+# "deep" is timm's resnet18d (ResNet-v1c); "deep128" the upstream CSFCN's ResNet-18, whose stem
+# ends at 128 channels (its "deep-inplane128" ImageNet weights), so layer1's first block takes
+# 128 channels and has a 1x1 projection shortcut (``layer1.0.downsample``).
+DEEP_STEM_WIDTHS = {"deep": (32, 32, 64), "deep128": (64, 64, 128)}
 PYRAMID_GRIDS = (6, 3, 2, 1)  # CFC pooling grids (docs/architecture.md, CFC step 2)
 SFC_GROUPS = 2  # SFC groups G
 HEAD_UPSAMPLE = 8  # logits are 8x the 1/8 feature map
@@ -18,6 +24,11 @@ HEAD_UPSAMPLE = 8  # logits are 8x the 1/8 feature map
 # (x / 255 - mean) / std. The training pipeline, evaluation and the deploy predictor all read these.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def stem_width(stem: str) -> int:
+    """Channels out of the stem, i.e. into layer1: 64, or 128 for ``deep128``."""
+    return DEEP_STEM_WIDTHS[stem][-1] if stem in DEEP_STEM_WIDTHS else 64
 
 
 @dataclasses.dataclass(frozen=True)

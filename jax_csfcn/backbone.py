@@ -2,8 +2,10 @@
 
 Paths mirror torchvision's ``resnet18`` (``conv1``, ``bn1``, ``layer1``..``layer4`` with
 ``N.conv1/bn1/conv2/bn2/downsample.0/downsample.1``), so an ImageNet checkpoint of
-torchvision or timm loads by name.  The ``deep`` stem mirrors timm's ``resnet18d`` stem
-(``conv1.0/1/3/4/6`` then ``bn1``), i.e. ResNet-v1c as in mmsegmentation.
+torchvision or timm loads by name.  The deep stems (``conv1.0/1/3/4/6`` then ``bn1``) are
+``deep``, timm's ``resnet18d`` stem (ResNet-v1c as in mmsegmentation, 32/32/64 channels), and
+``deep128``, the upstream CSFCN's (64/64/128, so layer1's first block projects 128 -> 64);
+the widths are :data:`csfcn.model_config.DEEP_STEM_WIDTHS`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from csfcn.model_config import STEMS
+from csfcn.model_config import DEEP_STEM_WIDTHS, STEMS, stem_width
 from jax_csfcn.layers import BatchNorm2d, conv2d
 
 
@@ -45,19 +47,20 @@ class ResNet18(nnx.Module):
         if stem == "torchvision":
             self.conv1 = conv2d(3, 64, 7, stride=2, dtype=dtype, rngs=rngs)
         else:
+            a, b, c = DEEP_STEM_WIDTHS[stem]
             # Sequential indices 2 and 5 are ReLUs (no parameters) in the PyTorch layout.
             self.conv1 = nnx.Dict(
                 {
-                    "0": conv2d(3, 32, 3, stride=2, dtype=dtype, rngs=rngs),
-                    "1": BatchNorm2d(32, dtype=dtype),
-                    "3": conv2d(32, 32, 3, dtype=dtype, rngs=rngs),
-                    "4": BatchNorm2d(32, dtype=dtype),
-                    "6": conv2d(32, 64, 3, dtype=dtype, rngs=rngs),
+                    "0": conv2d(3, a, 3, stride=2, dtype=dtype, rngs=rngs),
+                    "1": BatchNorm2d(a, dtype=dtype),
+                    "3": conv2d(a, b, 3, dtype=dtype, rngs=rngs),
+                    "4": BatchNorm2d(b, dtype=dtype),
+                    "6": conv2d(b, c, 3, dtype=dtype, rngs=rngs),
                 }
             )
-        self.bn1 = BatchNorm2d(64, dtype=dtype)
+        cin = stem_width(stem)  # deep128: 128, so layer1.0 gets a projection shortcut
+        self.bn1 = BatchNorm2d(cin, dtype=dtype)
         widths = (64, 128, 256, 512)
-        cin = 64
         for i, (cout, stride) in enumerate(zip(widths, (1, 2, 2, 2)), start=1):
             blocks = [
                 BasicBlock(cin, cout, stride, dtype=dtype, rngs=rngs),

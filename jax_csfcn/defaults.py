@@ -23,9 +23,12 @@ DEFAULTS: dict = {
     "model": {
         "variant": "csfcn",  # "csfcn" (pixel-shuffle head) or "csfcn_tiny"
         "num_classes": 19,
-        "stem": "torchvision",  # "torchvision" (7x7 conv) or "deep" (ResNet-v1c)
-        # Optional ImageNet ResNet-18 state_dict (.pth / .safetensors, torchvision or timm names)
-        # for the backbone; nothing is downloaded.
+        # "torchvision" (7x7 conv), "deep" (timm resnet18d, ResNet-v1c) or "deep128" (the upstream's
+        # 3->64->64->128 stem, its "deep-inplane128" ImageNet weights)
+        "stem": "torchvision",
+        # Optional ImageNet ResNet-18 state_dict (.pth / .safetensors, torchvision or timm names, or
+        # the upstream's deep-inplane128) for the backbone; its stem must be model.stem. Nothing is
+        # downloaded.
         "imagenet_init": "",
         # Optional segmentation checkpoint to fine-tune from (a run directory, .safetensors, an
         # upstream .pth): every tensor whose name and shape match is loaded; the classifier is

@@ -48,7 +48,9 @@ def assert_flat_equal(a: dict, b: dict):
         np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
 
 
-@pytest.mark.parametrize("variant,k,stem", [("csfcn", 19, "torchvision"), ("csfcn_tiny", 11, "deep")])
+@pytest.mark.parametrize(
+    "variant,k,stem", [("csfcn", 19, "torchvision"), ("csfcn_tiny", 11, "deep"), ("csfcn", 19, "deep128")]
+)
 def test_flax_torch_flax_round_trip_is_bit_exact(rng, variant, k, stem):
     config = ModelConfig(variant, k, stem)
     flat = {p: rng.standard_normal(s).astype(np.float32) for p, s in model_template(config).items()}
@@ -60,9 +62,11 @@ def test_flax_torch_flax_round_trip_is_bit_exact(rng, variant, k, stem):
     assert_flat_equal(back, flat)
 
 
-@pytest.mark.parametrize("variant,keys", [("csfcn", 168), ("csfcn_tiny", 166)])
-def test_upstream_pth_round_trip_is_exact(tmp_path, rng, variant, keys):
-    config = ModelConfig(variant=variant, num_classes=19)
+@pytest.mark.parametrize(
+    "variant,stem,keys", [("csfcn", "torchvision", 168), ("csfcn_tiny", "torchvision", 166), ("csfcn", "deep128", 186)]
+)
+def test_upstream_pth_round_trip_is_exact(tmp_path, rng, variant, stem, keys):
+    config = ModelConfig(variant=variant, num_classes=19, stem=stem)
     sd = random_upstream_state_dict(rng, config)
     assert len(sd) == keys
     src, dst = tmp_path / "upstream.pth", tmp_path / "again.pth"
@@ -151,7 +155,17 @@ def test_wrong_shape_is_named_even_without_strict(tmp_path, rng):
 def test_config_inference_and_its_errors(rng):
     sd = {k: v.numpy() for k, v in random_upstream_state_dict(rng, ModelConfig("csfcn", 11, "deep")).items()}
     assert infer_config(sd) == ModelConfig("csfcn", 11, "deep")
+    # the two deep stems have the same keys: their conv shapes tell them apart
+    wide = {k: v.numpy() for k, v in random_upstream_state_dict(rng, ModelConfig("csfcn", 11, "deep128")).items()}
+    assert {k for k in wide if k.startswith("resnet.conv1.")} == {k for k in sd if k.startswith("resnet.conv1.")}
+    assert infer_config(wide) == ModelConfig("csfcn", 11, "deep128")
+    wide["resnet.conv1.6.weight"] = np.zeros((96, 64, 3, 3), np.float32)
+    with pytest.raises(ConversionError, match=r"unknown backbone stem \(.*resnet\.conv1\.6\.weight \[96, 64, 3, 3\]"):
+        infer_config(wide)
     tiny = {k: v.numpy() for k, v in random_upstream_state_dict(rng, ModelConfig("csfcn_tiny", 3)).items()}
+    odd = {**tiny, "resnet.conv1.weight": np.zeros((64, 3, 3, 3), np.float32)}  # 3x3 where torchvision has 7x7
+    with pytest.raises(ConversionError, match=r"unknown backbone stem.*torchvision: conv1\.weight \[64, 3, 7, 7\]"):
+        infer_config(odd)
     assert infer_config(tiny) == ModelConfig("csfcn_tiny", 3)
     sd["conv_out32.conv_out.bias"] = np.zeros(100, np.float32)
     with pytest.raises(ConversionError, match="not a multiple of 64"):
@@ -192,7 +206,7 @@ def imagenet_state_dict(rng, stem="torchvision", with_nbt=False) -> dict[str, to
     return out
 
 
-@pytest.mark.parametrize("stem", ["torchvision", "deep"])
+@pytest.mark.parametrize("stem", ["torchvision", "deep", "deep128"])
 def test_imagenet_backbone_loads_by_name(tmp_path, rng, stem):
     config = ModelConfig(stem=stem)
     sd = imagenet_state_dict(rng, stem)
@@ -207,6 +221,9 @@ def test_imagenet_backbone_loads_by_name(tmp_path, rng, stem):
     np.testing.assert_array_equal(new[("cfc", "query_conv", "kernel")], flat[("cfc", "query_conv", "kernel")])
     with pytest.raises(ConversionError, match="ImageNet ResNet-18"):
         read_checkpoint(tmp_path / "resnet18.pth")
+    if stem == "deep128":  # the CLI takes the stem from the file's conv shapes when --stem is not given
+        assert convert_main([str(tmp_path / "resnet18.pth"), str(tmp_path / "init.pth"), "--num-classes", "3"]) == 0
+        assert read_checkpoint(tmp_path / "init.pth")[0] == ModelConfig("csfcn", 3, "deep128")
 
 
 def test_imagenet_backbone_rejects_unexpected_and_wrong_stem(tmp_path, rng):
@@ -216,9 +233,22 @@ def test_imagenet_backbone_rejects_unexpected_and_wrong_stem(tmp_path, rng):
     config = ModelConfig()
     with pytest.raises(ConversionError, match=r"unexpected 1: layer2\.0\.se\.fc\.weight"):
         load_imagenet_backbone(config, model_flat(build_model(config)), tmp_path / "r.pth")
+    flat = model_flat(build_model(config))
+    # a known stem other than the model's: named, with the setting that fixes it
     torch.save(imagenet_state_dict(rng, "deep"), tmp_path / "deep.pth")
-    with pytest.raises(ConversionError, match=r"missing .*conv1\.weight"):
-        load_imagenet_backbone(config, model_flat(build_model(config)), tmp_path / "deep.pth")
+    with pytest.raises(
+        ConversionError, match=r"its stem is 'deep' \(conv1\.0\.weight \[32, 3, 3, 3\].*the model's is 'torchvision'"
+    ):
+        load_imagenet_backbone(config, flat, tmp_path / "deep.pth")
+    new, _ = load_imagenet_backbone(config, flat, tmp_path / "deep.pth", strict=False)  # the rest loads
+    np.testing.assert_array_equal(new[("resnet", "conv1", "kernel")], flat[("resnet", "conv1", "kernel")])
+    torch.save(imagenet_state_dict(rng, "deep128"), tmp_path / "deep128.pth")
+    deep = ModelConfig(stem="deep")
+    with pytest.raises(ConversionError, match=r"its stem is 'deep128'.*--stem deep128"):
+        load_imagenet_backbone(deep, {}, tmp_path / "deep128.pth")
+    # the 128-channel stem's layer1 does not fit a 64-channel one, strict or not
+    with pytest.raises(ConversionError, match=r"layer1\.0\.conv1\.weight: checkpoint has \(64, 128, 3, 3\)"):
+        load_imagenet_backbone(deep, {}, tmp_path / "deep128.pth", strict=False)
 
 
 def test_cli_converts_every_direction(tmp_path, rng, capsys):

@@ -19,16 +19,45 @@ from torch_deploy.model import CSFCN as TorchCSFCN
 
 
 @pytest.mark.parametrize(
-    "variant,k,expected", [("csfcn", 19, 13_368_512), ("csfcn", 11, 13_302_464), ("csfcn_tiny", 19, 13_136_211)]
+    "variant,k,stem,expected",
+    [
+        ("csfcn", 19, "torchvision", 13_368_512),
+        ("csfcn", 11, "torchvision", 13_302_464),
+        ("csfcn_tiny", 19, "torchvision", 13_136_211),
+        ("csfcn", 19, "deep", 13_387_744),
+        ("csfcn", 19, "deep128", 13_516_992),
+    ],
 )
-def test_parameter_counts(variant, k, expected):
-    model = nnx.eval_shape(lambda: build_model({"variant": variant, "num_classes": k}))
+def test_parameter_counts(variant, k, stem, expected):
+    model = nnx.eval_shape(lambda: build_model({"variant": variant, "num_classes": k, "stem": stem}))
     assert count_params(model) == expected
-    assert sum(p.numel() for p in TorchCSFCN(ModelConfig(variant, k)).parameters()) == expected
+    assert sum(p.numel() for p in TorchCSFCN(ModelConfig(variant, k, stem)).parameters()) == expected
+
+
+def test_deep128_stem_is_the_upstream_resnet18():
+    """The upstream's ResNet-18 (its deep-inplane128 ImageNet weights): three 3x3 convs
+    3->64/2, 64->64, 64->128 at Sequential indices 0, 3, 6 with BNs at 1, 4, then bn1 over 128
+    channels; layer1's first block takes 128 channels, so it has a 1x1/1 projection shortcut."""
+    sd = {k: tuple(v.shape) for k, v in TorchCSFCN(ModelConfig(stem="deep128")).state_dict().items()}
+    assert {k: s for k, s in sd.items() if k.startswith("resnet.conv1.") and k.endswith("weight")} == {
+        "resnet.conv1.0.weight": (64, 3, 3, 3),
+        "resnet.conv1.1.weight": (64,),
+        "resnet.conv1.3.weight": (64, 64, 3, 3),
+        "resnet.conv1.4.weight": (64,),
+        "resnet.conv1.6.weight": (128, 64, 3, 3),
+    }
+    assert sd["resnet.bn1.running_var"] == (128,)
+    assert sd["resnet.layer1.0.conv1.weight"] == (64, 128, 3, 3)
+    assert sd["resnet.layer1.0.downsample.0.weight"] == (64, 128, 1, 1)
+    assert sd["resnet.layer1.0.downsample.1.running_mean"] == (64,)
+    assert "resnet.layer1.1.downsample.0.weight" not in sd and "resnet.conv1.weight" not in sd
+    assert TorchCSFCN(ModelConfig(stem="deep128")).resnet.layer1[0].downsample[0].stride == (1, 1)
+    with pytest.raises(ValueError, match="model.stem='deep64'"):
+        ModelConfig(stem="deep64")
 
 
 @pytest.mark.parametrize("variant,keys", [("csfcn", 168), ("csfcn_tiny", 166)])
-@pytest.mark.parametrize("stem", ["torchvision", "deep"])
+@pytest.mark.parametrize("stem", ["torchvision", "deep", "deep128"])
 def test_flax_paths_are_the_upstream_state_dict(variant, keys, stem):
     config = ModelConfig(variant, 19, stem)
     torch_sd = TorchCSFCN(config).state_dict()

@@ -91,6 +91,7 @@ def test_flax_matches_torch_fp32(rng, variant, k, shape):
         ("csfcn", 19, "torchvision", (1, 360, 480)),
         ("csfcn_tiny", 11, "torchvision", (2, 200, 264)),
         ("csfcn", 1, "deep", (1, 256, 320)),
+        ("csfcn", 1, "deep128", (1, 256, 320)),  # the deep size: most eager fp64 ops are compiled
     ],
 )
 def test_flax_matches_torch_fp64(rng, variant, k, stem, shape):

@@ -51,6 +51,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from csfcn.model_config import STEMS
 from csfcn.tables import markdown_table
 from torch_deploy.cpu_peers import OnnxPeer, cpu_bf16_native, peer_missing
 from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
@@ -79,7 +80,7 @@ def _parse(argv=None) -> argparse.Namespace:
         help="input size; repeat for several (default: 512x1024 768x1536 1024x2048 720x960 on GPU, 512x1024 on CPU)",
     )
     p.add_argument("--variant", default="csfcn", choices=("csfcn", "csfcn_tiny"), help="model variant")
-    p.add_argument("--stem", default="torchvision", choices=("torchvision", "deep"), help="backbone stem")
+    p.add_argument("--stem", default="torchvision", choices=STEMS, help="backbone stem")
     p.add_argument("--batch", type=int, default=1, help="batch size (the protocol uses 1)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant (default 10 GPU, 2 CPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 100 GPU, 10 CPU)")

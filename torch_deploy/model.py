@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from csfcn.model_config import HEAD_UPSAMPLE, PYRAMID_GRIDS, SFC_GROUPS, ModelConfig
+from csfcn.model_config import (
+    DEEP_STEM_WIDTHS,
+    HEAD_UPSAMPLE,
+    PYRAMID_GRIDS,
+    SFC_GROUPS,
+    STEMS,
+    ModelConfig,
+    stem_width,
+)
 
 
 def labels_dtype(k: int) -> torch.dtype:
@@ -143,21 +151,24 @@ class ResNet18(nn.Module):
 
     def __init__(self, stem: str = "torchvision"):
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
         if stem == "torchvision":
             self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        else:  # timm resnet18d / ResNet-v1c deep stem
+        else:  # deep: timm resnet18d (ResNet-v1c), 32/32/64; deep128: the upstream's, 64/64/128
+            a, b, c = DEEP_STEM_WIDTHS[stem]
             self.conv1 = nn.Sequential(
-                nn.Conv2d(3, 32, 3, 2, 1, bias=False),
-                nn.BatchNorm2d(32),
+                nn.Conv2d(3, a, 3, 2, 1, bias=False),
+                nn.BatchNorm2d(a),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(32, 32, 3, 1, 1, bias=False),
-                nn.BatchNorm2d(32),
+                nn.Conv2d(a, b, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(b),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(32, 64, 3, 1, 1, bias=False),
+                nn.Conv2d(b, c, 3, 1, 1, bias=False),
             )
-        self.bn1 = nn.BatchNorm2d(64)
+        cin = stem_width(stem)  # deep128: 128, so layer1.0 gets a projection shortcut
+        self.bn1 = nn.BatchNorm2d(cin)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = 64
         for i, (cout, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2)), start=1):
             setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
             cin = cout
