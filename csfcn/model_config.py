@@ -83,6 +83,8 @@ def _classes(classes, k: int) -> tuple:
     """``classes`` as nested tuples ``((str, (r, g, b), int | (r, g, b) | None), ...)``, checked against K."""
     if not classes:
         return ()
+    if not isinstance(classes, (list, tuple)):
+        raise ValueError(f"model.classes={classes!r}: expected a list of (name, (r, g, b), mask value) per class")
     out = []
     for i, entry in enumerate(classes):
         try:

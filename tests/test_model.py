@@ -117,7 +117,9 @@ def test_bad_config_is_a_clear_error():
         ModelConfig(stem="v1d")
     with pytest.raises(ValueError, match="num_classes=0"):
         ModelConfig(num_classes=0)
-    with pytest.raises(KeyError, match="unknown model config keys \\['classes'\\]"):
+    with pytest.raises(KeyError, match="unknown model config keys \\['n_classes'\\]"):
+        build_model({"n_classes": 19})
+    with pytest.raises(ValueError, match="model.classes=19: expected a list"):
         build_model({"classes": 19})
 
 
