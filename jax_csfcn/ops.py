@@ -30,9 +30,17 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 @functools.lru_cache(maxsize=256)
-def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) bilinear weights of PyTorch's align_corners=True resize along one axis."""
-    # Built in float64 and rounded once to the compute dtype.
+def _align_corners_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
+    """(n_out, n_in) bilinear weights of PyTorch's align_corners=True resize along one axis.
+
+    The coordinates are computed in float64; the larger of each row's two weights is then
+    rounded to ``dtype`` and the smaller one is ``1 - larger``, which is exact in ``dtype``
+    (the larger is in [0.5, 1]).  So every row sums to exactly one in the compute dtype and a
+    constant map stays constant: rounding the two weights independently leaves rows that sum
+    to 1 +- 1 ulp and scales every map by that much, a bias the fp32 result carries on top of
+    the resize's own rounding.  The matrix is returned in float64 (exactly representable in
+    ``dtype``).
+    """
     m = np.zeros((n_out, n_in), np.float64)
     # torch: scale = (in - 1) / (out - 1), 0 when out == 1; src = scale * dst.
     scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
@@ -40,9 +48,12 @@ def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam = src - i0
+    big = np.maximum(lam, 1.0 - lam).astype(dtype).astype(np.float64)
+    small = 1.0 - big  # exact in dtype (Sterbenz)
+    w1 = np.where(lam >= 0.5, big, small)
     rows = np.arange(n_out)
-    np.add.at(m, (rows, i0), 1.0 - lam)
-    np.add.at(m, (rows, i1), lam)
+    np.add.at(m, (rows, i0), 1.0 - w1)
+    np.add.at(m, (rows, i1), w1)
     return m
 
 
@@ -80,7 +91,8 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     oh, ow = size
     if (oh, ow) == (h, w):
         return x
-    return _separable(x, _align_corners_matrix(h, oh), _align_corners_matrix(w, ow))
+    dt = np.dtype(x.dtype)
+    return _separable(x, _align_corners_matrix(h, oh, dt), _align_corners_matrix(w, ow, dt))
 
 
 def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:

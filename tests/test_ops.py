@@ -91,6 +91,19 @@ def test_resize_by_scale_factor_matches_torch(rng):
     assert rel_l2(out, nhwc(ref)) <= TOL
 
 
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16, np.float64])
+@pytest.mark.parametrize("n_in,n_out", [(47, 376), (12, 45), (45, 12), (2, 7), (9, 1)])
+def test_resize_weights_sum_to_one_in_the_compute_dtype(dtype, n_in, n_out):
+    """Every row of the interpolation matrix is exactly representable in the compute dtype
+    and sums to exactly one there, so a resize does not scale the map by 1 +- 1 ulp."""
+    m = ops._align_corners_matrix(n_in, n_out, np.dtype(dtype))
+    np.testing.assert_array_equal(m.astype(dtype).astype(np.float64), m)
+    np.testing.assert_array_equal(m.sum(axis=1), 1.0)
+    exact = ops._align_corners_matrix(n_in, n_out)  # float64 weights
+    ulp = float(jnp.finfo(dtype).eps)
+    assert np.abs(m - exact).max() <= ulp / 2
+
+
 POOL_CASES = [
     (32, 64, 6, 12),
     (12, 15, 6, 8),
