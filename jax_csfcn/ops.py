@@ -4,6 +4,7 @@ Each function here reproduces one PyTorch op exactly (up to float rounding), bec
 Flax model must compute the same function as the upstream PyTorch CSFCN:
 
 * ``grid_sample``       == ``F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=True)``
+  (``sample_displaced``: the same sampling at pixel displacements, for SFC)
 * ``resize_bilinear``   == ``F.interpolate(mode="bilinear", align_corners=True)``
 * ``adaptive_avg_pool`` == ``F.adaptive_avg_pool2d`` (floor/ceil bins, not ``jax.image``)
 * ``pixel_shuffle``     == ``nn.PixelShuffle`` channel order, on the NHWC channel axis
@@ -113,6 +114,29 @@ def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
     return x.reshape(n, h * r, w * r, k)
 
 
+def _bilinear_taps(x: jax.Array, x0: jax.Array, y0: jax.Array, wx: tuple, wy: tuple) -> jax.Array:
+    """Bilinear taps of NHWC ``x`` around (x0, y0) with weights ``wx = (w(x0), w(x0 + 1))`` and
+    ``wy`` alike, zero outside, as (N, P, C).  ``x0``/``y0`` hold integer-valued floats."""
+    n, h, w, c = x.shape
+    x1 = x0 + 1.0
+    y1 = y0 + 1.0
+    flat = x.reshape(n, h * w, c)
+
+    def tap(xi, yi, weight):
+        valid = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+        idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
+        vals = jax.vmap(lambda f, i: f[i])(flat, idx.reshape(n, -1))
+        weight = jnp.where(valid, weight, 0.0).reshape(n, -1, 1)
+        return vals * weight.astype(x.dtype)
+
+    return (
+        tap(x0, y0, wx[0] * wy[0])
+        + tap(x1, y0, wx[1] * wy[0])
+        + tap(x0, y1, wx[0] * wy[1])
+        + tap(x1, y1, wx[1] * wy[1])
+    )
+
+
 def grid_sample(x: jax.Array, grid: jax.Array) -> jax.Array:
     """Bilinear sampling of NHWC ``x`` at ``grid`` (N, Ho, Wo, 2) holding (x, y) in [-1, 1].
 
@@ -132,24 +156,38 @@ def grid_sample(x: jax.Array, grid: jax.Array) -> jax.Array:
     iy = jnp.clip(iy, -2.0, h + 1.0)
     x0 = jnp.floor(ix)
     y0 = jnp.floor(iy)
-    x1 = x0 + 1.0
-    y1 = y0 + 1.0
-    flat = x.reshape(n, h * w, c)
-
-    def tap(xi, yi, weight):
-        valid = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
-        idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
-        vals = jax.vmap(lambda f, i: f[i])(flat, idx.reshape(n, -1))
-        weight = jnp.where(valid, weight, 0.0).reshape(n, -1, 1)
-        return vals * weight.astype(x.dtype)
-
-    out = (
-        tap(x0, y0, (x1 - ix) * (y1 - iy))
-        + tap(x1, y0, (ix - x0) * (y1 - iy))
-        + tap(x0, y1, (x1 - ix) * (iy - y0))
-        + tap(x1, y1, (ix - x0) * (iy - y0))
-    )
+    out = _bilinear_taps(x, x0, y0, (x0 + 1.0 - ix, ix - x0), (y0 + 1.0 - iy, iy - y0))
     return out.reshape(n, oh, ow, c)
+
+
+def sample_displaced(x: jax.Array, dx: jax.Array, dy: jax.Array) -> jax.Array:
+    """Bilinear sampling of NHWC ``x`` at pixel (i + dy, j + dx) for every output (i, j).
+
+    ``dx``/``dy`` (N, H, W) are displacements in pixels.  With ``dx = u * (W - 1) / (2 W)`` and
+    ``dy = v * (H - 1) / (2 H)`` this is ``grid_sample(x, base_grid + (u / W, v / H))`` -- SFC's
+    sampling -- computed without the normalised grid: the position is split into the integer
+    j + floor(dx) and the fraction dx - floor(dx), both exact, so the bilinear weights keep the
+    full precision of the displacement.  Going through the grid instead rounds the position to
+    the precision of a coordinate near j (in fp32, ~1e-5 pixel on a 160-wide map, where an
+    offset of a tenth of a pixel has 1e-8), and that rounding reaches the output multiplied by
+    the feature differences between neighbouring pixels.
+    """
+    n, h, w, c = x.shape
+    if dx.shape != (n, h, w) or dy.shape != (n, h, w):
+        raise ValueError(f"sample_displaced: displacements {dx.shape}, {dy.shape} do not match input {x.shape}")
+    dx = at_least_f32(dx)
+    dy = at_least_f32(dy)
+    # As in grid_sample, far-away points (no non-zero tap) are clipped to keep the int cast in range.
+    dx = jnp.clip(dx, -(w + 2.0), w + 2.0)
+    dy = jnp.clip(dy, -(h + 2.0), h + 2.0)
+    fdx = jnp.floor(dx)
+    fdy = jnp.floor(dy)
+    cols = jnp.arange(w, dtype=dx.dtype)[None, None, :]
+    rows = jnp.arange(h, dtype=dy.dtype)[None, :, None]
+    wx = (fdx + 1.0 - dx, dx - fdx)  # both exact (but for dx in (-1, 0)), as in grid_sample
+    wy = (fdy + 1.0 - dy, dy - fdy)
+    out = _bilinear_taps(x, cols + fdx, rows + fdy, wx, wy)
+    return out.reshape(n, h, w, c)
 
 
 def pyramid_pool(x: jax.Array, grids: tuple[int, ...]) -> jax.Array:
