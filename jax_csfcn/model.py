@@ -64,13 +64,6 @@ class CFC(nnx.Module):
         return x + context  # step 6
 
 
-def base_grid(h: int, w: int, dtype=jnp.float32) -> jax.Array:
-    """(H, W, 2) grid of (x, y) = (linspace(-1, 1, W), linspace(-1, 1, H)), align_corners=True."""
-    xs = jnp.linspace(-1.0, 1.0, w, dtype=dtype)
-    ys = jnp.linspace(-1.0, 1.0, h, dtype=dtype)
-    return jnp.stack(jnp.broadcast_arrays(xs[None, :], ys[:, None]), axis=-1)
-
-
 def _split_groups(t: jax.Array, groups: int) -> jax.Array:
     """(N, H, W, G*C) -> (N*G, H, W, C), group-major like torch's reshape(n*G, -1, h, w)."""
     n, h, w, c = t.shape
@@ -85,13 +78,18 @@ def _merge_groups(t: jax.Array, groups: int) -> jax.Array:
 def sfc_sample_and_gate(cp: jax.Array, sp: jax.Array, r: jax.Array, groups: int = SFC_GROUPS) -> jax.Array:
     """docs/architecture.md, SFC steps 4-7 given cp, sp (N, H, W, 128) and the 10-channel map r."""
     n, h, w, _ = cp.shape
-    off_cp = ops.at_least_f32(_split_groups(r[..., 0 : 2 * groups], groups))
-    off_sp = ops.at_least_f32(_split_groups(r[..., 2 * groups : 4 * groups], groups))
-    norm = jnp.array([w, h], off_cp.dtype)  # offsets / (W, H), as upstream
-    grid = base_grid(h, w, off_cp.dtype)[None]
+    # Upstream samples at grid = (linspace(-1, 1, W), linspace(-1, 1, H)) + offsets / (W, H)
+    # with align_corners=True, i.e. at pixel (i, j) displaced by offsets * ((W - 1) / (2 W),
+    # (H - 1) / (2 H)); sampling at the displacement directly keeps it exact (ops.sample_displaced).
+    to_pixels = jnp.array([(w - 1) / (2 * w), (h - 1) / (2 * h)], ops.at_least_f32(r).dtype)
+
+    def sample(t, off):
+        d = ops.at_least_f32(_split_groups(off, groups)) * to_pixels
+        return _merge_groups(ops.sample_displaced(_split_groups(t, groups), d[..., 0], d[..., 1]), groups)
+
     with jax.named_scope(ops.INTERP_SCOPE):
-        cp_s = _merge_groups(ops.grid_sample(_split_groups(cp, groups), grid + off_cp / norm), groups)
-        sp_s = _merge_groups(ops.grid_sample(_split_groups(sp, groups), grid + off_sp / norm), groups)
+        cp_s = sample(cp, r[..., 0 : 2 * groups])
+        sp_s = sample(sp, r[..., 2 * groups : 4 * groups])
     gates = 1.0 + jnp.tanh(r[..., 4 * groups : 4 * groups + 2])
     return sp_s * gates[..., 0:1] + cp_s * gates[..., 1:2]
 

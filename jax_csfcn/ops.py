@@ -4,6 +4,7 @@ Each function here reproduces one PyTorch op exactly (up to float rounding), bec
 Flax model must compute the same function as the upstream PyTorch CSFCN:
 
 * ``grid_sample``       == ``F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=True)``
+  (``sample_displaced``: the same sampling at pixel displacements, for SFC)
 * ``resize_bilinear``   == ``F.interpolate(mode="bilinear", align_corners=True)``
 * ``adaptive_avg_pool`` == ``F.adaptive_avg_pool2d`` (floor/ceil bins, not ``jax.image``)
 * ``pixel_shuffle``     == ``nn.PixelShuffle`` channel order, on the NHWC channel axis
@@ -30,9 +31,17 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 @functools.lru_cache(maxsize=256)
-def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) bilinear weights of PyTorch's align_corners=True resize along one axis."""
-    # Built in float64 and rounded once to the compute dtype.
+def _align_corners_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
+    """(n_out, n_in) bilinear weights of PyTorch's align_corners=True resize along one axis.
+
+    The coordinates are computed in float64; the larger of each row's two weights is then
+    rounded to ``dtype`` and the smaller one is ``1 - larger``, which is exact in ``dtype``
+    (the larger is in [0.5, 1]).  So every row sums to exactly one in the compute dtype and a
+    constant map stays constant: rounding the two weights independently leaves rows that sum
+    to 1 +- 1 ulp and scales every map by that much, a bias the fp32 result carries on top of
+    the resize's own rounding.  The matrix is returned in float64 (exactly representable in
+    ``dtype``).
+    """
     m = np.zeros((n_out, n_in), np.float64)
     # torch: scale = (in - 1) / (out - 1), 0 when out == 1; src = scale * dst.
     scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
@@ -40,9 +49,12 @@ def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam = src - i0
+    big = np.maximum(lam, 1.0 - lam).astype(dtype).astype(np.float64)
+    small = 1.0 - big  # exact in dtype (Sterbenz)
+    w1 = np.where(lam >= 0.5, big, small)
     rows = np.arange(n_out)
-    np.add.at(m, (rows, i0), 1.0 - lam)
-    np.add.at(m, (rows, i1), lam)
+    np.add.at(m, (rows, i0), 1.0 - w1)
+    np.add.at(m, (rows, i1), w1)
     return m
 
 
@@ -80,7 +92,8 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     oh, ow = size
     if (oh, ow) == (h, w):
         return x
-    return _separable(x, _align_corners_matrix(h, oh), _align_corners_matrix(w, ow))
+    dt = np.dtype(x.dtype)
+    return _separable(x, _align_corners_matrix(h, oh, dt), _align_corners_matrix(w, ow, dt))
 
 
 def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -99,6 +112,29 @@ def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
     x = x.reshape(n, h, w, k, r, r)
     x = x.transpose(0, 1, 4, 2, 5, 3)  # n, h, i, w, j, k
     return x.reshape(n, h * r, w * r, k)
+
+
+def _bilinear_taps(x: jax.Array, x0: jax.Array, y0: jax.Array, wx: tuple, wy: tuple) -> jax.Array:
+    """Bilinear taps of NHWC ``x`` around (x0, y0) with weights ``wx = (w(x0), w(x0 + 1))`` and
+    ``wy`` alike, zero outside, as (N, P, C).  ``x0``/``y0`` hold integer-valued floats."""
+    n, h, w, c = x.shape
+    x1 = x0 + 1.0
+    y1 = y0 + 1.0
+    flat = x.reshape(n, h * w, c)
+
+    def tap(xi, yi, weight):
+        valid = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+        idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
+        vals = jax.vmap(lambda f, i: f[i])(flat, idx.reshape(n, -1))
+        weight = jnp.where(valid, weight, 0.0).reshape(n, -1, 1)
+        return vals * weight.astype(x.dtype)
+
+    return (
+        tap(x0, y0, wx[0] * wy[0])
+        + tap(x1, y0, wx[1] * wy[0])
+        + tap(x0, y1, wx[0] * wy[1])
+        + tap(x1, y1, wx[1] * wy[1])
+    )
 
 
 def grid_sample(x: jax.Array, grid: jax.Array) -> jax.Array:
@@ -120,24 +156,38 @@ def grid_sample(x: jax.Array, grid: jax.Array) -> jax.Array:
     iy = jnp.clip(iy, -2.0, h + 1.0)
     x0 = jnp.floor(ix)
     y0 = jnp.floor(iy)
-    x1 = x0 + 1.0
-    y1 = y0 + 1.0
-    flat = x.reshape(n, h * w, c)
-
-    def tap(xi, yi, weight):
-        valid = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
-        idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
-        vals = jax.vmap(lambda f, i: f[i])(flat, idx.reshape(n, -1))
-        weight = jnp.where(valid, weight, 0.0).reshape(n, -1, 1)
-        return vals * weight.astype(x.dtype)
-
-    out = (
-        tap(x0, y0, (x1 - ix) * (y1 - iy))
-        + tap(x1, y0, (ix - x0) * (y1 - iy))
-        + tap(x0, y1, (x1 - ix) * (iy - y0))
-        + tap(x1, y1, (ix - x0) * (iy - y0))
-    )
+    out = _bilinear_taps(x, x0, y0, (x0 + 1.0 - ix, ix - x0), (y0 + 1.0 - iy, iy - y0))
     return out.reshape(n, oh, ow, c)
+
+
+def sample_displaced(x: jax.Array, dx: jax.Array, dy: jax.Array) -> jax.Array:
+    """Bilinear sampling of NHWC ``x`` at pixel (i + dy, j + dx) for every output (i, j).
+
+    ``dx``/``dy`` (N, H, W) are displacements in pixels.  With ``dx = u * (W - 1) / (2 W)`` and
+    ``dy = v * (H - 1) / (2 H)`` this is ``grid_sample(x, base_grid + (u / W, v / H))`` -- SFC's
+    sampling -- computed without the normalised grid: the position is split into the integer
+    j + floor(dx) and the fraction dx - floor(dx), both exact, so the bilinear weights keep the
+    full precision of the displacement.  Going through the grid instead rounds the position to
+    the precision of a coordinate near j (in fp32, ~1e-5 pixel on a 160-wide map, where an
+    offset of a tenth of a pixel has 1e-8), and that rounding reaches the output multiplied by
+    the feature differences between neighbouring pixels.
+    """
+    n, h, w, c = x.shape
+    if dx.shape != (n, h, w) or dy.shape != (n, h, w):
+        raise ValueError(f"sample_displaced: displacements {dx.shape}, {dy.shape} do not match input {x.shape}")
+    dx = at_least_f32(dx)
+    dy = at_least_f32(dy)
+    # As in grid_sample, far-away points (no non-zero tap) are clipped to keep the int cast in range.
+    dx = jnp.clip(dx, -(w + 2.0), w + 2.0)
+    dy = jnp.clip(dy, -(h + 2.0), h + 2.0)
+    fdx = jnp.floor(dx)
+    fdy = jnp.floor(dy)
+    cols = jnp.arange(w, dtype=dx.dtype)[None, None, :]
+    rows = jnp.arange(h, dtype=dy.dtype)[None, :, None]
+    wx = (fdx + 1.0 - dx, dx - fdx)  # both exact (but for dx in (-1, 0)), as in grid_sample
+    wy = (fdy + 1.0 - dy, dy - fdy)
+    out = _bilinear_taps(x, cols + fdx, rows + fdy, wx, wy)
+    return out.reshape(n, h, w, c)
 
 
 def pyramid_pool(x: jax.Array, grids: tuple[int, ...]) -> jax.Array:

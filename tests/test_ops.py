@@ -60,6 +60,41 @@ def test_grid_sample_exact_borders_and_far_outside(rng):
     np.testing.assert_allclose(out, nhwc(ref), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n,c,h,w,spread", [(1, 4, 47, 156, 0.5), (2, 2, 1, 7, 3.0)])
+def test_sample_displaced_is_grid_sample_at_the_displaced_base_grid(rng, n, c, h, w, spread):
+    """SFC's sampling: at displacement (u, v) * ((W - 1) / 2W, (H - 1) / 2H) it is grid_sample at
+    base grid + (u / W, v / H) (fp64, forward and gradients), and in fp32 it is closer to that
+    fp64 result than the grid arithmetic is."""
+    x = rng.standard_normal((n, h, w, c))
+    off = rng.uniform(-spread, spread, (n, h, w, 2)) * np.array([w, h]) / 4
+    off[0, 0, 0] = 0.0  # exact pixel centres and a far-away point
+    off[-1, -1, -1] = (1e6, -1e6)
+    cot = rng.standard_normal((n, h, w, c))
+    to_pixels = np.array([(w - 1) / (2 * w), (h - 1) / (2 * h)])
+
+    @jax.jit
+    def displaced(a, o):
+        d = o * jnp.asarray(to_pixels, o.dtype)
+        return ops.sample_displaced(a, d[..., 0], d[..., 1])
+
+    @jax.jit
+    def via_grid(a, o):
+        ys, xs = jnp.linspace(-1.0, 1.0, h, dtype=o.dtype), jnp.linspace(-1.0, 1.0, w, dtype=o.dtype)
+        grid = jnp.stack(jnp.broadcast_arrays(xs[None, :], ys[:, None]), axis=-1)
+        return ops.grid_sample(a, grid + o / jnp.asarray([w, h], o.dtype))
+
+    with jax.enable_x64(True):
+        out, grads = _vjp_jax(displaced, x, off, cot=cot)
+        ref, ref_grads = _vjp_jax(via_grid, x, off, cot=cot)
+        assert rel_l2(out, ref) <= 1e-12
+        for g, r in zip(grads, ref_grads):
+            np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-9)
+    x32, off32 = jnp.asarray(x, jnp.float32), jnp.asarray(off, jnp.float32)
+    with jax.enable_x64(True):  # the fp64 result of the fp32 inputs
+        truth = np.asarray(via_grid(jnp.asarray(x32, jnp.float64), jnp.asarray(off32, jnp.float64)))
+    assert rel_l2(displaced(x32, off32), truth) <= rel_l2(via_grid(x32, off32), truth) + 1e-7
+
+
 RESIZE_CASES = [
     (1, 4, 4, 16, 16),
     (2, 3, 5, 12, 19),
@@ -89,6 +124,19 @@ def test_resize_by_scale_factor_matches_torch(rng):
     out = ops.resize_bilinear(jnp.asarray(x), (88, 56))
     ref = F.interpolate(torch.from_numpy(nchw(x)), scale_factor=8, mode="bilinear", align_corners=True)
     assert rel_l2(out, nhwc(ref)) <= TOL
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16, np.float64])
+@pytest.mark.parametrize("n_in,n_out", [(47, 376), (12, 45), (45, 12), (2, 7), (9, 1)])
+def test_resize_weights_sum_to_one_in_the_compute_dtype(dtype, n_in, n_out):
+    """Every row of the interpolation matrix is exactly representable in the compute dtype
+    and sums to exactly one there, so a resize does not scale the map by 1 +- 1 ulp."""
+    m = ops._align_corners_matrix(n_in, n_out, np.dtype(dtype))
+    np.testing.assert_array_equal(m.astype(dtype).astype(np.float64), m)
+    np.testing.assert_array_equal(m.sum(axis=1), 1.0)
+    exact = ops._align_corners_matrix(n_in, n_out)  # float64 weights
+    ulp = float(jnp.finfo(dtype).eps)
+    assert np.abs(m - exact).max() <= ulp / 2
 
 
 POOL_CASES = [
