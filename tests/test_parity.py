@@ -113,11 +113,12 @@ def test_flax_matches_torch_fp32(rng, variant, k, shape):
     assert err <= FP32_CAP, f"relative L2 {err:.2e} (fp32 floor {floor:.2e})"
 
 
-@pytest.mark.parametrize("variant,k,seed,shape", [("csfcn_tiny", 19, 0, (1, 96, 320)), ("csfcn", 19, 1, (1, 96, 192))])
+# the shapes of CASES above: the JAX forward is compiled once for both tests
+@pytest.mark.parametrize("variant,k,seed,shape", [("csfcn_tiny", 19, 0, (1, 256, 512)), ("csfcn", 19, 1, (1, 256, 512))])
 def test_fp32_fidelity_on_uncalibrated_weights(rng, variant, k, seed, shape):
     """On default-initialised weights with arbitrary BN statistics (activations far from O(1),
     SFC offsets of many pixels) JAX fp32 is as close to the fp64 result as PyTorch fp32 is
-    (within 2x; measured 0.7x - 0.9x here, 0.4x - 0.9x at 376x1248, where both are ~1e-6)."""
+    (within 2x; measured 0.4x - 0.9x at 376x1248, where both are ~1e-6)."""
     model, tmodel, tmodel64 = torch_default_pair(variant, k, seed)
     x = rng.standard_normal((*shape, 3)).astype(np.float32)
     yj = nchw(_forward(model, jnp.asarray(x)))
