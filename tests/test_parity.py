@@ -114,7 +114,9 @@ def test_flax_matches_torch_fp32(rng, variant, k, shape):
 
 
 # the shapes of CASES above: the JAX forward is compiled once for both tests
-@pytest.mark.parametrize("variant,k,seed,shape", [("csfcn_tiny", 19, 0, (1, 256, 512)), ("csfcn", 19, 1, (1, 256, 512))])
+@pytest.mark.parametrize(
+    "variant,k,seed,shape", [("csfcn_tiny", 19, 0, (1, 256, 512)), ("csfcn", 19, 1, (1, 256, 512))]
+)
 def test_fp32_fidelity_on_uncalibrated_weights(rng, variant, k, seed, shape):
     """On default-initialised weights with arbitrary BN statistics (activations far from O(1),
     SFC offsets of many pixels) JAX fp32 is as close to the fp64 result as PyTorch fp32 is
