@@ -3,7 +3,8 @@
 numpy + PIL only (no JAX, no torch): the framework-free layer both sides share.
 
 * the class names and colours of every dataset come from the one registry, csfcn/classes.py;
-* :func:`colorize`, :func:`overlay`, :func:`legend_image` draw predictions; ignore (255) and
+* :func:`colorize`, :func:`overlay`, :func:`legend_image` draw predictions (and
+  :func:`comparison_grid`, image | ground truth | prediction rows); ignore (255) and
   any other out-of-palette value is drawn black by :func:`colorize` and left as the image by
   :func:`overlay`.
 * :func:`train_id_to_label_id` maps Cityscapes train ids to the label ids that the official
@@ -107,6 +108,33 @@ def legend_image(names, palette, *, swatch: int = 20, width: int = 220) -> Image
         )
         draw.text((2 * pad + swatch, y + swatch // 2), f"{k:>2} {name}", fill=(0, 0, 0), font=font, anchor="lm")
     return img
+
+
+def comparison_grid(rows, palette, out, *, names=None, titles=("image", "ground truth", "prediction")) -> Path:
+    """A PNG grid, one row per image: the image | its ground truth | the prediction, in ``palette``
+    colours; with ``names``, the legend of the classes to the right.  ``rows``: (uint8 (H, W, 3)
+    image, (H, W) labels, (H, W) labels) tuples; rows of other sizes are laid out at their own."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("comparison_grid needs at least one row")
+    gap, top = 4, 18
+    w = max(r[0].shape[1] for r in rows)
+    heights = [r[0].shape[0] for r in rows]
+    legend = legend_image(names, palette) if names is not None else None
+    width = 3 * w + 2 * gap + (gap + legend.size[0] if legend else 0)
+    height = max(top + sum(heights) + gap * len(rows), top + (legend.size[1] if legend else 0))
+    canvas = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(canvas)
+    for j, title in enumerate(titles):
+        d.text((j * (w + gap) + 4, 3), title, fill="black")
+    y = top
+    for (img, gt, pred), h in zip(rows, heights):
+        for j, arr in enumerate((np.asarray(img, np.uint8), colorize(gt, palette), colorize(pred, palette))):
+            canvas.paste(Image.fromarray(arr), (j * (w + gap), y))
+        y += h + gap
+    if legend:
+        canvas.paste(legend, (3 * (w + gap), top))
+    return write_png(out, np.asarray(canvas))
 
 
 def train_id_to_label_id(train_ids) -> np.ndarray:

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import jax_csfcn
-from csfcn.palette import colorize, write_atomic, write_png
+from csfcn.palette import comparison_grid, write_atomic
 from jax_csfcn.cli import load_config_file
 from jax_csfcn.data.cityscapes import CityscapesSource
 from jax_csfcn.data.sources import palette
@@ -84,22 +84,6 @@ def parity(run_dir: Path, exported: Path, images: list[np.ndarray]) -> dict:
         agree += int(np.sum(a.argmax(-1) == b.argmax(-1)))
         total += a.shape[1] * a.shape[2]
     return {"rel_l2": math.sqrt(num / den), "argmax_agreement": agree / total, "images": len(images)}
-
-
-def picture(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], palette, out: Path) -> None:
-    """A grid: image | ground truth | prediction, one val image per row."""
-
-    h, w = rows[0][0].shape[:2]
-    gap, top = 4, 18
-    canvas = Image.new("RGB", (3 * w + 2 * gap, top + len(rows) * (h + gap)), "white")
-    d = ImageDraw.Draw(canvas)
-    for j, title in enumerate(("image", "ground truth", "prediction (PyTorch export)")):
-        d.text((j * (w + gap) + 4, 3), title, fill="black")
-    for i, (img, gt, pred) in enumerate(rows):
-        y = top + i * (h + gap)
-        for j, arr in enumerate((img, colorize(gt, palette), colorize(pred, palette))):
-            canvas.paste(Image.fromarray(arr), (j * (w + gap), y))
-    write_png(out, np.asarray(canvas))
 
 
 def report(path: Path, *, ev: dict, par: dict, times: dict, cfg, steps: int) -> None:
@@ -201,7 +185,12 @@ def main(argv=None) -> dict:
         for it in items[:4]:
             lab = next((pred_dir / "labels").rglob(f"{it['name']}*.png"))
             rows.append((it["image"], it["label"], np.asarray(Image.open(lab))))
-        picture(rows, palette("synthetic"), workdir / "predictions.png")
+        comparison_grid(
+            rows,
+            palette("synthetic"),
+            workdir / "predictions.png",
+            titles=("image", "ground truth", "prediction (PyTorch export)"),
+        )
     report(workdir / "report.md", ev=ev, par=par, times=times, cfg=cfg, steps=summary["step"])
     print(f"\nval mIoU {100 * ev['miou']:.1f} -- report: {workdir / 'report.md'}, pictures: "
           f"{workdir / 'predictions.png'}, {workdir / 'curves.png'}")  # fmt: skip

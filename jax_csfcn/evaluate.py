@@ -45,13 +45,13 @@ from tqdm import tqdm
 
 from csfcn.checkpoints import kind_of
 from csfcn.files import child_path, write_atomic
-from csfcn.palette import raw_value_lut, train_id_to_label_id, write_png
+from csfcn.palette import comparison_grid, raw_value_lut, train_id_to_label_id, write_png
 from jax_csfcn.checkpointing import read_flax_checkpoint, set_model_flat
 from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
 from jax_csfcn.data.concat import ConcatSource
 from jax_csfcn.data.folder import read_table
 from jax_csfcn.data.pipeline import eval_loader
-from jax_csfcn.data.sources import build_source, class_names
+from jax_csfcn.data.sources import build_source, class_names, palette
 from jax_csfcn.data.synthetic import write_synthetic_cityscapes
 from jax_csfcn.metrics import confusion_matrix, scores
 from jax_csfcn.model import build_model
@@ -298,8 +298,11 @@ def data_mesh():
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def evaluate_checkpoint(cfg, checkpoint, *, split: str, dump_dir=None, dump_format="trainids") -> dict:
-    """Scores of ``checkpoint`` (anything load_model reads) on ``split`` with ``cfg``'s eval settings."""
+def evaluate_checkpoint(
+    cfg, checkpoint, *, split: str, dump_dir=None, dump_format="trainids", pictures=None, picture_rows: int = 4
+) -> dict:
+    """Scores of ``checkpoint`` (anything load_model reads) on ``split`` with ``cfg``'s eval settings;
+    ``pictures``: also write a PNG of the first ``picture_rows`` images, ground truth and predictions."""
     if kind_of(checkpoint) == "orbax":
         config, flat = read_flax_checkpoint(checkpoint)
     else:  # optional: a PyTorch file is read through the bridge (imports torch)
@@ -327,9 +330,22 @@ def evaluate_checkpoint(cfg, checkpoint, *, split: str, dump_dir=None, dump_form
         input_size=cfg.data.eval_size,
     )
     src = build_split(cfg, split)
-    on_pred = _prediction_writer(Path(dump_dir), dump_format, _raw_lut(cfg, dump_format)) if dump_dir else None
-    sc = run_eval(cfg, mesh, eval_step, params, stats, src, on_predictions=on_pred, desc=f"eval {split}")
+    writers = [_prediction_writer(Path(dump_dir), dump_format, _raw_lut(cfg, dump_format))] if dump_dir else []
+    rows: list = []
+    if pictures:
+        writers.append(_picture_rows(rows, picture_rows))
+
+    def on_pred(batch, pred):
+        for w in writers:
+            w(batch, pred)
+
+    sc = run_eval(
+        cfg, mesh, eval_step, params, stats, src, on_predictions=on_pred if writers else None, desc=f"eval {split}"
+    )
     names = class_names_of(cfg)
+    if pictures and rows and jax.process_index() == 0:
+        colours = label_palette(cfg, config)
+        comparison_grid(rows, colours, pictures, names=names if len(names) == len(colours) else None)
     return {"scores": scores_json(sc, names), "table": format_scores(sc, names), "raw": sc}
 
 
@@ -343,6 +359,31 @@ def _raw_lut(cfg, fmt: str):
             + (" or cityscapes" if "cityscapes" in cfg.data.dataset or cfg.data.dataset == "synthetic" else "")
         )
     return raw_value_lut(read_table(cfg.data.root, cfg.data.classes or None).model_classes())
+
+
+def label_palette(cfg, config) -> np.ndarray:
+    """uint8 (K, 3) colours of the classes: the checkpoint's own table, else the dataset's."""
+    if config.classes:
+        return np.array([c for _, c, _ in config.classes], np.uint8)
+    colours = palette(cfg.data.dataset, cfg.data.root, cfg.data.classes or None)
+    if len(colours) != config.num_classes:  # a class count no table knows: spread hues
+        colours = np.array(
+            [[(37 * i) % 256, (97 * i + 60) % 256, (173 * i + 120) % 256] for i in range(config.num_classes)], np.uint8
+        )
+    return colours
+
+
+def _picture_rows(rows: list, n: int):
+    """A prediction callback that keeps the first ``n`` (image, label, prediction) triples."""
+
+    def on_predictions(batch, pred):
+        for i in range(len(pred)):
+            if len(rows) >= n or ("valid" in batch and not batch["valid"][i]):
+                continue
+            h, w = (int(v) for v in batch["size"][i])
+            rows.append((np.asarray(batch["image"][i][:h, :w]), np.asarray(batch["label"][i][:h, :w]), pred[i, :h, :w]))
+
+    return on_predictions
 
 
 def _prediction_writer(out: Path, fmt: str, raw_lut=None):
@@ -387,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
         "raw: a folder dataset's own mask values (its class table's first value, or colour, of each class)",
     )
     p.add_argument("--json", metavar="PATH", help="write the scores as JSON to this file")
+    p.add_argument(
+        "--pictures", metavar="PNG", help="also draw the first images: image | ground truth | prediction, and a legend"
+    )
+    p.add_argument("--picture-rows", type=int, default=4, help="how many images --pictures draws")
     return p
 
 
@@ -400,6 +445,8 @@ def main(argv=None) -> None:
             split=args.split or cfg.data.val_split,
             dump_dir=args.dump_dir,
             dump_format=args.dump_format,
+            pictures=args.pictures,
+            picture_rows=args.picture_rows,
         ),
         debug=args.debug,
     )

@@ -76,7 +76,11 @@ def test_own_classes_evaluate_convert_predict(source, tmp_path):
     from torch_deploy.predict import main as predict_main
 
     root, st, cfg = source
-    res = evaluate_checkpoint(cfg, str(st), split="val", dump_dir=tmp_path / "dump", dump_format="raw")
+    grid = tmp_path / "val.png"
+    res = evaluate_checkpoint(
+        cfg, str(st), split="val", dump_dir=tmp_path / "dump", dump_format="raw", pictures=grid, picture_rows=2
+    )
+    assert Image.open(grid).size[0] > 3 * SIZE[1] and Image.open(grid).size[1] > 2 * SIZE[0]  # + legend
     assert list(res["scores"]["iou"]) == [n for n, _, _ in EXAMPLE_CLASSES]  # the table's names
     dumped = np.asarray(Image.open(tmp_path / "dump" / "scene_0000.png"))
     colours = {tuple(c) for _, c, _ in EXAMPLE_CLASSES}
