@@ -3,7 +3,7 @@
 CSFCN (``configs/camvid.py:csfcn``, the default), CSFCN-Tiny (``:csfcn_tiny``) or CSFCN-P (``:csfcn_p``) on CamVid, 11 classes (SegNet layout: train/ trainannot/ val/ valannot/ test/ testannot/,
 void = ignore), 720x960.  The upstream's CamVid settings (its configs/fcn_camvid.yaml and
 dataset/camvid.py): full-image 720x960 crops, random scale U(0.5, 2.0) of the image, flip,
-Gaussian blur (p = 0.5) and colour jitter 0.3, batch 16, SGD lr 0.001, momentum 0.9, weight
+Gaussian blur (p = 0.5, radius U(0, 1)) and colour jitter 0.3 with hue 0.1, batch 16, SGD lr 0.001, momentum 0.9, weight
 decay 5e-4, 968 epochs.  As in the usual CamVid protocol (BiSeNet, STDC, PIDNet) the model
 trains on train+val (468 images: 968 x ceil(468 / 16) = 29040 iterations) and is evaluated on
 test (233 images).  The 720 side is a multiple of 8, not 32: the network's output still matches
@@ -46,6 +46,7 @@ def get_config(arg: str | None = None):
     c.data.scale_range = (0.5, 2.0)
     c.data.blur_prob = 0.5
     c.data.color_jitter = 0.3
+    c.data.hue_jitter = 0.1
     c.train.batch_size = 16
     c.train.base_lr = 0.001
     c.train.steps = 29040

@@ -54,8 +54,11 @@ DEFAULTS: dict = {
         "eval_size": None,
         "scale_range": (0.125, 2.0),  # random scale factor range (x base size)
         "flip": True,
-        "blur_prob": 0.0,
-        "color_jitter": 0.0,
+        # The upstream's photometric augmentation (its Cityscapes dataset code): Gaussian blur with
+        # p = 0.5 and radius U(0, 1), then colour jitter 0.5 (brightness, contrast, saturation).
+        "blur_prob": 0.5,
+        "color_jitter": 0.5,
+        "hue_jitter": 0.0,
         "ignore_index": 255,
         "workers": 2,  # grain worker processes per host (0 = in the main process)
         "worker_buffer_size": 2,

@@ -217,6 +217,7 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
         flip=cfg.data.flip,
         blur_prob=cfg.data.blur_prob,
         color_jitter=cfg.data.color_jitter,
+        hue_jitter=cfg.data.hue_jitter,
         ignore_index=cfg.data.ignore_index,
     )
     it = iter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -398,3 +399,49 @@ def test_normalize_constants():
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(denormalize(y), x)
+
+
+def test_colour_jitter_is_the_upstream_one_in_a_random_order():
+    """torchvision's ColorJitter, which the upstream uses: brightness, contrast, saturation (and hue
+    where asked) with their factors drawn first, then applied in a random order, each step rounded
+    to uint8; and the recipe's values in the configs (blur 0.5 / jitter 0.5 for Cityscapes,
+    jitter 0.3 + hue 0.1 for CamVid, none for the short synthetic demo run)."""
+    from PIL import Image
+
+    from jax_csfcn.data.pipeline import _jitter
+
+    img = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    orders = set()
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        b, c, s = rng.uniform(0.5, 1.5, 3)
+        h = rng.uniform(-0.1, 0.1)
+        order = tuple(int(i) for i in rng.permutation([0, 1, 2, 3]))
+        orders.add(order)
+        want = img
+        for op in order:
+            x = want.astype(np.float32)
+            if op == 0:
+                want = np.clip(np.rint(x * np.float32(b)), 0, 255).astype(np.uint8)
+            elif op == 1:
+                m = float((x @ np.array([0.299, 0.587, 0.114], np.float32)).mean())
+                want = np.clip(np.rint((x - m) * np.float32(c) + m), 0, 255).astype(np.uint8)
+            elif op == 2:
+                g = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+                want = np.clip(np.rint((x - g) * np.float32(s) + g), 0, 255).astype(np.uint8)
+            else:
+                hsv = np.array(Image.fromarray(want).convert("HSV"))
+                hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(round(h * 255))) % 256
+                want = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+        got = _jitter(img, 0.5, np.random.default_rng(seed), hue=0.1)
+        np.testing.assert_array_equal(got, want)
+    assert len(orders) > 3  # the order really varies
+
+    from jax_csfcn.cli import load_config_file
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cs, cam, syn = (load_config_file(str(root / n)) for n in ("cityscapes.py", "camvid.py", "synthetic.py"))
+    assert (cs.data.blur_prob, cs.data.color_jitter, cs.data.hue_jitter) == (0.5, 0.5, 0.0)
+    assert (cam.data.blur_prob, cam.data.color_jitter, cam.data.hue_jitter) == (0.5, 0.3, 0.1)
+    assert (syn.data.blur_prob, syn.data.color_jitter) == (0.0, 0.0)
+    assert AugmentConfig().blur_sigma == (0.0, 1.0)  # the upstream's radius ~ U(0, 1)

@@ -227,7 +227,18 @@ def test_sigkill_during_training_resumes_from_last_complete_checkpoint(data_root
 # fp32 summation order differs (~1e-7).  A small learning rate and plain cross-entropy keep the
 # first steps out of the chaotic regime where that noise is amplified (OHEM's hard top-k
 # threshold; BN over the 2x4-pixel 1/32 maps of these tiny crops): two steps, compared to 1e-4.
-EXACT = {"train.steps": 2, "train.warmup_steps": 1, "checkpoint.every": 2, "train.base_lr": 1e-3, "loss.ohem": False}
+# One device against eight in fp32: the sums run in another order, so the two agree only while no
+# ReLU input lies within rounding of zero; the photometric augmentation (dark, low-contrast crops)
+# is off to keep these tiny runs on the data this comparison was sized for.
+EXACT = {
+    "train.steps": 2,
+    "train.warmup_steps": 1,
+    "checkpoint.every": 2,
+    "train.base_lr": 1e-3,
+    "loss.ohem": False,
+    "data.blur_prob": 0.0,
+    "data.color_jitter": 0.0,
+}
 STEPS = (1, 2)
 
 

@@ -22,9 +22,11 @@ Train pipeline, per record (``AugmentConfig``; defaults = the upstream Cityscape
    image, nearest for the label, so labels keep only the source's train ids and 255;
 3. pad to ``crop_size`` at the bottom/right: label ``ignore_index``, image 0;
 4. random crop of ``crop_size``; 5. horizontal flip with probability 1/2;
-6. optional Gaussian blur (probability ``blur_prob``, sigma ~ ``U(blur_sigma)``) and colour jitter
-   (brightness, contrast, saturation factors ~ ``U(1 - c, 1 + c)``), on the image content only:
-   padding pixels stay 0 (the label there is ignore anyway);
+6. Gaussian blur (probability ``blur_prob``, radius ~ ``U(blur_sigma)``) and colour jitter
+   (brightness, contrast, saturation factors ~ ``U(1 - c, 1 + c)`` and an optional hue shift, in a
+   random order), on the image content only: padding pixels stay 0 (the label there is ignore
+   anyway). The defaults are the upstream's Cityscapes pipeline: blur with p = 0.5 and radius
+   U(0, 1), then jitter 0.5; its CamVid pipeline adds hue 0.1 with jitter 0.3 (configs/camvid.py);
 7. batch (``batch_size`` records per process, ``drop_remainder``).
 
 Steps 2-4 are fused: only the source region that lands in the crop is resampled (PIL ``resize``
@@ -119,15 +121,21 @@ def _pair(value, name: str, cast) -> tuple:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Train-time augmentation; the defaults are the upstream Cityscapes recipe (see module doc)."""
+    """Train-time augmentation. The geometry defaults are the upstream Cityscapes recipe (see the
+    module doc); the photometric ones are off here, and the recipe's values (blur 0.5, jitter 0.5)
+    come with the training config (jax_csfcn/defaults.py)."""
 
     crop_size: tuple[int, int] = (1024, 1024)  # (H, W)
     base_size: tuple[int, int] | None = None  # (H, W) whose short side f multiplies; None = the image's own
     scale_range: tuple[float, float] = (0.125, 2.0)  # f ~ U(lo, hi)
     flip: bool = True
     blur_prob: float = 0.0  # probability of a Gaussian blur
-    blur_sigma: tuple[float, float] = (0.1, 2.0)  # its sigma ~ U(lo, hi), in pixels of the crop
+    blur_sigma: tuple[float, float] = (
+        0.0,
+        1.0,
+    )  # its radius ~ U(lo, hi), in pixels of the crop (the upstream's U(0, 1))
     color_jitter: float = 0.0  # brightness/contrast/saturation factors ~ U(1 - c, 1 + c); 0 = off
+    hue_jitter: float = 0.0  # hue shift ~ U(-h, h) of the colour circle (CamVid: 0.1); 0 = off
     ignore_index: int = 255
 
     def __post_init__(self):
@@ -145,18 +153,21 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.scale_range must satisfy 0 < lo <= hi, got {self.scale_range!r}")
         object.__setattr__(self, "scale_range", (lo, hi))
         s_lo, s_hi = _pair(self.blur_sigma, "blur_sigma", float)
-        if not 0 < s_lo <= s_hi:
-            raise ValueError(f"AugmentConfig.blur_sigma must satisfy 0 < lo <= hi, got {self.blur_sigma!r}")
+        if not 0 <= s_lo <= s_hi or s_hi <= 0:
+            raise ValueError(f"AugmentConfig.blur_sigma must satisfy 0 <= lo <= hi, hi > 0, got {self.blur_sigma!r}")
         object.__setattr__(self, "blur_sigma", (s_lo, s_hi))
         if not 0.0 <= float(self.blur_prob) <= 1.0:
             raise ValueError(f"AugmentConfig.blur_prob must be in [0, 1], got {self.blur_prob!r}")
         if not 0.0 <= float(self.color_jitter) < 1.0:
             raise ValueError(f"AugmentConfig.color_jitter must be in [0, 1), got {self.color_jitter!r}")
+        if not 0.0 <= float(self.hue_jitter) <= 0.5:
+            raise ValueError(f"AugmentConfig.hue_jitter must be in [0, 0.5], got {self.hue_jitter!r}")
         if not 0 <= int(self.ignore_index) <= 255:
             raise ValueError(f"AugmentConfig.ignore_index must fit in uint8, got {self.ignore_index!r}")
         object.__setattr__(self, "flip", bool(self.flip))
         object.__setattr__(self, "blur_prob", float(self.blur_prob))
         object.__setattr__(self, "color_jitter", float(self.color_jitter))
+        object.__setattr__(self, "hue_jitter", float(self.hue_jitter))
         object.__setattr__(self, "ignore_index", int(self.ignore_index))
 
     def to_json(self) -> dict:
@@ -187,16 +198,40 @@ def scaled_size(hw: tuple[int, int], factor: float, base_size: tuple[int, int] |
     return max(1, int(round(h * s))), max(1, int(round(w * s)))
 
 
-def _jitter(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Brightness, contrast, saturation (in this order) with factors ~ U(1 - s, 1 + s)."""
-    b, c, s = rng.uniform(1.0 - strength, 1.0 + strength, 3)
-    x = img.astype(np.float32) * np.float32(b)
-    gray_w = np.array([0.299, 0.587, 0.114], np.float32)
-    m = float((x @ gray_w).mean())
-    x = (x - m) * np.float32(c) + m
-    gray = (x @ gray_w)[..., None]
-    x = (x - gray) * np.float32(s) + gray
+_GRAY = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _hue_shift(img: np.ndarray, shift: float) -> np.ndarray:
+    """Rotate the hue by ``shift`` of the colour circle (uint8 hue channel, wrapping)."""
+    hsv = np.array(Image.fromarray(img).convert("HSV"))
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(round(shift * 255))) % 256
+    return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+
+
+def _jitter(img: np.ndarray, strength: float, rng: np.random.Generator, hue: float = 0.0) -> np.ndarray:
+    """Colour jitter as the upstream's (torchvision's ``ColorJitter``): brightness, contrast and
+    saturation factors ~ U(1 - s, 1 + s) and, when ``hue`` > 0, a hue shift ~ U(-hue, hue), applied
+    in a random order, each result rounded to uint8 as PIL does between steps."""
+    factors = rng.uniform(1.0 - strength, 1.0 + strength, 3) if strength > 0 else None
+    shift = float(rng.uniform(-hue, hue)) if hue > 0 else None
+    ops = ([0, 1, 2] if factors is not None else []) + ([3] if shift is not None else [])
+    for op in rng.permutation(ops) if ops else ():
+        x = img.astype(np.float32)
+        if op == 0:
+            img = _to_uint8(x * np.float32(factors[0]))
+        elif op == 1:
+            m = float((x @ _GRAY).mean())
+            img = _to_uint8((x - m) * np.float32(factors[1]) + m)
+        elif op == 2:
+            gray = (x @ _GRAY)[..., None]
+            img = _to_uint8((x - gray) * np.float32(factors[2]) + gray)
+        else:
+            img = _hue_shift(img, shift)
+    return img
 
 
 def augment(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng: np.random.Generator):
@@ -219,8 +254,8 @@ def augment(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng: np.ra
     if aug.blur_prob > 0 and rng.random() < aug.blur_prob:
         img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*aug.blur_sigma))))
     img = np.asarray(img)
-    if aug.color_jitter > 0:
-        img = _jitter(img, aug.color_jitter, rng)
+    if aug.color_jitter > 0 or aug.hue_jitter > 0:
+        img = _jitter(img, aug.color_jitter, rng, aug.hue_jitter)
     out_img = np.zeros((ch, cw, 3), np.uint8)
     out_lab = np.full((ch, cw), aug.ignore_index, np.uint8)
     out_img[:oh, :ow] = img
