@@ -27,7 +27,6 @@ from csfcn.checkpoints import (
     kind_of,
     refuse_imagenet,
 )
-from csfcn.classes import class_mapping
 from csfcn.extras import require
 from csfcn.model_config import ModelConfig
 from torch_deploy.checkpoint import (
@@ -144,6 +143,8 @@ def finetune_params(
     stem) -- is a ConversionError naming the tensors.  Returns (params, report) with the
     report's "loaded", "reinitialised", "ignored" tensor names and the "mapped" classes.
     """
+    from csfcn.classes import class_mapping  # optional: its tables read cityscapesscripts (training extra)
+
     src_config, src = read_checkpoint(path)
     k_new, k_old = config.num_classes, src_config.num_classes
     try:
