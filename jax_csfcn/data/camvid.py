@@ -42,7 +42,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from csfcn.classes import CAMVID_FROM_CITYSCAPES, CAMVID_NAMES, CAMVID_PALETTE
-from jax_csfcn.data.cityscapes import IGNORE_INDEX, DataError, read_pair
+from jax_csfcn.data.cityscapes import IGNORE_INDEX, DataError, PairSource
 from jax_csfcn.data.folder import read_pair_list
 from jax_csfcn.data.synthetic import generate_scene
 
@@ -71,7 +71,7 @@ def _splits_present(root: Path) -> list[str]:
     return sorted(names)
 
 
-class CamVidSource:
+class CamVidSource(PairSource):
     """``grain`` RandomAccessDataSource over one split of a CamVid (SegNet 11-class) directory.
 
     Holds only file paths, so it pickles cheaply into grain worker processes.
@@ -122,9 +122,6 @@ class CamVidSource:
             )
         return list(zip(images, labels))
 
-    def __len__(self) -> int:
-        return len(self._images)
-
     def __repr__(self) -> str:  # grain uses the repr to check a restored loader state matches
         return f"CamVidSource(root={os.fspath(self.root)!r}, split={self.split!r}, n={len(self)})"
 
@@ -132,13 +129,8 @@ class CamVidSource:
         """The image file's stem, e.g. ``0001TP_006690``."""
         return Path(self._images[index]).stem
 
-    def __getitem__(self, index) -> dict:
-        index = int(index)  # grain may pass numpy integers
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {self!r}")
-        img_path, lab_path = Path(self._images[index]), Path(self._labels[index])
-        img, lab = read_pair(img_path, lab_path)
-        return {"image": np.asarray(img, np.uint8), "label": to_train_ids(lab, lab_path), "name": self.name(index)}
+    def train_ids(self, lab: Image.Image, path) -> np.ndarray:
+        return to_train_ids(lab, path)
 
 
 def to_train_ids(lab: Image.Image, path) -> np.ndarray:

@@ -83,7 +83,27 @@ def read_pair(img_path: Path, lab_path: Path) -> tuple[Image.Image, Image.Image]
     return img, lab
 
 
-class CityscapesSource:
+class PairSource:
+    """What the file-pair sources share: ``_images`` / ``_labels`` path strings (small pickles
+    for grain workers), read on demand.  Subclasses give ``name(i)`` and ``train_ids(label image,
+    path)``."""
+
+    _images: list[str]
+    _labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, index) -> dict:
+        index = int(index)  # grain may pass numpy integers
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {self!r}")
+        img_path, lab_path = Path(self._images[index]), Path(self._labels[index])
+        img, lab = read_pair(img_path, lab_path)
+        return {"image": np.asarray(img, np.uint8), "label": self.train_ids(lab, lab_path), "name": self.name(index)}
+
+
+class CityscapesSource(PairSource):
     """``grain`` RandomAccessDataSource over one split of a Cityscapes-layout directory.
 
     Holds only file paths, so it pickles cheaply into grain worker processes.
@@ -122,9 +142,6 @@ class CityscapesSource:
         self._images = [os.fspath(p) for p in images]
         self._labels = [os.fspath(p) for p in labels]
 
-    def __len__(self) -> int:
-        return len(self._images)
-
     def __repr__(self) -> str:  # grain uses the repr to check a restored loader state matches
         return f"CityscapesSource(root={os.fspath(self.root)!r}, split={self.split!r}, n={len(self)})"
 
@@ -132,16 +149,8 @@ class CityscapesSource:
         """The Cityscapes stem ``{city}_{seq}_{frame}`` of item ``index``."""
         return os.path.basename(self._images[index])[: -len(IMAGE_SUFFIX)]
 
-    def __getitem__(self, index) -> dict:
-        index = int(index)  # grain may pass numpy integers
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {self!r}")
-        img_path, lab_path = Path(self._images[index]), Path(self._labels[index])
-        img, lab = read_pair(img_path, lab_path)
-        return {"image": np.asarray(img, np.uint8), "label": self._train_ids(lab, lab_path), "name": self.name(index)}
-
     @staticmethod
-    def _train_ids(lab: Image.Image, path: Path) -> np.ndarray:
+    def train_ids(lab: Image.Image, path: Path) -> np.ndarray:
         """Checked labelIds -> train ids.  Only single-channel label images are accepted."""
         if lab.mode not in ("L", "P", "I", "I;16"):
             raise DataError(

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from csfcn.class_table import IGNORE_INDEX, TABLE_NAME, ClassTable, ClassTableError, read_class_table, write_class_table
 from csfcn.cli import DEBUG_HELP, report_errors
-from jax_csfcn.data.cityscapes import DataError, read_pair
+from jax_csfcn.data.cityscapes import DataError, PairSource
 from jax_csfcn.data.synthetic import generate_scene
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -99,7 +99,7 @@ def read_table(root, classes: str | None = None) -> ClassTable:
         raise DataError(str(e)) from None
 
 
-class FolderSource:
+class FolderSource(PairSource):
     """``grain`` RandomAccessDataSource over one split of a folder dataset (module docstring).
 
     Holds only file paths and the table, so it pickles cheaply into grain worker processes.
@@ -154,9 +154,6 @@ class FolderSource:
             )
         return list(zip(images, masks)), [os.fspath(r) for r in rels]
 
-    def __len__(self) -> int:
-        return len(self._images)
-
     def __repr__(self) -> str:  # grain uses the repr to check a restored loader state matches
         return f"FolderSource(root={os.fspath(self.root)!r}, split={self.split!r}, n={len(self)})"
 
@@ -164,12 +161,7 @@ class FolderSource:
         """The image's path relative to its split folder (or root), without the extension."""
         return self._names[index]
 
-    def __getitem__(self, index) -> dict:
-        index = int(index)  # grain may pass numpy integers
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {self!r}")
-        img_path, lab_path = Path(self._images[index]), Path(self._labels[index])
-        img, lab = read_pair(img_path, lab_path)
+    def train_ids(self, lab: Image.Image, lab_path) -> np.ndarray:
         if self.table.mask == "color":
             mask = np.asarray(lab.convert("RGB"))
         elif lab.mode in ("L", "P", "I", "I;16"):
@@ -180,10 +172,9 @@ class FolderSource:
                 'pixel); for colour-coded masks set "mask": "color" in the table'
             )
         try:
-            label = self.table.to_train_ids(mask, lab_path)
+            return self.table.to_train_ids(mask, lab_path)
         except ClassTableError as e:
             raise DataError(str(e)) from None
-        return {"image": np.asarray(img, np.uint8), "label": label, "name": self.name(index)}
 
 
 # A small colour-coded label space for the synthetic example: the street scenes' classes merged
