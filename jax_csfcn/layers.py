@@ -24,13 +24,21 @@ def conv2d(
     k: int,
     *,
     stride: int = 1,
+    groups: int = 1,
     bias: bool = False,
     zero_init: bool = False,
     dtype=None,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """A k x k conv with PyTorch's symmetric padding k // 2 (not XLA's "SAME", which pads
-    stride-2 convs asymmetrically and would shift every feature map by half a pixel)."""
+    stride-2 convs asymmetrically and would shift every feature map by half a pixel).
+
+    ``groups`` is ``nn.Conv2d``'s: input and output channels split into that many contiguous
+    blocks, block g of the output seeing only block g of the input; the kernel is then
+    [k, k, cin / groups, cout] (PyTorch: [cout, cin / groups, k, k]).
+    """
+    if cin % groups or cout % groups:
+        raise ValueError(f"conv2d: channels {cin} -> {cout} do not split into {groups} groups")
     p = k // 2
     return nnx.Conv(
         cin,
@@ -38,6 +46,7 @@ def conv2d(
         kernel_size=(k, k),
         strides=(stride, stride),
         padding=((p, p), (p, p)),
+        feature_group_count=groups,
         use_bias=bias,
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -45,6 +54,94 @@ def conv2d(
         bias_init=nnx.initializers.zeros,
         rngs=rngs,
     )
+
+
+def depthwise_conv2d(
+    channels: int, k: int, *, stride: int = 1, bias: bool = False, dtype=None, rngs: nnx.Rngs
+) -> nnx.Conv:
+    """``nn.Conv2d(channels, channels, k, stride, k // 2, groups=channels)``: one k x k filter per
+    channel; kernel [k, k, 1, channels] (PyTorch: [channels, 1, k, k])."""
+    return conv2d(channels, channels, k, stride=stride, groups=channels, bias=bias, dtype=dtype, rngs=rngs)
+
+
+class SeparableConv2d(nnx.Module):
+    """Depthwise k x k conv (one filter per input channel, stride here) then pointwise 1 x 1 conv,
+    nothing in between: the separable conv of Xception-style blocks.
+
+    PyTorch names: ``<name>.depthwise.weight`` [cin, 1, k, k] and ``<name>.pointwise.weight``
+    [cout, cin, 1, 1], plus ``.bias`` on each with ``bias=True``.  A block that puts a norm
+    between the two is built from :func:`depthwise_conv2d` and :func:`conv2d` under its own names.
+    """
+
+    def __init__(
+        self, cin: int, cout: int, k: int = 3, *, stride: int = 1, bias: bool = False, dtype=None, rngs: nnx.Rngs
+    ):
+        self.depthwise = depthwise_conv2d(cin, k, stride=stride, bias=bias, dtype=dtype, rngs=rngs)
+        self.pointwise = conv2d(cin, cout, 1, bias=bias, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.pointwise(self.depthwise(x))
+
+
+def conv1d(
+    cin: int, cout: int, k: int, *, padding: int | None = None, bias: bool = False, dtype=None, rngs: nnx.Rngs
+) -> nnx.Conv:
+    """``nn.Conv1d(cin, cout, k, padding=padding)`` on (N, L, C): ``padding`` zeros on both ends,
+    (k - 1) // 2 by default (ECA's, which keeps L for odd k); kernel [k, cin, cout] (PyTorch:
+    [cout, cin, k])."""
+    p = (k - 1) // 2 if padding is None else padding
+    return nnx.Conv(
+        cin,
+        cout,
+        kernel_size=(k,),
+        padding=((p, p),),
+        use_bias=bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kaiming_fan_out,
+        bias_init=nnx.initializers.zeros,
+        rngs=rngs,
+    )
+
+
+def linear(cin: int, cout: int, *, bias: bool = True, dtype=None, rngs: nnx.Rngs) -> nnx.Linear:
+    """``nn.Linear(cin, cout)`` on the last axis: kernel [cin, cout] (PyTorch weight [cout, cin]),
+    initialised as PyTorch does, weight and bias U(-1/sqrt(cin), 1/sqrt(cin))."""
+    bound = cin**-0.5
+
+    def uniform(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return nnx.Linear(
+        cin,
+        cout,
+        use_bias=bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=uniform,
+        bias_init=uniform,
+        rngs=rngs,
+    )
+
+
+class ECA(nnx.Module):
+    """Efficient channel attention: ``x * sigmoid(conv1d(mean over H, W))``, the Conv1d (one
+    channel in and out, odd kernel k, no bias) sliding along the channel axis.
+
+    PyTorch name: ``<name>.conv.weight`` [1, 1, k], i.e. ``nn.Conv1d(1, 1, k, padding=(k - 1) // 2,
+    bias=False)`` applied to the pooled (N, 1, C) vector.
+    """
+
+    def __init__(self, k: int = 3, *, dtype=None, rngs: nnx.Rngs):
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"ECA: kernel size must be odd, got {k}")
+        self.conv = conv1d(1, 1, k, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, _, _, c = x.shape
+        pooled = jnp.mean(at_least_f32(x), axis=(1, 2)).astype(x.dtype)
+        gate = jax.nn.sigmoid(self.conv(pooled.reshape(n, c, 1)))  # channels as the length axis
+        return x * gate.reshape(n, 1, 1, c).astype(x.dtype)
 
 
 class BatchNorm2d(nnx.Module):

@@ -5,19 +5,22 @@ Flax model must compute the same function as the upstream PyTorch CSFCN:
 
 * ``grid_sample``       == ``F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=True)``
   (``sample_displaced``: the same sampling at pixel displacements, for SFC)
-* ``resize_bilinear``   == ``F.interpolate(mode="bilinear", align_corners=True)``
+* ``resize_bilinear``   == ``F.interpolate(mode="bilinear", align_corners=...)``, True (CSFCN's)
+  by default, by size or by scale factor
+* ``resize_nearest``    == ``F.interpolate(mode="nearest")``, by size or by scale factor
 * ``adaptive_avg_pool`` == ``F.adaptive_avg_pool2d`` (floor/ceil bins, not ``jax.image``)
 * ``pixel_shuffle``     == ``nn.PixelShuffle`` channel order, on the NHWC channel axis
 
 The separable linear ops (resize, pooling) are written as two small dense contractions with
 interpolation / averaging matrices built on the host: they are exact, differentiable without
-scatter, and map onto matrix units.  They run under the ``interp`` named scope so that the
+scatter, and map onto matrix units (nearest resizing, a copy of whole pixels, is a gather).  They run under the ``interp`` named scope so that the
 FLOP counter in :mod:`jax_csfcn.summary` can tell them from learned layers.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -30,22 +33,20 @@ INTERP_SCOPE = "interp"
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-@functools.lru_cache(maxsize=256)
-def _align_corners_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
-    """(n_out, n_in) bilinear weights of PyTorch's align_corners=True resize along one axis.
+def _two_tap_matrix(src: np.ndarray, n_in: int, dtype) -> np.ndarray:
+    """(n_out, n_in) linear interpolation weights at the float64 source coordinates ``src`` (>= 0).
 
-    The coordinates are computed in float64; the larger of each row's two weights is then
-    rounded to ``dtype`` and the smaller one is ``1 - larger``, which is exact in ``dtype``
-    (the larger is in [0.5, 1]).  So every row sums to exactly one in the compute dtype and a
-    constant map stays constant: rounding the two weights independently leaves rows that sum
-    to 1 +- 1 ulp and scales every map by that much, a bias the fp32 result carries on top of
-    the resize's own rounding.  The matrix is returned in float64 (exactly representable in
-    ``dtype``).
+    Output i reads pixels i0 = min(floor(src), n_in - 1) and i1 = min(i0 + 1, n_in - 1) with
+    weights 1 - lam and lam, lam = src - i0 (both taps on the last pixel at the far edge), as
+    PyTorch's linear upsampling kernels.  The larger of each row's two weights is rounded to
+    ``dtype`` and the smaller one is ``1 - larger``, which is exact in ``dtype`` (the larger is in
+    [0.5, 1]).  So every row sums to exactly one in the compute dtype and a constant map stays
+    constant: rounding the two weights independently leaves rows that sum to 1 +- 1 ulp and
+    scales every map by that much, a bias the fp32 result carries on top of the resize's own
+    rounding.  The matrix is returned in float64 (exactly representable in ``dtype``).
     """
+    n_out = len(src)
     m = np.zeros((n_out, n_in), np.float64)
-    # torch: scale = (in - 1) / (out - 1), 0 when out == 1; src = scale * dst.
-    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-    src = np.arange(n_out, dtype=np.float64) * scale
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam = src - i0
@@ -56,6 +57,54 @@ def _align_corners_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray
     np.add.at(m, (rows, i0), 1.0 - w1)
     np.add.at(m, (rows, i1), w1)
     return m
+
+
+@functools.lru_cache(maxsize=256)
+def _align_corners_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
+    """(n_out, n_in) bilinear weights of PyTorch's align_corners=True resize along one axis
+    (see :func:`_two_tap_matrix` for the rounding)."""
+    # torch: scale = (in - 1) / (out - 1), 0 when out == 1; src = scale * dst.
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    return _two_tap_matrix(np.arange(n_out, dtype=np.float64) * scale, n_in, dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _half_pixel_matrix(n_in: int, n_out: int, scale_factor: float | None = None, dtype=np.float64) -> np.ndarray:
+    """(n_out, n_in) bilinear weights of PyTorch's align_corners=False resize along one axis.
+
+    Pixel centres are aligned: src = scale * (dst + 0.5) - 0.5, clamped at 0 (so the first
+    output pixels of an upsampling copy the first input pixel), with scale = in / out, or
+    1 / scale_factor when the call gave a scale factor (PyTorch keeps the factor, which differs
+    from in / out when in * factor is not an integer).  Downsampling takes the same two taps,
+    no averaging over the footprint (``antialias=False``).  An axis whose size does not change
+    is copied, whatever the factor, as PyTorch does.
+    """
+    if n_out == n_in:
+        return np.eye(n_in)
+    scale = 1.0 / scale_factor if scale_factor else n_in / n_out
+    src = scale * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
+    return _two_tap_matrix(np.maximum(src, 0.0), n_in, dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _nearest_index(n_in: int, n_out: int, scale_factor: float | None = None) -> np.ndarray:
+    """Source index of every output position of PyTorch's mode="nearest" along one axis.
+
+    floor(dst * scale) clipped to n_in - 1, with scale = in / out (or 1 / scale_factor) and
+    both the scale and the product rounded to float32, as PyTorch computes them for every input
+    dtype (so a product that float32 puts just below an integer takes the pixel before: 41 of
+    82 outputs from 2 inputs reads pixel 0).  Equal sizes and exact doubling are special-cased
+    (identity, dst // 2) as there.  Checked against PyTorch's CPU kernel for every size pair
+    below 50 -> 130: all agree in float32, all but one (45 -> 129) in float64.
+    """
+    dst = np.arange(n_out)
+    if n_out == n_in:
+        return dst
+    if n_out == 2 * n_in:
+        return dst // 2
+    scale = np.float32(1.0 / scale_factor) if scale_factor else np.float32(n_in) / np.float32(n_out)
+    src = np.floor(dst.astype(np.float32) * scale).astype(np.int64)
+    return np.minimum(src, n_in - 1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -86,14 +135,63 @@ def _separable(x: jax.Array, mh: np.ndarray, mw: np.ndarray) -> jax.Array:
         return jnp.einsum("qw,npwc->npqc", mw, y, precision=_HIGHEST)
 
 
-def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bilinear resize of NHWC ``x`` to ``size=(H, W)`` with ``align_corners=True``."""
+def _resize_args(
+    x: jax.Array, size: tuple[int, int] | None, scale_factor: float | tuple[float, float] | None, op: str
+) -> tuple[tuple[int, int], tuple[float | None, float | None]]:
+    """Output (H, W) and per-axis scale factors of an ``F.interpolate`` call given ``size`` or
+    ``scale_factor`` (exactly one): the size from a factor is floor(in * factor) in float64."""
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{op}: give exactly one of size and scale_factor")
     _, h, w, _ = x.shape
-    oh, ow = size
+    if size is not None:
+        return (int(size[0]), int(size[1])), (None, None)
+    sh, sw = scale_factor if isinstance(scale_factor, tuple | list) else (scale_factor, scale_factor)
+    sh, sw = float(sh), float(sw)
+    if sh <= 0 or sw <= 0:
+        raise ValueError(f"{op}: scale_factor must be positive, got {scale_factor}")
+    return (math.floor(h * sh), math.floor(w * sw)), (sh, sw)
+
+
+def resize_bilinear(
+    x: jax.Array,
+    size: tuple[int, int] | None = None,
+    *,
+    scale_factor: float | tuple[float, float] | None = None,
+    align_corners: bool = True,
+) -> jax.Array:
+    """Bilinear resize of NHWC ``x`` as ``F.interpolate(x, size or scale_factor, mode="bilinear",
+    align_corners=...)``.
+
+    ``align_corners=True`` (CSFCN's) maps the corner pixel centres onto each other; ``False``
+    aligns the pixel grids (:func:`_half_pixel_matrix`), and there a ``scale_factor`` call keeps
+    PyTorch's source mapping 1 / factor (``recompute_scale_factor=True`` is a call by size).
+    """
+    (oh, ow), (sh, sw) = _resize_args(x, size, scale_factor, "resize_bilinear")
+    _, h, w, _ = x.shape
+    dt = np.dtype(x.dtype)
+    if align_corners:
+        if (oh, ow) == (h, w):
+            return x
+        return _separable(x, _align_corners_matrix(h, oh, dt), _align_corners_matrix(w, ow, dt))
+    mh, mw = _half_pixel_matrix(h, oh, sh, dt), _half_pixel_matrix(w, ow, sw, dt)
+    if (oh, ow) == (h, w) and np.array_equal(mh, np.eye(h)) and np.array_equal(mw, np.eye(w)):
+        return x
+    return _separable(x, mh, mw)
+
+
+def resize_nearest(
+    x: jax.Array, size: tuple[int, int] | None = None, *, scale_factor: float | tuple[float, float] | None = None
+) -> jax.Array:
+    """Nearest-neighbour resize of NHWC ``x`` as ``F.interpolate(x, size or scale_factor,
+    mode="nearest")``: a gather of whole pixels (:func:`_nearest_index`), so the forward pass is
+    bit-exact and the gradient sums the output gradients that each input pixel fed."""
+    (oh, ow), (sh, sw) = _resize_args(x, size, scale_factor, "resize_nearest")
+    _, h, w, _ = x.shape
     if (oh, ow) == (h, w):
         return x
-    dt = np.dtype(x.dtype)
-    return _separable(x, _align_corners_matrix(h, oh, dt), _align_corners_matrix(w, ow, dt))
+    with jax.named_scope(INTERP_SCOPE):
+        y = jnp.take(x, _nearest_index(h, oh, sh), axis=1) if oh != h else x
+        return jnp.take(y, _nearest_index(w, ow, sw), axis=2) if ow != w else y
 
 
 def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 import jax_csfcn
 import torch_deploy
@@ -22,7 +25,8 @@ from convert import (
 )
 from convert.__main__ import main as convert_main
 from csfcn.model_config import ModelConfig
-from jax_csfcn.checkpointing import model_flat, model_template
+from jax_csfcn import layers
+from jax_csfcn.checkpointing import flatten_state, model_flat, model_template, set_model_flat
 from jax_csfcn.model import build_model
 from torch_deploy.model import CSFCN as TorchCSFCN
 
@@ -274,3 +278,141 @@ def test_cli_converts_every_direction(tmp_path, rng, capsys):
     assert convert_main([str(tmp_path / "missing.pth"), str(tmp_path / "x.safetensors")]) == 1
     assert "missing.pth: no such checkpoint file" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+# ---- the layers a model zoo needs: each through the table and against its PyTorch module ----
+
+
+class TorchSeparable(torch.nn.Module):
+    def __init__(self, cin, cout, k, stride):
+        super().__init__()
+        self.depthwise = torch.nn.Conv2d(cin, cin, k, stride, k // 2, groups=cin, bias=False)
+        self.pointwise = torch.nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x):
+        return self.pointwise(self.depthwise(x))
+
+
+class TorchECA(torch.nn.Module):
+    def __init__(self, k):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+
+    def forward(self, x):  # the channel axis is the Conv1d's length axis
+        gate = torch.sigmoid(self.conv(x.mean((2, 3))[:, None, :]))
+        return x * gate[:, 0, :, None, None]
+
+
+def _zoo_pair():
+    """The same small layers on both sides, under the same names; each with how its input and
+    output change layout (NHWC <-> NCHW, (N, L, C) <-> (N, C, L), or unchanged)."""
+
+    def flax_layers():
+        rngs = nnx.Rngs(0)
+        return nnx.Dict(
+            {
+                "grouped": layers.conv2d(6, 9, 3, groups=3, bias=True, rngs=rngs),
+                "depthwise": layers.depthwise_conv2d(5, 3, stride=2, bias=True, rngs=rngs),
+                "separable": layers.SeparableConv2d(4, 7, 3, stride=2, rngs=rngs),
+                "linear": layers.linear(7, 4, rngs=rngs),
+                "conv1d": layers.conv1d(3, 4, 5, bias=True, rngs=rngs),
+                "eca": layers.ECA(5, rngs=rngs),
+            }
+        )
+
+    torch_layers = {
+        "grouped": torch.nn.Conv2d(6, 9, 3, padding=1, groups=3),
+        "depthwise": torch.nn.Conv2d(5, 5, 3, stride=2, padding=1, groups=5),
+        "separable": TorchSeparable(4, 7, 3, 2),
+        "linear": torch.nn.Linear(7, 4),
+        "conv1d": torch.nn.Conv1d(3, 4, 5, padding=2),
+        "eca": TorchECA(5),
+    }
+    image = (lambda a: a.transpose(0, 3, 1, 2), lambda a: a.transpose(0, 2, 3, 1))
+    seq = (lambda a: a.transpose(0, 2, 1), lambda a: a.transpose(0, 2, 1))
+    same = (lambda a: a, lambda a: a)
+    inputs = {  # input shape on the Flax side (odd sizes) and the layout change
+        "grouped": ((2, 7, 9, 6), image),
+        "depthwise": ((1, 7, 9, 5), image),
+        "separable": ((1, 9, 5, 4), image),
+        "linear": ((2, 3, 7), same),
+        "conv1d": ((2, 11, 3), seq),
+        "eca": ((2, 5, 3, 13), image),
+    }
+    # shapes only: the test writes every value, and initialising would cost seconds of compiles
+    return nnx.eval_shape(flax_layers), torch.nn.ModuleDict(torch_layers), inputs
+
+
+def test_zoo_layers_round_trip_bit_exact_and_compute_what_torch_computes(rng):
+    """Grouped, depthwise and separable convs, Linear, Conv1d with k = 5 and ECA: random params
+    go Flax -> PyTorch (strict load) -> Flax bit for bit, and each layer's output and gradients
+    (input and every parameter, the latter mapped by the same table) equal PyTorch's in fp64."""
+    fmods, tmods, inputs = _zoo_pair()
+    template = flatten_state(nnx.to_pure_dict(nnx.state(fmods)), leaf=lambda v: tuple(v.shape))
+    flat = {p: rng.standard_normal(shape).astype(np.float32) for p, shape in template.items()}
+    set_model_flat(fmods, flat)
+    torch_shapes = {k: tuple(v.shape) for k, v in tmods.state_dict().items()}
+    tensors = flax_to_torch(flat, torch_shapes)
+    assert tensors["linear.weight"].shape == (4, 7) and tensors["eca.conv.weight"].shape == (1, 1, 5)
+    assert tensors["separable.depthwise.weight"].shape == (4, 1, 3, 3)
+    tmods.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=True)
+    back, missing, unexpected = torch_to_flax(template, {k: v.numpy() for k, v in tmods.state_dict().items()})
+    assert not missing and not unexpected
+    assert_flat_equal(back, flat)
+
+    tmods.double()
+    with jax.enable_x64(True):
+        for name, (shape, (to_torch, to_flax)) in inputs.items():
+            x = rng.standard_normal(shape)
+            graphdef, state = nnx.split(fmods[name])
+            state = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state)
+            xt = torch.from_numpy(to_torch(x).copy()).requires_grad_()
+            ref = tmods[name](xt)
+            cot = rng.standard_normal(tuple(ref.shape))
+            ref.backward(torch.from_numpy(cot))
+            cot = to_flax(cot)
+
+            @jax.jit
+            def forward_and_vjp(s, a, c, graphdef=graphdef):
+                out, vjp = jax.vjp(lambda s, a: nnx.merge(graphdef, s)(a), s, a)
+                return out, *vjp(c)
+
+            out, gstate, gx = forward_and_vjp(state, jnp.asarray(x), jnp.asarray(cot))
+            np.testing.assert_allclose(np.asarray(out), to_flax(ref.detach().numpy()), rtol=0, atol=1e-12, err_msg=name)
+            np.testing.assert_allclose(np.asarray(gx), to_flax(xt.grad.numpy()), rtol=0, atol=1e-12, err_msg=name)
+            grads = flax_to_torch(
+                flatten_state(nnx.to_pure_dict(gstate)),
+                torch_shapes={k: tuple(v.shape) for k, v in tmods[name].state_dict().items()},
+            )
+            named = dict(tmods[name].named_parameters())
+            assert grads.keys() == named.keys(), name
+            for k, g in grads.items():
+                np.testing.assert_allclose(g, named[k].grad.numpy(), rtol=0, atol=1e-12, err_msg=f"{name}.{k}")
+
+
+def test_dense_kernel_layouts_and_their_errors():
+    """A dense kernel is written as CSFCN's Conv1d [o, i, 1] unless the target shapes say
+    Linear; both are read back; a layout that fits neither is named."""
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)  # [in, out]
+    path = ("head", "fc", "kernel")
+    assert flax_to_torch({path: a})["head.fc.weight"].shape == (4, 3, 1)
+    np.testing.assert_array_equal(flax_to_torch({path: a}, {"head.fc.weight": (4, 3)})["head.fc.weight"], a.T)
+    for stored in (a.T, a.T[:, :, None]):
+        back, _, _ = torch_to_flax({path: (3, 4)}, {"head.fc.weight": stored})
+        np.testing.assert_array_equal(back[path], a)
+    with pytest.raises(
+        ConversionError, match=r"head\.fc\.weight: Flax shape \(3, 4\) has no PyTorch layout of shape \(3, 4\)"
+    ):
+        flax_to_torch({path: a}, {"head.fc.weight": (3, 4)})
+    with pytest.raises(
+        ConversionError, match=r"head\.fc\.weight: checkpoint has \(3, 4\), model expects \(4, 3, 1\) or \(4, 3\)"
+    ):
+        torch_to_flax({path: (3, 4)}, {"head.fc.weight": a})
+    # Conv1d kernel 1 is read into a Conv1d ([1, in, out]) or a dense ([in, out]) template alike
+    k1 = np.arange(6, dtype=np.float32).reshape(2, 3, 1)  # [out, in, 1]
+    assert torch_to_flax({path: (1, 3, 2)}, {"head.fc.weight": k1})[0][path].shape == (1, 3, 2)
+    # a grouped conv's checkpoint with the wrong group count
+    with pytest.raises(
+        ConversionError, match=r"g\.weight: checkpoint has \(9, 6, 3, 3\), model expects \(9, 2, 3, 3\)"
+    ):
+        torch_to_flax({("g", "kernel"): (3, 3, 2, 9)}, {"g.weight": np.zeros((9, 6, 3, 3), np.float32)})

@@ -126,17 +126,92 @@ def test_resize_by_scale_factor_matches_torch(rng):
     assert rel_l2(out, nhwc(ref)) <= TOL
 
 
+@pytest.mark.parametrize("matrix", [ops._align_corners_matrix, ops._half_pixel_matrix])
 @pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16, np.float64])
-@pytest.mark.parametrize("n_in,n_out", [(47, 376), (12, 45), (45, 12), (2, 7), (9, 1)])
-def test_resize_weights_sum_to_one_in_the_compute_dtype(dtype, n_in, n_out):
+@pytest.mark.parametrize("n_in,n_out", [(47, 376), (12, 45), (45, 12), (2, 7), (9, 1), (7, 10)])
+def test_resize_weights_sum_to_one_in_the_compute_dtype(matrix, dtype, n_in, n_out):
     """Every row of the interpolation matrix is exactly representable in the compute dtype
     and sums to exactly one there, so a resize does not scale the map by 1 +- 1 ulp."""
-    m = ops._align_corners_matrix(n_in, n_out, np.dtype(dtype))
+    m = matrix(n_in, n_out, dtype=np.dtype(dtype))
     np.testing.assert_array_equal(m.astype(dtype).astype(np.float64), m)
     np.testing.assert_array_equal(m.sum(axis=1), 1.0)
-    exact = ops._align_corners_matrix(n_in, n_out)  # float64 weights
+    exact = matrix(n_in, n_out)  # float64 weights
     ulp = float(jnp.finfo(dtype).eps)
     assert np.abs(m - exact).max() <= ulp / 2
+
+
+# (N, H, W, call): call is F.interpolate's size or scale factor; odd sizes, up and down,
+# non-integer ratios, a one-pixel axis, and factors whose product with the size is not an
+# integer (PyTorch then maps with 1 / factor, not in / out).
+HALF_PIXEL_CASES = [
+    (2, 5, 7, {"size": (12, 19)}),
+    (1, 13, 11, {"size": (5, 4)}),
+    (1, 1, 6, {"size": (3, 2)}),
+    (1, 5, 7, {"scale_factor": 1.5}),
+    (1, 3, 9, {"scale_factor": (1.2, 0.3)}),  # H keeps its size: copied, whatever the factor
+]
+
+
+@pytest.mark.parametrize("n,h,w,call", HALF_PIXEL_CASES)
+def test_resize_bilinear_half_pixel_matches_torch(rng, n, h, w, call):
+    """align_corners=False, forward and gradient, fp64."""
+    c = 3
+    x = rng.standard_normal((n, h, w, c))
+    xt = torch.from_numpy(nchw(x)).requires_grad_()
+    ref = F.interpolate(xt, mode="bilinear", align_corners=False, **call)
+    cot = rng.standard_normal(nhwc(ref.detach()).shape)
+    ref.backward(torch.from_numpy(nchw(cot)))
+    with jax.enable_x64(True):
+        out, (gx,) = _vjp_jax(lambda a: ops.resize_bilinear(a, align_corners=False, **call), x, cot=cot)
+    assert out.shape == nhwc(ref.detach()).shape
+    np.testing.assert_allclose(out, nhwc(ref.detach()), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(gx, nhwc(xt.grad), rtol=0, atol=1e-12)
+
+
+# exact doubling, odd up and down ratios, 2 -> 82 (41 * float32(2 / 82) < 1: PyTorch reads
+# pixel 0 where the exact ratio says 1), factors
+NEAREST_CASES = [
+    (2, 4, 3, {"size": (8, 7)}),
+    (1, 2, 13, {"size": (82, 5)}),
+    (1, 5, 11, {"scale_factor": (1.5, 0.3)}),
+]
+
+
+@pytest.mark.parametrize("n,h,w,call", NEAREST_CASES)
+def test_resize_nearest_matches_torch(rng, n, h, w, call):
+    """mode="nearest": the forward pass copies the same pixels (bit-exact), the gradient sums
+    alike; fp64."""
+    c = 2
+    x = rng.standard_normal((n, h, w, c))
+    xt = torch.from_numpy(nchw(x)).requires_grad_()
+    ref = F.interpolate(xt, mode="nearest", **call)
+    cot = rng.standard_normal(nhwc(ref.detach()).shape)
+    ref.backward(torch.from_numpy(nchw(cot)))
+    with jax.enable_x64(True):
+        out, (gx,) = _vjp_jax(lambda a: ops.resize_nearest(a, **call), x, cot=cot)
+    np.testing.assert_array_equal(out, nhwc(ref.detach()))
+    np.testing.assert_allclose(gx, nhwc(xt.grad), rtol=0, atol=1e-12)
+
+
+def test_nearest_index_rounds_as_torch_in_float32():
+    """The source index of every output, for many size pairs, as PyTorch's fp32 kernel picks it."""
+    for n_in in (2, 3, 7, 45):
+        t = torch.arange(n_in, dtype=torch.float32).view(1, 1, 1, n_in)
+        for n_out in range(1, 131):
+            ref = F.interpolate(t, (1, n_out), mode="nearest").view(-1).numpy()
+            np.testing.assert_array_equal(ops._nearest_index(n_in, n_out), ref, err_msg=f"{n_in} -> {n_out}")
+
+
+def test_resize_takes_size_or_scale_factor():
+    x = jnp.zeros((1, 4, 4, 1))
+    for resize in (ops.resize_bilinear, ops.resize_nearest):
+        with pytest.raises(ValueError, match="exactly one of size and scale_factor"):
+            resize(x, (2, 2), scale_factor=0.5)
+        with pytest.raises(ValueError, match="exactly one of size and scale_factor"):
+            resize(x)
+        with pytest.raises(ValueError, match="must be positive"):
+            resize(x, scale_factor=(1.0, 0.0))
+    assert ops.resize_bilinear(x, scale_factor=2.0).shape == (1, 8, 8, 1)  # align_corners=True: the size only
 
 
 POOL_CASES = [

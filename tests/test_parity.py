@@ -189,11 +189,9 @@ def test_parity_detects_broken_transpose(rng, monkeypatch):
 
     model, _, _ = pair("csfcn", 19)
     flat = model_flat(model)
-    broken = table.Rule(
-        "weight",
-        lambda a: a.transpose(3, 2, 1, 0) if a.ndim == 4 else a.T[:, :, None],
-        table.LEAF_RULES["kernel"].to_flax,
-    )
+    kernel = table.LEAF_RULES["kernel"]
+    swapped = table.Layout(4, 4, lambda a: a.transpose(3, 2, 1, 0), kernel.layouts[0].to_flax)
+    broken = table.Rule("weight", (swapped, *kernel.layouts[1:]))
     monkeypatch.setitem(table.LEAF_RULES, "kernel", broken)
     tmodel = TorchCSFCN(model.config).eval()
     tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in table.flax_to_torch(flat).items()})
