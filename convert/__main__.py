@@ -112,6 +112,13 @@ def _convert(args) -> None:
     print(f"config: {config.to_json()}")
     if note:
         print(note)
+    if config.classes and dst_kind == "pth":
+        print(
+            f"note: {args.dst} (an upstream-style .pth) has no place for the model's own class table "
+            f"({', '.join(n for n, _, _ in config.classes)}); predict will name and colour its classes by count. "
+            "Keep a .safetensors or Orbax copy to carry them",
+            file=sys.stderr,
+        )
     print(f"  {'module':<12} {'tensors':>7} {'parameters':>12} {'BN stats':>9}")
     for mod in sorted(tensors):
         print(f"  {mod:<12} {tensors[mod]:>7} {params[mod]:>12,} {buffers[mod]:>9,}")

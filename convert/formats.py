@@ -172,7 +172,13 @@ def finetune_params(
             + ". Fine-tuning keeps the architecture; only the class count may change"
         )
     out = dict(flat)
-    report: dict = {"loaded": [], "reinitialised": [], "ignored": [], "mapped": {}}
+    report: dict = {"loaded": [], "reinitialised": [], "ignored": [], "mapped": {}, "warnings": []}
+    old_names, new_names = [n for n, _, _ in src_config.classes], [n for n, _, _ in config.classes]
+    if k_new == k_old and not mapping and old_names and new_names and old_names != new_names:
+        report["warnings"].append(
+            f"the checkpoint's classes {old_names} are not the model's {new_names}: its classifier is kept as it is; "
+            "give init_from_classes to map them, or to start them fresh"
+        )
     for p in flat:
         if p in head and (k_new != k_old or mapping):
             continue

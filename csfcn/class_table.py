@@ -162,8 +162,10 @@ def parse_class_table(data, source: str = "class table") -> ClassTable:
     entries = data.get("classes")
     if not isinstance(entries, list) or not entries:
         raise ClassTableError(f'{source}: "classes" must be a non-empty list of {{name, color[, values]}}')
-    if len(entries) >= IGNORE_INDEX:
-        raise ClassTableError(f"{source}: {len(entries)} classes; at most {IGNORE_INDEX - 1} fit in 8-bit train ids")
+    if len(entries) > IGNORE_INDEX:
+        raise ClassTableError(
+            f"{source}: {len(entries)} classes; at most {IGNORE_INDEX} fit in 8-bit train ids (255 is ignore)"
+        )
     names, colors, values = [], [], []
     for i, e in enumerate(entries):
         where = f"{source}: classes[{i}]"
@@ -248,11 +250,13 @@ def write_class_table(path, names, colors, *, mask: str = "index", values=None, 
     for i, (n, c) in enumerate(zip(names, colors)):
         e = {"name": str(n), "color": [int(x) for x in c]}
         if values is not None:
-            e["values"] = [list(v) if isinstance(v, (tuple, list, np.ndarray)) else int(v) for v in values[i]]
+            e["values"] = [
+                [int(c) for c in v] if isinstance(v, (tuple, list, np.ndarray)) else int(v) for v in values[i]
+            ]
         entries.append(e)
     data = {"mask": mask, "classes": entries}
     if ignore is not None:
-        data["ignore"] = [list(v) if isinstance(v, (tuple, list)) else int(v) for v in ignore]
+        data["ignore"] = [[int(c) for c in v] if isinstance(v, (tuple, list, np.ndarray)) else int(v) for v in ignore]
     parse_class_table(data, source=str(path))
     return write_atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 

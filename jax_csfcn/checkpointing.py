@@ -145,6 +145,12 @@ def is_run_dir(path) -> bool:
     )
 
 
+def has_checkpoints(workdir) -> bool:
+    """Whether the run ``workdir`` holds at least one finished step (what ``--resume`` restores)."""
+    d = Path(workdir) / CHECKPOINT_DIR
+    return d.is_dir() and _has_steps(d)
+
+
 def _has_steps(p: Path) -> bool:
     return any(c.is_dir() and c.name.isdigit() and (c / "state").is_dir() for c in p.iterdir())
 

@@ -251,8 +251,16 @@ def run_eval(cfg, mesh, eval_step, params, stats, src, *, on_predictions=None, d
     if n < len(src):
         src = _Head(src, n)
     # Every process gets the same number of batches (dummy records fill the last ones), so
-    # the collective eval steps stay in lockstep across hosts.
-    loader = eval_loader(src, batch_size=local_bs, shard_index=pi, shard_count=pc, worker_count=cfg.data.workers)
+    # the collective eval steps stay in lockstep across hosts; and every batch has one shape
+    # (the split's largest image), so hosts agree and a dataset of mixed sizes compiles once.
+    loader = eval_loader(
+        src,
+        batch_size=local_bs,
+        shard_index=pi,
+        shard_count=pc,
+        worker_count=cfg.data.workers,
+        pad_to=common_size(src),
+    )
     return evaluate(
         eval_step,
         params,
@@ -264,6 +272,17 @@ def run_eval(cfg, mesh, eval_step, params, stats, src, *, on_predictions=None, d
         on_predictions=on_predictions,
         desc=desc,
     )
+
+
+def common_size(src) -> tuple[int, int] | None:
+    """The padded (H, W) every eval batch of ``src`` shares: the largest image of the split
+    (sources that can tell it from file headers), else None (each batch its own largest)."""
+    if isinstance(src, _Head):
+        return common_size(src.src)
+    if isinstance(src, ConcatSource):
+        sizes = [common_size(s) for s in src.sources]
+        return None if None in sizes else (max(h for h, _ in sizes), max(w for _, w in sizes))
+    return src.max_size() if hasattr(src, "max_size") else None
 
 
 class _Head:
@@ -313,6 +332,14 @@ def evaluate_checkpoint(
         raise TrainError(
             f"{checkpoint} predicts {config.num_classes} classes, the config's dataset has {cfg.model.num_classes}; "
             "use the matching config"
+        )
+    if pictures and picture_rows < 1:
+        raise TrainError(f"--picture-rows {picture_rows}: draw at least one image")
+    own, names = [n for n, _, _ in config.classes], class_names_of(cfg)
+    if own and own != names:
+        raise TrainError(
+            f"{checkpoint} was trained on classes {own}, the config's dataset lists {names}: the same train ids "
+            "mean other classes; evaluate it on the data (and class table) it was trained for"
         )
     model = build_model(config)
     set_model_flat(model, flat)
@@ -431,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pictures", metavar="PNG", help="also draw the first images: image | ground truth | prediction, and a legend"
     )
-    p.add_argument("--picture-rows", type=int, default=4, help="how many images --pictures draws")
+    p.add_argument("--picture-rows", type=int, default=4, help="how many images --pictures draws (>= 1)")
     return p
 
 

@@ -56,12 +56,15 @@ def finetune_summary(path, report: dict) -> str:
     """What fine-tuning from ``path`` loaded, re-initialised, mapped and ignored (a few lines)."""
     lines = [f"initialised from {path}: {len(report['loaded'])} tensors loaded"]
     if report["reinitialised"]:
-        lines.append(f"  re-initialised (class count differs): {', '.join(report['reinitialised'])}")
+        lines.append(
+            f"  re-initialised (the classifier: new classes start fresh): {', '.join(report['reinitialised'])}"
+        )
     if report["mapped"]:
         pairs = ", ".join(f"{i}<-{j}" for i, j in sorted(report["mapped"].items()))
         lines.append(f"  classifier rows copied (new<-old class): {pairs}")
     if report["ignored"]:
         lines.append(f"  ignored: {', '.join(report['ignored'])}")
+    lines += [f"  warning: {w}" for w in report.get("warnings", ())]
     return "\n".join(lines)
 
 
@@ -86,7 +89,7 @@ def _fresh(tree):
     return jax.tree.map(lambda a: a, tree)
 
 
-def _init_state(cfg, config: ModelConfig, init_backbone=None, init_from=None):
+def _init_state(cfg, config: ModelConfig, init_backbone=None, init_from=None, *, fine_tune: bool = True):
     """``(train graphdef, eval graphdef, params, batch_stats)`` of a fresh model (seed ``cfg.seed``).
 
     Built in the compute dtype ``cfg.train.dtype`` (parameters stay fp32); the backbone comes
@@ -94,11 +97,12 @@ def _init_state(cfg, config: ModelConfig, init_backbone=None, init_from=None):
     config, path) -> tensor count`` (``convert.init_backbone``: the PyTorch file reader lives
     above this package); the whole model from ``cfg.model.init_from`` (a segmentation
     checkpoint, fine-tuning) through ``init_from(model, config, path, class_map) -> report``
-    (``convert.formats.init_from_checkpoint``).
+    (``convert.formats.init_from_checkpoint``), unless ``fine_tune`` is False (a resumed run
+    restores its own state over this one).
     """
     dtype = DTYPES[cfg.train.dtype]
     model = build_model(config, seed=cfg.seed, dtype=dtype if dtype != jnp.float32 else None)
-    init_from_path = getattr(cfg.model, "init_from", "")
+    init_from_path = getattr(cfg.model, "init_from", "") if fine_tune else ""
     if init_from_path:
         if cfg.model.imagenet_init:
             raise TrainError(

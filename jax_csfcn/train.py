@@ -180,7 +180,9 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
         config = dataclasses.replace(config, classes=table.model_classes())
 
     start = cfg.model.init_from
-    if start and not Path(start).exists():
+    # A run that resumes restores its own state: the fine-tuning source is neither needed nor read.
+    resuming = resume and ckpt.has_checkpoints(workdir)
+    if start and not resuming and not Path(start).exists():
         raise TrainError(
             f"model.init_from={start!r}: no such checkpoint; pass --config.model.init_from=CKPT (a run directory, "
             ".safetensors or .pth to fine-tune from)"
@@ -196,9 +198,9 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
     init_backbone = init_from = None
     if cfg.model.imagenet_init:  # optional: only an ImageNet init reads a PyTorch file (imports torch)
         from convert.formats import init_backbone
-    if cfg.model.init_from:  # optional: as above
+    if cfg.model.init_from and not resuming:  # optional: as above
         from convert.formats import init_from_checkpoint as init_from
-    graphdef, eval_graphdef, params, stats = _init_state(cfg, config, init_backbone, init_from)
+    graphdef, eval_graphdef, params, stats = _init_state(cfg, config, init_backbone, init_from, fine_tune=not resuming)
     tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
     state = replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
 

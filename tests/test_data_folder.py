@@ -157,3 +157,28 @@ def test_folder_errors_name_the_file_and_the_fix(tmp_path):
     (root / "classes.json").unlink()
     with pytest.raises(DataError, match=r"class table .*classes\.json not found"):
         FolderSource(root, "train")
+
+
+def test_list_names_readme_txt_one_bit_masks_and_numpy_colours(tmp_path):
+    from csfcn.class_table import write_class_table
+    from jax_csfcn.data.folder import main as folder_main
+
+    root, elsewhere = tmp_path / "ds", tmp_path / "elsewhere"
+    write_synthetic_folder(root, splits={"val": 1}, size=(32, 48), mask="index")
+    elsewhere.mkdir()
+    img = Image.open(root / "images/val/scene_0000.jpg")
+    img.save(elsewhere / "far.jpg")
+    # a 1-bit binary mask, with a table mapping 0/255
+    Image.fromarray(np.arange(32 * 48).reshape(32, 48) % 3 == 0).convert("1").save(elsewhere / "far.png")
+    write_class_table(tmp_path / "binary.json", ["bg", "fg"], np.array([[0, 0, 0], [255, 0, 0]]), values=[[0], [255]])
+    (root / "outside.txt").write_text(f"{elsewhere / 'far.jpg'} {elsewhere / 'far.png'}\n")
+    src = FolderSource(root, "outside", classes=str(tmp_path / "binary.json"))
+    assert src.name(0) == "far"  # not ../elsewhere/far: names become dump file names
+    assert src[0]["label"].max() == 1 and src[0]["label"].min() == 0
+    assert src.max_size() == (32, 48)
+    # a README.txt beside the splits is not a split
+    (root / "README.txt").write_text("my dataset, labelled in 2026\n")
+    assert folder_main([str(root), "--no-progress", "--split", "val"]) == 0
+    assert folder_main([str(root), "--no-progress"]) == 2  # "outside" needs its own table: named error
+    with pytest.raises(DataError, match=r"splits present under .*\['outside', 'val'\]"):
+        FolderSource(root, "test")

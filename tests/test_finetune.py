@@ -109,6 +109,18 @@ def test_own_classes_evaluate_convert_predict(source, tmp_path):
     assert Image.open(out / "legend.png").size[1] > 5 * 20  # one row per class of the table
 
 
+def test_evaluating_on_another_label_space_is_refused(source, tmp_path):
+    from jax_csfcn.evaluate import evaluate_checkpoint
+    from jax_csfcn.train import TrainError
+
+    _, st, _ = source
+    other = tmp_path / "other"  # five classes too, other names: the same ids would mean other things
+    renamed = tuple((f"c{i}", c, m) for i, (_, c, m) in enumerate(EXAMPLE_CLASSES))
+    write_synthetic_folder(other, splits={"val": 1}, size=SIZE, classes=renamed)
+    with pytest.raises(TrainError, match=r"trained on classes \['flat'.*lists \['c0'"):
+        evaluate_checkpoint(_config(other, tmp_path / "unused"), str(st), split="val")
+
+
 def _first_losses(configs: dict, root) -> dict[str, float]:
     """Cross-entropy of each config's initial model (train-mode BN) on the whole train split, as
     step 1 sees it; one compile (the models share their graph)."""

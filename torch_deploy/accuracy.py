@@ -83,10 +83,11 @@ def build_path(name: str, twin, calibration: list[torch.Tensor]):
     return OnnxPeer(twin, runtime, precision, calibration if precision == "int8" else None), None
 
 
-def onnx_file_path(path):
+def onnx_file_path(path, num_classes: int):
     """(labels function running the ONNX file ``path`` in ONNX Runtime, None), or (None, why skipped).
 
-    The file's first output is taken as logits (N, K, H, W; argmax over K) or labels (N, H, W).
+    The file's first output is taken as logits (N, K, H, W; argmax over K) or labels (N, H, W);
+    K, or a label outside 0..K-1, other than the checkpoint's ``num_classes`` is an error.
     """
     gone = peer_missing("onnxruntime")
     if gone:
@@ -110,7 +111,17 @@ def onnx_file_path(path):
                 f"--onnx {path}: cannot run on a {tuple(a.shape)} input ({type(e).__name__}: {e}); export it with "
                 "--dynamic or at this size"
             ) from None
-        return out.argmax(1) if out.ndim == 4 else out
+        if out.ndim == 4 and out.shape[1] != num_classes:
+            raise AccuracyError(
+                f"--onnx {path}: it predicts {out.shape[1]} classes, the checkpoint {num_classes}; export the "
+                "same model"
+            )
+        labels = out.argmax(1) if out.ndim == 4 else out
+        if labels.size and labels.max() >= num_classes:
+            raise AccuracyError(
+                f"--onnx {path}: it outputs label {int(labels.max())}, the checkpoint has {num_classes} classes"
+            )
+        return labels
 
     return run, None
 
@@ -143,6 +154,12 @@ def evaluate_paths(
     names = list(class_names(dataset, root, classes))
     if len(names) != k:
         raise AccuracyError(f"{checkpoint} predicts {k} classes, dataset {dataset!r} has {len(names)}")
+    own = [n for n, _, _ in twin.config.classes]
+    if own and own != names:
+        raise AccuracyError(
+            f"{checkpoint} was trained on classes {own}, the dataset's table lists {names}: the same train ids "
+            "mean other classes; score it on the data it was trained for"
+        )
     src = build_source(dataset, root, split, classes)
     calibration = []
     if "int8" in paths:
@@ -153,7 +170,7 @@ def evaluate_paths(
     if onnx_file is not None:
         paths = [*paths, "onnx-file"]
     for name in paths:
-        fn, why = onnx_file_path(onnx_file) if name == "onnx-file" else build_path(name, twin, calibration)
+        fn, why = onnx_file_path(onnx_file, k) if name == "onnx-file" else build_path(name, twin, calibration)
         if why is not None:
             skipped[name] = why
         else:

@@ -262,8 +262,8 @@ def run(args) -> dict:
             raise PredictError(f"the checkpoint has {k} classes but dataset {dataset!r} has {len(names)}")
     if args.format == "raw" and raw_lut is None:
         raise PredictError(
-            "--format raw writes the mask values of the class table the checkpoint was trained with; this checkpoint "
-            "carries none (use trainids)"
+            "--format raw writes the mask values of the class table the checkpoint was trained with; "
+            + ("drop --dataset, which replaces that table" if own else "this checkpoint carries none (use trainids)")
         )
     wanted = {"cityscapes-submission": "cityscapes", "camvid": "camvid"}.get(args.format)
     if wanted and dataset != wanted:

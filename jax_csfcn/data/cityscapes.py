@@ -94,6 +94,22 @@ class PairSource:
     def __len__(self) -> int:
         return len(self._images)
 
+    def max_size(self) -> tuple[int, int]:
+        """The largest (H, W) over the split's images, from their headers (no pixels decoded;
+        read once per source)."""
+        if getattr(self, "_max_size", None) is not None:
+            return self._max_size
+        h = w = 0
+        for path in self._images:
+            try:
+                with Image.open(path) as im:
+                    iw, ih = im.size
+            except Exception as e:  # PIL raises several types for unreadable files
+                raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+            h, w = max(h, ih), max(w, iw)
+        self._max_size = (h, w)
+        return h, w
+
     def __getitem__(self, index) -> dict:
         index = int(index)  # grain may pass numpy integers
         if not -len(self) <= index < len(self):

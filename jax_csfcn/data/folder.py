@@ -86,6 +86,28 @@ def read_pair_list(list_file: Path, root: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _record_name(img: Path, root: Path) -> str:
+    """A list file's image named by its path under ``root``, or by its file name when it lies
+    elsewhere (names become dump file names, which must stay inside the dump folder)."""
+    try:
+        return os.fspath(img.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return img.name
+
+
+def _list_splits(root: Path) -> list[str]:
+    """The ``{split}.txt`` files of ``root`` that are pair lists (a README.txt is not)."""
+    out = []
+    for p in sorted(root.glob(f"*{LIST_SUFFIX}")):
+        try:
+            lines = [ln.split() for ln in p.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if lines and len(lines[0]) == 2:
+            out.append(p.stem)
+    return out
+
+
 def table_path(root, classes: str | None = None) -> Path:
     """The class table of a folder dataset: ``classes`` when given, else ``root/classes.json``."""
     return Path(classes) if classes else Path(root) / TABLE_NAME
@@ -117,7 +139,7 @@ class FolderSource(PairSource):
         if list_file.is_file():
             pairs = read_pair_list(list_file, self.root)
             where = f"list file {list_file}"
-            names = [os.path.relpath(img, self.root) for img, _ in pairs]
+            names = [_record_name(img, self.root) for img, _ in pairs]
         else:
             pairs, names = self._scan()
             where = f"{self.root / IMAGE_DIR / self.split}"
@@ -130,7 +152,7 @@ class FolderSource(PairSource):
     def _scan(self) -> tuple[list[tuple[Path, Path]], list[str]]:
         image_dir, mask_dir = self.root / IMAGE_DIR / self.split, self.root / MASK_DIR / self.split
         if not image_dir.is_dir():
-            have = sorted(p.stem for p in self.root.glob(f"*{LIST_SUFFIX}"))
+            have = _list_splits(self.root)
             if (self.root / IMAGE_DIR).is_dir():
                 have += sorted(p.name for p in (self.root / IMAGE_DIR).iterdir() if p.is_dir())
             raise DataError(
@@ -164,6 +186,8 @@ class FolderSource(PairSource):
     def train_ids(self, lab: Image.Image, lab_path) -> np.ndarray:
         if self.table.mask == "color":
             mask = np.asarray(lab.convert("RGB"))
+        elif lab.mode == "1":  # a 1-bit PNG: a binary mask, stored values 0 and 255
+            mask = np.asarray(lab.convert("L"))
         elif lab.mode in ("L", "P", "I", "I;16"):
             mask = np.asarray(lab)  # for "P": the palette indices, which are what gets stored
         else:
@@ -314,7 +338,7 @@ def main(argv=None) -> int:
             print(f"wrote {root}: {TABLE_NAME} ({len(EXAMPLE_CLASSES)} classes, colour masks), {splits}")
             return
         splits = args.split or sorted(
-            {p.stem for p in root.glob(f"*{LIST_SUFFIX}")}
+            set(_list_splits(root))
             | ({p.name for p in (root / IMAGE_DIR).iterdir() if p.is_dir()} if (root / IMAGE_DIR).is_dir() else set())
         )
         if not splits:
