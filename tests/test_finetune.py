@@ -20,7 +20,7 @@ from PIL import Image
 
 from jax_csfcn.data.folder import EXAMPLE_CLASSES, write_synthetic_folder
 
-SIZE = (64, 128)
+SIZE = (48, 96)
 # The fine-tuning label space: the example's classes re-ordered, "construction" and "object"
 # merged into "structure" (which starts from the old "construction" rows).
 TARGET = (
@@ -40,7 +40,7 @@ def _config(root, workdir, **over):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """(dataset root, .safetensors of a CSFCN-Tiny trained 12 Adam steps on it in PyTorch, config)."""
+    """(dataset root, .safetensors of a CSFCN-Tiny trained 8 Adam steps on it in PyTorch, config)."""
     import torch
 
     from csfcn.model_config import ModelConfig
@@ -59,7 +59,7 @@ def source(tmp_path_factory):
     x = normalise(np.stack([src[i]["image"] for i in range(len(src))]))
     y = torch.from_numpy(np.stack([src[i]["label"] for i in range(len(src))]).astype(np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(12):
+    for step in range(8):
         idx = torch.arange(4) + 4 * (step % 2)
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx], ignore_index=255)
         opt.zero_grad()
