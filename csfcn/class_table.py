@@ -30,6 +30,7 @@ draw and name the user's classes without the table file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -83,7 +84,7 @@ class ClassTable:
                 )
             rgb = mask[..., :3].astype(np.int64)
             keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        lut_keys, lut_ids = self._lookup()
+        lut_keys, lut_ids = self._lookup
         pos = np.searchsorted(lut_keys, keys)
         pos = np.minimum(pos, len(lut_keys) - 1)
         known = lut_keys[pos] == keys
@@ -96,7 +97,9 @@ class ClassTable:
             )
         return lut_ids[pos].astype(np.uint8)
 
+    @functools.cached_property
     def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted mask keys, their train ids): built once per table, not per mask read."""
         pairs = [(_key(v, self.mask), i) for i, vals in enumerate(self.values) for v in vals]
         pairs += [(_key(v, self.mask), IGNORE_INDEX) for v in self.ignore]
         pairs.sort()
