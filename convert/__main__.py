@@ -115,7 +115,7 @@ def _convert(args) -> None:
     if config.classes and dst_kind == "pth":
         print(
             f"note: {args.dst} (an upstream-style .pth) has no place for the model's own class table "
-            f"({', '.join(n for n, _, _ in config.classes)}); predict will name and colour its classes by count. "
+            f"({', '.join(config.class_names)}); predict will name and colour its classes by count. "
             "Keep a .safetensors or Orbax copy to carry them",
             file=sys.stderr,
         )

@@ -173,7 +173,7 @@ def finetune_params(
         )
     out = dict(flat)
     report: dict = {"loaded": [], "reinitialised": [], "ignored": [], "mapped": {}, "warnings": []}
-    old_names, new_names = [n for n, _, _ in src_config.classes], [n for n, _, _ in config.classes]
+    old_names, new_names = list(src_config.class_names), list(config.class_names)
     if k_new == k_old and not mapping and old_names and new_names and old_names != new_names:
         report["warnings"].append(
             f"the checkpoint's classes {old_names} are not the model's {new_names}: its classifier is kept as it is; "

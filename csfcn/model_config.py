@@ -53,6 +53,16 @@ class ModelConfig:
         object.__setattr__(self, "num_classes", int(self.num_classes))
         object.__setattr__(self, "classes", _classes(self.classes, self.num_classes))
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The names of ``classes`` (empty when the model carries no class table)."""
+        return tuple(n for n, _, _ in self.classes)
+
+    @property
+    def class_colors(self) -> tuple[tuple[int, int, int], ...]:
+        """The display colours of ``classes`` (empty when the model carries no class table)."""
+        return tuple(c for _, c, _ in self.classes)
+
     def as_dict(self) -> dict:
         """The fields as plain JSON values; ``classes`` only when it is set (older readers)."""
         d = dataclasses.asdict(self)

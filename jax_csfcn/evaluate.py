@@ -335,7 +335,7 @@ def evaluate_checkpoint(
         )
     if pictures and picture_rows < 1:
         raise TrainError(f"--picture-rows {picture_rows}: draw at least one image")
-    own, names = [n for n, _, _ in config.classes], class_names_of(cfg)
+    own, names = list(config.class_names), class_names_of(cfg)
     if own and own != names:
         raise TrainError(
             f"{checkpoint} was trained on classes {own}, the config's dataset lists {names}: the same train ids "
@@ -391,7 +391,7 @@ def _raw_lut(cfg, fmt: str):
 def label_palette(cfg, config) -> np.ndarray:
     """uint8 (K, 3) colours of the classes: the checkpoint's own table, else the dataset's."""
     if config.classes:
-        return np.array([c for _, c, _ in config.classes], np.uint8)
+        return np.array(config.class_colors, np.uint8)
     colours = palette(cfg.data.dataset, cfg.data.root, cfg.data.classes or None)
     if len(colours) != config.num_classes:  # a class count no table knows: spread hues
         colours = np.array(

@@ -154,7 +154,7 @@ def evaluate_paths(
     names = list(class_names(dataset, root, classes))
     if len(names) != k:
         raise AccuracyError(f"{checkpoint} predicts {k} classes, dataset {dataset!r} has {len(names)}")
-    own = [n for n, _, _ in twin.config.classes]
+    own = list(twin.config.class_names)
     if own and own != names:
         raise AccuracyError(
             f"{checkpoint} was trained on classes {own}, the dataset's table lists {names}: the same train ids "

@@ -247,7 +247,7 @@ def run(args) -> dict:
     raw_lut = None
     if own and args.dataset is None:
         dataset = "own"
-        names, palette = tuple(n for n, _, _ in own), np.array([c for _, c, _ in own], np.uint8)
+        names, palette = predictor.config.class_names, np.array(predictor.config.class_colors, np.uint8)
         if args.format == "raw":
             try:
                 raw_lut = raw_value_lut(own)
