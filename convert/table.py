@@ -121,6 +121,9 @@ LEAF_RULES: dict[str, Rule] = {
         (Layout(None, None, lambda a: a.astype(np.int64), lambda a: np.asarray(a).astype(np.int32)),),
     ),
 }
+# Constant (non-BN) buffers a model keeps in its state_dict: SwiftNet's input statistics.
+for _buffer in ("img_mean", "img_std"):
+    LEAF_RULES[_buffer] = Rule(_buffer, (ANY,))
 # PyTorch checkpoints written before BatchNorm counted batches (e.g. torchvision's
 # resnet18-5c106cde.pth) lack these; PyTorch itself accepts that, so do we.
 OPTIONAL_LEAVES = frozenset({"num_batches_tracked"})

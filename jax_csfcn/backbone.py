@@ -77,15 +77,22 @@ class ResNet18(nnx.Module):
         x = jax.nn.relu(c["4"](c["3"](x)))
         return c["6"](x)
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def stages(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """The four stage outputs (layer1..layer4: 1/4, 1/8, 1/16, 1/32 of the input)."""
         x = jax.nn.relu(self.bn1(self._stem(x)))
-        # max-pool 3x3/2 pad 1; reduce_window pads with -inf like torch.
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for block in self.layer1:
-            x = block(x)
-        for block in self.layer2:
-            x = block(x)
-        feat8 = x
-        for block in (*self.layer3, *self.layer4):
-            x = block(x)
-        return feat8, x
+        x = max_pool_3x3s2(x)
+        out = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = block(x)
+            out.append(x)
+        return tuple(out)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        _, feat8, _, feat32 = self.stages(x)
+        return feat8, feat32
+
+
+def max_pool_3x3s2(x: jax.Array) -> jax.Array:
+    """``nn.MaxPool2d(3, 2, 1)``: reduce_window pads with -inf as torch does."""
+    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -25,6 +25,7 @@ def conv2d(
     *,
     stride: int = 1,
     groups: int = 1,
+    dilation: int = 1,
     bias: bool = False,
     zero_init: bool = False,
     dtype=None,
@@ -35,17 +36,19 @@ def conv2d(
 
     ``groups`` is ``nn.Conv2d``'s: input and output channels split into that many contiguous
     blocks, block g of the output seeing only block g of the input; the kernel is then
-    [k, k, cin / groups, cout] (PyTorch: [cout, cin / groups, k, k]).
+    [k, k, cin / groups, cout] (PyTorch: [cout, cin / groups, k, k]).  ``dilation`` d spaces the
+    taps d apart with padding d * (k // 2), ``nn.Conv2d(..., padding=d * (k // 2), dilation=d)``.
     """
     if cin % groups or cout % groups:
         raise ValueError(f"conv2d: channels {cin} -> {cout} do not split into {groups} groups")
-    p = k // 2
+    p = dilation * (k // 2)
     return nnx.Conv(
         cin,
         cout,
         kernel_size=(k, k),
         strides=(stride, stride),
         padding=((p, p), (p, p)),
+        kernel_dilation=(dilation, dilation),
         feature_group_count=groups,
         use_bias=bias,
         dtype=dtype,
@@ -57,11 +60,13 @@ def conv2d(
 
 
 def depthwise_conv2d(
-    channels: int, k: int, *, stride: int = 1, bias: bool = False, dtype=None, rngs: nnx.Rngs
+    channels: int, k: int, *, stride: int = 1, dilation: int = 1, bias: bool = False, dtype=None, rngs: nnx.Rngs
 ) -> nnx.Conv:
     """``nn.Conv2d(channels, channels, k, stride, k // 2, groups=channels)``: one k x k filter per
     channel; kernel [k, k, 1, channels] (PyTorch: [channels, 1, k, k])."""
-    return conv2d(channels, channels, k, stride=stride, groups=channels, bias=bias, dtype=dtype, rngs=rngs)
+    return conv2d(
+        channels, channels, k, stride=stride, groups=channels, dilation=dilation, bias=bias, dtype=dtype, rngs=rngs
+    )
 
 
 class SeparableConv2d(nnx.Module):

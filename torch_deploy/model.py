@@ -173,7 +173,8 @@ class ResNet18(nn.Module):
             setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
             cin = cout
 
-    def forward(self, x):
+    def stem(self, x):
+        """conv1 + bn1 + ReLU + max-pool: the 1/4 map layer1 takes."""
         ops = self.ops
         if isinstance(self.conv1, nn.Conv2d):
             x = ops.conv_bn(self.conv1, self.bn1, x, relu=True)
@@ -181,8 +182,17 @@ class ResNet18(nn.Module):
             s = self.conv1
             x = ops.conv_bn(s[3], s[4], ops.conv_bn(s[0], s[1], x, relu=True), relu=True)
             x = ops.conv_bn(s[6], self.bn1, x, relu=True)
-        x = self.maxpool(x)
-        feat8 = self.layer2(self.layer1(x))
+        return self.maxpool(x)
+
+    def stages(self, x):
+        """The four stage outputs (layer1..layer4: 1/4, 1/8, 1/16, 1/32 of the input)."""
+        c1 = self.layer1(self.stem(x))
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        return c1, c2, c3, self.layer4(c3)
+
+    def forward(self, x):
+        feat8 = self.layer2(self.layer1(self.stem(x)))
         return feat8, self.layer4(self.layer3(feat8))
 
 

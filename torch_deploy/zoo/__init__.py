@@ -1,0 +1,33 @@
+"""The model zoo as plain ``torch.nn`` modules (NCHW): the PyTorch twins of :mod:`jax_csfcn.zoo`.
+
+Each twin has its upstream class's module names and nesting, auxiliary heads included, so an
+upstream ``state_dict`` loads with ``strict=True``; it is built as ``Cls(num_classes)`` and has
+
+* ``forward(x)``: normalised (B, 3, H, W) images -> (B, K, H, W) logits of the main head;
+* ``outputs(x)``: every training output, main first, in the upstream order;
+* ``LOSS_WEIGHTS``: one weight per output (0: not in the loss).
+
+Every conv followed by a BatchNorm that reads only that conv's output runs through
+``self.ops.conv_bn`` (:class:`torch_deploy.model.ReferenceOps`), so that deployment folds
+exactly those pairs (docs/zoo.md, "Deployment").
+"""
+
+from __future__ import annotations
+
+import importlib
+
+ZOO = {
+    "sfanet": ("torch_deploy.zoo.sfanet", "SFANet"),
+    "mgseg": ("torch_deploy.zoo.mgseg", "MGSeg"),
+    "icnet": ("torch_deploy.zoo.icnet", "ICNet"),
+    "bisenetv1": ("torch_deploy.zoo.bisenetv1", "BiSeNetV1"),
+    "swiftnet": ("torch_deploy.zoo.swiftnet", "SwiftNet"),
+}
+
+
+def zoo_class(name: str):
+    """The PyTorch class of zoo model ``name`` (a key of :data:`ZOO`)."""
+    if name not in ZOO:
+        raise ValueError(f"unknown zoo model {name!r}; choose one of {tuple(ZOO)}")
+    module, cls = ZOO[name]
+    return getattr(importlib.import_module(module), cls)
