@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
         raise ValueError(f"configs/camvid.py:{arg}: unknown variant {variant!r}; choose one of {VARIANTS}")
     c = base()
     c.workdir = f"runs/camvid_{variant}"
-    c.model.variant = "csfcn" if variant == "csfcn_p" else variant
+    c.model.name = "csfcn" if variant == "csfcn_p" else variant
     if variant == "csfcn_p":
         c.model.init_from = "runs/cityscapes_csfcn_100"
         c.model.init_from_classes = "cityscapes"

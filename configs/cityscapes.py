@@ -50,7 +50,7 @@ def get_config(arg: str | None = None):
     variant, size, options = parse(arg)
     c = base()
     c.workdir = f"runs/cityscapes_{variant}_{size}" + "".join(f"_{o}" for o in sorted(options))
-    c.model.variant = variant
+    c.model.name = variant
     c.data.dataset = "cityscapes"
     c.data.root = "data/cityscapes"
     if SIZES[size] is not None:

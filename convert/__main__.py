@@ -5,7 +5,7 @@ Examples::
     python -m convert runs/demo DST.safetensors             # a training run (best checkpoint) -> PyTorch
     python -m convert CSFCN_best_model.pth flax_params/     # upstream .pth -> Flax
     python -m convert model.safetensors upstream.pth        # ours -> upstream naming
-    python -m convert resnet18.pth init.safetensors --variant csfcn --num-classes 19
+    python -m convert resnet18.pth init.safetensors --model csfcn --num-classes 19
                                                             # ImageNet backbone -> new model
 """
 
@@ -27,7 +27,7 @@ from convert.formats import (
 from csfcn.checkpoints import ConversionError, infer_stem, is_imagenet_resnet, kind_of
 from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import MissingExtra
-from csfcn.model_config import STEMS, VARIANTS, ModelConfig
+from csfcn.model_config import MODEL_NAMES, STEMS, ModelConfig
 
 TORCH_KINDS = ("pth", "safetensors")
 USER_ERRORS = (ConversionError, FileNotFoundError, FileExistsError, KeyError, ValueError)
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-strict", dest="strict", action="store_false", help="load what matches instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (otherwise an error)")
     g = p.add_argument_group("only when SRC is an ImageNet ResNet-18 (torchvision/timm/the upstream's)")
-    g.add_argument("--variant", choices=VARIANTS, default="csfcn")
+    g.add_argument("--model", "--variant", dest="model", choices=MODEL_NAMES, default="csfcn", help="model.name")
     g.add_argument("--num-classes", type=int, default=19)
     g.add_argument(
         "--stem", choices=STEMS, default=None, help="backbone stem (default: the file's, told by its conv shapes)"
@@ -89,7 +89,7 @@ def _convert(args) -> None:
     imagenet = _imagenet_tensors(args.src)
     if imagenet is not None:
         stem = args.stem or infer_stem(imagenet) or "torchvision"  # an unknown stem: the strict check names it
-        config = ModelConfig(variant=args.variant, num_classes=args.num_classes, stem=stem)
+        config = ModelConfig(name=args.model, num_classes=args.num_classes, stem=stem)
         flat, n = imagenet_initialised(config, args.src, seed=args.seed, strict=args.strict)
         note = f"ImageNet backbone: {n} tensors into resnet.*, other layers initialised (seed {args.seed})"
     elif src_kind in TORCH_KINDS and dst_kind in TORCH_KINDS:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convert.table import KeyPath, flax_to_torch, torch_to_flax
+from convert.table import KeyPath, flax_to_torch, torch_key, torch_to_flax
 from csfcn.checkpoints import (
     ConversionError,
     check_imagenet_stem,
@@ -34,6 +34,7 @@ from torch_deploy.checkpoint import (
     read_torch_checkpoint,
     read_torch_file,
     twin_from_tensors,
+    twin_shapes,
     write_safetensors,
     write_torch_checkpoint,
 )
@@ -84,7 +85,7 @@ def write_checkpoint(path, config: ModelConfig, flat: dict[KeyPath, np.ndarray])
     if kind_of(path) == "orbax":
         _flax_side("writing Orbax checkpoints").write_orbax(path, config, flat)
         return "orbax"
-    return write_torch_checkpoint(path, config, flax_to_torch(flat))
+    return write_torch_checkpoint(path, config, flax_to_torch(flat, torch_shapes=twin_shapes(config)))
 
 
 def load_imagenet_backbone(config: ModelConfig, flat: dict[KeyPath, np.ndarray], path, *, strict: bool = True):
@@ -100,7 +101,9 @@ def load_imagenet_backbone(config: ModelConfig, flat: dict[KeyPath, np.ndarray],
     ck = _flax_side("ImageNet initialisation of the Flax model")
     tensors, _ = read_torch_file(path)
     if not is_imagenet_resnet(tensors):
-        raise ConversionError(f"{path}: not an ImageNet ResNet-18 state_dict (no top-level layer1.0.conv1.weight)")
+        raise ConversionError(f"{path}: not an ImageNet ResNet state_dict (no top-level layer1.0.conv1.weight)")
+    if config.is_zoo:
+        return _zoo_imagenet_backbone(ck, config, flat, tensors, path, strict)
     if strict:
         check_imagenet_stem(tensors, config.stem, f"{path} (ImageNet backbone)")
     template = {p[1:]: s for p, s in ck.model_template(config).items() if p[0] == "resnet"}
@@ -109,6 +112,29 @@ def load_imagenet_backbone(config: ModelConfig, flat: dict[KeyPath, np.ndarray],
     )
     out = dict(flat)
     out.update({("resnet", *p): v for p, v in params.items()})
+    return out, len(params)
+
+
+def _zoo_imagenet_backbone(ck, config: ModelConfig, flat, tensors, path, strict: bool):
+    """A zoo model's backbone from an ImageNet file: each key renamed by the model's own
+    ``imagenet_key`` (jax_csfcn.zoo), then read by the rule table like any checkpoint."""
+    from jax_csfcn.zoo import zoo_class
+
+    cls = zoo_class(config.name)
+    source = f"{path} (ImageNet {cls.IMAGENET} for {config.name})"
+    renamed = {}
+    for key, value in tensors.items():
+        try:
+            target = cls.imagenet_key(key)
+        except ValueError as e:
+            raise ConversionError(f"{source}: {e}") from None
+        if target is not None:
+            renamed[target] = value
+    full = ck.model_template(config)
+    template = {p: s for p, s in full.items() if torch_key(p) in renamed}
+    params, _, _ = torch_to_flax(template, renamed, strict=strict, source=source)
+    out = dict(flat)
+    out.update(params)
     return out, len(params)
 
 
@@ -162,7 +188,7 @@ def finetune_params(
     unexpected = [name(map(str, p)) for p in src if p not in flat]
     if bad or missing or unexpected:
         raise ConversionError(
-            f"{path} ({src_config.variant}, stem {src_config.stem}) cannot initialise {config.variant} with stem "
+            f"{path} ({src_config.name}, stem {src_config.stem}) cannot initialise {config.name} with stem "
             f"{config.stem}: "
             + "; ".join(
                 f"{what}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
@@ -232,4 +258,5 @@ def load_torch_model(path, *, strict: bool = True, map_location="cpu"):
     if kind_of(path) != "orbax":
         return load_model(path, strict=strict, map_location=map_location)
     config, flat = read_checkpoint(path, strict=strict)
-    return twin_from_tensors(config, flax_to_torch(flat), source=str(path), strict=strict).to(map_location)
+    tensors = flax_to_torch(flat, torch_shapes=twin_shapes(config))
+    return twin_from_tensors(config, tensors, source=str(path), strict=strict).to(map_location)

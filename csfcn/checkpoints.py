@@ -96,13 +96,30 @@ def _known_stems() -> str:
     )
 
 
+# The zoo models' upstream state_dicts (docs/zoo.md): a key only that model has, and the tensor
+# whose first dimension is the class count.
+ZOO_SIGNATURES = {
+    "sfanet": ("sfa4.faa.offset.weight", "conv_out.block.1.weight"),
+    "mgseg": ("fgr.gwl.GC_conv.weight", "hafa.predictor.weight"),
+    "icnet": ("head.cff_24.conv_low_cls.weight", "head.conv_cls.weight"),
+    "bisenetv1": ("cp.arm32.conv_atten.weight", "conv_out.conv_out.weight"),
+    "swiftnet": ("backbone.spp.spp.spp_bn.conv.weight", "logits.conv.weight"),
+}
+
+
 def infer_config(tensors, source: str = "checkpoint") -> ModelConfig:
-    """Variant, class count and stem from upstream-named tensor shapes ({name: array})."""
+    """Model, class count and stem from upstream-named tensor shapes ({name: array})."""
+    for name, (signature, classifier) in ZOO_SIGNATURES.items():
+        if signature in tensors and classifier in tensors:
+            return ModelConfig(name=name, num_classes=int(tensors[classifier].shape[0]))
     try:
         head_bias = tensors["conv_out32.conv_out.bias"]
         offset_in = tensors["sfc.conv_offset.0.conv.weight"].shape[1]
     except KeyError as e:
-        raise ConversionError(f"{source}: not a CSFCN state_dict (no {e.args[0]!r})") from None
+        raise ConversionError(
+            f"{source}: not a CSFCN state_dict (no {e.args[0]!r}) nor one of the zoo models' "
+            f"({', '.join(ZOO_SIGNATURES)})"
+        ) from None
     stem = infer_stem(tensors, "resnet.")
     if stem is None:
         raise ConversionError(
@@ -126,7 +143,7 @@ def infer_config(tensors, source: str = "checkpoint") -> ModelConfig:
                 "cannot infer the class count of a pixel-shuffle head"
             )
         k //= HEAD_UPSAMPLE**2
-    return ModelConfig(variant=variant, num_classes=k, stem=stem)
+    return ModelConfig(name=variant, num_classes=k, stem=stem)
 
 
 def config_of(tensors, meta: dict, source: str) -> ModelConfig:
@@ -165,5 +182,5 @@ def refuse_imagenet(path, tensors) -> None:
         raise ConversionError(
             f"{path}: this is an ImageNet ResNet-18 (torchvision/timm names), not a CSFCN checkpoint; "
             "use it to initialise the backbone (convert.load_imagenet_backbone or `python -m convert "
-            f"{path} OUT --variant ... --num-classes ...`)"
+            f"{path} OUT --model ... --num-classes ...`)"
         )

@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-VARIANTS = ("csfcn", "csfcn_tiny")
+VARIANTS = ("csfcn", "csfcn_tiny")  # CSFCN itself (the Triton kernels, the fast path)
+# The comparison models of docs/zoo.md: the same training, evaluation and deployment commands.
+ZOO_NAMES = ("sfanet", "mgseg", "icnet", "bisenetv1", "swiftnet")
+MODEL_NAMES = VARIANTS + ZOO_NAMES
 STEMS = ("torchvision", "deep", "deep128")
 # The deep stems: three 3x3 convs (the first of stride 2) of these output widths, named
 # ``conv1.0``, ``conv1.3``, ``conv1.6`` (BN at ``conv1.1``, ``conv1.4``, then the trunk's ``bn1``).
@@ -35,7 +38,7 @@ def stem_width(stem: str) -> int:
 class ModelConfig:
     """Everything needed to rebuild the network; travels inside every checkpoint we write."""
 
-    variant: str = "csfcn"
+    name: str = "csfcn"
     num_classes: int = 19
     stem: str = "torchvision"
     # The label space, when it is a user's own (csfcn.class_table): ((name, (r, g, b), mask
@@ -44,14 +47,23 @@ class ModelConfig:
     classes: tuple = ()
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ValueError(f"model.variant={self.variant!r}: choose one of {VARIANTS}")
+        if self.name not in MODEL_NAMES:
+            raise ValueError(f"model.name={self.name!r}: choose one of {MODEL_NAMES}")
         if self.stem not in STEMS:
             raise ValueError(f"model.stem={self.stem!r}: choose one of {STEMS}")
+        if self.stem != "torchvision" and self.name not in VARIANTS:
+            raise ValueError(
+                f"model.stem={self.stem!r} is a CSFCN option; {self.name} has its upstream backbone (leave the stem out)"
+            )
         if int(self.num_classes) < 1:
             raise ValueError(f"model.num_classes={self.num_classes}: must be >= 1")
         object.__setattr__(self, "num_classes", int(self.num_classes))
         object.__setattr__(self, "classes", _classes(self.classes, self.num_classes))
+
+    @property
+    def is_zoo(self) -> bool:
+        """A comparison model of docs/zoo.md rather than CSFCN / CSFCN-Tiny."""
+        return self.name in ZOO_NAMES
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -78,6 +90,8 @@ class ModelConfig:
     @classmethod
     def from_mapping(cls, m) -> ModelConfig:
         m = dict(m)
+        if "variant" in m:  # checkpoints written before the zoo named the model "variant"
+            m.setdefault("name", m.pop("variant"))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(m) - known
         if unknown:

@@ -1,7 +1,7 @@
 """CSFCN in JAX / Flax NNX: model, input pipeline and training.
 
     import jax_csfcn
-    model = jax_csfcn.build_model({"variant": "csfcn", "num_classes": 19})
+    model = jax_csfcn.build_model({"name": "csfcn", "num_classes": 19})
     model = jax_csfcn.load_model("runs/csfcn100")        # eval mode, NHWC in, NHWC logits out
 
 ``load_model`` reads the Flax side's checkpoints (a training run, one step of it, Orbax params);

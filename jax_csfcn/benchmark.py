@@ -110,7 +110,7 @@ def bench_forward(repeats: int, size=(512, 1024), variant="csfcn") -> dict:
     from convert.table import flax_to_torch
     from torch_deploy.model import CSFCN as TorchCSFCN
 
-    model = build_model({"variant": variant}, seed=0)
+    model = build_model({"name": variant}, seed=0)
     model.eval()
     tmodel = TorchCSFCN(model.config).eval()
     tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in flax_to_torch(model_flat(model)).items()})
@@ -214,7 +214,7 @@ def bench_train(
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     h, w = size
     cfg = jstep_mod.default_settings()
-    cfg.model.variant = variant
+    cfg.model.name = variant
     cfg.train.batch_size = batch
     cfg.train.dtype = dtype
     cfg.data.crop_size = (h, w)

@@ -21,7 +21,7 @@ DEFAULTS: dict = {
     "seed": 0,
     # The network (see csfcn.model_config.ModelConfig and docs/architecture.md).
     "model": {
-        "variant": "csfcn",  # "csfcn" (pixel-shuffle head) or "csfcn_tiny"
+        "name": "csfcn",  # csfcn.model_config.MODEL_NAMES: CSFCN, CSFCN-Tiny or a zoo model
         "num_classes": 19,
         # "torchvision" (7x7 conv), "deep" (timm resnet18d, ResNet-v1c) or "deep128" (the upstream's
         # 3->64->64->128 stem, its "deep-inplane128" ImageNet weights)

@@ -150,11 +150,13 @@ class CSFCN(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, dtype=None, rngs: nnx.Rngs):
         self.config = config
-        tiny = config.variant == "csfcn_tiny"
+        tiny = config.name == "csfcn_tiny"
         self.resnet = ResNet18(config.stem, dtype=dtype, rngs=rngs)
         self.cfc = CFC(local_inter=32 if tiny else 64, dtype=dtype, rngs=rngs)
         self.sfc = SFC(tiny, dtype=dtype, rngs=rngs)
         self.conv_out32 = Head(config.num_classes, tiny, dtype=dtype, rngs=rngs)
+
+    LOSS_WEIGHTS = (1.0,)  # one output, no auxiliary heads
 
     def __call__(self, x: jax.Array) -> jax.Array:
         feat8, feat32 = self.resnet(x)
@@ -162,12 +164,26 @@ class CSFCN(nnx.Module):
         f = self.sfc(feat8, f)
         return self.conv_out32(f)
 
+    def outputs(self, x: jax.Array) -> tuple[jax.Array]:
+        """The outputs the training loss reads: the logits alone."""
+        return (self(x),)
 
-def build_model(config, *, seed: int = 0, dtype=None) -> CSFCN:
-    """The one factory: a :class:`ModelConfig` (or a mapping / ConfigDict of its fields)."""
+
+def build_model(config, *, seed: int = 0, dtype=None) -> nnx.Module:
+    """The one factory: a :class:`ModelConfig` (or a mapping / ConfigDict of its fields) -> CSFCN,
+    CSFCN-Tiny or the zoo model ``config.name`` (:mod:`jax_csfcn.zoo`), with ``.config`` set.
+
+    Every model maps normalised NHWC images to NHWC logits at the input size; ``outputs(x)``
+    gives every output its training loss reads and ``LOSS_WEIGHTS`` their weights."""
     if not isinstance(config, ModelConfig):
         config = ModelConfig.from_mapping(dict(config))
-    return CSFCN(config, dtype=dtype, rngs=nnx.Rngs(seed))
+    if not config.is_zoo:
+        return CSFCN(config, dtype=dtype, rngs=nnx.Rngs(seed))
+    from jax_csfcn.zoo import zoo_class  # the zoo's modules load on first use
+
+    model = zoo_class(config.name)(config.num_classes, dtype=dtype, rngs=nnx.Rngs(seed))
+    model.config = config
+    return model
 
 
 def count_params(model: nnx.Module) -> int:

@@ -37,7 +37,7 @@ from csfcn.model_config import ModelConfig
 from jax_csfcn.defaults import default_settings
 from jax_csfcn.losses import cross_entropy, ohem_cross_entropy
 from jax_csfcn.model import build_model
-from jax_csfcn.ops import normalize_on_device
+from jax_csfcn.ops import normalize_on_device, resize_nearest
 
 __all__ = ["DTYPES", "TrainError", "default_settings", "make_train_step", "model_config", "replicate"]
 
@@ -49,7 +49,7 @@ class TrainError(RuntimeError):
 
 
 def model_config(cfg) -> ModelConfig:
-    return ModelConfig(variant=cfg.model.variant, num_classes=cfg.model.num_classes, stem=cfg.model.stem)
+    return ModelConfig(name=cfg.model.name, num_classes=cfg.model.num_classes, stem=cfg.model.stem)
 
 
 def finetune_summary(path, report: dict) -> str:
@@ -147,23 +147,24 @@ def make_train_step(graphdef, tx, cfg, mesh):
     def step(state, images, labels):
         params, stats, opt_state = state["params"], state["batch_stats"], state["opt_state"]
 
+        def term(logits, lab):
+            if ohem:  # the tested loss of jax_csfcn/losses.py, with the fraction of pixels it kept
+                return ohem_cross_entropy(
+                    logits, lab, thresh=thresh, min_kept=min_kept, ignore_index=ignore, return_kept=True
+                )
+            return cross_entropy(logits, lab, ignore), jnp.float32(1.0)
+
         def loss_fn(p, s):
             model = nnx.merge(graphdef, p, _fresh(s))
-            logits = model(normalize_on_device(images, dtype)).astype(jnp.float32)
-            if logits.shape[1:3] != labels.shape[1:]:
+            outs = model.outputs(normalize_on_device(images, dtype))
+            if outs[0].shape[1:3] != labels.shape[1:]:
                 raise TrainError(
-                    f"the network output is {logits.shape[1:3]} for a {images.shape[1:3]} crop; "
+                    f"the network output is {outs[0].shape[1:3]} for a {images.shape[1:3]} crop; "
                     "use a crop size that is a multiple of 32"
                 )
-            if ohem:  # the tested loss of jax_csfcn/losses.py, with the fraction of pixels it kept
-                loss, kept = ohem_cross_entropy(
-                    logits, labels, thresh=thresh, min_kept=min_kept, ignore_index=ignore, return_kept=True
-                )
-            else:
-                loss, kept = cross_entropy(logits, labels, ignore), jnp.float32(1.0)
-            return loss, (nnx.state(model, nnx.BatchStat), kept)
+            return weighted_loss(outs, type(model).LOSS_WEIGHTS, labels, term), nnx.state(model, nnx.BatchStat)
 
-        (loss, (new_stats, kept)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
+        ((loss, kept), new_stats), grads = _value_and_grad(loss_fn)(params, stats)
         grad_norm = optax.global_norm(grads)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -181,6 +182,44 @@ def make_train_step(graphdef, tx, cfg, mesh):
 
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+def _value_and_grad(loss_fn):
+    """``loss_fn(p, s) -> ((loss, kept), stats)`` differentiated in ``loss`` only."""
+
+    def split(p, s):
+        (loss, kept), stats = loss_fn(p, s)
+        return loss, (kept, stats)
+
+    def run(p, s):
+        (loss, (kept, stats)), grads = jax.value_and_grad(split, has_aux=True)(p, s)
+        return ((loss, kept), stats), grads
+
+    return run
+
+
+def weighted_loss(outputs, weights, labels: jax.Array, term) -> tuple[jax.Array, jax.Array]:
+    """``sum_i weights[i] * term(outputs[i], labels at outputs[i]'s size)`` and the first weighted
+    term's kept fraction.
+
+    The main output and the auxiliary heads of docs/zoo.md: heads at the input size read the
+    labels as they are; a lower-resolution output (ICNet's 1/4, 1/8, 1/16 logits) reads them
+    resized by nearest neighbour, so every pixel keeps a real class id (never an average of
+    two ids, nor of an id and the ignore value).
+    """
+    if len(outputs) != len(weights):
+        raise TrainError(f"the model gives {len(outputs)} outputs but {len(weights)} loss weights")
+    total, kept = jnp.float32(0.0), None
+    for logits, w in zip(outputs, weights):
+        if not w:
+            continue
+        lab = labels
+        if logits.shape[1:3] != labels.shape[1:]:
+            lab = resize_nearest(labels[..., None], logits.shape[1:3])[..., 0]
+        loss, frac = term(logits.astype(jnp.float32), lab)
+        total = total + w * loss
+        kept = frac if kept is None else kept
+    return total, kept
 
 
 # --------------------------------------------------------------------------- multi-host

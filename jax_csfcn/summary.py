@@ -86,7 +86,7 @@ def module_table(model: CSFCN, image_size: tuple[int, int], batch: int = 1) -> l
 def format_table(rows, image_size, config) -> str:
     h, w = image_size
     lines = [
-        f"{config.variant}  classes={config.num_classes}  stem={config.stem}  input 1x3x{h}x{w}",
+        f"{config.name}  classes={config.num_classes}  stem={config.stem}  input 1x3x{h}x{w}",
         f"{'module':<12}{'params':>14}{'GFLOPs':>10}",
     ]
     for name, p, f in rows:

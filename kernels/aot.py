@@ -106,7 +106,7 @@ def record_model_launches(
     out = []
     for variant in variants:
         with torch.device("meta"):
-            twin = CSFCN(variant=variant, num_classes=classes).eval()
+            twin = CSFCN(name=variant, num_classes=classes).eval()
         for precision in precisions:
             for output in outputs:
                 fast = optimize_on_meta(twin, precision, output)

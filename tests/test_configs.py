@@ -82,7 +82,7 @@ def test_config_is_valid(member, tmp_path, monkeypatch):
     import jax.numpy as jnp
     from flax import nnx
 
-    from csfcn.model_config import ModelConfig
+    from csfcn.model_config import MODEL_NAMES, ModelConfig
     from jax_csfcn.config import get_config as base
     from jax_csfcn.data.sources import DATASETS, num_classes
     from jax_csfcn.model import build_model
@@ -99,7 +99,7 @@ def test_config_is_valid(member, tmp_path, monkeypatch):
     assert cfg.data.dataset in DATASETS
     assert cfg.model.num_classes == num_classes(cfg.data.dataset, cfg.data.root)
     mc = model_config(cfg)
-    assert isinstance(mc, ModelConfig) and mc.variant in ("csfcn", "csfcn_tiny")
+    assert isinstance(mc, ModelConfig) and mc.name in MODEL_NAMES
     _validate(cfg)  # what the trainer checks before anything else (batch, steps, dtype, OHEM)
 
     crop, image = tuple(cfg.data.crop_size), tuple(cfg.data.image_size)
@@ -130,16 +130,16 @@ def test_sizes_of_the_upstream_models():
     for variant in ("csfcn", "csfcn_tiny"):
         for tag, size in want.items():
             cfg = _load(f"cityscapes.py:{variant},{tag}")
-            assert cfg.model.variant == variant and cfg.data.dataset == "cityscapes"
+            assert cfg.model.name == variant and cfg.data.dataset == "cityscapes"
             assert tuple(cfg.data.image_size) == size
             evaluated = tuple(cfg.data.eval_size) if cfg.data.eval_size is not None else None
             assert evaluated == (None if tag == "100" else size)
             assert cfg.workdir == f"runs/cityscapes_{variant}_{tag}"
     camvid = _load("camvid.py:csfcn")
     assert tuple(camvid.data.image_size) == (720, 960) and camvid.model.num_classes == 11
-    assert _load("camvid.py:csfcn_tiny").model.variant == "csfcn_tiny"
+    assert _load("camvid.py:csfcn_tiny").model.name == "csfcn_tiny"
     csfcn_p = _load("camvid.py:csfcn_p")  # CSFCN-P: the CamVid recipe from the Cityscapes model
-    assert csfcn_p.model.variant == "csfcn" and csfcn_p.model.init_from_classes == "cityscapes"
+    assert csfcn_p.model.name == "csfcn" and csfcn_p.model.init_from_classes == "cityscapes"
     assert csfcn_p.model.init_from == _load("cityscapes.py:csfcn,100").workdir
     assert {k: v for k, v in csfcn_p.to_dict().items() if k not in ("model", "workdir")} == {
         k: v for k, v in camvid.to_dict().items() if k not in ("model", "workdir")

@@ -70,7 +70,7 @@ def test_flax_torch_flax_round_trip_is_bit_exact(rng, variant, k, stem):
     "variant,stem,keys", [("csfcn", "torchvision", 168), ("csfcn_tiny", "torchvision", 166), ("csfcn", "deep128", 186)]
 )
 def test_upstream_pth_round_trip_is_exact(tmp_path, rng, variant, stem, keys):
-    config = ModelConfig(variant=variant, num_classes=19, stem=stem)
+    config = ModelConfig(name=variant, num_classes=19, stem=stem)
     sd = random_upstream_state_dict(rng, config)
     assert len(sd) == keys
     src, dst = tmp_path / "upstream.pth", tmp_path / "again.pth"
@@ -117,7 +117,7 @@ def test_all_formats_carry_config_and_weights(tmp_path, rng):
 
 
 def test_save_flax_model_writes_orbax_and_refuses_nonempty_dir(tmp_path):
-    model = build_model({"variant": "csfcn", "num_classes": 2})
+    model = build_model({"name": "csfcn", "num_classes": 2})
     save_flax_model(tmp_path / "export", model)
     assert (tmp_path / "export" / "csfcn_config.json").is_file()
     with pytest.raises(FileExistsError, match="not empty"):

@@ -94,7 +94,7 @@ def test_table_files_json_and_yaml(tmp_path):
 
 def test_model_config_carries_the_classes_through_json():
     t = parse_class_table({"mask": "color", "classes": [{"name": "a", "color": [1, 2, 3]}]})
-    mc = ModelConfig(variant="csfcn_tiny", num_classes=1, classes=t.model_classes())
+    mc = ModelConfig(name="csfcn_tiny", num_classes=1, classes=t.model_classes())
     assert ModelConfig.from_json(mc.to_json()) == mc
     assert "classes" not in json.loads(ModelConfig().to_json())  # the fixed datasets' checkpoints stay as they were
     with pytest.raises(ValueError, match="lists 1 classes but model.num_classes=2"):

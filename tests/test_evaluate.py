@@ -68,7 +68,7 @@ def setup(tmp_path_factory):
     src = build_source("synthetic", str(root), "val")
     images = np.stack([src[i]["image"] for i in range(len(src))])
     labels = np.stack([src[i]["label"] for i in range(len(src))])
-    model = build_model(ModelConfig(variant=VARIANT), seed=1)
+    model = build_model(ModelConfig(name=VARIANT), seed=1)
     model.eval()
     _fit_probe(model, images, labels, 19)
     ckpt = tmp / "model.safetensors"
@@ -91,7 +91,7 @@ def _config(root, **eval_over):
     from jax_csfcn.config import get_config
 
     c = get_config()
-    c.model.variant = VARIANT
+    c.model.name = VARIANT
     c.data.dataset = "synthetic"
     c.data.root = str(root)
     c.data.workers = 0

@@ -53,7 +53,7 @@ def source(tmp_path_factory):
     root = tmp / "colour"
     write_synthetic_folder(root, splits={"train": 8, "val": 2}, size=SIZE, seed=5)
     src = FolderSource(root, "train")
-    config = ModelConfig(variant="csfcn_tiny", num_classes=5, classes=src.table.model_classes())
+    config = ModelConfig(name="csfcn_tiny", num_classes=5, classes=src.table.model_classes())
     torch.manual_seed(0)
     model = CSFCN(config).train()
     x = normalise(np.stack([src[i]["image"] for i in range(len(src))]))
@@ -194,11 +194,11 @@ def test_finetune_refuses_another_architecture_and_bad_mappings(source, tmp_path
     from jax_csfcn.checkpointing import model_template
 
     _, workdir, _ = source
-    other = ModelConfig(variant="csfcn", num_classes=4)  # the run is csfcn_tiny
+    other = ModelConfig(name="csfcn", num_classes=4)  # the run is csfcn_tiny
     fresh = {p: np.zeros(s, np.float32) for p, s in model_template(other).items()}
     with pytest.raises(ConversionError, match="cannot initialise csfcn.*(wrong shape|missing|unexpected)"):
         finetune_params(other, fresh, str(workdir))
-    tiny = ModelConfig(variant="csfcn_tiny", num_classes=4)
+    tiny = ModelConfig(name="csfcn_tiny", num_classes=4)
     fresh = {p: np.zeros(s, np.float32) for p, s in model_template(tiny).items()}
     for bad, message in (
         ("0:9", "out of range"),

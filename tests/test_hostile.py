@@ -78,7 +78,7 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
     from torch_deploy import load_model
     from torch_deploy.model import CSFCN
 
-    twin = CSFCN(variant="csfcn_tiny", num_classes=3)
+    twin = CSFCN(name="csfcn_tiny", num_classes=3)
     sd = {k: v.numpy().copy() for k, v in twin.state_dict().items()}
     key = "sfc.conv_8.conv.weight"
     sd[key].flat[7] = np.nan
@@ -217,7 +217,7 @@ def test_convert_does_not_replace_an_existing_file_unless_asked(tmp_path):
 
     from torch_deploy.model import CSFCN
 
-    torch.save(CSFCN(variant="csfcn_tiny", num_classes=3).state_dict(), tmp_path / "up.pth")
+    torch.save(CSFCN(name="csfcn_tiny", num_classes=3).state_dict(), tmp_path / "up.pth")
     (tmp_path / "notes.safetensors").write_text("my notes, not a model")
     res = _cli("convert", "up.pth", "notes.safetensors", cwd=tmp_path)
     assert res.returncode == 1 and "exists; pass --overwrite" in res.stderr
@@ -242,7 +242,7 @@ def test_a_full_disk_is_one_line_in_convert_and_predict(tmp_path, monkeypatch, c
     from torch_deploy.model import CSFCN
     from torch_deploy.predict import main as predict
 
-    twin = CSFCN(variant="csfcn_tiny", num_classes=11)  # 11: CamVid's palette by class count
+    twin = CSFCN(name="csfcn_tiny", num_classes=11)  # 11: CamVid's palette by class count
     torch.save(twin.state_dict(), tmp_path / "up.pth")
     write_safetensors(tmp_path / "m.safetensors", twin.config, {k: v.numpy() for k, v in twin.state_dict().items()})
     Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / "x.png")
@@ -266,7 +266,7 @@ def test_a_video_cut_off_is_reported_not_silent(tmp_path):
     from convert.formats import write_safetensors
     from torch_deploy.model import CSFCN
 
-    twin = CSFCN(variant="csfcn_tiny", num_classes=11)
+    twin = CSFCN(name="csfcn_tiny", num_classes=11)
     write_safetensors(tmp_path / "m.safetensors", twin.config, {k: v.numpy() for k, v in twin.state_dict().items()})
     # header first (faststart), so that the first half of the file still decodes
     w = iio.get_writer(
@@ -336,11 +336,11 @@ def test_checkpoints_that_lie_are_named_not_loaded(tmp_path):
         load_model(tmp_path / "evil.pth")
     assert "weights_only" not in str(e.value)  # no advice to turn the protection off
 
-    twin = CSFCN(variant="csfcn_tiny", num_classes=3)
+    twin = CSFCN(name="csfcn_tiny", num_classes=3)
     tensors = {k: v.numpy() for k, v in twin.state_dict().items()}
     from safetensors.numpy import save_file
 
-    save_file(tensors, str(tmp_path / "badmeta.safetensors"), {CONFIG_KEY: '{"variant": "csfcn_tiny", "num_cl'})
+    save_file(tensors, str(tmp_path / "badmeta.safetensors"), {CONFIG_KEY: '{"name": "csfcn_tiny", "num_cl'})
     with pytest.raises(ConversionError, match="badmeta.safetensors: the model config in its metadata"):
         load_model(tmp_path / "badmeta.safetensors")
 
@@ -360,7 +360,7 @@ def test_predictor_names_what_it_got_instead_of_an_image():
     from torch_deploy.model import CSFCN
     from torch_deploy.predictor import InputError, Predictor
 
-    pred = Predictor(CSFCN(variant="csfcn_tiny", num_classes=3), device="cpu")
+    pred = Predictor(CSFCN(name="csfcn_tiny", num_classes=3), device="cpu")
     with pytest.raises(InputError, match="expected an image .* got NoneType"):
         pred.predict(None)
 

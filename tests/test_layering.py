@@ -100,7 +100,7 @@ def test_exported_model_is_readable_by_others(tmp_path):
     from convert.formats import write_safetensors
     from torch_deploy.model import CSFCN
 
-    twin = CSFCN(variant="csfcn_tiny", num_classes=3)
+    twin = CSFCN(name="csfcn_tiny", num_classes=3)
     old = os.umask(0o022)
     try:
         out = tmp_path / "model.safetensors"
@@ -151,7 +151,7 @@ def test_a_deploy_only_install_converts_and_names_the_missing_extras(tmp_path):
     site = site_without(tmp_path / "site", DEPLOY_ONLY_ABSENT)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([site, ROOT])
-    torch.save(CSFCN(variant="csfcn_tiny", num_classes=3).state_dict(), tmp_path / "up.pth")
+    torch.save(CSFCN(name="csfcn_tiny", num_classes=3).state_dict(), tmp_path / "up.pth")
 
     def run(*args):
         return subprocess.run([sys.executable, "-S", *args], cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -29,7 +29,7 @@ from torch_deploy.model import CSFCN as TorchCSFCN
     ],
 )
 def test_parameter_counts(variant, k, stem, expected):
-    model = nnx.eval_shape(lambda: build_model({"variant": variant, "num_classes": k, "stem": stem}))
+    model = nnx.eval_shape(lambda: build_model({"name": variant, "num_classes": k, "stem": stem}))
     assert count_params(model) == expected
     assert sum(p.numel() for p in TorchCSFCN(ModelConfig(variant, k, stem)).parameters()) == expected
 
@@ -77,7 +77,7 @@ def test_flax_paths_are_the_upstream_state_dict(variant, keys, stem):
 @pytest.mark.parametrize("shape", [(1, 64, 128), (2, 72, 96), (1, 360, 480), (1, 40, 56)])
 @pytest.mark.parametrize("variant,k", [("csfcn", 3), ("csfcn_tiny", 1)])
 def test_output_shape_is_eight_times_feat8(variant, k, shape):
-    model = build_model({"variant": variant, "num_classes": k})
+    model = build_model({"name": variant, "num_classes": k})
     out = nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((*shape, 3), jnp.float32))
     h8, w8 = -(-shape[1] // 8), -(-shape[2] // 8)  # conv arithmetic rounds up at each stride
     assert out.shape == (shape[0], 8 * h8, 8 * w8, k)
@@ -111,8 +111,8 @@ def test_batchnorm_momentum_matches_torch():
 
 
 def test_bad_config_is_a_clear_error():
-    with pytest.raises(ValueError, match="model.variant='csfcn_huge'"):
-        build_model({"variant": "csfcn_huge"})
+    with pytest.raises(ValueError, match="model.name='csfcn_huge'"):
+        build_model({"name": "csfcn_huge"})
     with pytest.raises(ValueError, match="model.stem"):
         ModelConfig(stem="v1d")
     with pytest.raises(ValueError, match="num_classes=0"):

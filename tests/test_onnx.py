@@ -37,7 +37,7 @@ def _ort_vs_twin(path, twin, x):
 
 @pytest.mark.parametrize("variant,stem", [("csfcn", "torchvision"), ("csfcn_tiny", "deep")])
 def test_fold_batchnorms(variant, stem):
-    twin = random_model(ModelConfig(variant=variant, num_classes=11, stem=stem), seed=1)
+    twin = random_model(ModelConfig(name=variant, num_classes=11, stem=stem), seed=1)
     folded = fold_batchnorms(twin)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in twin.modules())  # the twin is untouched

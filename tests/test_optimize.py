@@ -107,7 +107,7 @@ def test_fold_bn_matches_conv_then_bn(g, cin, cout, k, stride, bias):
 def test_remove_bn_is_the_same_function_without_batchnorms(g, variant, stem):
     """The upstream speed protocol's model: every BN folded into its conv (the deep stem's bn1 into
     the last conv of the stem Sequential), none left, the same function in fp64."""
-    twin = randomize_like_trained(CSFCN(variant=variant, num_classes=11, stem=stem), g).double()
+    twin = randomize_like_trained(CSFCN(name=variant, num_classes=11, stem=stem), g).double()
     no_bn = opt.remove_bn(twin)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in no_bn.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in twin.modules()) > 20  # the twin is untouched
@@ -206,7 +206,7 @@ def test_folded_graph_is_the_same_function_in_fp64(g, variant, stem):
     """The folding algebra is exact: in fp64 the optimised graph equals the twin to rounding, with
     no BN left (remove_bn, also the ONNX export's fold: deep128's bn1 goes into the stem's last
     conv and layer1.0's projection BN into its 1x1 conv)."""
-    twin = randomize_like_trained(CSFCN(variant=variant, num_classes=11, stem=stem), g).double()
+    twin = randomize_like_trained(CSFCN(name=variant, num_classes=11, stem=stem), g).double()
     x = torch.randn(2, 3, 72, 104, generator=g, dtype=torch.float64)
     with torch.no_grad():
         ref = twin(x)
@@ -227,7 +227,7 @@ def test_optimized_with_kernels_matches_twin(g, variant, stem, k, b, h, w, cl):
     result by as much: the twin itself run channels-last is 1x to 2.9x further from fp64 than the
     twin run NCHW (measured over 8 seeds). So the optimised model must be within 3x the twin's own
     fp64 distance (the larger of its two layouts), within 5e-5 of it, with the same labels."""
-    twin = randomize_like_trained(CSFCN(variant=variant, num_classes=k, stem=stem), g)
+    twin = randomize_like_trained(CSFCN(name=variant, num_classes=k, stem=stem), g)
     x = torch.randn(b, 3, h, w, generator=g)
     with torch.no_grad():
         ref = twin(x)

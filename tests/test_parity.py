@@ -40,7 +40,7 @@ FP64_TOL = 1e-9
 @functools.cache
 def pair(variant: str, k: int, stem: str = "torchvision"):
     """(Flax model, torch twin fp32, torch twin fp64) sharing random trained-like weights."""
-    model = build_model({"variant": variant, "num_classes": k, "stem": stem}, seed=3)
+    model = build_model({"name": variant, "num_classes": k, "stem": stem}, seed=3)
     flat = randomize_like_trained(model, seed=hash((variant, k, stem)) % 2**31)
     tmodel = TorchCSFCN(model.config)
     tmodel.load_state_dict({key: torch.from_numpy(v.copy()) for key, v in flax_to_torch(flat).items()}, strict=True)
@@ -55,7 +55,7 @@ def torch_default_pair(variant: str, k: int, seed: int):
     weight 1, bias 0) and arbitrary, uncalibrated BN statistics (mean N(0, 0.1), var U(0.1, 1)),
     read into Flax through the converter."""
     torch.manual_seed(seed)
-    config = ModelConfig(variant=variant, num_classes=k)
+    config = ModelConfig(name=variant, num_classes=k)
     tmodel = TorchCSFCN(config)
     for m in tmodel.modules():
         if m is not tmodel and hasattr(m, "reset_parameters"):

@@ -40,7 +40,7 @@ README = ROOT / "README.md"
 # small learning rate (so that two runs stay comparable after a step), an evaluation and a
 # checkpoint at the end, no worker processes.
 TINY_TRAIN = [
-    "--config.model.variant=csfcn_tiny",
+    "--config.model.name=csfcn_tiny",
     "--config.train.steps=2",
     "--config.train.batch_size=2",
     "--config.train.warmup_steps=1",
@@ -133,7 +133,7 @@ def ws(tmp_path_factory):
             for p in sorted((cs / top).rglob("*.png")):
                 z.write(p, p.relative_to(cs).as_posix())
     write_synthetic_camvid(ws / "data" / "camvid", splits={"train": 4, "val": 2, "test": 2}, size=(48, 64))
-    upstream = random_model(ModelConfig(variant="csfcn", num_classes=19), seed=5)
+    upstream = random_model(ModelConfig(name="csfcn", num_classes=19), seed=5)
     torch.save(upstream.state_dict(), ws / "CSFCN_best_model.pth")
     imagenet = {k[len("resnet.") :]: v for k, v in upstream.state_dict().items() if k.startswith("resnet.")}
     imagenet |= {"fc.weight": torch.randn(1000, 512), "fc.bias": torch.randn(1000)}

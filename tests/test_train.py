@@ -42,7 +42,7 @@ def tiny_config(data_root, workdir, **over):
 
     c = get_config()
     c.workdir = str(workdir)
-    c.model.variant = "csfcn_tiny"
+    c.model.name = "csfcn_tiny"
     c.data.root = str(data_root)
     c.data.crop_size = (64, 128)
     c.data.scale_range = (0.75, 1.25)
@@ -141,7 +141,7 @@ def test_run_writes_logs_checkpoints_and_curves(data_root, tmp_path, cache_dir):
     import jax_csfcn
 
     model = jax_csfcn.load_model(wd)
-    assert model.config.variant == "csfcn_tiny"
+    assert model.config.name == "csfcn_tiny"
     # A second start without --resume refuses to overwrite the run.
     from jax_csfcn.train import TrainError
 
@@ -172,7 +172,7 @@ def test_resume_refuses_another_model(data_root, tmp_path):
 
     cfg = tiny_config(data_root, tmp_path / "r", **{"train.steps": 3})
     train(cfg, progress=False)
-    other = tiny_config(data_root, tmp_path / "r", **{"train.steps": 6, "model.variant": "csfcn"})
+    other = tiny_config(data_root, tmp_path / "r", **{"train.steps": 6, "model.name": "csfcn"})
     with pytest.raises(TrainError, match="csfcn_tiny"):
         train(other, resume=True, progress=False)
 
@@ -272,7 +272,7 @@ from jax_csfcn.evaluate import data_mesh as _mesh
 from jax_csfcn.step import _fresh
 jax.config.update("jax_enable_x64", True)
 assert jax.device_count() == 8
-m = build_model({"variant": "csfcn_tiny", "num_classes": 19})
+m = build_model({"name": "csfcn_tiny", "num_classes": 19})
 m.train()
 gd, params, stats = nnx.split(m, nnx.Param, nnx.BatchStat)
 f64 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, t)

@@ -49,7 +49,7 @@ def save(model: CSFCN, path) -> str:
 
 
 def make_checkpoint(path, *, variant="csfcn", num_classes=19, seed=0) -> str:
-    return save(random_model(ModelConfig(variant=variant, num_classes=num_classes), seed), path)
+    return save(random_model(ModelConfig(name=variant, num_classes=num_classes), seed), path)
 
 
 def random_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

@@ -166,7 +166,7 @@ def model_variants(args, device: torch.device, only: set[str]):
     """(runnable variants {label: (key, fn-of-x)}, skipped {label: reason})."""
 
     torch.manual_seed(0)
-    twin = CSFCN(variant=args.variant, num_classes=args.classes, stem=args.stem).eval().to(device)
+    twin = CSFCN(name=args.variant, num_classes=args.classes, stem=args.stem).eval().to(device)
     run, skipped = {}, {}
     lp = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
 
@@ -394,7 +394,7 @@ def main(argv=None) -> int:
         "command": "python -m torch_deploy.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": device_name(device),
         "versions": versions(),
-        "model": {"variant": args.variant, "classes": args.classes, "stem": args.stem, "batch": args.batch},
+        "model": {"name": args.variant, "classes": args.classes, "stem": args.stem, "batch": args.batch},
         "warmup": warmup,
         "repeats": repeats,
         "timing": "CUDA events" if gpu else "time.perf_counter",

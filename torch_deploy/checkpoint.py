@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 from csfcn.checkpoints import CONFIG_KEY, ConversionError, config_of, kind_of, raise_mismatch, refuse_imagenet
 from csfcn.files import write_atomic
 from csfcn.model_config import ModelConfig
-from torch_deploy.model import CSFCN
+from torch_deploy.model import build_twin
 
 
 def _unwrap_state_dict(obj, source: str) -> dict:
@@ -75,16 +75,16 @@ def write_pth(path, tensors: dict[str, np.ndarray]) -> None:
     write_atomic(path, lambda tmp: torch.save(sd, tmp))
 
 
-def _twin_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+def twin_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The twin's state_dict {key: shape} in registration order (built on the meta device: free)."""
     with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in CSFCN(config).state_dict().items()}
+        return {k: tuple(v.shape) for k, v in build_twin(config).state_dict().items()}
 
 
 def check_torch_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], *, strict: bool, source: str) -> dict:
     """``tensors`` checked against the PyTorch twin's ``state_dict`` (names and shapes, as
     :func:`convert.table.torch_to_flax` checks them against the Flax model), in its order."""
-    ref = _twin_shapes(config)
+    ref = twin_shapes(config)
     missing = [k for k in ref if k not in tensors and not k.endswith("num_batches_tracked")]
     unexpected = sorted(k for k in tensors if k not in ref)
     bad = [
@@ -108,7 +108,7 @@ def _read_whole_model(path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
 
 
 def read_torch_checkpoint(path, *, strict: bool = True) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    """A .pth/.safetensors CSFCN checkpoint -> (config, checked PyTorch tensors)."""
+    """A .pth/.safetensors checkpoint of any model -> (config, checked PyTorch tensors)."""
     config, tensors = _read_whole_model(path)
     return config, check_torch_tensors(config, tensors, strict=strict, source=str(path))
 
@@ -120,7 +120,7 @@ def write_torch_checkpoint(path, config: ModelConfig, tensors: dict[str, np.ndar
     if kind == "safetensors":
         write_safetensors(path, config, tensors)
     elif kind == "pth":
-        order = list(_twin_shapes(config))
+        order = list(twin_shapes(config))
         write_pth(
             path, {k: tensors[k] for k in order if k in tensors} | {k: v for k, v in tensors.items() if k not in order}
         )
@@ -131,7 +131,7 @@ def write_torch_checkpoint(path, config: ModelConfig, tensors: dict[str, np.ndar
 
 def twin_from_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], *, source: str, strict: bool = True):
     """The twin in eval mode holding ``tensors``; refuses NaN/infinite weights."""
-    model = CSFCN(config)
+    model = build_twin(config)
     sd = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:  # a diverged run's weights: every prediction would be garbage (class 0 everywhere)
@@ -145,7 +145,7 @@ def twin_from_tensors(config: ModelConfig, tensors: dict[str, np.ndarray], *, so
     return model.eval()
 
 
-def load_model(path, *, strict: bool = True, map_location="cpu") -> CSFCN:
+def load_model(path, *, strict: bool = True, map_location="cpu") -> torch.nn.Module:
     """The PyTorch twin in eval mode from a ``.safetensors`` export or an upstream ``.pth``
     state_dict (config inferred from the tensor shapes). A training run or Orbax directory:
     :func:`convert.load_torch_model`."""

@@ -317,7 +317,7 @@ class CSFCN(nn.Module):
         super().__init__()
         config = config or ModelConfig(**kwargs)
         self.config = config
-        tiny = config.variant == "csfcn_tiny"
+        tiny = config.name == "csfcn_tiny"
         self.resnet = ResNet18(config.stem)
         self.cfc = CFC(local_inter=32 if tiny else 64)
         self.sfc = SFC(tiny)
@@ -348,8 +348,27 @@ class CSFCN(nn.Module):
                 m.ops = ops
         return self
 
+    LOSS_WEIGHTS = (1.0,)
+
     def forward(self, x):
         """Normalised (B, 3, H, W) images -> logits (B, K, H, W), or labels (B, H, W) when the
         backend's output is "labels"."""
         feat8, feat32 = self.resnet(x)
         return self.conv_out32(self.sfc(feat8, self.cfc(feat32)))
+
+    def outputs(self, x):
+        """The outputs a training loss reads: the logits alone (the zoo models' have more)."""
+        return (self(x),)
+
+
+def build_twin(config: ModelConfig | None = None, **kwargs) -> nn.Module:
+    """The PyTorch factory: CSFCN, CSFCN-Tiny or the zoo twin ``config.name``
+    (:mod:`torch_deploy.zoo`), in train mode as any new module, with ``.config`` set."""
+    config = config or ModelConfig(**kwargs)
+    if not config.is_zoo:
+        return CSFCN(config)
+    from torch_deploy.zoo import zoo_class  # the zoo's modules load on first use
+
+    twin = zoo_class(config.name)(config.num_classes)
+    twin.config = config
+    return twin

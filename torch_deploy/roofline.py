@@ -182,7 +182,7 @@ def model_costs(
 
     dtype = PRECISIONS[precision]
     with torch.device("meta"):
-        twin = CSFCN(variant=variant, num_classes=classes).eval()
+        twin = CSFCN(name=variant, num_classes=classes).eval()
     x = torch.empty(batch, 3, h, w, device="meta")
     if kind == "twin":
         fmt = torch.contiguous_format if precision == "fp32" else torch.channels_last
