@@ -1,6 +1,7 @@
 """python -m jax_csfcn.train --config configs/camvid.py:csfcn --config.data.root=/data/CamVid
 
-CSFCN (``configs/camvid.py:csfcn``, the default), CSFCN-Tiny (``:csfcn_tiny``) or CSFCN-P (``:csfcn_p``) on CamVid, 11 classes (SegNet layout: train/ trainannot/ val/ valannot/ test/ testannot/,
+CSFCN (``configs/camvid.py:csfcn``, the default), CSFCN-Tiny (``:csfcn_tiny``), CSFCN-P (``:csfcn_p``)
+or a zoo model of docs/zoo.md (``:sfanet``, ``:mgseg``, ``:icnet``, ``:bisenetv1``, ``:swiftnet``) on CamVid, 11 classes (SegNet layout: train/ trainannot/ val/ valannot/ test/ testannot/,
 void = ignore), 720x960.  The upstream's CamVid settings (its configs/fcn_camvid.yaml and
 dataset/camvid.py): full-image 720x960 crops, random scale U(0.5, 2.0) of the image, flip,
 Gaussian blur (p = 0.5, radius U(0, 1)) and colour jitter 0.3 with hue 0.1, batch 16, SGD lr 0.001, momentum 0.9, weight
@@ -21,15 +22,16 @@ from road, ...; csfcn/classes.py, CAMVID_FROM_CITYSCAPES)::
 any checkpoint we read works: a run, a .safetensors export, the upstream's .pth.)
 """
 
+from csfcn.model_config import MODEL_NAMES
 from jax_csfcn.config import get_config as base
 
-VARIANTS = ("csfcn", "csfcn_tiny", "csfcn_p")
+VARIANTS = (*MODEL_NAMES, "csfcn_p")
 
 
 def get_config(arg: str | None = None):
     variant = (arg or "csfcn").strip()
     if variant not in VARIANTS:
-        raise ValueError(f"configs/camvid.py:{arg}: unknown variant {variant!r}; choose one of {VARIANTS}")
+        raise ValueError(f"configs/camvid.py:{arg}: unknown model {variant!r}; choose one of {VARIANTS}")
     c = base()
     c.workdir = f"runs/camvid_{variant}"
     c.model.name = "csfcn" if variant == "csfcn_p" else variant

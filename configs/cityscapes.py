@@ -1,9 +1,11 @@
 """python -m jax_csfcn.train --config configs/cityscapes.py:csfcn,100 --config.data.root=/data/cityscapes
 
-CSFCN and CSFCN-Tiny on Cityscapes (19 classes): one family, chosen by the argument after the
-colon (passed to ``get_config``), a comma list of
+CSFCN, CSFCN-Tiny and the zoo models on Cityscapes (19 classes): one family, chosen by the
+argument after the colon (passed to ``get_config``), a comma list of
 
-    variant   csfcn (default, pixel-shuffle head) | csfcn_tiny (bilinear head)
+    model     csfcn (default, pixel-shuffle head) | csfcn_tiny (bilinear head) | a zoo model of
+              docs/zoo.md: sfanet | mgseg | icnet | bisenetv1 | swiftnet (same recipe, each
+              with its auxiliary heads and their upstream loss weights)
     size      100 (default, 1024x2048) | 75 (768x1536) | 50 (512x1024)
     options   trainval: train on train+val for 139,200 steps (the upstream's test-server model)
               tfds: read the TFDS ``cityscapes`` builder (config ``semantic_segmentation``, prepared
@@ -19,20 +21,20 @@ scores the logits upsampled to the full-resolution labels. Everything else is th
 recipe (jax_csfcn/defaults.py). ImageNet backbone: --config.model.imagenet_init=resnet18.pth.
 """
 
+from csfcn.model_config import MODEL_NAMES
 from jax_csfcn.config import get_config as base
 
-VARIANTS = ("csfcn", "csfcn_tiny")
 SIZES = {"100": None, "75": (768, 1536), "50": (512, 1024)}  # None: the full 1024x2048 recipe
 OPTIONS = ("trainval", "tfds")
 
 
 def parse(arg: str | None) -> tuple[str, str, set[str]]:
-    """(variant, size, options) of a family argument such as ``"csfcn_tiny,75,trainval"``."""
+    """(model name, size, options) of a family argument such as ``"csfcn_tiny,75,trainval"``."""
     variant, size, options = "csfcn", "100", set()
     for tok in (t.strip() for t in (arg or "").split(",")):
         if not tok:
             continue
-        if tok in VARIANTS:
+        if tok in MODEL_NAMES:
             variant = tok
         elif tok in SIZES:
             size = tok
@@ -40,7 +42,7 @@ def parse(arg: str | None) -> tuple[str, str, set[str]]:
             options.add(tok)
         else:
             raise ValueError(
-                f"configs/cityscapes.py:{arg}: unknown token {tok!r}; choose a variant {VARIANTS}, a size "
+                f"configs/cityscapes.py:{arg}: unknown token {tok!r}; choose a model {MODEL_NAMES}, a size "
                 f"{tuple(SIZES)} and options {OPTIONS}, e.g. configs/cityscapes.py:csfcn_tiny,75"
             )
     return variant, size, options

@@ -1,18 +1,24 @@
 """The embedded synthetic street scenes (what `make demo` trains): CSFCN, 19 classes, on CPU.
 
-python -m jax_csfcn.train --config configs/synthetic.py
+python -m jax_csfcn.train --config configs/synthetic.py            # CSFCN
+python -m jax_csfcn.train --config configs/synthetic.py:swiftnet   # any model.name (docs/zoo.md)
 
 The dataset (40 train / 10 val scenes at 256x512 in the Cityscapes layout) is generated into
 data.root on first use.  Short-run settings: 128x256 crops, batch 4, a higher learning rate
 and a short warm-up; the loss, optimizer and pipeline are the Cityscapes recipe's.
 """
 
+from csfcn.model_config import MODEL_NAMES
 from jax_csfcn.config import get_config as base
 
 
-def get_config():
+def get_config(arg: str | None = None):
+    name = (arg or "csfcn").strip()
+    if name not in MODEL_NAMES:
+        raise ValueError(f"configs/synthetic.py:{arg}: unknown model {name!r}; choose one of {MODEL_NAMES}")
     c = base()
-    c.workdir = "runs/synthetic"
+    c.model.name = name
+    c.workdir = "runs/synthetic" if name == "csfcn" else f"runs/synthetic_{name}"
     c.data.dataset = "synthetic"
     c.data.root = "data/synthetic"
     c.data.image_size = (256, 512)

@@ -1,7 +1,12 @@
-"""Parameters and forward FLOPs of CSFCN per top-level module.
+"""Parameters and forward FLOPs of any model (CSFCN or a zoo model) per top-level module.
 
     python -m jax_csfcn.summary --config configs/cityscapes.py:csfcn,100
     python -m jax_csfcn.summary --config configs/camvid.py:csfcn --config.data.image_size='(720, 960)'
+    python -m jax_csfcn.summary --config configs/cityscapes.py:icnet
+
+Zoo models (docs/zoo.md) list each top-level module's parameters (auxiliary heads included, as
+their upstream constructors count them) and the FLOPs of the inference forward as a whole: the
+main output only, no auxiliary head.
 
 FLOPs are counted exactly from the traced program (no arrays are allocated): every
 convolution and matrix product is 2 x its multiply-adds.  Resampling (bilinear resize,
@@ -61,8 +66,23 @@ def _flops_of(fn, *args) -> tuple[int, object]:
     return jaxpr_flops(closed.jaxpr), out
 
 
-def module_table(model: CSFCN, image_size: tuple[int, int], batch: int = 1) -> list[tuple[str, int, int]]:
-    """[(module, parameters, forward FLOPs)] for resnet, cfc, sfc, conv_out32."""
+def _params(module) -> int:
+    return sum(int(v.size) for v in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def forward_flops(model, image_size: tuple[int, int], batch: int = 1) -> int:
+    """FLOPs of ``model(x)`` (the inference output) for a (batch, H, W, 3) input."""
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((batch, *image_size, 3), jnp.float32)
+    return _flops_of(lambda state, x: nnx.merge(graphdef, state)(x), state, x)[0]
+
+
+def module_table(model, image_size: tuple[int, int], batch: int = 1) -> list[tuple[str, int, int | None]]:
+    """[(module, parameters, forward FLOPs)]: CSFCN's resnet, cfc, sfc, conv_out32; a zoo model's
+    top-level modules (FLOPs None) and a "forward" row with the whole inference FLOPs."""
+    if not isinstance(model, CSFCN):
+        rows = [(name, _params(m), None) for name, m in vars(model).items() if isinstance(m, nnx.Module)]
+        return [*rows, ("(forward)", 0, forward_flops(model, image_size, batch))]
     graphdef, state = nnx.split(model)
 
     def call(name):
@@ -78,20 +98,24 @@ def module_table(model: CSFCN, image_size: tuple[int, int], batch: int = 1) -> l
     f_sfc, sfc_out = _flops_of(call("sfc"), state, feat8, cfc_out)
     f_head, _ = _flops_of(call("conv_out32"), state, sfc_out)
     for name, flops in (("resnet", f_backbone), ("cfc", f_cfc), ("sfc", f_sfc), ("conv_out32", f_head)):
-        n_params = sum(int(v.size) for v in jax.tree.leaves(nnx.state(getattr(model, name), nnx.Param)))
-        rows.append((name, n_params, flops))
+        rows.append((name, _params(getattr(model, name)), flops))
     return rows
 
 
 def format_table(rows, image_size, config) -> str:
     h, w = image_size
     lines = [
-        f"{config.name}  classes={config.num_classes}  stem={config.stem}  input 1x3x{h}x{w}",
+        f"{config.name}  classes={config.num_classes}"
+        + ("" if config.is_zoo else f"  stem={config.stem}")
+        + f"  input 1x3x{h}x{w}",
         f"{'module':<12}{'params':>14}{'GFLOPs':>10}",
     ]
     for name, p, f in rows:
-        lines.append(f"{name:<12}{p:>14,}{f / 1e9:>10.2f}")
-    lines.append(f"{'total':<12}{sum(r[1] for r in rows):>14,}{sum(r[2] for r in rows) / 1e9:>10.2f}")
+        params = f"{p:,}" if p else ""
+        flops = "" if f is None else f"{f / 1e9:.2f}"
+        lines.append(f"{name:<12}{params:>14}{flops:>10}")
+    total = sum(r[2] or 0 for r in rows)
+    lines.append(f"{'total':<12}{sum(r[1] for r in rows):>14,}{total / 1e9:>10.2f}")
     return "\n".join(lines)
 
 

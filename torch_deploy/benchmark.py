@@ -3,6 +3,7 @@
     python -m torch_deploy.benchmark                          # all protocol sizes on a GPU
     python -m torch_deploy.benchmark --classes 11 --size 720 960 --json camvid.json
     python -m torch_deploy.benchmark --size 512 1024          # on CPU: the CPU variants
+    python -m torch_deploy.benchmark --model all --size 512 1024   # every model (torch_deploy/compare.py)
 
 Protocol (docs/architecture.md, "Benchmark protocol"): batch 1, random weights (speed does not depend on them), every variant
 warmed up, then timed in interleaved rounds (one call of each variant per round, so a noisy
@@ -47,12 +48,15 @@ import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from csfcn.model_config import STEMS
+from csfcn.files import write_atomic
+from csfcn.model_config import MODEL_NAMES, STEMS, VARIANTS
 from csfcn.tables import markdown_table
+from torch_deploy.compare import compare, parse_models, table
 from torch_deploy.cpu_peers import OnnxPeer, cpu_bf16_native, peer_missing
 from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
 from torch_deploy.optimize import optimize, remove_bn
@@ -79,7 +83,14 @@ def _parse(argv=None) -> argparse.Namespace:
         metavar=("H", "W"),
         help="input size; repeat for several (default: 512x1024 768x1536 1024x2048 720x960 on GPU, 512x1024 on CPU)",
     )
-    p.add_argument("--variant", default="csfcn", choices=("csfcn", "csfcn_tiny"), help="model variant")
+    p.add_argument(
+        "--model",
+        "--variant",
+        dest="model",
+        default="csfcn",
+        help="csfcn (default) or csfcn_tiny: their variants below; 'all' or a comma list of model names "
+        f"({', '.join(MODEL_NAMES)}): every model side by side (torch_deploy/compare.py)",
+    )
     p.add_argument("--stem", default="torchvision", choices=STEMS, help="backbone stem")
     p.add_argument("--batch", type=int, default=1, help="batch size (the protocol uses 1)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant (default 10 GPU, 2 CPU)")
@@ -107,6 +118,11 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     args = p.parse_args(argv)
+    try:
+        args.models = parse_models(args.model)
+    except ValueError as e:
+        p.error(str(e))
+    args.variant = args.models[0]
     if args.classes < 1:
         p.error("--classes must be >= 1")
     for h, w in args.size or []:
@@ -363,6 +379,28 @@ def print_table(headers, rows):
     print(markdown_table(headers, rows))
 
 
+def compare_main(args, device, sizes, timer, warmup: int, repeats: int, argv) -> int:
+    """``--model all`` / a list: every model under one protocol (torch_deploy/compare.py)."""
+    print(
+        f"device: {device_name(device)}; {versions()}; timing: {'CUDA events' if timer.cuda else 'time.perf_counter'}, "
+        f"{warmup} warm-up, {repeats} interleaved rounds; models: {', '.join(args.models)}; K={args.classes}"
+    )
+    rows = compare(args.models, sizes, args.classes, device, timer, warmup, repeats, run_interleaved)
+    headers, body = table(rows)
+    print_table(headers, body)
+    if args.json:
+        report = {
+            "command": "python -m torch_deploy.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+            "device": device_name(device),
+            "versions": versions(),
+            "warmup": warmup,
+            "repeats": repeats,
+            "comparison": rows,
+        }
+        write_json(args.json, report)
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -383,6 +421,8 @@ def main(argv=None) -> int:
         )
         return 2
     timer = Timer(device)
+    if len(args.models) > 1 or args.variant not in VARIANTS:
+        return compare_main(args, device, sizes, timer, warmup, repeats, argv)
     ceil = sheet = None
 
     if args.ceilings != "measured":
@@ -515,10 +555,14 @@ def main(argv=None) -> int:
         for k, v in report["skipped"].items():
             print(f"  {k}: {v}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"\nJSON written to {args.json}")
+        write_json(args.json, report)
     return 0
+
+
+def write_json(path, report: dict) -> None:
+    """The report as JSON, complete or absent (csfcn/files.py)."""
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    print(f"\nJSON written to {path}")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,14 @@ class ReferenceOps:
 REFERENCE_OPS = ReferenceOps()
 
 
+def use_ops(model: nn.Module, ops: ReferenceOps) -> nn.Module:
+    """Run every module of ``model`` that calls a backend (class attribute ``ops``) through ``ops``."""
+    for m in model.modules():
+        if isinstance(getattr(type(m), "ops", None), ReferenceOps):
+            m.ops = ops
+    return model
+
+
 class ConvBNReLU(nn.Sequential):
     ops = REFERENCE_OPS
 
@@ -343,10 +351,7 @@ class CSFCN(nn.Module):
 
     def use_ops(self, ops: ReferenceOps) -> CSFCN:
         """Run every module of this network through the backend ``ops`` (returns self)."""
-        for m in self.modules():
-            if isinstance(getattr(type(m), "ops", None), ReferenceOps):
-                m.ops = ops
-        return self
+        return use_ops(self, ops)
 
     LOSS_WEIGHTS = (1.0,)
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
-from torch_deploy.model import CSFCN, SFC, Head, ReferenceOps, labels_dtype
+from torch_deploy.model import CSFCN, REFERENCE_OPS, SFC, Head, ReferenceOps, labels_dtype, use_ops
 
 # fp64 runs the reference ops only: it exists to check that the folded graph is the same function.
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -105,6 +105,42 @@ def remove_bn(model: nn.Module) -> nn.Module:
                 setattr(parent, name, nn.Identity())
             prev_name, prev = name, getattr(parent, name)
     return model
+
+
+class _PairRecorder(ReferenceOps):
+    """A backend that notes every (conv, BN) pair the forward pass runs through ``conv_bn``."""
+
+    def __init__(self):
+        super().__init__("logits")
+        self.pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+
+    def conv_bn(self, conv, bn, x, relu=False):
+        if isinstance(bn, nn.BatchNorm2d) and all(bn is not b for _, b in self.pairs):
+            self.pairs.append((conv, bn))
+        return super().conv_bn(conv, bn, x, relu)
+
+
+@torch.no_grad()
+def fold_conv_bn_pairs(model: nn.Module, size=(64, 64)) -> nn.Module:
+    """A copy of ``model`` (a zoo twin, docs/zoo.md) with every BatchNorm folded into its conv
+    where the forward pass runs the pair through ``ops.conv_bn`` -- the pairs whose conv output
+    feeds nothing but that BN -- found by one forward on a ``size`` input on the meta device.
+    Other BNs (pre-activation BN -> ReLU -> conv, a BN whose conv output is also used raw) stay."""
+    model = copy.deepcopy(model).eval()
+    recorder = _PairRecorder()
+    use_ops(model, recorder)
+    meta = copy.deepcopy(model).to("meta")
+    meta_of = dict(zip((id(m) for m in meta.modules()), model.modules()))
+    use_ops(meta, recorder)
+    meta(torch.zeros(1, 3, *size, device="meta"))
+    pairs = [(meta_of[id(c)], meta_of[id(b)]) for c, b in recorder.pairs]
+    where = {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
+    for conv, bn in pairs:
+        parent, name = where[id(conv)]
+        setattr(parent, name, fold_bn(conv, bn))
+        parent, name = where[id(bn)]
+        setattr(parent, name, nn.Identity())
+    return use_ops(model, REFERENCE_OPS)
 
 
 def _conv1x1(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> nn.Conv2d:
@@ -336,11 +372,15 @@ class OptimizedCSFCN(nn.Module):
         self.cuda_graphs = cuda_graphs
         self.allow_tf32 = allow_tf32
         self.static_output = static_output
-        folded = remove_bn(model)  # a copy: the twin is not modified
-        fold_sfc_offsets(folded.sfc)
-        if (folded.sfc.conv_offset[1].out_channels - 2) // 4 != SFC_GROUPS:
-            raise ValueError("optimize: conv_offset's outputs do not match SFC_GROUPS")
-        self.model = folded.use_ops(FastOps(output, use_kernels))
+        self.zoo = model.config.is_zoo
+        if self.zoo:  # the generic path of docs/zoo.md: fold what the data flow allows, fast convs
+            self.model = use_ops(fold_conv_bn_pairs(model), FastOps(output, use_kernels))
+        else:
+            folded = remove_bn(model)  # a copy: the twin is not modified
+            fold_sfc_offsets(folded.sfc)
+            if (folded.sfc.conv_offset[1].out_channels - 2) // 4 != SFC_GROUPS:
+                raise ValueError("optimize: conv_offset's outputs do not match SFC_GROUPS")
+            self.model = folded.use_ops(FastOps(output, use_kernels))
         self.requires_grad_(False)
         self.eval()
         self._graphs: dict = {}
@@ -348,7 +388,10 @@ class OptimizedCSFCN(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.to(dtype=self.dtype, memory_format=fmt)
-        return self.model(x)
+        y = self.model(x)
+        if self.zoo and self.output == "labels":  # the zoo heads end in a resize: argmax after it
+            return y.argmax(1).to(labels_dtype(self.config.num_classes))
+        return y
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and self.dtype == torch.float32:
@@ -448,8 +491,11 @@ def optimize(
         raise ValueError(f"optimize: precision={precision!r}; choose one of {sorted(PRECISIONS)}")
     if output not in OUTPUTS:
         raise ValueError(f"optimize: output={output!r}; choose one of {OUTPUTS}")
-    if not isinstance(model, CSFCN):
-        raise TypeError(f"optimize: expected a torch_deploy.model.CSFCN, got {type(model).__name__}")
+    config = getattr(model, "config", None)
+    if not isinstance(model, CSFCN) and not getattr(config, "is_zoo", False):
+        raise TypeError(
+            f"optimize: expected a twin of torch_deploy.model.build_twin (CSFCN or a zoo model), got {type(model).__name__}"
+        )
     device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
     if kernels is None:
