@@ -14,7 +14,9 @@ the val image size, through ``torch_deploy.optimize`` (fp32, labels).  Written:
 * ``WORKDIR/accuracy_speed.png``: val mIoU against latency, one labelled point per model.
 
 A model whose run already finished is not trained again; an interrupted run continues from its
-last checkpoint (``--fresh`` starts over).  On the synthetic scenes the numbers rank the
+last checkpoint (``--fresh`` starts over).  ``--tiny`` checks an installation in minutes (the
+demo's tiny scenes: 8 train / 2 val images of 64x128, 4 steps; folders ``runs/accuracy_speed_tiny``
+and ``data/synthetic_tiny``): its numbers mean nothing.  On the synthetic scenes the numbers rank the
 architectures' fit to a small, easy dataset under a short schedule, not their Cityscapes accuracy.
 """
 
@@ -37,7 +39,21 @@ from jax_csfcn.cli import load_config_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_one(name: str, workdir: Path, steps: int, fresh: bool) -> dict:
+def synthetic_config(name: str, tiny: bool = False):
+    """``configs/synthetic.py:name``, or with ``tiny`` the demo's tiny scenes (jax_csfcn/demo.py)."""
+    cfg = load_config_file(str(ROOT / "configs" / "synthetic.py") + f":{name}")
+    if tiny:
+        cfg.data.root = "data/synthetic_tiny"
+        cfg.data.synthetic.train, cfg.data.synthetic.val, cfg.data.synthetic.size = 8, 2, (64, 128)
+        cfg.data.image_size = cfg.data.crop_size = (64, 128)
+        cfg.data.workers = 0
+        cfg.train.batch_size = 2
+        cfg.train.warmup_steps = 0
+        cfg.loss.min_kept = 2000
+    return cfg
+
+
+def train_one(name: str, workdir: Path, steps: int, fresh: bool, tiny: bool = False) -> dict:
     """Train ``configs/synthetic.py:name`` for ``steps`` into ``workdir/name``; its final val scores."""
     from jax_csfcn.checkpointing import has_checkpoints
     from jax_csfcn.train import train
@@ -48,7 +64,7 @@ def train_one(name: str, workdir: Path, steps: int, fresh: bool) -> dict:
         shutil.rmtree(run)
     if done.exists() and marker.exists() and json.loads(marker.read_text()).get("steps") == steps:
         return json.loads(done.read_text())  # finished earlier with these settings
-    cfg = load_config_file(str(ROOT / "configs" / "synthetic.py") + f":{name}")
+    cfg = synthetic_config(name, tiny)
     cfg.workdir = str(run)
     cfg.train.steps = steps
     cfg.checkpoint.every = max(1, min(cfg.checkpoint.every, steps))
@@ -123,12 +139,15 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--models", default="all", help="'all' (default) or a comma list of model names")
-    p.add_argument("--steps", type=int, default=900, help="training steps per model (default 900, the demo's)")
-    p.add_argument("--workdir", default="runs/accuracy_speed", help="where the runs and results go")
+    p.add_argument("--steps", type=int, default=None, help="training steps per model (default 900, the demo's)")
+    p.add_argument("--workdir", default=None, help="where the runs and results go (default runs/accuracy_speed)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up calls per model (default 2)")
     p.add_argument("--fresh", action="store_true", help="retrain every model from scratch")
+    p.add_argument("--tiny", action="store_true", help="a quick check on 10 images of 64x128, 4 steps")
     args = p.parse_args(argv)
+    args.steps = args.steps or (4 if args.tiny else 900)
+    args.workdir = args.workdir or ("runs/accuracy_speed_tiny" if args.tiny else "runs/accuracy_speed")
     try:
         names = parse_models(args.models)
     except ValueError as e:
@@ -137,13 +156,13 @@ def main(argv=None) -> int:
         p.error("--steps must be >= 1")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = load_config_file(str(ROOT / "configs" / "synthetic.py"))
+    cfg = synthetic_config("csfcn", args.tiny)
     size = tuple(int(s) for s in cfg.data.image_size)
 
     scores, paths = {}, {}
     for i, name in enumerate(names, 1):
         print(f"\n== [{i}/{len(names)}] {name}: {args.steps} steps on the synthetic scenes", flush=True)
-        scores[name] = train_one(name, workdir, args.steps, args.fresh)
+        scores[name] = train_one(name, workdir, args.steps, args.fresh, args.tiny)
         paths[name] = export(name, workdir)
     print(f"\n== timing {len(names)} models at {size[0]}x{size[1]} ({args.repeats} interleaved rounds)", flush=True)
     timing = time_models(paths, size, args.repeats, args.warmup)

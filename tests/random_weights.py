@@ -38,12 +38,13 @@ def randomize_like_trained(model, seed: int, calib_shape=(2, 128, 256, 3)) -> di
     set_model_flat(model, flat)
 
     bns = [m for _, m in model.iter_modules() if isinstance(m, BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]  # SwiftNet's SPP uses 0.005: put each one back
     for bn in bns:
         bn.momentum = 1.0
     model.train()
     nnx.jit(lambda m, x: m(x))(model, jnp.asarray(rng.standard_normal(calib_shape), jnp.float32))
-    for bn in bns:
-        bn.momentum = 0.1
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
     model.eval()
 
     flat = model_flat(model)

@@ -16,6 +16,7 @@ CLIS = (
     "jax_csfcn.evaluate",
     "jax_csfcn.summary",
     "jax_csfcn.demo",
+    "jax_csfcn.accuracy_speed",
     "jax_csfcn.official_eval",
     "jax_csfcn.benchmark",
     "jax_csfcn.data.benchmark",

@@ -1,4 +1,4 @@
-"""Tiny PyTorch CSFCN checkpoints with trained-like random weights, for the deploy tests.
+"""Tiny PyTorch checkpoints (CSFCN or a zoo model) with trained-like random weights, for the deploy tests.
 
 The torch counterpart of ``random_weights.py`` (no JAX needed): kernels N(0, 2 / fan_in)
 (the zero-initialised gate convs included, so SFC sampling and CFC's local gate really act),
@@ -14,15 +14,16 @@ from torch import nn
 
 from convert.formats import write_safetensors
 from csfcn.model_config import ModelConfig
-from torch_deploy.model import CSFCN
+from torch_deploy.model import CSFCN, build_twin
 
 
 def random_model(config: ModelConfig, seed: int = 0, calib_shape=(2, 3, 64, 128)) -> CSFCN:
     gen = torch.Generator().manual_seed(seed)
-    model = CSFCN(config)
+    model = build_twin(config)
+    momenta = {}
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Conv1d)):
+            if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear)):
                 fan_in = m.weight[0].numel()
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
                 if m.bias is not None:
@@ -30,12 +31,12 @@ def random_model(config: ModelConfig, seed: int = 0, calib_shape=(2, 3, 64, 128)
             elif isinstance(m, nn.BatchNorm2d):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
                 m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=gen))
-                m.momentum = 1.0
+                momenta[m], m.momentum = m.momentum, 1.0
         model.train()
         model(torch.randn(calib_shape, generator=gen))
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.momentum = 0.1
+                m.momentum = momenta[m]
                 sd = m.running_var.sqrt()
                 m.running_mean.add_(0.1 * sd * torch.randn(sd.shape, generator=gen))
                 m.running_var.mul_(torch.rand(sd.shape, generator=gen) * 0.7 + 0.7)

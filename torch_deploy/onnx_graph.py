@@ -16,7 +16,7 @@ from torch.export import Dim
 
 from csfcn.model_config import PYRAMID_GRIDS, SFC_GROUPS
 from torch_deploy.model import CSFCN, ReferenceOps
-from torch_deploy.optimize import remove_bn
+from torch_deploy.optimize import fold_conv_bn_pairs, remove_bn
 
 # GridSample needs opset 16; the dynamo exporter writes opset-18 ops and its conversion down to
 # 17 fails (ReduceMean's axes input -> attribute), so 18 is the lowest opset that really works.
@@ -106,8 +106,12 @@ class ExportOps(ReferenceOps):
         return _sfc_grid(n, h, w, offsets)
 
 
-def export_module(model: CSFCN, dynamic: bool) -> CSFCN:
-    """What is exported: the twin with its BatchNorms folded, on :class:`ExportOps` when ``dynamic``."""
+def export_module(model: nn.Module, dynamic: bool) -> nn.Module:
+    """What is exported: the twin with its BatchNorms folded, on :class:`ExportOps` when ``dynamic``.
+    A zoo model (docs/zoo.md) keeps the BNs its data flow does not let fold (SwiftNet's
+    pre-activation ones), exported as BatchNormalization nodes."""
+    if model.config.is_zoo:
+        return fold_conv_bn_pairs(model)
     folded = fold_batchnorms(model)
     return folded.use_ops(ExportOps()) if dynamic else folded
 

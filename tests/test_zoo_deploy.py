@@ -1,0 +1,132 @@
+"""The zoo models (docs/zoo.md) through the PyTorch side: factory, checkpoints, fast path, ONNX.
+
+Torch only (no JAX compile): each model's twin with trained-like random weights
+(tests/torch_checkpoints.py) on a size that is not a multiple of 32.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch_checkpoints import random_image, random_model, save
+
+from csfcn.checkpoints import infer_config
+from csfcn.model_config import ZOO_NAMES, ModelConfig
+from torch_deploy.checkpoint import load_model, read_torch_file, write_pth
+from torch_deploy.optimize import fold_conv_bn_pairs, optimize
+
+SIZE = (1, 3, 72, 104)
+
+
+def rel_l2(a, b) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+@functools.cache
+def twin(name: str, k: int = 5):
+    return random_model(ModelConfig(name=name, num_classes=k), seed=len(name), calib_shape=(2, 3, 64, 96))
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_upstream_pth_is_recognised_and_loads(tmp_path, name):
+    """An upstream-named .pth (no metadata): the model and K come from its keys and shapes."""
+    model = twin(name)
+    path = tmp_path / "upstream.pth"
+    write_pth(path, {k: v.numpy() for k, v in model.state_dict().items()})
+    tensors, _ = read_torch_file(path)
+    assert infer_config(tensors, str(path)) == ModelConfig(name=name, num_classes=5)
+    loaded = load_model(path)
+    x = torch.randn(SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    # and through our .safetensors export, config in the metadata
+    assert type(load_model(save(model, tmp_path / "m.safetensors"))) is type(model)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_fast_path_is_the_same_function(name):
+    """optimize: the folded graph equals the twin in fp64 (the algebra is exact) and in fp32 to
+    rounding; labels agree with the twin's argmax."""
+    model = twin(name)
+    x = torch.randn(SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model.double()(x.double())
+        model.float()
+        y64 = optimize(model.double(), "fp64", "logits", kernels=False)(x.double())
+        model.float()
+        y32 = optimize(model, "fp32", "logits", kernels=False)(x)
+        labels = optimize(model, "fp32", "labels", kernels=False)(x)
+    assert rel_l2(y64, ref) <= 1e-12
+    assert rel_l2(y32, ref) <= 1e-4
+    assert labels.dtype == torch.uint8 and labels.shape == (1, *SIZE[2:])
+    assert float((labels.long() == ref.argmax(1)).double().mean()) >= 0.999
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_folding_removes_exactly_the_foldable_batchnorms(name):
+    """Every BN left after folding is one the data flow keeps (documented per model): none but
+    SwiftNet's pre-activation BNs."""
+    folded = fold_conv_bn_pairs(twin(name))
+    left = [n for n, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    total = sum(isinstance(m, nn.BatchNorm2d) for m in twin(name).modules())
+    if name == "swiftnet":
+        assert 0 < len(left) < total
+    else:
+        assert left == [], left
+
+
+def test_predict_cli_runs_a_zoo_checkpoint(tmp_path):
+    from PIL import Image
+
+    from torch_deploy.predict import main
+
+    path = save(twin("bisenetv1"), tmp_path / "bisenet.safetensors")
+    Image.fromarray(random_image(np.random.default_rng(0), 60, 90)).save(tmp_path / "a.png")
+    rc = main(["--checkpoint", path, "--input", str(tmp_path / "a.png"), "--out", str(tmp_path / "pred"), "--quiet"])
+    assert rc == 0
+    assert any(p.suffix == ".png" for p in (tmp_path / "pred").rglob("*"))
+
+
+def _export(name, tmp_path):
+    from torch_deploy.export_onnx import export_onnx
+
+    path = save(twin(name), tmp_path / f"{name}.safetensors")
+    return export_onnx(path, tmp_path / f"{name}.onnx", size=(64, 96))
+
+
+def test_onnx_export_of_a_zoo_model(tmp_path):
+    """SwiftNet: the model with BatchNorms that cannot fold (exported as BatchNormalization)."""
+    pytest.importorskip("onnxruntime")
+    report = _export("swiftnet", tmp_path)
+    assert "BatchNormalization" in report["ops"]
+    assert all(c["rel_l2"] <= 1e-4 for c in report["checks"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in ZOO_NAMES if n != "swiftnet"])
+def test_onnx_export_of_every_zoo_model(tmp_path, name):
+    pytest.importorskip("onnxruntime")
+    report = _export(name, tmp_path)
+    assert all(c["rel_l2"] <= 1e-4 and c["argmax_agreement"] >= 0.999 for c in report["checks"])
+    assert ("GridSample" in report["ops"]) == (name == "sfanet")
+
+
+def test_benchmark_compares_models_in_one_run(tmp_path):
+    from torch_deploy.benchmark import main
+
+    out = tmp_path / "cmp.json"
+    rc = main(["--model", "csfcn_tiny,swiftnet", "--size", "64", "96", "--repeats", "2", "--warmup", "1",
+               "--device", "cpu", "--json", str(out)])  # fmt: skip
+    assert rc == 0
+    import json
+
+    rows = json.loads(out.read_text())["comparison"]
+    assert {r["model"] for r in rows} == {"csfcn_tiny", "swiftnet"}
+    assert all(r["median_ms"] > 0 and r["params"] > 1e6 for r in rows)
+    assert os.path.getsize(out) > 0
