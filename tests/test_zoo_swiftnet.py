@@ -1,0 +1,141 @@
+"""SwiftNet-RN18 (jax_csfcn.zoo.swiftnet) against its PyTorch twin (torch_deploy.zoo.swiftnet).
+
+The upstream numbers (orsic/swiftnet ``SemsegModel(resnet18(efficient=False, mean, std), K)``,
+/work/notes/zoo_facts.md section 5) are constants here; the twin was checked bit-exact against
+the upstream module outside the repository.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from zoo_harness import check_fp32, check_fp64, check_roundtrip, check_train_mode, count_params, pair
+
+import jax_csfcn.zoo.swiftnet as fx
+import torch_deploy.zoo.swiftnet as tx
+from jax_csfcn.layers import BatchNorm2d
+from torch_deploy.model import ResNet18
+
+NAME = "swiftnet"
+K = 11  # the default tests use one class count other than 19, so JAX compiles once per check
+UPSTREAM_PARAMS = {19: 11_797_071, 11: 11_796_039}
+UPSTREAM_ENTRIES = 195  # 97 parameters, 96 BN buffers, img_mean and img_std
+
+
+def _pair(k: int):
+    """The harness pair with the SPP BNs' momentum restored: ``randomize_like_trained`` resets
+    every BN's momentum to 0.1 after calibrating (tests/random_weights.py)."""
+    model, twin, twin64 = pair(NAME, k)
+    for path, m in nnx.iter_modules(model):
+        if isinstance(m, BatchNorm2d):
+            m.momentum = fx.SPP_MOMENTUM if "spp" in path else 0.1
+    return model, twin, twin64
+
+
+@pytest.mark.parametrize("k", [19, 11])
+def test_parameter_counts_and_state_dict(k):
+    model = nnx.eval_shape(lambda: fx.SwiftNet(k, rngs=nnx.Rngs(0)))  # shapes only: nothing to compile
+    twin = tx.SwiftNet(k)
+    assert count_params(model) == UPSTREAM_PARAMS[k]
+    assert sum(p.numel() for p in twin.parameters()) == UPSTREAM_PARAMS[k]
+    sd = twin.state_dict()
+    assert len(sd) == UPSTREAM_ENTRIES
+    keys = list(sd)
+    assert keys[:3] == ["backbone.img_mean", "backbone.img_std", "backbone.conv1.weight"]
+    assert keys[-7:] == [
+        "logits.norm.weight",
+        "logits.norm.bias",
+        "logits.norm.running_mean",
+        "logits.norm.running_var",
+        "logits.norm.num_batches_tracked",
+        "logits.conv.weight",
+        "logits.conv.bias",
+    ]
+    shapes = {key: tuple(v.shape) for key, v in sd.items()}
+    assert shapes["backbone.img_mean"] == shapes["backbone.img_std"] == (1, 3, 1, 1)
+    assert shapes["logits.conv.weight"] == (k, 128, 1, 1) and shapes["logits.conv.bias"] == (k,)
+    assert shapes["backbone.spp.spp.spp0.conv.weight"] == (42, 128, 1, 1)
+    assert shapes["backbone.spp.spp.spp_fuse.norm.weight"] == (254,)
+    assert shapes["backbone.upsample.0.bottleneck.conv.weight"] == (128, 256, 1, 1)
+    assert shapes["backbone.upsample.2.blend_conv.conv.weight"] == (128, 128, 3, 3)
+    np.testing.assert_array_equal(sd["backbone.img_mean"].flatten().numpy(), np.float32(fx.SWIFTNET_MEAN))
+    np.testing.assert_array_equal(sd["backbone.img_std"].flatten().numpy(), np.float32(fx.SWIFTNET_STD))
+    # Five SPP BNs at momentum 0.005, the other 27 at 0.1, on both sides.
+    tmom = {n: m.momentum for n, m in twin.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    fmom = {".".join(map(str, p)): m.momentum for p, m in nnx.iter_modules(model) if isinstance(m, BatchNorm2d)}
+    assert tmom == fmom and len(tmom) == 32
+    assert sorted(n for n, v in tmom.items() if v == 0.005) == sorted(
+        f"backbone.spp.spp.{u}.norm" for u in ("spp_bn", "spp0", "spp1", "spp2", "spp_fuse")
+    )
+    assert (fx.SWIFTNET_MEAN, fx.SWIFTNET_STD, fx.SPP_GRIDS) == (tx.SWIFTNET_MEAN, tx.SWIFTNET_STD, tx.SPP_GRIDS)
+    assert fx.SwiftNet.LOSS_WEIGHTS == tx.SwiftNet.LOSS_WEIGHTS == (1.0,)
+
+
+def test_imagenet_keys_cover_the_backbone():
+    twin = tx.SwiftNet(19)
+    sd = {key: tuple(v.shape) for key, v in twin.state_dict().items()}
+    tv = {key: tuple(v.shape) for key, v in ResNet18("torchvision").state_dict().items()}  # torchvision names
+    tv.update({"fc.weight": (1000, 512), "fc.bias": (1000,)})
+    mapped = {}
+    for key, shape in tv.items():
+        for cls in (fx.SwiftNet, tx.SwiftNet):
+            assert cls.IMAGENET == "resnet18"
+            assert cls.imagenet_key(key) == fx.SwiftNet.imagenet_key(key)
+        target = fx.SwiftNet.imagenet_key(key)
+        if target is not None:
+            assert sd[target] == shape, key
+            mapped[target] = key
+    assert fx.SwiftNet.imagenet_key("fc.weight") is None
+    backbone_trunk = [k for k in sd if k.startswith("backbone.") and not k.startswith(("backbone.spp", "backbone.up"))]
+    assert sorted(mapped) == sorted(k for k in backbone_trunk if not k.startswith("backbone.img_"))
+
+
+def test_roundtrip():
+    _pair(K)
+    check_roundtrip(NAME, K)
+
+
+def test_fp64_parity_outputs_and_main(rng):
+    _pair(K)
+    errs = check_fp64(NAME, K, rng.standard_normal((1, 88, 120, 3)))
+    assert len(errs) == 2
+
+
+def test_fp32_parity_batch2(rng):
+    _pair(K)
+    check_fp32(NAME, K, rng.standard_normal((2, 64, 96, 3)).astype(np.float32))
+
+
+def test_train_mode_spp_momentum(rng):
+    # The running statistics it compares include the five SPP BNs' (momentum 0.005 on both sides).
+    _pair(K)
+    check_train_mode(NAME, K, rng.standard_normal((2, 64, 96, 3)).astype(np.float32))
+
+
+def test_twin_leaves_input_alone_and_bf16_shapes(rng):
+    _, twin, _ = _pair(K)
+    x = torch.from_numpy(rng.standard_normal((1, 3, 40, 56)).astype(np.float32))
+    x0 = x.clone()
+    with torch.no_grad():
+        y = twin(x)
+    assert torch.equal(x, x0) and y.shape == (1, K, 40, 56)
+    # bf16 compute: traced only (no compile), params stay fp32.
+    model = fx.SwiftNet(K, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    model.eval()
+    out = nnx.eval_shape(lambda m, a: m.outputs(a), model, jax.ShapeDtypeStruct((2, 72, 104, 3), jnp.float32))
+    assert len(out) == 1 and out[0].shape == (2, 72, 104, K) and out[0].dtype == jnp.bfloat16
+    assert {a.dtype for a in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(360, 480), (720, 960)])
+def test_large_sizes(rng, size):
+    _pair(19)
+    x = rng.standard_normal((1, *size, 3))
+    errs = check_fp64(NAME, 19, x)
+    res = check_fp32(NAME, 19, x.astype(np.float32))
+    print(f"swiftnet {size}: fp64 rel {max(errs):.2e}; fp32 {res}")
