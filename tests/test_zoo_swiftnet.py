@@ -27,12 +27,11 @@ UPSTREAM_ENTRIES = 195  # 97 parameters, 96 BN buffers, img_mean and img_std
 
 
 def _pair(k: int):
-    """The harness pair with the SPP BNs' momentum restored: ``randomize_like_trained`` resets
-    every BN's momentum to 0.1 after calibrating (tests/random_weights.py)."""
+    """The harness pair (tests/random_weights.py keeps the SPP BNs' momentum of 0.005)."""
     model, twin, twin64 = pair(NAME, k)
     for path, m in nnx.iter_modules(model):
         if isinstance(m, BatchNorm2d):
-            m.momentum = fx.SPP_MOMENTUM if "spp" in path else 0.1
+            assert m.momentum == (fx.SPP_MOMENTUM if "spp" in path else 0.1), path
     return model, twin, twin64
 
 
