@@ -123,8 +123,9 @@ class _PairRecorder(ReferenceOps):
 @torch.no_grad()
 def fold_conv_bn_pairs(model: nn.Module, size=(64, 64)) -> nn.Module:
     """A copy of ``model`` (a zoo twin, docs/zoo.md) with every BatchNorm folded into its conv
-    where the forward pass runs the pair through ``ops.conv_bn`` -- the pairs whose conv output
-    feeds nothing but that BN -- found by one forward on a ``size`` input on the meta device.
+    where the model runs the pair through ``ops.conv_bn`` -- the pairs whose conv output feeds
+    nothing but that BN -- found by one pass of ``outputs`` (every head) on a ``size`` input on
+    the meta device.
     Other BNs (pre-activation BN -> ReLU -> conv, a BN whose conv output is also used raw) stay."""
     model = copy.deepcopy(model).eval()
     recorder = _PairRecorder()
@@ -132,7 +133,8 @@ def fold_conv_bn_pairs(model: nn.Module, size=(64, 64)) -> nn.Module:
     meta = copy.deepcopy(model).to("meta")
     meta_of = dict(zip((id(m) for m in meta.modules()), model.modules()))
     use_ops(meta, recorder)
-    meta(torch.zeros(1, 3, *size, device="meta"))
+    dtype = next(model.parameters()).dtype
+    meta.outputs(torch.zeros(1, 3, *size, device="meta", dtype=dtype))  # every head, the auxiliary ones too
     pairs = [(meta_of[id(c)], meta_of[id(b)]) for c, b in recorder.pairs]
     where = {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
     for conv, bn in pairs:
