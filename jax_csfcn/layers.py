@@ -7,15 +7,26 @@ path join plus the leaf rules in :mod:`convert.table`.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jax_csfcn.ops import at_least_f32
 
-# torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"): std = sqrt(2 / fan_out),
-# fan_out = out_channels * kh * kw (plain normal, not truncated).
-kaiming_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+def kaiming_fan_out(key, shape, dtype=jnp.float32):
+    """torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, 2 / fan_out) with
+    fan_out = out_channels * kh * kw (plain normal, not truncated), for kernels [..., in, out].
+
+    The values are Flax's ``variance_scaling(2.0, "fan_out", "normal")`` bit for bit (JAX draws
+    the same bits for a shape and for its flattening); drawn flat, every kernel of one size shares
+    a compiled sampler, which makes building a model several times faster on CPU.
+    """
+    fan_out = int(shape[-1]) * math.prod(shape[:-2])
+    flat = jax.random.normal(key, (math.prod(shape),), dtype)
+    return (flat * jnp.sqrt(jnp.asarray(2.0 / fan_out, dtype))).reshape(shape)
 
 
 def conv2d(

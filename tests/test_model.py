@@ -150,3 +150,13 @@ def test_summary_cli():
     assert "input 1x3x720x960" in out
     total = float(out.strip().splitlines()[-1].split()[-1])
     assert abs(total - 62.6) <= 0.01 * 62.6  # docs/architecture.md, Cost: 62.6 GFLOPs at 720x960 (K = 19)
+
+
+def test_kaiming_fan_out_draws_what_flax_variance_scaling_draws():
+    """The flat draw (one compiled sampler per kernel size) gives Flax's values bit for bit."""
+    from jax_csfcn.layers import kaiming_fan_out
+
+    ref = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+    for i, shape in enumerate([(3, 3, 32, 11), (7, 7, 3, 64), (256, 32), (3, 1, 1), (1, 1, 128, 76)]):
+        key = jax.random.key(i)
+        np.testing.assert_array_equal(np.asarray(kaiming_fan_out(key, shape)), np.asarray(ref(key, shape)))
