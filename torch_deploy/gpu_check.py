@@ -309,6 +309,21 @@ def benchmark(plan: Plan, out: str, size: tuple, only: str) -> dict:
         return json.load(f)
 
 
+def zoo_comparison(plan: Plan, out: str, size: tuple) -> dict:
+    """``torch_deploy.benchmark --model all`` at one size: every model of docs/zoo.md side by side."""
+    h, w = size
+    path = os.path.join(out, f"models_{h}x{w}.json")
+    argv = ["--model", "all", "--json", path, "--warmup", str(plan.warmup), "--repeats", str(plan.repeats)]
+    argv += ["--device", plan.device, "--size", str(h), str(w)]
+    if plan.device == "cpu":
+        argv += ["--threads", "1"]
+    rc = bench.main(argv)
+    if rc:
+        raise RuntimeError(f"torch_deploy.benchmark --model all exited {rc}")
+    with open(path) as f:
+        return json.load(f)
+
+
 def train(plan: Plan) -> dict:
     need("jax", "flax", "optax")
     if plan.device == "cuda":
@@ -392,6 +407,18 @@ def final_rows(report: dict) -> list[list[str]]:
                     + (f", {k['kernel']['median_ms'] / floor:.1f}x floor" if floor else ""),
                 ]
             )
+    for name, sec in secs.items():
+        if name.startswith("models") and sec.get("result"):
+            for r in sec["result"]["comparison"]:
+                rows.append(
+                    [
+                        "models",
+                        f"{r['size'][0]}x{r['size'][1]} {r['variant']}",
+                        f"{r['median_ms']:.3f} ms",
+                        f"{1e3 / r['median_ms']:.0f} FPS",
+                        f"{r['params'] / 1e6:.2f} M params" + (f", {r['gflops']:.1f} GFLOPs" if r["gflops"] else ""),
+                    ]
+                )
     tr = (secs.get("training") or {}).get("result")
     if tr:
         ips = {n: r["images_per_s"] for n, r in tr["rows"].items()}
@@ -438,7 +465,7 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--budget-s", type=float, default=470.0, help="start no section that would end after this many seconds (470)"
     )
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: tests,benchmark,training")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: tests,benchmark,models,training")
     return p.parse_args(argv)
 
 
@@ -469,6 +496,8 @@ def main(argv=None) -> int:
     if "benchmark" not in skip:
         check.section(f"benchmark {big[0]}x{big[1]}", lambda: benchmark(plan, args.out, big, "a,b,c,d,e"), 120)
         check.section("compiled kernels", compiled_kernels, 1)
+    if "models" not in skip:
+        check.section(f"models {big[0]}x{big[1]}", lambda: zoo_comparison(plan, args.out, big), 60)
     if "training" not in skip:
         check.section("training", lambda: train(plan), 90)
     if "benchmark" not in skip:
