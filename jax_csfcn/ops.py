@@ -97,13 +97,15 @@ def _nearest_index(n_in: int, n_out: int, scale_factor: float | None = None) -> 
     (identity, dst // 2) as there.  Checked against PyTorch's CPU kernel for every size pair
     below 50 -> 130: all agree in float32, all but one (45 -> 129) in float64.
     """
-    dst = np.arange(n_out)
+    # int32 whatever the x64 mode: JAX caches the device copy of this (lru-cached) array, and an
+    # int64 array converted under x32 would come back as int32 inside a later x64 trace.
+    dst = np.arange(n_out, dtype=np.int32)
     if n_out == n_in:
         return dst
     if n_out == 2 * n_in:
         return dst // 2
     scale = np.float32(1.0 / scale_factor) if scale_factor else np.float32(n_in) / np.float32(n_out)
-    src = np.floor(dst.astype(np.float32) * scale).astype(np.int64)
+    src = np.floor(dst.astype(np.float32) * scale).astype(np.int32)
     return np.minimum(src, n_in - 1)
 
 

@@ -18,7 +18,6 @@ import torch
 from flax import nnx
 from zoo_harness import check_fp32, check_fp64, check_roundtrip, check_train_mode, count_params, pair
 
-from jax_csfcn import ops
 from jax_csfcn.zoo.bisenetv1 import BiSeNetV1
 from torch_deploy.model import ResNet18 as TorchResNet18
 from torch_deploy.optimize import remove_bn
@@ -30,19 +29,10 @@ UPSTREAM_PARAMS = {19: 13_425_721, 11: 13_422_625}
 
 
 def fp64(k: int, x: np.ndarray) -> list[float]:
-    """``check_fp64`` with a workaround for a JAX (0.10.2, jaxlib 467) cache: a NumPy array passed
-    to a jitted function is canonicalised once per array *object* (int64 -> int32 without x64), not
-    per x64 mode, and the result is reused while a traced program keeps it alive.
-    ``ops.resize_nearest`` passes lru-cached int64 index arrays to ``jnp.take``: after the x32 jit
-    of the pair's BN calibration, the x64 eager run would get the int32 copy
-    ("RuntimeProgramInputMismatch: expected s64[6], got s32[6]"). Fresh index arrays for the x64 run
-    avoid it (the fix belongs in ops: int32 indices)."""
-    pair(NAME, k)  # calibrated (x32 jit) before the indices are renewed
-    ops._nearest_index.cache_clear()
-    try:
-        return check_fp64(NAME, k, x)
-    finally:
-        ops._nearest_index.cache_clear()
+    """``check_fp64`` after an x32 jit of the same model (the pair's BN calibration): the
+    nearest-resize indices (ops._nearest_index) must serve both x64 modes."""
+    pair(NAME, k)
+    return check_fp64(NAME, k, x)
 
 
 @pytest.mark.parametrize("k", [19, 11])
