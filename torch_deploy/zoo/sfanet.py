@@ -70,8 +70,9 @@ class SCA(nn.Module):
         self.channel = ECALayer()
 
     def forward(self, x):
-        gate = torch.sigmoid(self.ops.conv(self.spatial[0], x))
-        return x * gate + x * self.channel(x)
+        channel = self.channel(x)  # upstream's order (and so its backward's summation order)
+        spatial = torch.sigmoid(self.ops.conv(self.spatial[0], x))
+        return x * spatial + x * channel
 
 
 class CBR(nn.Module):
