@@ -61,8 +61,9 @@ def check_fp64(name: str, k: int, x: np.ndarray) -> list[float]:
         state = nnx.state(m64)
         nnx.update(m64, jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, state))
         xj = jnp.asarray(x, jnp.float64)
-        ys = [nchw(y) for y in m64.outputs(xj)]
-        main = nchw(m64(xj))
+        # compiled: op by op, every eager fp64 op would compile on its own
+        ys, main = nnx.jit(lambda m, x: (m.outputs(x), m(x)))(m64, xj)
+        ys, main = [nchw(y) for y in ys], nchw(main)
     ts = _torch_outputs(twin64, x, torch.float64)
     with torch.no_grad():
         tmain = twin64(torch.from_numpy(nchw(x)).double()).numpy()
