@@ -87,10 +87,12 @@ def check_fp32(name: str, k: int, x: np.ndarray) -> dict:
         yt = twin(xt.float()).numpy()
         y64 = twin64(xt.double()).numpy()
     floor = rel_l2(yt, y64)
-    agreement = float(np.mean(yj.argmax(1) == yt.argmax(1)))
+    # Agreement with the fp64 result: torch fp32 is not always the closer side (ICNet's input
+    # resizes by scale_factor compute their source coordinates in fp32, ~6e-6 off).
+    agreement = float(np.mean(yj.argmax(1) == y64.argmax(1)))
     assert yj.shape == yt.shape == (x.shape[0], k, x.shape[1], x.shape[2])
     assert rel_l2(yj, y64) <= 2 * floor + 1e-8, f"JAX fp32 {rel_l2(yj, y64):.2e} vs torch fp32 {floor:.2e}"
-    assert agreement >= ARGMAX_AGREEMENT, f"argmax agreement {agreement:.6f}"
+    assert agreement >= ARGMAX_AGREEMENT, f"argmax agreement with fp64 {agreement:.6f}"
     return {"jax_vs_fp64": rel_l2(yj, y64), "torch_vs_fp64": floor, "agreement": agreement}
 
 
@@ -107,11 +109,12 @@ def check_train_mode(name: str, k: int, x: np.ndarray) -> None:
         assert a.shape == b.shape
         assert rel_l2(a, c) <= 2 * rel_l2(b, c) + 1e-7, (rel_l2(a, c), rel_l2(b, c))
     flat = model_flat(model)
-    sd = twin64.state_dict()
+    sd, sd32 = twin64.state_dict(), twin.state_dict()
     for path, a in flat.items():
         if path[-1] in ("mean", "var"):
             key = ".".join(map(str, path[:-1])) + (".running_mean" if path[-1] == "mean" else ".running_var")
-            assert rel_l2(a, sd[key].numpy()) <= 1e-5, key
+            own = rel_l2(sd32[key].numpy(), sd[key].numpy())  # torch fp32's own distance (few values per channel)
+            assert rel_l2(a, sd[key].numpy()) <= max(1e-5, 2 * own), key
 
 
 def check_roundtrip(name: str, k: int) -> None:
