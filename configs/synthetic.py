@@ -1,11 +1,12 @@
 """The embedded synthetic street scenes (what `make demo` trains): CSFCN, 19 classes, on CPU.
 
-python -m jax_csfcn.train --config configs/synthetic.py            # CSFCN
-python -m jax_csfcn.train --config configs/synthetic.py:swiftnet   # any model.name (docs/zoo.md)
+python -m jax_csfcn.train --config configs/synthetic.py
 
 The dataset (40 train / 10 val scenes at 256x512 in the Cityscapes layout) is generated into
 data.root on first use.  Short-run settings: 128x256 crops, batch 4, a higher learning rate
-and a short warm-up; the loss, optimizer and pipeline are the Cityscapes recipe's.
+and a short warm-up; the loss, optimizer and pipeline are the Cityscapes recipe's.  Any other
+model of docs/zoo.md trains on the same settings with ``configs/synthetic.py:<name>``, e.g.
+``configs/synthetic.py:swiftnet`` (what python -m jax_csfcn.accuracy_speed runs for each).
 """
 
 from csfcn.model_config import MODEL_NAMES

@@ -34,7 +34,9 @@ from pathlib import Path
 from csfcn.files import write_atomic
 from csfcn.model_config import ModelConfig
 from csfcn.tables import markdown_table
+from jax_csfcn.checkpointing import has_checkpoints
 from jax_csfcn.cli import load_config_file
+from jax_csfcn.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,9 +57,6 @@ def synthetic_config(name: str, tiny: bool = False):
 
 def train_one(name: str, workdir: Path, steps: int, fresh: bool, tiny: bool = False) -> dict:
     """Train ``configs/synthetic.py:name`` for ``steps`` into ``workdir/name``; its final val scores."""
-    from jax_csfcn.checkpointing import has_checkpoints
-    from jax_csfcn.train import train
-
     run = workdir / name
     done, marker = run / "eval.json", run / "accuracy_speed_run.json"
     if fresh and run.exists():

@@ -179,7 +179,7 @@ def build_model(config, *, seed: int = 0, dtype=None) -> nnx.Module:
         config = ModelConfig.from_mapping(dict(config))
     if not config.is_zoo:
         return CSFCN(config, dtype=dtype, rngs=nnx.Rngs(seed))
-    from jax_csfcn.zoo import zoo_class  # the zoo's modules load on first use
+    from jax_csfcn.zoo import zoo_class  # lazy: each zoo model's module loads on first use
 
     model = zoo_class(config.name)(config.num_classes, dtype=dtype, rngs=nnx.Rngs(seed))
     model.config = config

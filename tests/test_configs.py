@@ -153,7 +153,7 @@ def test_sizes_of_the_upstream_models():
 
 @pytest.mark.parametrize("bad", ["cityscapes.py:csfcn,90", "cityscapes.py:pspnet", "camvid.py:csfcn,75"])
 def test_unknown_family_argument_is_named(bad):
-    with pytest.raises(ValueError, match="unknown (token|variant)"):
+    with pytest.raises(ValueError, match="unknown (token|variant|model)"):
         _load(bad)
 
 

@@ -54,6 +54,7 @@ def test_gpu_check_dry_run_without_the_training_stack(tmp_path):
         "gpu tests",
         "benchmark 64x128",
         "compiled kernels",
+        "models 64x128",
         "training",
         "benchmark 32x64",
     ]

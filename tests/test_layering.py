@@ -189,10 +189,12 @@ TOOLS = {
     "jax_csfcn.train",  # ImageNet initialisation reads a PyTorch file through convert
     "jax_csfcn.evaluate",  # evaluates any checkpoint format
     "jax_csfcn.demo",
+    "jax_csfcn.accuracy_speed",  # trains in JAX, exports, times the PyTorch side
     "jax_csfcn.benchmark",
     "torch_deploy.predict",  # predicts from any checkpoint format (a training run too)
     "torch_deploy.export_onnx",
     "torch_deploy.gpu_check",
+    "torch_deploy.compare",  # GFLOPs from jax_csfcn.summary when the training extra is installed
     "torch_deploy.accuracy",  # reads datasets and scores through jax_csfcn
     "kernels.aot",
     "convert.__main__",

@@ -294,7 +294,7 @@ def test_optimize_rejects_bad_arguments():
         optimize(twin, precision="fp8")
     with pytest.raises(ValueError, match="output='probs'"):
         optimize(twin, output="probs")
-    with pytest.raises(TypeError, match="expected a torch_deploy.model.CSFCN"):
+    with pytest.raises(TypeError, match="expected a twin of torch_deploy.model.build_twin"):
         optimize(nn.Conv2d(3, 3, 1))
     fast = optimize(twin, "fp32", kernels=False)
     with pytest.raises(ValueError, match=r"expected \(B, 3, H, W\) images"):

@@ -372,7 +372,7 @@ def build_twin(config: ModelConfig | None = None, **kwargs) -> nn.Module:
     config = config or ModelConfig(**kwargs)
     if not config.is_zoo:
         return CSFCN(config)
-    from torch_deploy.zoo import zoo_class  # the zoo's modules load on first use
+    from torch_deploy.zoo import zoo_class  # lazy: each zoo model's module loads on first use
 
     twin = zoo_class(config.name)(config.num_classes)
     twin.config = config
