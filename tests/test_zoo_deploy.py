@@ -10,16 +10,20 @@ import copy
 import functools
 import os
 
-import numpy as np
-import pytest
 import torch
-from torch import nn
-from torch_checkpoints import random_image, random_model, save
 
-from csfcn.checkpoints import infer_config
-from csfcn.model_config import ZOO_NAMES, ModelConfig
-from torch_deploy.checkpoint import load_model, read_torch_file, write_pth
-from torch_deploy.optimize import fold_conv_bn_pairs, optimize
+if not torch.cuda.is_available():  # the Triton kernels run under the interpreter on CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from torch import nn  # noqa: E402
+from torch_checkpoints import random_image, random_model, save  # noqa: E402
+
+from csfcn.checkpoints import infer_config  # noqa: E402
+from csfcn.model_config import ZOO_NAMES, ModelConfig  # noqa: E402
+from torch_deploy.checkpoint import load_model, read_torch_file, write_pth  # noqa: E402
+from torch_deploy.optimize import fold_conv_bn_pairs, optimize  # noqa: E402
 
 SIZE = (1, 3, 72, 104)
 
@@ -81,6 +85,23 @@ def test_folding_removes_exactly_the_foldable_batchnorms(name):
         assert left == ["sfa4.feb.bn_1", "sfa3.feb.bn_1"], left
     else:
         assert left == [], left
+
+
+def test_sfanet_alignment_runs_through_sfc_fuse(monkeypatch):
+    """SFANet's four FAA samplings go through CSFCN's sfc_fuse kernel (one group, zero cp
+    offsets and gates) when optimize uses the kernels; same function as the twin."""
+    import kernels.sfc_fuse as k
+
+    calls = []
+    real = k.sfc_fuse
+    monkeypatch.setattr(k, "sfc_fuse", lambda *a, **kw: calls.append(a[2].shape) or real(*a, **kw))
+    model = twin("sfanet")
+    x = torch.randn(SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(x.double())
+        y = optimize(model, "fp32", "logits", kernels=True, channels_last=False)(x)
+    assert len(calls) == 4 and all(c[1] == 6 for c in calls)  # r: 4G + 2 channels, G = 1
+    assert rel_l2(y, ref) <= 1e-4
 
 
 def test_predict_cli_runs_a_zoo_checkpoint(tmp_path):

@@ -97,6 +97,12 @@ class ReferenceOps:
         sp = F.interpolate(sp32, cp.shape[2:], mode="bilinear", align_corners=True)
         return self.sample_and_gate(cp, sp, r)
 
+    # --- SFANet's feature alignment (docs/zoo.md, Deployment)
+    def align_add(self, fh: torch.Tensor, fl: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """``fh + grid_sample(fl, base grid + offset / (W, H))`` (bilinear, zero padding, align
+        corners): SFANet's FAA, the one-group case of SFC's sampling, on a 2-channel ``offset``."""
+        return fh + F.grid_sample(fl, offset_grid(offset), mode="bilinear", padding_mode="zeros", align_corners=True)
+
     # --- head (docs/architecture.md, Head)
     def head(self, head: Head, x: torch.Tensor) -> torch.Tensor:
         """The head's 1x1 conv and x8 upsampling of the (already 3x3-convolved) ``x``."""
@@ -249,6 +255,16 @@ def sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
     xs = torch.linspace(-1.0, 1.0, w, **kw).view(1, -1).expand(h, w)
     grid = torch.stack((xs, ys), dim=2)
     return grid + offsets.reshape(n * SFC_GROUPS, 2, h, w).permute(0, 2, 3, 1) / norm
+
+
+def offset_grid(offset: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 2) sampling grid (linspace(-1, 1, W), linspace(-1, 1, H)) + offset / (W, H) of a
+    (B, 2, H, W) ``offset`` (x then y), on its device and dtype."""
+    n, _, h, w = offset.shape
+    kw = {"dtype": offset.dtype, "device": offset.device}
+    xs = torch.linspace(-1.0, 1.0, w, **kw).view(1, w).expand(h, w)
+    ys = torch.linspace(-1.0, 1.0, h, **kw).view(h, 1).expand(h, w)
+    return torch.stack((xs, ys), dim=2) + offset.permute(0, 2, 3, 1) / torch.tensor([w, h], **kw)
 
 
 def sfc_sample_and_gate(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, grid=None) -> torch.Tensor:

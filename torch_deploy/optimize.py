@@ -314,6 +314,16 @@ class FastOps(ReferenceOps):
 
         return sfc_fuse_reference(cp, sp32, r)
 
+    def align_add(self, fh, fl, offset):
+        """SFANet's FAA through ``sfc_fuse`` with one group: cp = fh sampled at zero offset (the
+        identity, to within an ulp of the coordinates), sp = fl at ``offset``, gates tanh(0) = 0."""
+        if not self.kernels:
+            return super().align_add(fh, fl, offset)
+        from kernels.sfc_fuse import sfc_fuse
+
+        zero = offset.new_zeros(offset.shape[0], 2, *offset.shape[2:])
+        return sfc_fuse(fh, fl, torch.cat([zero, offset, zero], dim=1))
+
     def cpu_shuffle(self, head: Head, x: torch.Tensor) -> torch.Tensor:
         """Head 1x1 conv + pixel shuffle (+ argmax) on CPU as a matmul over (pixel, channel) rows.
 

@@ -180,17 +180,6 @@ class FEB1(nn.Module):
         return x
 
 
-def faa_grid(offset: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 2) grid: (linspace(-1, 1, W), linspace(-1, 1, H)) + offset / (W, H), as upstream,
-    on ``offset``'s device and dtype."""
-    n, _, h, w = offset.shape
-    kw = {"dtype": offset.dtype, "device": offset.device}
-    xs = torch.linspace(-1.0, 1.0, w, **kw).view(1, w).expand(h, w)
-    ys = torch.linspace(-1.0, 1.0, h, **kw).view(h, 1).expand(h, w)
-    base = torch.stack((xs, ys), dim=2)
-    return base + offset.permute(0, 2, 3, 1) / torch.tensor([w, h], **kw)
-
-
 class FAA(nn.Module):
     """fl sampled (bilinear, zero padding, align_corners) at offsets from cat[fh, fl]; SCA(fh + fl)."""
 
@@ -204,8 +193,7 @@ class FAA(nn.Module):
 
     def forward(self, fh, fl):
         offset = self.ops.conv(self.offset, torch.cat([fh, fl], dim=1))
-        fl = F.grid_sample(fl, faa_grid(offset), mode="bilinear", padding_mode="zeros", align_corners=True)
-        return self.sca(fh + fl)
+        return self.sca(self.ops.align_add(fh, fl, offset))  # optimize: kernels.sfc_fuse, one group
 
 
 class SFA(nn.Module):
