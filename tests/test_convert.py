@@ -313,6 +313,8 @@ def _zoo_pair():
             {
                 "grouped": layers.conv2d(6, 9, 3, groups=3, bias=True, rngs=rngs),
                 "depthwise": layers.depthwise_conv2d(5, 3, stride=2, bias=True, rngs=rngs),
+                "dilated": layers.conv2d(3, 4, 3, dilation=2, rngs=rngs),
+                "dilated_dw": layers.depthwise_conv2d(4, 3, dilation=5, rngs=rngs),
                 "separable": layers.SeparableConv2d(4, 7, 3, stride=2, rngs=rngs),
                 "linear": layers.linear(7, 4, rngs=rngs),
                 "conv1d": layers.conv1d(3, 4, 5, bias=True, rngs=rngs),
@@ -323,6 +325,8 @@ def _zoo_pair():
     torch_layers = {
         "grouped": torch.nn.Conv2d(6, 9, 3, padding=1, groups=3),
         "depthwise": torch.nn.Conv2d(5, 5, 3, stride=2, padding=1, groups=5),
+        "dilated": torch.nn.Conv2d(3, 4, 3, padding=2, dilation=2, bias=False),  # ICNet's
+        "dilated_dw": torch.nn.Conv2d(4, 4, 3, padding=5, dilation=5, groups=4, bias=False),  # SFANet's FEB
         "separable": TorchSeparable(4, 7, 3, 2),
         "linear": torch.nn.Linear(7, 4),
         "conv1d": torch.nn.Conv1d(3, 4, 5, padding=2),
@@ -334,6 +338,8 @@ def _zoo_pair():
     inputs = {  # input shape on the Flax side (odd sizes) and the layout change
         "grouped": ((2, 7, 9, 6), image),
         "depthwise": ((1, 7, 9, 5), image),
+        "dilated": ((1, 9, 11, 3), image),
+        "dilated_dw": ((1, 12, 13, 4), image),
         "separable": ((1, 9, 5, 4), image),
         "linear": ((2, 3, 7), same),
         "conv1d": ((2, 11, 3), seq),
@@ -344,7 +350,7 @@ def _zoo_pair():
 
 
 def test_zoo_layers_round_trip_bit_exact_and_compute_what_torch_computes(rng):
-    """Grouped, depthwise and separable convs, Linear, Conv1d with k = 5 and ECA: random params
+    """Grouped, depthwise, dilated and separable convs, Linear, Conv1d with k = 5 and ECA: random params
     go Flax -> PyTorch (strict load) -> Flax bit for bit, and each layer's output and gradients
     (input and every parameter, the latter mapped by the same table) equal PyTorch's in fp64."""
     fmods, tmods, inputs = _zoo_pair()

@@ -194,6 +194,8 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
     py = [sys.executable, "-m", mod]
     if mod == "jax_csfcn.train":
         extra = list(TINY_TRAIN)
+        if any(re.search(r"\.py:(sfanet|mgseg|icnet|bisenetv1|swiftnet)\b", a) for a in rest):
+            extra.remove("--config.model.name=csfcn_tiny")  # the zoo model the README names
         if "--config.workdir=runs/csfcn100" in rest and "--resume" not in rest:
             extra.append("--stop-after=1")  # interrupted after step 1, so that the --resume command has work
         if any(a.startswith("--coordinator-address=") for a in rest):
@@ -216,6 +218,9 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         return [*py, *rest, "--paths", "twin,optimize-fp32,int8,onnxruntime", "--calibration-images", "2", "--quiet"]
     if mod == "torch_deploy.export_onnx":
         return [*py, *(_replace_size(rest, "--size", (64, 128)) if "--size" in rest else rest)]
+    if mod == "jax_csfcn.accuracy_speed":  # CSFCN alone, on the demo's tiny scenes (its compiled step)
+        extra = ["--tiny", "--models", "csfcn", "--workdir", str(ws / "runs/accuracy_speed_tiny")]
+        return [*py, *rest, *extra, "--repeats", "1", "--warmup", "0"]
     if mod == "torch_deploy.benchmark":
         return [*py, *_replace_size(rest, "--size", (32, 64)), "--repeats", "1", "--warmup", "0", "--threads", "1"]
     if mod == "kernels.aot":
