@@ -29,6 +29,29 @@ def kaiming_fan_out(key, shape, dtype=jnp.float32):
     return (flat * jnp.sqrt(jnp.asarray(2.0 / fan_out, dtype))).reshape(shape)
 
 
+def kaiming_a1(key, shape, dtype=jnp.float32):
+    """``torch.nn.init.kaiming_normal_(w, a=1)``: N(0, 1 / fan_in), fan_in = in * kh * kw (the
+    init of the BiSeNet and SFANet/MGSeg code); drawn flat like :func:`kaiming_fan_out`."""
+    fan_in = math.prod(shape[:-1])
+    return (jax.random.normal(key, (math.prod(shape),), dtype) * fan_in**-0.5).reshape(shape)
+
+
+def torch_default_kernel(key, shape, dtype=jnp.float32):
+    """PyTorch's default conv kernel init (``kaiming_uniform_(a=sqrt(5))``): U(+-1 / sqrt(fan_in)),
+    fan_in = in * kh * kw; drawn flat."""
+    return uniform_init(math.prod(shape[:-1]) ** -0.5)(key, shape, dtype)
+
+
+def uniform_init(bound: float):
+    """U(-bound, bound), drawn flat: PyTorch's default ``nn.Conv2d`` / ``nn.Linear`` init with
+    bound = 1 / sqrt(fan_in of the weight), for the weight and the bias alike."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, (math.prod(shape),), dtype, -bound, bound).reshape(shape)
+
+    return init
+
+
 def conv2d(
     cin: int,
     cout: int,
@@ -39,6 +62,8 @@ def conv2d(
     dilation: int = 1,
     bias: bool = False,
     zero_init: bool = False,
+    kernel_init=None,
+    bias_init=None,
     dtype=None,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
@@ -49,6 +74,8 @@ def conv2d(
     blocks, block g of the output seeing only block g of the input; the kernel is then
     [k, k, cin / groups, cout] (PyTorch: [cout, cin / groups, k, k]).  ``dilation`` d spaces the
     taps d apart with padding d * (k // 2), ``nn.Conv2d(..., padding=d * (k // 2), dilation=d)``.
+    Initialisation: :func:`kaiming_fan_out` kernels (zeros with ``zero_init``) and zero biases,
+    unless ``kernel_init`` / ``bias_init`` say otherwise (a zoo model's upstream init).
     """
     if cin % groups or cout % groups:
         raise ValueError(f"conv2d: channels {cin} -> {cout} do not split into {groups} groups")
@@ -64,8 +91,8 @@ def conv2d(
         use_bias=bias,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=nnx.initializers.zeros if zero_init else kaiming_fan_out,
-        bias_init=nnx.initializers.zeros,
+        kernel_init=kernel_init or (nnx.initializers.zeros if zero_init else kaiming_fan_out),
+        bias_init=bias_init or nnx.initializers.zeros,
         rngs=rngs,
     )
 
@@ -123,11 +150,7 @@ def conv1d(
 def linear(cin: int, cout: int, *, bias: bool = True, dtype=None, rngs: nnx.Rngs) -> nnx.Linear:
     """``nn.Linear(cin, cout)`` on the last axis: kernel [cin, cout] (PyTorch weight [cout, cin]),
     initialised as PyTorch does, weight and bias U(-1/sqrt(cin), 1/sqrt(cin))."""
-    bound = cin**-0.5
-
-    def uniform(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
+    uniform = uniform_init(cin**-0.5)
     return nnx.Linear(
         cin,
         cout,

@@ -65,31 +65,15 @@ from flax import nnx
 
 from jax_csfcn import ops
 from jax_csfcn.backbone import ResNet18
-from jax_csfcn.layers import BatchNorm2d
-
-# Upstream's conv init: torch.nn.init.kaiming_normal_(w, a=1) = N(0, 2 / ((1 + a^2) fan_in)).
-_kaiming_a1 = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
+from jax_csfcn.layers import BatchNorm2d, conv2d, kaiming_a1
 
 _TORCHVISION_TRUNK = re.compile(r"(conv1|bn1|layer[1-4])\.")
 
 
 def _conv(cin: int, cout: int, k: int, *, stride: int = 1, bias: bool = False, dtype=None, rngs: nnx.Rngs):
-    """``nn.Conv2d(cin, cout, k, stride, k // 2, bias=bias)`` (:func:`jax_csfcn.layers.conv2d`'s
-    layout and padding) with upstream's init: kernel N(0, 1 / fan_in), bias 0."""
-    p = k // 2
-    return nnx.Conv(
-        cin,
-        cout,
-        kernel_size=(k, k),
-        strides=(stride, stride),
-        padding=((p, p), (p, p)),
-        use_bias=bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=_kaiming_a1,
-        bias_init=nnx.initializers.zeros,
-        rngs=rngs,
-    )
+    """``nn.Conv2d(cin, cout, k, stride, k // 2, bias=bias)`` with upstream's init,
+    ``kaiming_normal_(a=1)`` kernels (:func:`jax_csfcn.layers.kaiming_a1`) and zero biases."""
+    return conv2d(cin, cout, k, stride=stride, bias=bias, kernel_init=kaiming_a1, dtype=dtype, rngs=rngs)
 
 
 def _global_mean(x: jax.Array) -> jax.Array:

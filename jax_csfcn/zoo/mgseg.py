@@ -57,50 +57,20 @@ folds at deployment; see :mod:`torch_deploy.zoo.mgseg`.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jax_csfcn.backbone import BasicBlock, max_pool_3x3s2
-from jax_csfcn.layers import BatchNorm2d, conv2d, linear
+from jax_csfcn.layers import BatchNorm2d, conv2d, kaiming_a1, linear, torch_default_kernel
 from jax_csfcn.ops import at_least_f32, pixel_shuffle, resize_bilinear
 
 AUX_UPSAMPLE = 16
 
 
-# The two upstream initialisers besides the trunk's, for HWIO kernels (fan_in = all but the last
-# axis).  Both draw a flat vector and reshape it: XLA compiles a 1-D random draw several times
-# faster than an N-D one, and these eager compiles dominate building the model on a CPU.
-def _kaiming_a1(key, shape, dtype=jnp.float32):
-    """``kaiming_normal_(a=1)``: N(0, 1 / fan_in)."""
-    fan_in = math.prod(shape[:-1])
-    return (jax.random.normal(key, (math.prod(shape),), dtype) * fan_in**-0.5).reshape(shape)
-
-
-def _torch_default(key, shape, dtype=jnp.float32):
-    """PyTorch's default conv init (``kaiming_uniform_(a=sqrt(5))``): U(+-1 / sqrt(fan_in))."""
-    bound = math.prod(shape[:-1]) ** -0.5
-    return jax.random.uniform(key, (math.prod(shape),), dtype, -bound, bound).reshape(shape)
-
-
 def _conv(cin: int, cout: int, k: int, init, *, groups: int = 1, bias: bool = False, dtype=None, rngs: nnx.Rngs):
     """:func:`layers.conv2d` (stride 1, padding k // 2) with the upstream's initialiser ``init``."""
-    p = k // 2
-    return nnx.Conv(
-        cin,
-        cout,
-        kernel_size=(k, k),
-        padding=((p, p), (p, p)),
-        feature_group_count=groups,
-        use_bias=bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=init,
-        bias_init=nnx.initializers.zeros,
-        rngs=rngs,
-    )
+    return conv2d(cin, cout, k, groups=groups, bias=bias, kernel_init=init, dtype=dtype, rngs=rngs)
 
 
 def _resize(x: jax.Array, like: jax.Array | tuple[int, int]) -> jax.Array:
@@ -142,7 +112,7 @@ class CBR(nnx.Module):
     """conv k x k (no bias) -> BN -> ReLU at paths ``conv.0`` / ``conv.1`` (upstream ``CBR``)."""
 
     def __init__(self, cin: int, cout: int, k: int, *, dtype=None, rngs: nnx.Rngs):
-        conv = _conv(cin, cout, k, _torch_default, dtype=dtype, rngs=rngs)
+        conv = _conv(cin, cout, k, torch_default_kernel, dtype=dtype, rngs=rngs)
         self.conv = nnx.List([conv, BatchNorm2d(cout, dtype=dtype)])
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -186,7 +156,7 @@ class HAFA(nnx.Module):
 
     def __init__(self, num_classes: int, *, dtype=None, rngs: nnx.Rngs):
         def conv(cin, cout):
-            return _conv(cin, cout, 3, _kaiming_a1, dtype=dtype, rngs=rngs)
+            return _conv(cin, cout, 3, kaiming_a1, dtype=dtype, rngs=rngs)
 
         self.q5_slwa = SLWA(512, 128, dtype=dtype, rngs=rngs)
         self.q5_conv = conv(128, 128)
@@ -225,11 +195,11 @@ class GWL(nnx.Module):
         k = num_classes
         self.conv_1 = nnx.List(
             [
-                _conv(512, 128, 3, _torch_default, dtype=dtype, rngs=rngs),
-                _conv(128, 8 * k, 1, _torch_default, dtype=dtype, rngs=rngs),
+                _conv(512, 128, 3, torch_default_kernel, dtype=dtype, rngs=rngs),
+                _conv(128, 8 * k, 1, torch_default_kernel, dtype=dtype, rngs=rngs),
             ]
         )
-        self.GC_conv = _conv(8 * k, 4 * k, 3, _kaiming_a1, groups=k, dtype=dtype, rngs=rngs)
+        self.GC_conv = _conv(8 * k, 4 * k, 3, kaiming_a1, groups=k, dtype=dtype, rngs=rngs)
 
     def __call__(self, q5: jax.Array, size16: tuple[int, int], size8: tuple[int, int]) -> jax.Array:
         x = self.conv_1[1](self.conv_1[0](q5))
@@ -245,7 +215,7 @@ class FGR(nnx.Module):
         self.gwl = GWL(num_classes, dtype=dtype, rngs=rngs)
 
         def conv():
-            return _conv(128, 1, 3, _kaiming_a1, dtype=dtype, rngs=rngs)
+            return _conv(128, 1, 3, kaiming_a1, dtype=dtype, rngs=rngs)
 
         self.conv_1 = conv()
         self.conv_2 = conv()
@@ -266,7 +236,7 @@ class SegHead(nnx.Module):
     def __init__(self, cin: int, mid: int, num_classes: int, *, dtype=None, rngs: nnx.Rngs):
         self.conv = CBR(cin, mid, 3, dtype=dtype, rngs=rngs)
         out = num_classes * AUX_UPSAMPLE**2
-        self.conv_out = _conv(mid, out, 1, _kaiming_a1, bias=True, dtype=dtype, rngs=rngs)
+        self.conv_out = _conv(mid, out, 1, kaiming_a1, bias=True, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return pixel_shuffle(self.conv_out(self.conv(x)), AUX_UPSAMPLE)

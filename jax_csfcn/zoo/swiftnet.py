@@ -63,7 +63,7 @@ from flax import nnx
 
 from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
 from jax_csfcn.backbone import ResNet18
-from jax_csfcn.layers import BatchNorm2d, conv2d
+from jax_csfcn.layers import BatchNorm2d, conv2d, uniform_init
 from jax_csfcn.ops import adaptive_avg_pool, at_least_f32, resize_bilinear
 
 # configs/rn18_single_scale.py: statistics of Cityscapes images on the 0..255 scale.
@@ -78,23 +78,8 @@ SPP_LEVEL = NUM_FEATURES // len(SPP_GRIDS)  # 42
 def _torch_default_conv(cin: int, cout: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.Conv:
     """1x1 conv with bias initialised as ``nn.Conv2d``'s default: weight and bias
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5))."""
-    bound = cin**-0.5
-
-    def uniform(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return nnx.Conv(
-        cin,
-        cout,
-        kernel_size=(1, 1),
-        padding=((0, 0), (0, 0)),
-        use_bias=True,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=uniform,
-        bias_init=uniform,
-        rngs=rngs,
-    )
+    uniform = uniform_init(cin**-0.5)
+    return conv2d(cin, cout, 1, bias=True, kernel_init=uniform, bias_init=uniform, dtype=dtype, rngs=rngs)
 
 
 class BNReluConv(nnx.Module):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_deploy.model import REFERENCE_OPS, BasicBlock, ReferenceOps
+from torch_deploy.model import REFERENCE_OPS, BasicBlock, ReferenceOps, use_ops
 
 AUX_UPSAMPLE = 16
 
@@ -248,10 +248,7 @@ class MGSeg(nn.Module):
 
     def use_ops(self, ops: ReferenceOps) -> MGSeg:
         """Run every module of this network through the backend ``ops`` (returns self)."""
-        for m in self.modules():
-            if isinstance(getattr(type(m), "ops", None), ReferenceOps):
-                m.ops = ops
-        return self
+        return use_ops(self, ops)
 
     def _main(self, x):
         c2, c3, c4 = self.resnet(x)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_deploy.model import REFERENCE_OPS, BasicBlock, ReferenceOps
+from torch_deploy.model import REFERENCE_OPS, BasicBlock, ReferenceOps, use_ops
 
 
 def _kaiming_a1(conv: nn.Conv2d) -> None:
@@ -247,10 +247,7 @@ class SFANet(nn.Module):
 
     def use_ops(self, ops: ReferenceOps) -> SFANet:
         """Run every module of this network through the backend ``ops`` (returns self)."""
-        for m in self.modules():
-            if isinstance(getattr(type(m), "ops", None), ReferenceOps):
-                m.ops = ops
-        return self
+        return use_ops(self, ops)
 
     def _features(self, x):
         feat4, feat8, feat16, feat32, gap = self.resnet(x)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
-from torch_deploy.model import REFERENCE_OPS, ReferenceOps, ResNet18
+from torch_deploy.model import REFERENCE_OPS, ReferenceOps, ResNet18, use_ops
 
 # configs/rn18_single_scale.py (jax_csfcn.zoo.swiftnet has the same constants).
 SWIFTNET_MEAN = (73.15, 82.90, 72.3)
@@ -170,10 +170,7 @@ class SwiftNet(nn.Module):
 
     def use_ops(self, ops: ReferenceOps) -> SwiftNet:
         """Run every module of this network through the backend ``ops`` (returns self)."""
-        for m in self.modules():
-            if isinstance(getattr(type(m), "ops", None), ReferenceOps):
-                m.ops = ops
-        return self
+        return use_ops(self, ops)
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         return (self.forward(x),)
