@@ -299,12 +299,16 @@ def benchmark(plan: Plan, out: str, size: tuple, only: str) -> dict:
     path = os.path.join(out, f"benchmark_{h}x{w}.json")
     argv = ["--json", path, "--warmup", str(plan.warmup), "--repeats", str(plan.repeats), "--device", plan.device]
     argv += ["--ceilings", plan.ceilings, "--compile-mode", plan.compile_mode, "--only", only]
-    argv += ["--size", str(h), str(w)]
+    return _run_benchmark(plan, argv + ["--size", str(h), str(w)], path)
+
+
+def _run_benchmark(plan: Plan, argv: list, path: str) -> dict:
+    """``torch_deploy.benchmark`` in this process with ``argv`` (one thread on CPU); its JSON."""
     if plan.device == "cpu":
-        argv += ["--threads", "1"]
+        argv = [*argv, "--threads", "1"]
     rc = bench.main(argv)
     if rc:
-        raise RuntimeError(f"torch_deploy.benchmark exited {rc}")
+        raise RuntimeError(f"torch_deploy.benchmark {' '.join(argv)} exited {rc}")
     with open(path) as f:
         return json.load(f)
 
@@ -314,14 +318,7 @@ def zoo_comparison(plan: Plan, out: str, size: tuple) -> dict:
     h, w = size
     path = os.path.join(out, f"models_{h}x{w}.json")
     argv = ["--model", "all", "--json", path, "--warmup", str(plan.warmup), "--repeats", str(plan.repeats)]
-    argv += ["--device", plan.device, "--size", str(h), str(w)]
-    if plan.device == "cpu":
-        argv += ["--threads", "1"]
-    rc = bench.main(argv)
-    if rc:
-        raise RuntimeError(f"torch_deploy.benchmark --model all exited {rc}")
-    with open(path) as f:
-        return json.load(f)
+    return _run_benchmark(plan, argv + ["--device", plan.device, "--size", str(h), str(w)], path)
 
 
 def train(plan: Plan) -> dict:
