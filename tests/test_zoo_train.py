@@ -120,3 +120,29 @@ def test_a_zoo_model_trains_with_its_auxiliary_heads(tmp_path):
     from convert.formats import load_torch_model
 
     assert type(load_torch_model(tmp_path / "run")).__name__ == "BiSeNetV1"
+
+
+def test_icnet_takes_a_resnet50s_file(tmp_path):
+    """timm ``resnet50s`` (gluon ResNet-50-v1s) names map 1:1 under ``pretrained.``; a resnet50d
+    file (average-pool shortcut, ``downsample.2``) is refused by name."""
+    config = ModelConfig(name="icnet", num_classes=3)
+    torch.manual_seed(1)
+    backbone = {
+        k[len("pretrained.") :]: torch.randn(v.shape) if v.is_floating_point() else v
+        for k, v in build_twin(config).state_dict().items()
+        if k.startswith("pretrained.")
+    }
+    torch.save(backbone, tmp_path / "resnet50s.pth")
+    model = build_model(config)
+    n = init_backbone(model, config, tmp_path / "resnet50s.pth")
+    assert n == len(backbone)  # every tensor of the file, BN counters included
+    from convert.formats import flax_to_torch
+    from torch_deploy.checkpoint import twin_shapes
+
+    tensors = flax_to_torch(model_flat(model), torch_shapes=twin_shapes(config))
+    for key in ("conv1.0.weight", "layer3.5.conv2.weight", "layer4.0.downsample.1.running_var", "fc.weight"):
+        np.testing.assert_array_equal(tensors["pretrained." + key], backbone[key].numpy(), err_msg=key)
+    backbone["layer1.0.downsample.2.weight"] = backbone.pop("layer1.0.downsample.1.weight")
+    torch.save(backbone, tmp_path / "resnet50d.pth")
+    with pytest.raises(ConversionError, match="downsample"):
+        init_backbone(model, config, tmp_path / "resnet50d.pth")
