@@ -39,6 +39,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from csfcn.model_config import ModelConfig
 from csfcn.tables import markdown_table
 from kernels._common import Launch, gpu_launch_config, interpreted, record_launches
 
@@ -48,7 +49,9 @@ TARGETS = {"sm_80": (80, 166912), "sm_90": (90, 232448)}
 DEFAULT_SIZES = ((1024, 2048), (712, 1304))  # the benchmark's largest size, and one where nothing divides by 16
 PRECISIONS = ("fp32", "fp16", "bf16")
 OUTPUTS = ("logits", "labels")
-VARIANTS = ("csfcn", "csfcn_tiny")
+# The models whose fast path launches Triton kernels: CSFCN's two, and SFANet (its feature
+# alignment runs through sfc_fuse with one group, docs/zoo.md).
+VARIANTS = ("csfcn", "csfcn_tiny", "sfanet")
 
 
 @dataclasses.dataclass
@@ -100,13 +103,13 @@ def record_model_launches(
 ) -> list[tuple[str, Launch]]:
     """(case label, launch) for every kernel launch of ``optimize``'s model over the grid of cases,
     traced on the ``meta`` device with the GPU launch configuration."""
-    from torch_deploy.model import CSFCN
+    from torch_deploy.model import build_twin
     from torch_deploy.optimize import optimize_on_meta
 
     out = []
     for variant in variants:
         with torch.device("meta"):
-            twin = CSFCN(name=variant, num_classes=classes).eval()
+            twin = build_twin(ModelConfig(name=variant, num_classes=classes)).eval()
         for precision in precisions:
             for output in outputs:
                 fast = optimize_on_meta(twin, precision, output)
@@ -332,7 +335,7 @@ def _parse(argv=None) -> argparse.Namespace:
         metavar=("H", "W"),
         help="input size to trace; repeat for several (default: 1024 2048 and 712 1304)",
     )
-    p.add_argument("--variant", choices=VARIANTS, action="append", help="model variant (default: both)")
+    p.add_argument("--variant", choices=VARIANTS, action="append", help="model (default: all of them)")
     p.add_argument("--classes", type=int, default=19, help="number of classes K (default 19)")
     p.add_argument("--workers", type=int, default=None, help="compile processes (default: one per core)")
     p.add_argument("--json", metavar="PATH", help="also write every result as JSON to PATH")
