@@ -196,7 +196,8 @@ def main(argv=None) -> int:
         ],
     )
     header = (
-        f"{args.steps} steps each on the synthetic scenes (configs/synthetic.py), val mIoU on its 10 val images; "
+        f"{args.steps} steps each on the synthetic scenes (configs/synthetic.py), val mIoU on its "
+        f"{cfg.data.synthetic.val} val images; "
         f"latency of torch_deploy.optimize fp32 labels at {size[0]}x{size[1]}, batch 1, on {device}.\n\n"
     )
     write_atomic(workdir / "accuracy_speed.md", lambda t: Path(t).write_text(header + table + "\n"))
