@@ -14,7 +14,8 @@ the val image size, through ``torch_deploy.optimize`` (fp32, labels).  Written:
 * ``WORKDIR/accuracy_speed.png``: val mIoU against latency, one labelled point per model.
 
 A model whose run already finished is not trained again; an interrupted run continues from its
-last checkpoint (``--fresh`` starts over).  ``--tiny`` checks an installation in minutes (the
+last checkpoint (``--fresh`` starts over).  A model whose training stops on a non-finite step
+is reported as diverged (with the step) and the others go on.  ``--tiny`` checks an installation in minutes (the
 demo's tiny scenes: 8 train / 2 val images of 64x128, 4 steps; folders ``runs/accuracy_speed_tiny``
 and ``data/synthetic_tiny``): its numbers mean nothing.  On the synthetic scenes the numbers rank the
 architectures' fit to a small, easy dataset under a short schedule, not their Cityscapes accuracy.
@@ -68,7 +69,11 @@ def train_one(name: str, workdir: Path, steps: int, fresh: bool, tiny: bool = Fa
     cfg.train.steps = steps
     cfg.checkpoint.every = max(1, min(cfg.checkpoint.every, steps))
     cfg.eval.every = 0  # one evaluation, at the end
-    summary = train(cfg, resume=has_checkpoints(run))
+    try:
+        summary = train(cfg, resume=has_checkpoints(run))
+    except FloatingPointError as e:  # the run stopped on a non-finite step: a result, not a crash
+        print(f"   {name} diverged under this recipe: {e}", flush=True)
+        return {"miou": None, "diverged": str(e).split(";")[0]}
     write_atomic(run / "accuracy_speed_run.json", lambda t: Path(t).write_text(json.dumps({"steps": steps})))
     return summary["val"]
 
@@ -106,7 +111,7 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for r in rows:
+    for r in (r for r in rows if r["miou"] is not None):
         ax.errorbar(
             r["median_ms"],
             100 * r["miou"],
@@ -162,22 +167,20 @@ def main(argv=None) -> int:
     for i, name in enumerate(names, 1):
         print(f"\n== [{i}/{len(names)}] {name}: {args.steps} steps on the synthetic scenes", flush=True)
         scores[name] = train_one(name, workdir, args.steps, args.fresh, args.tiny)
-        paths[name] = export(name, workdir)
+        if scores[name]["miou"] is not None:
+            paths[name] = export(name, workdir)
     print(f"\n== timing {len(names)} models at {size[0]}x{size[1]} ({args.repeats} interleaved rounds)", flush=True)
     timing = time_models(paths, size, args.repeats, args.warmup)
     rows = []
     for name in names:
         config = ModelConfig(name=name, num_classes=cfg.model.num_classes)
         n_params = sum(q.numel() for q in build_twin(config).parameters())
-        rows.append(
-            {
-                "model": name,
-                "miou": scores[name]["miou"],
-                "params": n_params,
-                "gflops": gflops(config, size),
-                **timing[name],
-            }
-        )
+        row = {"model": name, "miou": scores[name]["miou"], "params": n_params, "gflops": gflops(config, size)}
+        if name in timing:
+            row.update(timing[name])
+        else:
+            row["diverged"] = scores[name]["diverged"]
+        rows.append(row)
     device = device_name(torch.device("cpu"))
     result = {"steps": args.steps, "size": list(size), "device": device, "rows": rows}
     write_atomic(workdir / "accuracy_speed.json", lambda t: Path(t).write_text(json.dumps(result, indent=2)))
@@ -186,9 +189,9 @@ def main(argv=None) -> int:
         [
             [
                 r["model"],
-                f"{100 * r['miou']:.1f}",
-                f"{r['median_ms']:.1f}",
-                f"{r['p10_ms']:.1f}..{r['p90_ms']:.1f}",
+                f"{100 * r['miou']:.1f}" if r["miou"] is not None else "diverged",
+                f"{r['median_ms']:.1f}" if "median_ms" in r else "-",
+                f"{r['p10_ms']:.1f}..{r['p90_ms']:.1f}" if "median_ms" in r else "-",
                 f"{r['params'] / 1e6:.2f}",
                 f"{r['gflops']:.1f}",
             ]

@@ -339,7 +339,10 @@ def check_after(cmd: Command, proc, ws: Path) -> None:
         assert len(benches) == 2 and all(b["status"] == "ok" for b in benches) and (out / "gpu_check.md").is_file()
     elif "torch_deploy.benchmark" in text and "--model" in argv:  # every model side by side
         for name in ("csfcn", "sfanet", "mgseg", "icnet", "bisenetv1", "swiftnet"):
-            assert f"{name} twin fp32" in proc.stdout and f"{name} fast fp32" in proc.stdout, (name, proc.stdout[-3000:])
+            assert f"{name} twin fp32" in proc.stdout and f"{name} fast fp32" in proc.stdout, (
+                name,
+                proc.stdout[-3000:],
+            )
     elif "torch_deploy.benchmark" in text:
         only = set(argv[argv.index("--only") + 1].split(",")) if "--only" in argv else {"a", "u", "i", "o"}
         rows = {"a": "a  reference eager fp32", "u": "u  upstream protocol", "i": "i  onnxruntime int8"}
