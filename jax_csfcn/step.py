@@ -162,9 +162,10 @@ def make_train_step(graphdef, tx, cfg, mesh):
                     f"the network output is {outs[0].shape[1:3]} for a {images.shape[1:3]} crop; "
                     "use a crop size that is a multiple of 32"
                 )
-            return weighted_loss(outs, type(model).LOSS_WEIGHTS, labels, term), nnx.state(model, nnx.BatchStat)
+            loss, kept = weighted_loss(outs, type(model).LOSS_WEIGHTS, labels, term)
+            return loss, (nnx.state(model, nnx.BatchStat), kept)
 
-        ((loss, kept), new_stats), grads = _value_and_grad(loss_fn)(params, stats)
+        (loss, (new_stats, kept)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
         grad_norm = optax.global_norm(grads)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -182,20 +183,6 @@ def make_train_step(graphdef, tx, cfg, mesh):
 
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=(0,))
-
-
-def _value_and_grad(loss_fn):
-    """``loss_fn(p, s) -> ((loss, kept), stats)`` differentiated in ``loss`` only."""
-
-    def split(p, s):
-        (loss, kept), stats = loss_fn(p, s)
-        return loss, (kept, stats)
-
-    def run(p, s):
-        (loss, (kept, stats)), grads = jax.value_and_grad(split, has_aux=True)(p, s)
-        return ((loss, kept), stats), grads
-
-    return run
 
 
 def weighted_loss(outputs, weights, labels: jax.Array, term) -> tuple[jax.Array, jax.Array]:
