@@ -174,7 +174,8 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         config = ModelConfig(name=name, num_classes=cfg.model.num_classes)
-        n_params = sum(q.numel() for q in build_twin(config).parameters())
+        with torch.device("meta"):  # shapes only: counting needs no weights
+            n_params = sum(q.numel() for q in build_twin(config).parameters())
         row = {"model": name, "miou": scores[name]["miou"], "params": n_params, "gflops": gflops(config, size)}
         if name in timing:
             row.update(timing[name])
