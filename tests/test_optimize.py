@@ -161,28 +161,53 @@ MODEL_CASES = [
 @pytest.mark.parametrize(
     "k,b,h,w,cl", [(19, 2, 5, 7, True), (11, 1, 4, 6, False), (1, 1, 3, 3, True), (257, 1, 2, 3, True)]
 )
-def test_cpu_head_matmul_matches_conv_pixel_shuffle_argmax(g, k, b, h, w, cl):
-    """The CPU head (one matmul with outputs reordered to (sub-pixel, class), argmax over contiguous
-    runs of K) is conv1x1 + pixel_shuffle (+ argmax over K), for batch > 1, both layouts, K = 1 and
-    K > 256 (int32 labels)."""
+def test_cpu_heads_match_conv_pixel_shuffle_argmax(g, k, b, h, w, cl, monkeypatch):
+    """The CPU heads are conv1x1 + pixel_shuffle (+ argmax over K): logits as one matmul with outputs
+    reordered to (sub-pixel, class); labels chunk by chunk (14 pixels here: two rows of 7 out of 5,
+    so the last chunk is short), for batch > 1, both layouts, K = 1 and K > 256 (int32 labels).
+    Two classes are made identical, so every pixel has an exact tie: the first one wins, as in
+    torch.argmax."""
     from torch_deploy.model import Head
 
+    monkeypatch.setattr(opt, "LABEL_CHUNK_PIXELS", 14)
     head = Head(k).eval()
     with torch.no_grad():
         for p in head.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        if k > 2:  # class 2 := class 1: ties wherever class 1 is the maximum
+            head.conv_out.weight[128:192] = head.conv_out.weight[64:128]
+            head.conv_out.bias[128:192] = head.conv_out.bias[64:128]
     x = torch.rand(b, 128, h, w, generator=g)
     if cl:
         x = x.to(memory_format=torch.channels_last)
     with torch.no_grad():
         logits_ref = F.pixel_shuffle(head.conv_out(x), 8)
-    got = {}
-    for output in ("logits", "labels"):
-        got[output] = opt.FastOps(output, kernels=False).cpu_shuffle(head, x)
-    assert got["logits"].shape == (b, k, 8 * h, 8 * w)
-    assert rel_l2(got["logits"], logits_ref) <= 1e-6
-    assert got["labels"].dtype == (torch.uint8 if k <= 256 else torch.int32)
-    assert torch.equal(got["labels"].long(), logits_ref.argmax(1))
+        logits = opt.FastOps("logits", kernels=False).cpu_shuffle(head, x)
+        labels = opt.FastOps("labels", kernels=False).cpu_labels(head, x)
+    assert logits.shape == (b, k, 8 * h, 8 * w)
+    assert rel_l2(logits, logits_ref) <= 1e-6
+    assert labels.dtype == (torch.uint8 if k <= 256 else torch.int32)
+    expected = logits_ref.argmax(1)
+    assert torch.equal(labels.long(), expected)
+    if k > 2:
+        assert (expected == 1).any() and not (expected == 2).any()
+
+
+def test_cpu_labels_head_in_bf16_is_the_bf16_argmax(g):
+    """In bfloat16 the labels head picks the argmax of the bfloat16 conv's own scores, ties included
+    (bfloat16 has many: 8 bits of mantissa)."""
+    from torch_deploy.model import Head
+
+    head = Head(19).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    head = head.to(torch.bfloat16)
+    x = torch.rand(2, 128, 6, 10, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        scores = F.pixel_shuffle(opt.conv2d(head.conv_out, x), 8)  # the same oneDNN conv, bf16 out
+        labels = opt.FastOps("labels", kernels=False).cpu_labels(head, x)
+    assert torch.equal(labels.long(), scores.float().argmax(1))
 
 
 def test_onednn_packed_weights_follow_weight_changes(g):

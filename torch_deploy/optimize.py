@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
+from torch_deploy.heap import retain_freed_memory
 from torch_deploy.model import CSFCN, REFERENCE_OPS, SFC, Head, ReferenceOps, labels_dtype, use_ops
 
 # fp64 runs the reference ops only: it exists to check that the folded graph is the same function.
@@ -257,7 +258,7 @@ def fold_sfc_offsets(sfc: SFC) -> SFC:
 # ----------------------------------------------------------------------------- the fast backend
 def _head_rows(conv_out: nn.Conv2d, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's 1x1 conv with outputs reordered from (class, sub-pixel) to (sub-pixel, class), for
-    the CPU path: one matmul then gives, per pixel, 64 contiguous runs of K scores."""
+    the CPU logits path: one matmul then writes the logits in channels-last order."""
 
     def build():
         r2 = HEAD_UPSAMPLE**2
@@ -267,13 +268,29 @@ def _head_rows(conv_out: nn.Conv2d, k: int) -> tuple[torch.Tensor, torch.Tensor]
     return _derived(conv_out, "_head_rows", build)
 
 
+# The CPU labels head works on chunks of this many low-resolution pixels: (256, K, 64) fp32 scores
+# are 1.2 MB for K = 19, which stay in a core's L2 between the head's passes (measured: 128 to 1024
+# pixels are within 10 % of each other, whole images 3x slower; BENCHMARKS.md, CPU deployment).
+LABEL_CHUNK_PIXELS = 256
+# Multiplying a non-zero score gap (>= 2**-126, the smallest normal float32/bfloat16) by this
+# makes it <= -1, so clamp(gap * ONE_HOT_SCALE + 1, min=0) is 1 at a maximum and 0 elsewhere.
+ONE_HOT_SCALE = 2.0**126
+
+
+def _class_codes(conv_out: nn.Conv2d, k: int) -> torch.Tensor:
+    """(1, K, 1) float32 scores K - k: the largest for the first class (exact up to 2**24 classes)."""
+    return _derived(conv_out, "_class_codes", lambda: (k - torch.arange(k, dtype=torch.float32)).view(1, k, 1))
+
+
 class FastOps(ReferenceOps):
     """``optimize``'s backend for the twin's module tree (BN folded, SFC folded).
 
     Convolutions: on CPU in fp32/bf16 one oneDNN call each with pre-packed weights and the ReLU
-    fused (:func:`conv2d`). The hot spots: with ``kernels`` the Triton kernels of :mod:`kernels`
-    (``pooled_attention``, ``sfc_fuse`` with the 1/32 resize fused, ``shuffle_head``), else the
-    same functions' reference ops; the CSFCN head on CPU as one matmul (:meth:`cpu_shuffle`).
+    fused (:func:`conv2d`; a residual's add as a oneDNN post-op measured no faster). The hot
+    spots: with ``kernels`` the Triton kernels of :mod:`kernels` (``pooled_attention``,
+    ``sfc_fuse`` with the 1/32 resize fused, ``shuffle_head``), else the same functions'
+    reference ops; the CSFCN head on CPU as one matmul for logits (:meth:`cpu_shuffle`) and in
+    cache-sized chunks for labels (:meth:`cpu_labels`).
     """
 
     name = "fast"
@@ -325,22 +342,44 @@ class FastOps(ReferenceOps):
         return sfc_fuse(fh, fl, torch.cat([zero, offset, zero], dim=1))
 
     def cpu_shuffle(self, head: Head, x: torch.Tensor) -> torch.Tensor:
-        """Head 1x1 conv + pixel shuffle (+ argmax) on CPU as a matmul over (pixel, channel) rows.
+        """Head 1x1 conv + pixel shuffle on CPU, logits out, as a matmul over (pixel, channel) rows.
 
-        For channels-last ``x`` the rows are a free view; the matmul writes (pixel, sub-pixel, class),
-        so the argmax reduces contiguous runs of K (measured faster than pixel_shuffle + argmax, and
-        than reducing over K from the (class, sub-pixel) layout) and the 64 labels per pixel are
-        scattered to their 8x8 block as uint8."""
+        For channels-last ``x`` the rows are a free view; the matmul writes (pixel, sub-pixel,
+        class), which is the (B, K, 8h, 8w) logits in channels-last layout."""
         b, c, h, w = x.shape
         k, r = head.num_classes, HEAD_UPSAMPLE
         weight, bias = _head_rows(head.conv_out, k)
         rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         y = torch.addmm(bias, rows, weight.t()).view(b, h, w, r, r, k)
-        if self.output == "labels":
-            labels = y.argmax(-1).to(labels_dtype(k))  # (b, h, w, i, j)
-            return labels.permute(0, 1, 3, 2, 4).reshape(b, h * r, w * r)
         # (b, h, i, w, j, k) in memory: logits (b, k, 8h, 8w) in channels-last layout
         return y.permute(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, k).permute(0, 3, 1, 2)
+
+    def cpu_labels(self, head: Head, x: torch.Tensor) -> torch.Tensor:
+        """Head 1x1 conv + pixel shuffle + argmax on CPU, labels out, chunk by chunk.
+
+        Per chunk of :data:`LABEL_CHUNK_PIXELS` low-resolution pixels (whole rows of one image):
+        the oneDNN 1x1 conv writes, per pixel, K runs of 64 sub-pixel scores (the conv's
+        (class, sub-pixel) channel order, channels-last). The argmax over K is then built from
+        reductions and element-wise passes that vectorise over the 64 contiguous sub-pixels,
+        where PyTorch's argmax over a 19-long axis runs one element at a time: the maximum m per
+        sub-pixel; s = clamp((score - m) * 2**126 + 1, min=0), exactly 1 at the maximum and 0
+        elsewhere; max over k of s * (K - k) is K minus the first class at the maximum -- the
+        argmax, ties included. The chunk stays in cache between passes and no full-resolution
+        logits exist. The passes run in float32 (bfloat16 scores converted exactly, per chunk;
+        measured 2x faster than bfloat16 arithmetic on CPU)."""
+        b, _, h, w = x.shape
+        k, r = head.num_classes, HEAD_UPSAMPLE
+        code = _class_codes(head.conv_out, k)
+        labels = torch.empty(b, h, r, w, r, dtype=labels_dtype(k))
+        rows = max(1, LABEL_CHUNK_PIXELS // w)
+        for i in range(b):
+            for top in range(0, h, rows):
+                y = self.conv(head.conv_out, x[i : i + 1, :, top : top + rows])  # (1, K*r*r, rows, w)
+                scores = y.permute(0, 2, 3, 1).reshape(-1, k, r * r).float()  # bf16: one pass, then faster ops
+                scores.sub_(scores.amax(1, keepdim=True)).mul_(ONE_HOT_SCALE).add_(1).clamp_(min=0)
+                first = scores.mul_(code).amax(1)  # K - the first class at the maximum, per sub-pixel
+                labels[i, top : top + rows] = first.neg_().add_(k).view(-1, w, r, r).transpose(1, 2)
+        return labels.view(b, h * r, w * r)
 
     def head(self, head, x):
         if head.tiny:  # a bilinear x8 resize: no shortcut, conv + resize (+ argmax)
@@ -350,7 +389,9 @@ class FastOps(ReferenceOps):
         if self.kernels:
             return shuffle_head(x, head.conv_out.weight, head.conv_out.bias, upscale=HEAD_UPSAMPLE, output=self.output)
         if x.device.type == "cpu" and x.dtype != torch.float64:
-            return self.cpu_shuffle(head, x)
+            if self.output == "logits":
+                return self.cpu_shuffle(head, x)
+            return self.cpu_labels(head, x)
         y = self.conv(head.conv_out, x)
         if self.output == "logits":
             return F.pixel_shuffle(y, HEAD_UPSAMPLE)
@@ -498,6 +539,10 @@ def optimize(
     needs ``TRITON_INTERPRET=1``). channels_last: activation layout (default: True).
     static_output: return the CUDA graph's output buffer itself (overwritten by the next call
     of the same shape) instead of a copy. The module runs on the device of ``model``.
+
+    On CPU this also asks glibc's malloc to keep freed memory in the process
+    (:func:`torch_deploy.heap.retain_freed_memory`, process-wide): otherwise every call
+    page-faults its large activations in again, 15-20 % of an fp32 forward.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"optimize: precision={precision!r}; choose one of {sorted(PRECISIONS)}")
@@ -536,6 +581,8 @@ def optimize(
         allow_tf32=allow_tf32,
         static_output=static_output,
     )
+    if device.type == "cpu":
+        retain_freed_memory()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return fast.to(device=device, dtype=PRECISIONS[precision], memory_format=fmt)
 
