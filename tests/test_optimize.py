@@ -405,8 +405,8 @@ def test_benchmark_cli_runs_the_cpu_variants(tmp_path, capsys):
         from torch_deploy.cpu_peers import cpu_bf16_native, peer_missing
 
         bf16 = cpu_bf16_native()[0]
-        want = {"a", "u", "d", "e", "i", "o"} | ({"f"} if bf16 else set())
-        want |= {"v"} | ({"w"} if bf16 else set()) if peer_missing("openvino") is None else set()
+        want = {"a", "u", "d", "e", "q", "i", "o"} | ({"f"} if bf16 else set())
+        want |= {"v", "x"} | ({"w"} if bf16 else set()) if peer_missing("openvino") is None else set()
         assert keys == want and "per-kernel timings" in report["skipped"]
         assert "optimize fp32 labels (reference ops, CPU)" in text and "Skipped:" in text
         if peer_missing("openvino") is not None:

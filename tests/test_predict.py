@@ -281,9 +281,9 @@ def test_cli_help():
 
 
 def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch):
-    """--precision auto takes the fastest measured path (optimize bf16 on a CPU with native bf16,
-    else optimize fp32); int8 runs ONNX Runtime's quantized graph calibrated on --calibration;
-    the choices that cannot work are one line."""
+    """--precision auto takes the fastest measured path (optimize int8 when --calibration is given,
+    else bf16 on a CPU with native bf16, else fp32); int8 runs oneDNN's int8 convolutions
+    calibrated on --calibration; the choices that cannot work are one line."""
     import torch_deploy.predictor as predictor_module
     from torch_deploy.cpu_peers import cpu_bf16_native
 
@@ -297,9 +297,11 @@ def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch)
     assert (
         predict_main([*base, "--out", str(tmp_path / "q"), "--precision", "int8", "--calibration", str(tmp_path)]) == 0
     )
-    assert "precision=int8-onnxruntime" in capsys.readouterr().out
+    assert "precision=optimize-int8" in capsys.readouterr().out
     labels = np.asarray(Image.open(tmp_path / "q" / "labels" / "a.png"))
     assert labels.shape == (40, 64) and labels.max() < 19
+    assert predict_main([*base, "--out", str(tmp_path / "qa"), "--calibration", str(tmp_path)]) == 0
+    assert "precision=optimize-int8" in capsys.readouterr().out
     assert predict_main([*base, "--out", str(tmp_path / "r"), "--precision", "int8"]) == 2
     assert "--precision int8 needs --calibration" in capsys.readouterr().err
     monkeypatch.setattr(predictor_module, "cpu_bf16_native", lambda: (False, "this CPU lacks avx512_bf16"))

@@ -11,11 +11,14 @@ and scores (``jax_csfcn.metrics``), so its numbers are comparable with ``jax_csf
   twin            the PyTorch twin, eager fp32 (the reference)
   optimize-fp32   torch_deploy.optimize, labels
   optimize-bf16   the same in bf16 (where the CPU computes bf16 natively, or on a GPU)
-  int8            ONNX Runtime static int8 quantization of our ONNX, calibrated on
-                  --calibration-images images of --calibration-split (torch_deploy/cpu_peers.py)
+  optimize-int8   torch_deploy.optimize with oneDNN's int8 convolutions, calibrated on
+                  --calibration-images images of --calibration-split (torch_deploy/quantize.py)
   onnxruntime     ONNX Runtime fp32 on our ONNX export
+  onnxruntime-int8  ONNX Runtime's static int8 quantization of that ONNX, calibrated on the
+                  same images (torch_deploy/cpu_peers.py)
   openvino        OpenVINO fp32 on the same ONNX (the openvino extra)
   openvino-bf16   OpenVINO bf16
+  openvino-int8   OpenVINO running the quantized ONNX of onnxruntime-int8
   onnx-file       an ONNX file you exported (--onnx FILE, python -m torch_deploy.export_onnx; a
                   static export must have the split's size, padded to a multiple of 8, or use
                   --dynamic), run by ONNX Runtime: what you ship, scored as it is
@@ -47,7 +50,24 @@ from torch_deploy.cpu_peers import OnnxPeer, cpu_bf16_native, peer_missing
 from torch_deploy.optimize import optimize
 from torch_deploy.predictor import normalise, pad_to_multiple
 
-PATHS = ("twin", "optimize-fp32", "optimize-bf16", "int8", "onnxruntime", "openvino", "openvino-bf16")
+PATHS = (
+    "twin",
+    "optimize-fp32",
+    "optimize-bf16",
+    "optimize-int8",
+    "onnxruntime",
+    "onnxruntime-int8",
+    "openvino",
+    "openvino-bf16",
+    "openvino-int8",
+)
+PEERS = {  # path -> (runtime, precision) of torch_deploy.cpu_peers.OnnxPeer
+    "onnxruntime": ("onnxruntime", "fp32"),
+    "onnxruntime-int8": ("onnxruntime", "int8"),
+    "openvino": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8": ("openvino", "int8"),
+}
 
 
 class AccuracyError(ValueError):
@@ -65,16 +85,13 @@ def build_path(name: str, twin, calibration: list[torch.Tensor]):
             native, why = cpu_bf16_native()
             if not native:
                 return None, why
+        if precision == "int8":
+            return optimize(twin, "int8", "labels", calibration=calibration), None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the one-time CPU notice
             return optimize(twin, precision, "labels"), None
-    runtime, precision = {
-        "int8": ("onnxruntime", "int8"),
-        "onnxruntime": ("onnxruntime", "fp32"),
-        "openvino": ("openvino", "fp32"),
-        "openvino-bf16": ("openvino", "bf16"),
-    }[name]
-    gone = peer_missing(runtime)
+    runtime, precision = PEERS[name]
+    gone = peer_missing(runtime) or (precision == "int8" and peer_missing("onnxruntime"))
     if gone:
         return None, gone
     native, why = cpu_bf16_native()
@@ -162,7 +179,7 @@ def evaluate_paths(
         )
     src = build_source(dataset, root, split, classes)
     calibration = []
-    if "int8" in paths:
+    if any(name.endswith("int8") for name in paths):
         cal_src = build_source(dataset, root, calibration_split, classes)
         step = max(1, len(cal_src) // max(1, calibration_images))
         calibration = [_image_tensor(cal_src[i]["image"]) for i in range(0, len(cal_src), step)][:calibration_images]

@@ -22,11 +22,15 @@ CUDA events around each call. Variants:
 and on CPU, what CPU users would pick instead (torch_deploy/cpu_peers.py), all labels out:
 
   f  torch_deploy.optimize, bf16 labels (only where the CPU computes bf16 natively)
-  i  int8: ONNX Runtime static quantization of our ONNX (calibrated on random inputs here:
-     speed does not depend on the values; accuracy is measured by torch_deploy.accuracy)
+  q  torch_deploy.optimize, int8 labels (oneDNN int8 convolutions, torch_deploy/quantize.py)
+  i  ONNX Runtime int8: its static quantization of our ONNX (QDQ, the onnx extra)
   o  onnxruntime fp32 on our ONNX export (the onnx extra)
   v  OpenVINO fp32 on the same ONNX (the openvino extra)
   w  OpenVINO bf16 (INFERENCE_PRECISION_HINT=bf16; native bf16 CPUs only)
+  x  OpenVINO int8: OpenVINO running the quantized ONNX of (i) (both extras)
+
+The int8 rows are calibrated on random inputs here (speed does not depend on the values;
+accuracy is measured by torch_deploy.accuracy on real images).
 
 plus each Triton kernel against the PyTorch ops it replaces, with achieved GB/s (bytes the op
 must read and write at least, over its median time). On a GPU every model and kernel time is
@@ -62,8 +66,8 @@ from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
 from torch_deploy.optimize import optimize, remove_bn
 from torch_deploy.roofline import DATASHEET, datasheet_for, floor_us, kernel_floors, measure_ceilings, model_costs
 
-VARIANT_KEYS = ("a", "u", "b", "c", "d", "e", "f", "i", "o", "v", "w")
-CPU_PEER_KEYS = ("f", "i", "o", "v", "w")
+VARIANT_KEYS = ("a", "u", "b", "c", "d", "e", "f", "q", "i", "o", "v", "w", "x")
+CPU_PEER_KEYS = ("f", "q", "i", "o", "v", "w", "x")
 GPU_SIZES = [(512, 1024), (768, 1536), (1024, 2048), (720, 960)]
 CPU_SIZES = [(512, 1024)]
 
@@ -97,7 +101,7 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 100 GPU, 10 CPU)")
     p.add_argument("--precision", default="fp16", choices=("fp16", "bf16"), help="precision of (b)-(e) on GPU")
     p.add_argument(
-        "--only", default=None, help="comma-separated subset of variants a,u,b,c,d,e,f,i,o,v,w to run, e.g. 'a,d,e'"
+        "--only", default=None, help="comma-separated subset of variants a,u,b,c,d,e,f,q,i,o,v,w,x to run, e.g. 'a,d,e'"
     )
     p.add_argument("--no-compile", action="store_true", help="skip (c): max-autotune compilation takes minutes")
     p.add_argument(
@@ -245,8 +249,8 @@ def model_variants(args, device: torch.device, only: set[str]):
 
 
 def cpu_peer_variants(twin, want, run: dict, skipped: dict) -> None:
-    """(f) optimize bf16 labels and the ONNX Runtime / OpenVINO peers (o, v, w) into ``run``, or
-    the reason each is skipped into ``skipped``."""
+    """(f, q) optimize bf16 and int8 labels and the ONNX Runtime / OpenVINO peers (i, o, v, w, x)
+    into ``run``, or the reason each is skipped into ``skipped``."""
     bf16, why = cpu_bf16_native()
     if want("f"):
         if bf16:
@@ -256,16 +260,22 @@ def cpu_peer_variants(twin, want, run: dict, skipped: dict) -> None:
         else:
             skipped["f  optimize bf16 labels"] = why
     calibration = [torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    if want("q"):
+        run["q  optimize int8 labels (oneDNN int8 convolutions)"] = (
+            "q",
+            optimize(twin, "int8", "labels", calibration=calibration),
+        )
     for key, runtime, precision in (
         ("i", "onnxruntime", "int8"),
         ("o", "onnxruntime", "fp32"),
         ("v", "openvino", "fp32"),
         ("w", "openvino", "bf16"),
+        ("x", "openvino", "int8"),
     ):
         if not want(key):
             continue
         label = f"{key}  {runtime} {precision} labels (our ONNX)"
-        gone = peer_missing(runtime)
+        gone = peer_missing(runtime) or (precision == "int8" and peer_missing("onnxruntime"))
         if gone:
             skipped[label] = gone
         elif precision == "bf16" and not bf16:

@@ -12,15 +12,16 @@ of torch.
 int8 is ONNX Runtime's own post-training static quantization (``quantize_static``: QDQ format,
 per-channel int8 weights, uint8 activations, MinMax calibration on a handful of normalised
 images, which are resized to each input shape), run by ONNX Runtime's integer kernels (VNNI
-on x86). It needs no package beyond the ``onnx`` extra; PyTorch's own PT2E flow now lives in
-torchao and runs fast only through ``torch.compile``, OpenVINO's needs NNCF. ``torch_deploy.benchmark --device cpu`` times them beside the twin and ``optimize``.
+on x86), or by OpenVINO, which reads the QDQ graph as int8 (``OnnxPeer(twin, "openvino",
+"int8", ...)``; needs both extras). The project's own int8 path is ``optimize(precision="int8")``
+(torch_deploy/quantize.py); these are its peers. ``torch_deploy.benchmark --device cpu`` times
+them beside the twin and ``optimize``.
 onnxruntime comes with the ``onnx`` extra, OpenVINO with the ``openvino`` extra
 (csfcn/extras.py); a missing one is skipped with a message naming the extra.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 
@@ -28,27 +29,12 @@ import torch
 from torch import nn
 
 from csfcn.extras import missing
+from torch_deploy.cpu_ops import BF16_FLAGS, cpu_bf16_native  # noqa: F401 (part of this module's API)
 from torch_deploy.model import CSFCN
 from torch_deploy.onnx_graph import export_graph, export_module
 
-PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16")}
+PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
 RUNTIMES = {"onnxruntime": ("onnx", ("onnx", "onnxscript", "onnxruntime")), "openvino": ("openvino", ("openvino",))}
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-@functools.cache  # the CPU does not change while the process runs
-def cpu_bf16_native() -> tuple[bool, str]:
-    """(whether this CPU computes bf16 natively, the evidence): AVX512_BF16 or AMX-BF16 in /proc/cpuinfo.
-    Without them bf16 is emulated and slower than fp32, so the bf16 rows are skipped."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False, "no /proc/cpuinfo to read the CPU's flags from"
-    have = [flag for flag in BF16_FLAGS if flag in flags]
-    if have:
-        return True, "CPU flags " + ", ".join(have)
-    return False, f"this CPU lacks {' and '.join(BF16_FLAGS)} (bf16 would be emulated)"
 
 
 def peer_missing(runtime: str) -> str | None:
@@ -80,9 +66,9 @@ class OnnxPeer:
         if precision == "int8" and not calibration:
             raise ValueError("int8 needs calibration images: a few normalised (1, 3, H, W) tensors of real data")
         self.calibration = list(calibration or [])
-        gone = peer_missing(runtime)
-        if gone:
-            raise ModuleNotFoundError(f"{runtime}: {gone}")
+        gone = peer_missing(runtime) or (precision == "int8" and peer_missing("onnxruntime"))
+        if gone:  # int8 is quantized by ONNX Runtime's tools, whichever runtime runs it
+            raise ModuleNotFoundError(f"{runtime} {precision}: {gone}")
         self.module = _Labels(export_module(twin, dynamic=False)).eval()
         self.runtime, self.precision = runtime, precision
         self._dir = tempfile.TemporaryDirectory(prefix="csfcn-peer-")

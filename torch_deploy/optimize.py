@@ -41,11 +41,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
+from torch_deploy.cpu_ops import sfc_fuse_rows
 from torch_deploy.heap import retain_freed_memory
 from torch_deploy.model import CSFCN, REFERENCE_OPS, SFC, Head, ReferenceOps, labels_dtype, use_ops
 
 # fp64 runs the reference ops only: it exists to check that the folded graph is the same function.
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+def activation_dtype(precision: str) -> torch.dtype:
+    """The dtype ``optimize(precision=...)`` computes in between convolutions: fp32 for int8
+    (measured faster than bf16 there: each int8 conv quantizes its input from fp32 without a
+    conversion pass; torch_deploy.quantize)."""
+    return torch.float32 if precision == "int8" else PRECISIONS[precision]
+
+
 OUTPUTS = ("logits", "labels")
 
 log = logging.getLogger(__name__)
@@ -289,7 +299,7 @@ class FastOps(ReferenceOps):
     fused (:func:`conv2d`; a residual's add as a oneDNN post-op measured no faster). The hot
     spots: with ``kernels`` the Triton kernels of :mod:`kernels` (``pooled_attention``,
     ``sfc_fuse`` with the 1/32 resize fused, ``shuffle_head``), else the same functions'
-    reference ops; the CSFCN head on CPU as one matmul for logits (:meth:`cpu_shuffle`) and in
+    reference ops (``sfc_fuse`` on CPU in channels-last rows, :mod:`torch_deploy.cpu_ops`); the CSFCN head on CPU as one matmul for logits (:meth:`cpu_shuffle`) and in
     cache-sized chunks for labels (:meth:`cpu_labels`).
     """
 
@@ -327,6 +337,8 @@ class FastOps(ReferenceOps):
             from kernels.sfc_fuse import sfc_fuse
 
             return sfc_fuse(cp, sp32, r)
+        if cp.device.type == "cpu" and cp.dtype in (torch.float32, torch.bfloat16):
+            return sfc_fuse_rows(cp, sp32, r)
         from kernels.sfc_fuse import sfc_fuse_reference
 
         return sfc_fuse_reference(cp, sp32, r)
@@ -418,7 +430,7 @@ class OptimizedCSFCN(nn.Module):
         super().__init__()
         self.config = model.config
         self.precision = precision
-        self.dtype = PRECISIONS[precision]
+        self.dtype = activation_dtype(precision)
         self.output = output
         self.use_kernels = use_kernels
         self.channels_last = channels_last
@@ -426,21 +438,44 @@ class OptimizedCSFCN(nn.Module):
         self.allow_tf32 = allow_tf32
         self.static_output = static_output
         self.zoo = model.config.is_zoo
+        if precision == "int8":
+            from torch_deploy.quantize import Int8Ops  # it builds on FastOps
+
+            ops = Int8Ops(output)
+        else:
+            ops = FastOps(output, use_kernels)
         if self.zoo:  # the generic path of docs/zoo.md: fold what the data flow allows, fast convs
-            self.model = use_ops(fold_conv_bn_pairs(model), FastOps(output, use_kernels))
+            self.model = use_ops(fold_conv_bn_pairs(model), ops)
         else:
             folded = remove_bn(model)  # a copy: the twin is not modified
             fold_sfc_offsets(folded.sfc)
             if (folded.sfc.conv_offset[1].out_channels - 2) // 4 != SFC_GROUPS:
                 raise ValueError("optimize: conv_offset's outputs do not match SFC_GROUPS")
-            self.model = folded.use_ops(FastOps(output, use_kernels))
+            self.model = folded.use_ops(ops)
+        self.ops = ops  # int8: calibrate() fills its quantized convolutions
         self.requires_grad_(False)
         self.eval()
         self._graphs: dict = {}
 
+    @torch.inference_mode()
+    def calibrate(self, images) -> int:
+        """int8: run the (still float32) folded graph on ``images`` -- normalised (B, 3, H, W)
+        float tensors -- noting each convolution's input range, then quantize the convolutions
+        (:mod:`torch_deploy.quantize`); returns how many were quantized."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+
+        def run(image):
+            if not torch.is_tensor(image) or image.dim() != 4 or image.shape[1] != 3:
+                shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+                raise ValueError(f"int8 calibration: expected normalised (B, 3, H, W) image tensors, got {shape}")
+            self.model(image.float().contiguous(memory_format=fmt))
+
+        return self.ops.calibrate(run, images)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        x = x.to(dtype=self.dtype, memory_format=fmt)
+        # dtype, then layout: on CPU the fused conversion is 2-3x slower (BENCHMARKS.md, CPU deployment)
+        x = x.to(self.dtype).contiguous(memory_format=fmt)
         y = self.model(x)
         if self.zoo and self.output == "labels":  # the zoo heads end in a resize: argmax after it
             return y.argmax(1).to(labels_dtype(self.config.num_classes))
@@ -529,6 +564,7 @@ def optimize(
     channels_last: bool | None = None,
     allow_tf32: bool = False,
     static_output: bool = False,
+    calibration=None,
 ) -> OptimizedCSFCN:
     """The fast inference module for a :class:`torch_deploy.model.CSFCN` (the twin is not modified).
 
@@ -540,12 +576,16 @@ def optimize(
     static_output: return the CUDA graph's output buffer itself (overwritten by the next call
     of the same shape) instead of a copy. The module runs on the device of ``model``.
 
+    precision="int8" (CPU): oneDNN's int8 convolutions, calibrated on ``calibration`` -- a few
+    normalised (1, 3, H, W) float tensors of real images (:mod:`torch_deploy.quantize`); the
+    rest of the graph in fp32.
+
     On CPU this also asks glibc's malloc to keep freed memory in the process
     (:func:`torch_deploy.heap.retain_freed_memory`, process-wide): otherwise every call
     page-faults its large activations in again, 15-20 % of an fp32 forward.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"optimize: precision={precision!r}; choose one of {sorted(PRECISIONS)}")
+    if precision not in (*PRECISIONS, "int8"):
+        raise ValueError(f"optimize: precision={precision!r}; choose one of {sorted((*PRECISIONS, 'int8'))}")
     if output not in OUTPUTS:
         raise ValueError(f"optimize: output={output!r}; choose one of {OUTPUTS}")
     config = getattr(model, "config", None)
@@ -555,6 +595,17 @@ def optimize(
         )
     device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"optimize: precision='int8' is the CPU path (oneDNN); the model is on {device}")
+        if kernels:
+            raise ValueError("optimize: precision='int8' runs oneDNN's int8 convolutions, not the Triton kernels")
+        calibration = list(calibration or [])
+        if not calibration:
+            raise ValueError("optimize: precision='int8' needs calibration=[a few normalised (1, 3, H, W) images]")
+        kernels = False
+    elif calibration is not None:
+        raise ValueError(f"optimize: calibration is for precision='int8', not {precision!r}")
     if kernels is None:
         from kernels._common import HAS_TRITON
 
@@ -583,8 +634,10 @@ def optimize(
     )
     if device.type == "cpu":
         retain_freed_memory()
+    if precision == "int8":
+        fast.calibrate(calibration)  # in float32, before the conversion below
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return fast.to(device=device, dtype=PRECISIONS[precision], memory_format=fmt)
+    return fast.to(device=device, dtype=fast.dtype, memory_format=fmt)
 
 
 def optimize_on_meta(model: CSFCN, precision: str, output: str) -> OptimizedCSFCN:

@@ -225,7 +225,7 @@ def run(args) -> dict:
     try:
         model = load_torch_model(args.checkpoint)  # any format: a training run needs the training extra
         calibration = None
-        if args.precision == "int8":
+        if args.precision == "int8" or (args.precision == "auto" and args.calibration):
             if not args.calibration:
                 raise PredictError("--precision int8 needs --calibration IMAGES (a few training images)")
             kind, found = collect_inputs(args.calibration)
@@ -392,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=("auto", "fp32", "fp16", "bf16", "int8"),
         help="auto (default): the fastest path whose accuracy is measured (BENCHMARKS.md, CPU deployment): "
-        "on a CPU with native bf16 optimize in bf16, on other CPUs optimize in fp32, on CUDA fp32; "
-        "fp16 needs CUDA; int8 (CPU, ONNX Runtime) needs --calibration",
+        "on a CPU optimize in int8 when --calibration is given, else in bf16 where the CPU has native bf16, "
+        "else in fp32; on CUDA fp32. fp16 needs CUDA; int8 (CPU, oneDNN) needs --calibration",
     )
     p.add_argument(
         "--calibration",

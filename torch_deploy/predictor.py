@@ -14,13 +14,12 @@ Which network runs:
 * On CPU, fp32: the PyTorch twin (:mod:`torch_deploy.model`), the reference the fast path is
   tested against (``fast=True``: ``optimize`` in fp32, 1.4x faster, BENCHMARKS.md); bf16:
   ``optimize`` in bf16, where the CPU computes bf16 natively (AVX512-BF16 / AMX; refused
-  elsewhere, where it would be emulated and slower); int8: ONNX Runtime's static int8
-  quantization of our ONNX (:mod:`torch_deploy.cpu_peers`), calibrated on ``calibration``
-  images, which needs the ``onnx`` extra. fp16 on CPU is refused rather than silently run in
-  fp32. What each costs in accuracy: ``python -m torch_deploy.accuracy``.
+  elsewhere, where it would be emulated and slower); int8: ``optimize`` with oneDNN's int8
+  convolutions (:mod:`torch_deploy.quantize`), calibrated on ``calibration`` images. fp16 on
+  CPU is refused rather than silently run in fp32. What each costs in accuracy: ``python -m torch_deploy.accuracy``.
 * ``precision="auto"`` (what ``predict`` uses unless told): the fastest path whose accuracy is
-  measured -- on a CPU with native bf16 ``optimize`` in bf16, on other CPUs ``optimize`` in
-  fp32, on CUDA fp32.
+  measured -- on a CPU ``optimize`` in int8 when ``calibration`` images are given, else in bf16
+  where the CPU has native bf16, else in fp32; on CUDA fp32.
 
 Pre-processing (docs/architecture.md): RGB in 0..1, ImageNet mean/std normalisation, then zero padding
 (after normalisation) at the bottom/right to the next multiple of 8, and the labels cropped
@@ -42,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
 from torch_deploy.checkpoint import load_model
-from torch_deploy.cpu_peers import OnnxPeer, cpu_bf16_native
+from torch_deploy.cpu_ops import cpu_bf16_native
 from torch_deploy.optimize import optimize
 
 PAD_MULTIPLE = 8
@@ -132,9 +131,10 @@ class Predictor:
             raise RuntimeError(f"device {self.device} requested but CUDA is not available")
         if precision == "auto":  # the fastest path whose accuracy is measured (BENCHMARKS.md, CPU deployment)
             on_cpu = self.device.type != "cuda"
-            precision, fast = ("bf16" if on_cpu and cpu_bf16_native()[0] else "fp32"), on_cpu
+            cpu_choice = "int8" if calibration else "bf16" if cpu_bf16_native()[0] else "fp32"
+            precision, fast = (cpu_choice if on_cpu else "fp32"), on_cpu
         if self.device.type == "cuda" and precision == "int8":
-            raise ValueError("precision int8 is the CPU path (ONNX Runtime); on CUDA use fp16 or bf16")
+            raise ValueError("precision int8 is the CPU path (oneDNN int8); on CUDA use fp16 or bf16")
         if self.device.type != "cuda" and precision == "fp16":
             raise ValueError(f"precision fp16 needs a CUDA device; on {self.device} use fp32, bf16 or int8")
         if self.device.type != "cuda" and precision == "bf16" and not cpu_bf16_native()[0]:
@@ -154,7 +154,7 @@ class Predictor:
             ]
             if not images:
                 raise ValueError("precision int8 needs calibration images (a few of the training set)")
-            self._optimized = OnnxPeer(self.model, "onnxruntime", "int8", images)
+            self._optimized = optimize(self.model, precision="int8", output="labels", calibration=images)
             self._run, self.fast = self._run_fast, True
         elif self.device.type == "cuda":
             self._optimized = optimize(self.model, precision=precision, output="labels")
@@ -165,9 +165,7 @@ class Predictor:
 
     @property
     def path(self) -> str:
-        """What runs: e.g. "optimize-bf16", "twin-fp32", "int8-onnxruntime"."""
-        if self.precision == "int8":
-            return "int8-onnxruntime"
+        """What runs: e.g. "optimize-bf16", "twin-fp32", "optimize-int8"."""
         return f"{'optimize' if self.fast else 'twin'}-{self.precision}"
 
     @classmethod

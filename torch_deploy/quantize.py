@@ -1,0 +1,172 @@
+"""int8 on CPU: oneDNN's int8 convolutions inside ``optimize``'s graph.
+
+    fast = optimize(twin, "int8", output="labels", calibration=images)  # images: normalised (1, 3, H, W)
+
+Static post-training quantization, the scheme of PyTorch's x86 quantizer and of ONNX Runtime's
+default: every convolution of the folded graph (BN folded first) takes uint8 activations with
+one scale and zero point per tensor -- the minimum and maximum its input reached over the
+calibration images, widened to include 0 -- and int8 weights with one symmetric scale per
+output channel; it accumulates in int32 and writes fp32, the ReLU fused. Quantizing an input
+is one pass (:func:`quantize_uint8`); the convolution
+is ``torch.ops.onednn.qconv2d_pointwise`` on weights packed once per input shape
+(``qconv_prepack``), the ops PyTorch's own compiler emits for quantized models, called eagerly. Everything between convolutions -- residual adds, max-pool, the CFC attention, the
+SFC sampling, the head's argmax -- runs as in ``optimize(precision="fp32")``: measured faster
+than bf16 around int8 convolutions, whose inputs would need a conversion pass before each
+quantization.
+
+Why this and not ONNX Runtime or OpenVINO/NNCF on our ONNX: the convolutions run at the same
+VNNI speed (oneDNN in all three) while the rest of the graph keeps ``optimize``'s CPU ops, whose
+argmax and sampling are several times faster than the runtimes' (BENCHMARKS.md, CPU
+deployment); and it needs no package beyond torch. ONNX Runtime's int8 stays in the benchmark
+as a peer (``torch_deploy.cpu_peers``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from csfcn.model_config import HEAD_UPSAMPLE
+from torch_deploy.optimize import FastOps
+
+
+@dataclass(frozen=True)
+class Int8Conv:
+    """One convolution's calibrated int8 form."""
+
+    conv: nn.Conv2d
+    scale: float  # input activation scale and zero point (uint8)
+    zero_point: int
+    weight: torch.Tensor  # int8, (C_out, C_in/groups, kh, kw)
+    weight_scale: torch.Tensor  # (C_out,) float32
+    weight_zero_point: torch.Tensor  # (C_out,) int32 zeros: symmetric
+    bias: torch.Tensor | None  # float32
+    packed: dict = field(default_factory=dict)  # input shape -> weight in oneDNN's layout for it
+
+    def packed_for(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The weight packed for inputs of ``shape``, once per shape: oneDNN picks the blocked
+        layout by shape, and a weight packed for another one is reordered on every call
+        (measured 6 ms per call for the head's 1x1 conv, whose chunks are small)."""
+        packed = self.packed.get(shape)
+        if packed is None:
+            c = self.conv
+            packed = self.packed[shape] = torch.ops.onednn.qconv_prepack(
+                self.weight, self.weight_scale, self.scale, self.zero_point, list(c.stride), list(c.padding),
+                list(c.dilation), c.groups, list(shape),
+            )  # fmt: skip
+        return packed
+
+
+def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
+    """uint8 (scale, zero point) covering [lo, hi] widened to include 0, so 0 (the convolution's
+    zero padding) is exact."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = max((hi - lo) / 255.0, 1e-8)  # a constant-zero input still gets a valid scale
+    return scale, int(min(255, max(0, round(-lo / scale))))
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weight, per-output-channel float32 scale): symmetric, max |w| -> 127."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=tuple(range(1, w.dim()))) / 127.0).clamp_min(1e-12)
+    q = torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))).clamp_(-128, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``clamp(round(x / scale) + zero_point, 0, 255)`` as uint8 (round half to even), one pass.
+
+    ``torch.quantize_per_tensor`` is deprecated (pytorch/pytorch#184982) yet 6x faster than the
+    same arithmetic in four ops (measured at 1/4 resolution, 64 channels: 0.18 vs 1.15 ms); the
+    arithmetic takes over once it is gone."""
+    if hasattr(torch, "quantize_per_tensor"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
+            return _uint8(torch.quantize_per_tensor(x, scale, zero_point, torch.quint8))
+    return x.mul(1.0 / scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
+
+
+def _uint8(q: torch.Tensor) -> torch.Tensor:
+    """The uint8 values of a quint8 tensor as a plain uint8 tensor on the same memory (what
+    oneDNN's int8 ops take): ``int_repr()`` copies, 5x the cost of the quantization itself."""
+    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
+
+
+def quantizable(conv: nn.Conv2d) -> bool:
+    """Whether oneDNN's int8 convolution computes ``conv`` (zero padding given as numbers)."""
+    return isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+class Int8Ops(FastOps):
+    """``FastOps`` with every calibrated convolution in int8 (the module docstring)."""
+
+    name = "int8"
+
+    def __init__(self, output: str = "logits"):
+        super().__init__(output, kernels=False)
+        self.convs: dict[nn.Conv2d, Int8Conv] = {}
+        self._ranges: dict[nn.Conv2d, list[float]] | None = None  # while calibrating
+
+    def __repr__(self) -> str:
+        return f"Int8Ops(output={self.output!r}, convs={len(self.convs)})"
+
+    def conv(self, conv, x, relu=False):
+        if self._ranges is not None:  # calibrating: the float conv, its input range noted
+            lo, hi = torch.aminmax(x.detach())
+            seen = self._ranges.setdefault(conv, [float("inf"), float("-inf")])
+            seen[0], seen[1] = min(seen[0], lo.item()), max(seen[1], hi.item())
+            return super().conv(conv, x, relu)
+        q = self.convs.get(conv)
+        if q is None or x.device.type != "cpu":
+            return super().conv(conv, x, relu)
+        qx = quantize_uint8(x.float(), q.scale, q.zero_point)
+        return torch.ops.onednn.qconv2d_pointwise(
+            qx,
+            q.scale,
+            q.zero_point,
+            q.packed_for(tuple(qx.shape)),
+            q.weight_scale,
+            q.weight_zero_point,
+            q.bias,
+            list(conv.stride),
+            list(conv.padding),
+            list(conv.dilation),
+            conv.groups,
+            1.0,  # output scale and zero point: float output, not requantized
+            0,
+            x.dtype,
+            "relu" if relu else "none",
+            [],
+            "",
+        )
+
+    def cpu_shuffle(self, head, x):
+        """Logits: the head's 1x1 conv in int8 too (as in the labels head), then pixel shuffle."""
+        return F.pixel_shuffle(self.conv(head.conv_out, x), HEAD_UPSAMPLE)
+
+    @torch.no_grad()
+    def calibrate(self, run, images) -> int:
+        """Note every convolution's input range while ``run(image)`` computes each calibration
+        image in float, then quantize the convolutions seen; returns how many."""
+        self._ranges = {}
+        try:
+            for image in images:
+                run(image)
+            ranges = self._ranges
+        finally:
+            self._ranges = None
+        if not ranges:
+            raise ValueError("int8 calibration: no images, or the model ran no convolution")
+        for conv, (lo, hi) in ranges.items():
+            if not quantizable(conv):
+                continue
+            scale, zero_point = activation_qparams(lo, hi)
+            weight, weight_scale = quantize_weight(conv.weight)
+            bias = None if conv.bias is None else conv.bias.detach().float().clone()
+            zeros = torch.zeros(weight_scale.numel(), dtype=torch.int32)
+            self.convs[conv] = Int8Conv(conv, scale, zero_point, weight, weight_scale, zeros, bias)
+        return len(self.convs)
