@@ -215,7 +215,15 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
     if mod in ("jax_csfcn.evaluate", "jax_csfcn.official_eval", "convert", "torch_deploy.predict"):
         return [*py, *rest]
     if mod == "torch_deploy.accuracy":
-        return [*py, *rest, "--paths", "twin,optimize-fp32,int8,onnxruntime", "--calibration-images", "2", "--quiet"]
+        return [
+            *py,
+            *rest,
+            "--paths",
+            "twin,optimize-fp32,optimize-int8,onnxruntime",
+            "--calibration-images",
+            "2",
+            "--quiet",
+        ]
     if mod == "torch_deploy.export_onnx":
         return [*py, *(_replace_size(rest, "--size", (64, 128)) if "--size" in rest else rest)]
     if mod == "jax_csfcn.accuracy_speed":  # CSFCN alone, on the demo's tiny scenes (its compiled step)
@@ -346,8 +354,8 @@ def check_after(cmd: Command, proc, ws: Path) -> None:
     elif "torch_deploy.benchmark" in text:
         only = set(argv[argv.index("--only") + 1].split(",")) if "--only" in argv else {"a", "u", "i", "o"}
         rows = {"a": "a  reference eager fp32", "u": "u  upstream protocol", "i": "i  onnxruntime int8"}
-        rows["o"] = "o  onnxruntime fp32"
-        for key in only & set(rows):  # the CPU rows (i, o): ONNX Runtime is in the test extra
+        rows |= {"o": "o  onnxruntime fp32", "q": "q  optimize int8 labels"}
+        for key in only & set(rows):  # the CPU rows (q, i, o): ONNX Runtime is in the test extra
             assert rows[key] in proc.stdout, (key, proc.stdout[-3000:])
         if "--json" in argv:
             report = json.loads((ws / argv[argv.index("--json") + 1]).read_text())

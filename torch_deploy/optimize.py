@@ -44,6 +44,7 @@ from csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
 from torch_deploy.cpu_ops import sfc_fuse_rows
 from torch_deploy.heap import retain_freed_memory
 from torch_deploy.model import CSFCN, REFERENCE_OPS, SFC, Head, ReferenceOps, labels_dtype, use_ops
+from torch_deploy.quantize import Int8Conv, int8_conv, quantize_convs
 
 # fp64 runs the reference ops only: it exists to check that the folded graph is the same function.
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -410,6 +411,51 @@ class FastOps(ReferenceOps):
         return shuffle_labels(y, HEAD_UPSAMPLE)
 
 
+class Int8Ops(FastOps):
+    """``FastOps`` with every calibrated convolution in int8 (:mod:`torch_deploy.quantize`)."""
+
+    name = "int8"
+
+    def __init__(self, output: str = "logits"):
+        super().__init__(output, kernels=False)
+        self.convs: dict[nn.Conv2d, Int8Conv] = {}
+        self._ranges: dict[nn.Conv2d, list[float]] | None = None  # while calibrating
+
+    def __repr__(self) -> str:
+        return f"Int8Ops(output={self.output!r}, convs={len(self.convs)})"
+
+    def conv(self, conv, x, relu=False):
+        if self._ranges is not None:  # calibrating: the float conv, its input range noted
+            lo, hi = torch.aminmax(x.detach())
+            seen = self._ranges.setdefault(conv, [float("inf"), float("-inf")])
+            seen[0], seen[1] = min(seen[0], lo.item()), max(seen[1], hi.item())
+            return super().conv(conv, x, relu)
+        q = self.convs.get(conv)
+        if q is None or x.device.type != "cpu":
+            return super().conv(conv, x, relu)
+        return int8_conv(q, x, relu)
+
+    def cpu_shuffle(self, head, x):
+        """Logits: the head's 1x1 conv in int8 too (as in the labels head), then pixel shuffle."""
+        return F.pixel_shuffle(self.conv(head.conv_out, x), HEAD_UPSAMPLE)
+
+    @torch.no_grad()
+    def calibrate(self, run, images) -> int:
+        """Note every convolution's input range while ``run(image)`` computes each calibration
+        image in float, then quantize the convolutions seen; returns how many."""
+        self._ranges = {}
+        try:
+            for image in images:
+                run(image)
+            ranges = self._ranges
+        finally:
+            self._ranges = None
+        if not ranges:
+            raise ValueError("int8 calibration: no images, or the model ran no convolution")
+        self.convs = quantize_convs(ranges)
+        return len(self.convs)
+
+
 # ----------------------------------------------------------------------------- the wrapper
 class OptimizedCSFCN(nn.Module):
     """The twin's module tree after :func:`optimize`'s passes (``self.model``, running
@@ -438,12 +484,7 @@ class OptimizedCSFCN(nn.Module):
         self.allow_tf32 = allow_tf32
         self.static_output = static_output
         self.zoo = model.config.is_zoo
-        if precision == "int8":
-            from torch_deploy.quantize import Int8Ops  # it builds on FastOps
-
-            ops = Int8Ops(output)
-        else:
-            ops = FastOps(output, use_kernels)
+        ops = Int8Ops(output) if precision == "int8" else FastOps(output, use_kernels)
         if self.zoo:  # the generic path of docs/zoo.md: fold what the data flow allows, fast convs
             self.model = use_ops(fold_conv_bn_pairs(model), ops)
         else:

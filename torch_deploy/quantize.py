@@ -2,6 +2,8 @@
 
     fast = optimize(twin, "int8", output="labels", calibration=images)  # images: normalised (1, 3, H, W)
 
+This module is the int8 arithmetic; ``torch_deploy.optimize.Int8Ops`` runs it inside the graph.
+
 Static post-training quantization, the scheme of PyTorch's x86 quantizer and of ONNX Runtime's
 default: every convolution of the folded graph (BN folded first) takes uint8 activations with
 one scale and zero point per tensor -- the minimum and maximum its input reached over the
@@ -27,11 +29,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from csfcn.model_config import HEAD_UPSAMPLE
-from torch_deploy.optimize import FastOps
 
 
 @dataclass(frozen=True)
@@ -101,72 +99,41 @@ def quantizable(conv: nn.Conv2d) -> bool:
     return isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
-class Int8Ops(FastOps):
-    """``FastOps`` with every calibrated convolution in int8 (the module docstring)."""
+def int8_conv(q: Int8Conv, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """``relu?(q.conv(x))`` in int8: ``x`` quantized to uint8 with the calibrated scale, oneDNN's
+    int8 convolution, fp32 (``x.dtype``) out."""
+    conv = q.conv
+    qx = quantize_uint8(x.float(), q.scale, q.zero_point)
+    return torch.ops.onednn.qconv2d_pointwise(
+        qx,
+        q.scale,
+        q.zero_point,
+        q.packed_for(tuple(qx.shape)),
+        q.weight_scale,
+        q.weight_zero_point,
+        q.bias,
+        list(conv.stride),
+        list(conv.padding),
+        list(conv.dilation),
+        conv.groups,
+        1.0,  # output scale and zero point: float output, not requantized
+        0,
+        x.dtype,
+        "relu" if relu else "none",
+        [],
+        "",
+    )
 
-    name = "int8"
 
-    def __init__(self, output: str = "logits"):
-        super().__init__(output, kernels=False)
-        self.convs: dict[nn.Conv2d, Int8Conv] = {}
-        self._ranges: dict[nn.Conv2d, list[float]] | None = None  # while calibrating
-
-    def __repr__(self) -> str:
-        return f"Int8Ops(output={self.output!r}, convs={len(self.convs)})"
-
-    def conv(self, conv, x, relu=False):
-        if self._ranges is not None:  # calibrating: the float conv, its input range noted
-            lo, hi = torch.aminmax(x.detach())
-            seen = self._ranges.setdefault(conv, [float("inf"), float("-inf")])
-            seen[0], seen[1] = min(seen[0], lo.item()), max(seen[1], hi.item())
-            return super().conv(conv, x, relu)
-        q = self.convs.get(conv)
-        if q is None or x.device.type != "cpu":
-            return super().conv(conv, x, relu)
-        qx = quantize_uint8(x.float(), q.scale, q.zero_point)
-        return torch.ops.onednn.qconv2d_pointwise(
-            qx,
-            q.scale,
-            q.zero_point,
-            q.packed_for(tuple(qx.shape)),
-            q.weight_scale,
-            q.weight_zero_point,
-            q.bias,
-            list(conv.stride),
-            list(conv.padding),
-            list(conv.dilation),
-            conv.groups,
-            1.0,  # output scale and zero point: float output, not requantized
-            0,
-            x.dtype,
-            "relu" if relu else "none",
-            [],
-            "",
-        )
-
-    def cpu_shuffle(self, head, x):
-        """Logits: the head's 1x1 conv in int8 too (as in the labels head), then pixel shuffle."""
-        return F.pixel_shuffle(self.conv(head.conv_out, x), HEAD_UPSAMPLE)
-
-    @torch.no_grad()
-    def calibrate(self, run, images) -> int:
-        """Note every convolution's input range while ``run(image)`` computes each calibration
-        image in float, then quantize the convolutions seen; returns how many."""
-        self._ranges = {}
-        try:
-            for image in images:
-                run(image)
-            ranges = self._ranges
-        finally:
-            self._ranges = None
-        if not ranges:
-            raise ValueError("int8 calibration: no images, or the model ran no convolution")
-        for conv, (lo, hi) in ranges.items():
-            if not quantizable(conv):
-                continue
-            scale, zero_point = activation_qparams(lo, hi)
-            weight, weight_scale = quantize_weight(conv.weight)
-            bias = None if conv.bias is None else conv.bias.detach().float().clone()
-            zeros = torch.zeros(weight_scale.numel(), dtype=torch.int32)
-            self.convs[conv] = Int8Conv(conv, scale, zero_point, weight, weight_scale, zeros, bias)
-        return len(self.convs)
+def quantize_convs(ranges: dict) -> dict:
+    """{conv: Int8Conv} for every quantizable conv of ``ranges`` ({conv: [min, max] of its input})."""
+    out = {}
+    for conv, (lo, hi) in ranges.items():
+        if not quantizable(conv):
+            continue
+        scale, zero_point = activation_qparams(lo, hi)
+        weight, weight_scale = quantize_weight(conv.weight)
+        bias = None if conv.bias is None else conv.bias.detach().float().clone()
+        zeros = torch.zeros(weight_scale.numel(), dtype=torch.int32)
+        out[conv] = Int8Conv(conv, scale, zero_point, weight, weight_scale, zeros, bias)
+    return out
