@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration",
         default=None,
         metavar="IMAGES",
-        help="for --precision int8: a few training images (a folder or a quoted glob) to calibrate on",
+        help="for int8 (--precision int8, or auto, which then picks int8 on a CPU): a few training images "
+        "(a folder or a quoted glob) to calibrate on",
     )
     p.add_argument("--codec", default="libx264", help="video encoder for the overlay video (ffmpeg name)")
     p.add_argument("--save-frames", action="store_true", help="for a video, also write per-frame PNGs")
