@@ -16,17 +16,19 @@ the twin is left untouched) after two passes, running the :class:`FastOps` backe
 * on CUDA the Triton kernels of :mod:`kernels` (``pooled_attention`` for CFC, ``sfc_fuse``
   with the 1/32 resize fused, ``shuffle_head`` for the head's 1x1 conv + pixel shuffle or
   argmax), channels-last activations, and one captured CUDA graph per input shape;
-* without a GPU the same folded graph with the kernels' reference ops (same function), with
-  a one-time notice. ``kernels=True`` on CPU runs the Triton kernels under Triton's
-  interpreter (``TRITON_INTERPRET=1``), which is how the tests check the whole fast path.
+* without a GPU the same folded graph with the kernels' functions in CPU forms (same function,
+  docs/architecture.md "On a CPU"), with a one-time notice. ``kernels=True`` on CPU runs the
+  Triton kernels under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
+  check the whole fast path;
+* ``precision="int8"`` (CPU): :class:`Int8Ops`, every convolution in int8 after a calibration
+  pass (:mod:`torch_deploy.quantize`).
 
 Output modes: ``"logits"`` (B, K, H, W) in the compute precision, ``"labels"`` (B, H, W)
-uint8 (int32 for K > 256). In labels mode the CSFCN head's kernel never materialises
-full-resolution logits (the argmax over K runs per sub-pixel on the 1/8 conv output); the CPU
-path does the same with one matmul whose outputs are ordered (sub-pixel, class), so the argmax
-reduces contiguous runs of K. On CPU every conv is one oneDNN call with pre-packed weights and
-its ReLU fused. CSFCN-Tiny's head is a
-bilinear x8 resize, which has no such shortcut: it runs as conv + resize (+ argmax).
+uint8 (int32 for K > 256). In labels mode the CSFCN head never materialises full-resolution
+logits: the kernel takes the argmax over K per sub-pixel on the 1/8 conv output, the CPU path
+(:meth:`FastOps.cpu_labels`) per chunk of 256 low-resolution pixels. On CPU every conv is one
+oneDNN call with pre-packed weights and its ReLU fused. CSFCN-Tiny's head is a bilinear x8
+resize, which has no such shortcut: it runs as conv + resize (+ argmax).
 """
 
 from __future__ import annotations
