@@ -9,18 +9,18 @@ default: every convolution of the folded graph (BN folded first) takes uint8 act
 one scale and zero point per tensor -- the minimum and maximum its input reached over the
 calibration images, widened to include 0 -- and int8 weights with one symmetric scale per
 output channel; it accumulates in int32 and writes fp32, the ReLU fused. Quantizing an input
-is one pass (:func:`quantize_uint8`); the convolution
-is ``torch.ops.onednn.qconv2d_pointwise`` on weights packed once per input shape
-(``qconv_prepack``), the ops PyTorch's own compiler emits for quantized models, called eagerly. Everything between convolutions -- residual adds, max-pool, the CFC attention, the
-SFC sampling, the head's argmax -- runs as in ``optimize(precision="fp32")``: measured faster
-than bf16 around int8 convolutions, whose inputs would need a conversion pass before each
-quantization.
+is one pass (:func:`quantize_uint8`); the convolution is ``torch.ops.onednn.qconv2d_pointwise``
+on weights packed once per input shape (``qconv_prepack``), the ops PyTorch's own compiler
+emits for quantized models, called eagerly. Everything between convolutions -- residual adds,
+max-pool, the CFC attention, the SFC sampling, the head's argmax -- runs as in
+``optimize(precision="fp32")``: measured faster than bf16 around int8 convolutions, whose
+inputs would need a conversion pass before each quantization.
 
-Why this and not ONNX Runtime or OpenVINO/NNCF on our ONNX: the convolutions run at the same
-VNNI speed (oneDNN in all three) while the rest of the graph keeps ``optimize``'s CPU ops, whose
-argmax and sampling are several times faster than the runtimes' (BENCHMARKS.md, CPU
-deployment); and it needs no package beyond torch. ONNX Runtime's int8 stays in the benchmark
-as a peer (``torch_deploy.cpu_peers``).
+Why this and not ONNX Runtime or OpenVINO/NNCF on our ONNX: the convolutions run on oneDNN's
+VNNI kernels as in OpenVINO (53 vs 51 ms per 512x1024 image; ONNX Runtime's own take 67 ms)
+while the rest of the graph keeps ``optimize``'s CPU ops, whose argmax and sampling are several
+times faster than the runtimes' (BENCHMARKS.md, CPU deployment); and it needs no package beyond
+torch. ONNX Runtime's int8 stays in the benchmark as a peer (``torch_deploy.cpu_peers``).
 """
 
 from __future__ import annotations
