@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from torch_deploy import cpu_ops  # noqa: E402
 from torch_deploy.model import CSFCN, SFC  # noqa: E402
 from torch_deploy.optimize import fold_bn, fold_sfc_1x1, optimize  # noqa: E402
 
@@ -169,7 +170,7 @@ def test_cpu_heads_match_conv_pixel_shuffle_argmax(g, k, b, h, w, cl, monkeypatc
     torch.argmax."""
     from torch_deploy.model import Head
 
-    monkeypatch.setattr(opt, "LABEL_CHUNK_PIXELS", 14)
+    monkeypatch.setattr(cpu_ops, "LABEL_CHUNK_PIXELS", 14)
     head = Head(k).eval()
     with torch.no_grad():
         for p in head.parameters():
@@ -205,9 +206,26 @@ def test_cpu_labels_head_in_bf16_is_the_bf16_argmax(g):
     head = head.to(torch.bfloat16)
     x = torch.rand(2, 128, 6, 10, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        scores = F.pixel_shuffle(opt.conv2d(head.conv_out, x), 8)  # the same oneDNN conv, bf16 out
+        scores = F.pixel_shuffle(cpu_ops.conv2d(head.conv_out, x), 8)  # the same oneDNN conv, bf16 out
         labels = opt.FastOps("labels", kernels=False).cpu_labels(head, x)
     assert torch.equal(labels.long(), scores.float().argmax(1))
+
+
+@pytest.mark.parametrize("dtype,b,h,w", [(torch.float32, 2, 9, 13), (torch.bfloat16, 1, 16, 24)])
+def test_cpu_sfc_fuse_rows_is_the_sampling_reference(g, dtype, b, h, w):
+    """SFC steps 4-7 as channels-last row gathers equal kernels.sfc_fuse's reference (grid_sample):
+    two groups, batch > 1, odd sizes, offsets of several pixels so that corners leave the image
+    (zero padding), sp resized from 1/32 (another size) first; cp's dtype and layout out."""
+    from kernels.sfc_fuse import sfc_fuse_reference
+
+    cl = torch.channels_last
+    cp = torch.randn(b, 16, h, w, generator=g).to(dtype).contiguous(memory_format=cl)
+    sp = torch.randn(b, 16, -(-h // 4), -(-w // 4), generator=g).to(dtype).contiguous(memory_format=cl)
+    r = (torch.randn(b, 10, h, w, generator=g) * 4).to(dtype).contiguous(memory_format=cl)
+    got = cpu_ops.sfc_fuse_rows(cp, sp, r)
+    ref = sfc_fuse_reference(cp, sp, r)
+    assert got.dtype == dtype and got.shape == cp.shape and got.is_contiguous(memory_format=cl)
+    assert rel_l2(got, ref) <= (1e-6 if dtype == torch.float32 else 1e-2)
 
 
 def test_onednn_packed_weights_follow_weight_changes(g):
@@ -216,12 +234,12 @@ def test_onednn_packed_weights_follow_weight_changes(g):
     conv = nn.Conv2d(16, 32, 3, padding=1, bias=True)
     x = torch.randn(1, 16, 12, 10, generator=g).to(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert rel_l2(opt.conv2d(conv, x), conv(x)) <= 1e-6
-        assert rel_l2(opt.conv_relu(conv, x), F.relu(conv(x))) <= 1e-6
+        assert rel_l2(cpu_ops.conv2d(conv, x), conv(x)) <= 1e-6
+        assert rel_l2(cpu_ops.conv_relu(conv, x), F.relu(conv(x))) <= 1e-6
         conv.weight.mul_(-2.0)
-        assert rel_l2(opt.conv2d(conv, x), conv(x)) <= 1e-6
+        assert rel_l2(cpu_ops.conv2d(conv, x), conv(x)) <= 1e-6
         conv.weight = nn.Parameter(torch.randn(32, 16, 3, 3, generator=g))
-        assert rel_l2(opt.conv2d(conv, x), conv(x)) <= 1e-6
+        assert rel_l2(cpu_ops.conv2d(conv, x), conv(x)) <= 1e-6
 
 
 @pytest.mark.parametrize(
@@ -402,7 +420,8 @@ def test_benchmark_cli_runs_the_cpu_variants(tmp_path, capsys):
     if torch.cuda.is_available():
         assert {"a", "u", "d", "e"} <= keys
     else:
-        from torch_deploy.cpu_peers import cpu_bf16_native, peer_missing
+        from torch_deploy.cpu_ops import cpu_bf16_native
+        from torch_deploy.cpu_peers import peer_missing
 
         bf16 = cpu_bf16_native()[0]
         want = {"a", "u", "d", "e", "q", "i", "o"} | ({"f"} if bf16 else set())

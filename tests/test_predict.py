@@ -285,7 +285,7 @@ def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch)
     else bf16 on a CPU with native bf16, else fp32); int8 runs oneDNN's int8 convolutions
     calibrated on --calibration; the choices that cannot work are one line."""
     import torch_deploy.predictor as predictor_module
-    from torch_deploy.cpu_peers import cpu_bf16_native
+    from torch_deploy.cpu_ops import cpu_bf16_native
 
     rng = np.random.default_rng(5)
     for name in ("a.png", "b.png"):

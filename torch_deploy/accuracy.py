@@ -46,7 +46,8 @@ from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import MissingExtra, require
 from csfcn.files import write_atomic
 from csfcn.tables import markdown_table
-from torch_deploy.cpu_peers import OnnxPeer, cpu_bf16_native, peer_missing
+from torch_deploy.cpu_ops import cpu_bf16_native
+from torch_deploy.cpu_peers import OnnxPeer, peer_missing
 from torch_deploy.optimize import optimize
 from torch_deploy.predictor import normalise, pad_to_multiple
 

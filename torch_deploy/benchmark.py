@@ -61,7 +61,8 @@ from csfcn.files import write_atomic
 from csfcn.model_config import MODEL_NAMES, STEMS, VARIANTS
 from csfcn.tables import markdown_table
 from torch_deploy.compare import compare, parse_models, table
-from torch_deploy.cpu_peers import OnnxPeer, cpu_bf16_native, peer_missing
+from torch_deploy.cpu_ops import cpu_bf16_native
+from torch_deploy.cpu_peers import OnnxPeer, peer_missing
 from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
 from torch_deploy.optimize import optimize, remove_bn
 from torch_deploy.roofline import DATASHEET, datasheet_for, floor_us, kernel_floors, measure_ceilings, model_costs

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from csfcn.model_config import MODEL_NAMES, ModelConfig
-from torch_deploy.cpu_peers import cpu_bf16_native
+from torch_deploy.cpu_ops import cpu_bf16_native
 from torch_deploy.model import build_twin
 from torch_deploy.optimize import optimize
 

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from csfcn.extras import missing
-from torch_deploy.cpu_ops import BF16_FLAGS, cpu_bf16_native  # noqa: F401 (part of this module's API)
 from torch_deploy.model import CSFCN
 from torch_deploy.onnx_graph import export_graph, export_module
 

@@ -26,7 +26,7 @@ the twin is left untouched) after two passes, running the :class:`FastOps` backe
 Output modes: ``"logits"`` (B, K, H, W) in the compute precision, ``"labels"`` (B, H, W)
 uint8 (int32 for K > 256). In labels mode the CSFCN head never materialises full-resolution
 logits: the kernel takes the argmax over K per sub-pixel on the 1/8 conv output, the CPU path
-(:meth:`FastOps.cpu_labels`) per chunk of 256 low-resolution pixels. On CPU every conv is one
+(:func:`torch_deploy.cpu_ops.labels_head`) per chunk of 256 low-resolution pixels. On CPU every conv is one
 oneDNN call with pre-packed weights and its ReLU fused. CSFCN-Tiny's head is a bilinear x8
 resize, which has no such shortcut: it runs as conv + resize (+ argmax).
 """
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
-from torch_deploy.cpu_ops import sfc_fuse_rows
+from torch_deploy.cpu_ops import conv2d, labels_head, logits_head, sfc_fuse_rows
 from torch_deploy.heap import retain_freed_memory
 from torch_deploy.model import CSFCN, REFERENCE_OPS, SFC, Head, ReferenceOps, labels_dtype, use_ops
 from torch_deploy.quantize import Int8Conv, int8_conv, quantize_convs
@@ -191,70 +191,6 @@ def fold_sfc_1x1(sfc) -> tuple[nn.Conv2d, nn.Conv2d]:
     return _conv1x1(w_cp, first.bias.double(), dtype), _conv1x1(w_sp, None, dtype)
 
 
-def _onednn(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether ``conv(x)`` can run as one oneDNN convolution with a fused post-op (CPU, fp32/bf16)."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
-        and conv.weight.dtype == x.dtype
-        and torch.backends.mkldnn.is_available()
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
-    )
-
-
-def _derived(conv: nn.Conv2d, name: str, build):
-    """``build()``, a tensor derived from ``conv``'s parameters, computed once and cached on the conv;
-    rebuilt when its weight or bias is replaced or modified in place."""
-    key = tuple(
-        (t.data_ptr(), t.dtype, None if t.is_inference() else t._version)  # inference tensors have no version
-        for t in (conv.weight, conv.bias)
-        if t is not None
-    )
-    cached = conv.__dict__.get(name)
-    if cached is None or cached[0] != key:
-        cached = conv.__dict__[name] = (key, build())
-    return cached[1]
-
-
-def _packed_weight(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv.weight`` reordered once into oneDNN's blocked layout (what PyTorch's CPU compiler does
-    when it freezes weights)."""
-    return _derived(
-        conv,
-        "_onednn_weight",
-        lambda: torch.ops.mkldnn._reorder_convolution_weight(
-            conv.weight, conv.padding, conv.stride, conv.dilation, conv.groups, list(x.shape)
-        ),
-    )
-
-
-def conv2d(conv: nn.Conv2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-    """``conv(x)``, or ``relu(conv(x))``. On CPU in fp32/bf16: one oneDNN convolution with pre-packed
-    weights and the ReLU as its post-op (the ATen op PyTorch's own CPU compiler emits; measured in
-    BENCHMARKS.md); elsewhere the module, then an in-place ReLU."""
-    if _onednn(conv, x):
-        return torch.ops.mkldnn._convolution_pointwise(
-            x,
-            _packed_weight(conv, x),
-            conv.bias,
-            conv.padding,
-            conv.stride,
-            conv.dilation,
-            conv.groups,
-            "relu" if relu else "none",
-            [None] if relu else [],
-            None,
-        )
-    y = conv(x)
-    return F.relu(y, inplace=True) if relu else y
-
-
-def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``relu(conv(x))`` (see :func:`conv2d`)."""
-    return conv2d(conv, x, relu=True)
-
-
 @torch.no_grad()
 def fold_sfc_offsets(sfc: SFC) -> SFC:
     """Switch ``sfc`` (in place) to its folded form (docs/architecture.md, "The SFC folding"): the
@@ -269,41 +205,16 @@ def fold_sfc_offsets(sfc: SFC) -> SFC:
 
 
 # ----------------------------------------------------------------------------- the fast backend
-def _head_rows(conv_out: nn.Conv2d, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The head's 1x1 conv with outputs reordered from (class, sub-pixel) to (sub-pixel, class), for
-    the CPU logits path: one matmul then writes the logits in channels-last order."""
-
-    def build():
-        r2 = HEAD_UPSAMPLE**2
-        rows = conv_out.weight.detach().reshape(k, r2, -1).transpose(0, 1).reshape(r2 * k, -1).clone()
-        return rows, conv_out.bias.detach().reshape(k, r2).t().reshape(-1).clone()
-
-    return _derived(conv_out, "_head_rows", build)
-
-
-# The CPU labels head works on chunks of this many low-resolution pixels: (256, K, 64) fp32 scores
-# are 1.2 MB for K = 19, which stay in a core's L2 between the head's passes (measured: 128 to 1024
-# pixels are within 10 % of each other, whole images 3x slower; BENCHMARKS.md, CPU deployment).
-LABEL_CHUNK_PIXELS = 256
-# Multiplying a non-zero score gap (>= 2**-126, the smallest normal float32/bfloat16) by this
-# makes it <= -1, so clamp(gap * ONE_HOT_SCALE + 1, min=0) is 1 at a maximum and 0 elsewhere.
-ONE_HOT_SCALE = 2.0**126
-
-
-def _class_codes(conv_out: nn.Conv2d, k: int) -> torch.Tensor:
-    """(1, K, 1) float32 scores K - k: the largest for the first class (exact up to 2**24 classes)."""
-    return _derived(conv_out, "_class_codes", lambda: (k - torch.arange(k, dtype=torch.float32)).view(1, k, 1))
-
-
 class FastOps(ReferenceOps):
     """``optimize``'s backend for the twin's module tree (BN folded, SFC folded).
 
     Convolutions: on CPU in fp32/bf16 one oneDNN call each with pre-packed weights and the ReLU
-    fused (:func:`conv2d`; a residual's add as a oneDNN post-op measured no faster). The hot
-    spots: with ``kernels`` the Triton kernels of :mod:`kernels` (``pooled_attention``,
-    ``sfc_fuse`` with the 1/32 resize fused, ``shuffle_head``), else the same functions'
-    reference ops (``sfc_fuse`` on CPU in channels-last rows, :mod:`torch_deploy.cpu_ops`); the CSFCN head on CPU as one matmul for logits (:meth:`cpu_shuffle`) and in
-    cache-sized chunks for labels (:meth:`cpu_labels`).
+    fused (:func:`torch_deploy.cpu_ops.conv2d`; a residual's add as a oneDNN post-op measured no
+    faster). The hot spots: with ``kernels`` the Triton kernels of :mod:`kernels`
+    (``pooled_attention``, ``sfc_fuse`` with the 1/32 resize fused, ``shuffle_head``), else the
+    same functions' reference ops; on CPU ``sfc_fuse`` and the CSFCN head in the forms of
+    :mod:`torch_deploy.cpu_ops` (channels-last row gathers; one matmul for logits, cache-sized
+    chunks for labels).
     """
 
     name = "fast"
@@ -357,44 +268,13 @@ class FastOps(ReferenceOps):
         return sfc_fuse(fh, fl, torch.cat([zero, offset, zero], dim=1))
 
     def cpu_shuffle(self, head: Head, x: torch.Tensor) -> torch.Tensor:
-        """Head 1x1 conv + pixel shuffle on CPU, logits out, as a matmul over (pixel, channel) rows.
-
-        For channels-last ``x`` the rows are a free view; the matmul writes (pixel, sub-pixel,
-        class), which is the (B, K, 8h, 8w) logits in channels-last layout."""
-        b, c, h, w = x.shape
-        k, r = head.num_classes, HEAD_UPSAMPLE
-        weight, bias = _head_rows(head.conv_out, k)
-        rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        y = torch.addmm(bias, rows, weight.t()).view(b, h, w, r, r, k)
-        # (b, h, i, w, j, k) in memory: logits (b, k, 8h, 8w) in channels-last layout
-        return y.permute(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, k).permute(0, 3, 1, 2)
+        """The CSFCN head on CPU, logits out (:func:`torch_deploy.cpu_ops.logits_head`)."""
+        return logits_head(head, x)
 
     def cpu_labels(self, head: Head, x: torch.Tensor) -> torch.Tensor:
-        """Head 1x1 conv + pixel shuffle + argmax on CPU, labels out, chunk by chunk.
-
-        Per chunk of :data:`LABEL_CHUNK_PIXELS` low-resolution pixels (whole rows of one image):
-        the oneDNN 1x1 conv writes, per pixel, K runs of 64 sub-pixel scores (the conv's
-        (class, sub-pixel) channel order, channels-last). The argmax over K is then built from
-        reductions and element-wise passes that vectorise over the 64 contiguous sub-pixels,
-        where PyTorch's argmax over a 19-long axis runs one element at a time: the maximum m per
-        sub-pixel; s = clamp((score - m) * 2**126 + 1, min=0), exactly 1 at the maximum and 0
-        elsewhere; max over k of s * (K - k) is K minus the first class at the maximum -- the
-        argmax, ties included. The chunk stays in cache between passes and no full-resolution
-        logits exist. The passes run in float32 (bfloat16 scores converted exactly, per chunk;
-        measured 2x faster than bfloat16 arithmetic on CPU)."""
-        b, _, h, w = x.shape
-        k, r = head.num_classes, HEAD_UPSAMPLE
-        code = _class_codes(head.conv_out, k)
-        labels = torch.empty(b, h, r, w, r, dtype=labels_dtype(k))
-        rows = max(1, LABEL_CHUNK_PIXELS // w)
-        for i in range(b):
-            for top in range(0, h, rows):
-                y = self.conv(head.conv_out, x[i : i + 1, :, top : top + rows])  # (1, K*r*r, rows, w)
-                scores = y.permute(0, 2, 3, 1).reshape(-1, k, r * r).float()  # bf16: one pass, then faster ops
-                scores.sub_(scores.amax(1, keepdim=True)).mul_(ONE_HOT_SCALE).add_(1).clamp_(min=0)
-                first = scores.mul_(code).amax(1)  # K - the first class at the maximum, per sub-pixel
-                labels[i, top : top + rows] = first.neg_().add_(k).view(-1, w, r, r).transpose(1, 2)
-        return labels.view(b, h * r, w * r)
+        """The CSFCN head on CPU, labels out, its 1x1 conv through this backend's ``conv``
+        (:func:`torch_deploy.cpu_ops.labels_head`)."""
+        return labels_head(head, x, self.conv)
 
     def head(self, head, x):
         if head.tiny:  # a bilinear x8 resize: no shortcut, conv + resize (+ argmax)
@@ -433,9 +313,7 @@ class Int8Ops(FastOps):
             seen[0], seen[1] = min(seen[0], lo.item()), max(seen[1], hi.item())
             return super().conv(conv, x, relu)
         q = self.convs.get(conv)
-        if q is None or x.device.type != "cpu":
-            return super().conv(conv, x, relu)
-        return int8_conv(q, x, relu)
+        return super().conv(conv, x, relu) if q is None else int8_conv(q, x, relu)
 
     def cpu_shuffle(self, head, x):
         """Logits: the head's 1x1 conv in int8 too (as in the labels head), then pixel shuffle."""
