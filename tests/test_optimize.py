@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import re
 import zlib
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from torch_deploy import cpu_ops  # noqa: E402
+from torch_deploy.cpu_caps import CpuPrecisionError, cpu_caps  # noqa: E402
 from torch_deploy.model import CSFCN, SFC  # noqa: E402
 from torch_deploy.optimize import fold_bn, fold_sfc_1x1, optimize  # noqa: E402
 
@@ -196,8 +198,13 @@ def test_cpu_heads_match_conv_pixel_shuffle_argmax(g, k, b, h, w, cl, monkeypatc
 
 def test_cpu_labels_head_in_bf16_is_the_bf16_argmax(g):
     """In bfloat16 the labels head picks the argmax of the bfloat16 conv's own scores, ties included
-    (bfloat16 has many: 8 bits of mantissa)."""
+    (bfloat16 has many: 8 bits of mantissa). Only optimize(precision="bf16") reaches this head,
+    and it refuses a CPU without native bf16 (test_optimized_bf16 checks the refusal)."""
     from torch_deploy.model import Head
+
+    verdict = cpu_caps().verdict("bf16")
+    if not verdict.ok:
+        pytest.skip(f"no bf16 path on this CPU: {verdict.why}")
 
     head = Head(19).eval()
     with torch.no_grad():
@@ -316,9 +323,17 @@ def test_optimized_reference_ops_on_cpu_notice_once(g, monkeypatch):
 
 def test_optimized_bf16(g):
     """bf16: kernels vs reference ops on the same bf16 graph, and vs the fp32 twin no worse than
-    running the twin itself under bf16 autocast (random weights amplify bf16 rounding)."""
+    running the twin itself under bf16 autocast (random weights amplify bf16 rounding). On a CPU
+    without native bf16 it is a one-line refusal (every CPU class: test_cpu_caps.py)."""
     twin = randomize_like_trained(CSFCN(num_classes=11), g)
     x = torch.randn(1, 3, 64, 96, generator=g)
+    verdict = cpu_caps().verdict("bf16")
+    if not verdict.ok:
+        with pytest.raises(
+            CpuPrecisionError, match=f"^optimize: precision bf16 on this CPU: {re.escape(verdict.why)}$"
+        ):
+            optimize(twin, "bf16", "logits", kernels=False)
+        return
     with torch.no_grad():
         ref = twin(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -420,10 +435,9 @@ def test_benchmark_cli_runs_the_cpu_variants(tmp_path, capsys):
     if torch.cuda.is_available():
         assert {"a", "u", "d", "e"} <= keys
     else:
-        from torch_deploy.cpu_ops import cpu_bf16_native
         from torch_deploy.cpu_peers import peer_missing
 
-        bf16 = cpu_bf16_native()[0]
+        bf16 = cpu_caps().verdict("bf16").ok
         want = {"a", "u", "d", "e", "q", "i", "o"} | ({"f"} if bf16 else set())
         want |= {"v", "x"} | ({"w"} if bf16 else set()) if peer_missing("openvino") is None else set()
         assert keys == want and "per-kernel timings" in report["skipped"]

@@ -285,14 +285,14 @@ def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch)
     else bf16 on a CPU with native bf16, else fp32); int8 runs oneDNN's int8 convolutions
     calibrated on --calibration; the choices that cannot work are one line."""
     import torch_deploy.predictor as predictor_module
-    from torch_deploy.cpu_ops import cpu_bf16_native
+    from torch_deploy.cpu_caps import CpuCaps, cpu_caps
 
     rng = np.random.default_rng(5)
     for name in ("a.png", "b.png"):
         Image.fromarray(random_image(rng, 40, 64)).save(tmp_path / name)
     base = ["--checkpoint", ckpt, "--input", str(tmp_path / "a.png"), "--device", "cpu"]
     assert predict_main([*base, "--out", str(tmp_path / "auto")]) == 0
-    want = "optimize-bf16" if cpu_bf16_native()[0] else "optimize-fp32"
+    want = "optimize-bf16" if cpu_caps().verdict("bf16").ok else "optimize-fp32"
     assert f"precision={want}" in capsys.readouterr().out
     assert (
         predict_main([*base, "--out", str(tmp_path / "q"), "--precision", "int8", "--calibration", str(tmp_path)]) == 0
@@ -304,6 +304,7 @@ def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch)
     assert "precision=optimize-int8" in capsys.readouterr().out
     assert predict_main([*base, "--out", str(tmp_path / "r"), "--precision", "int8"]) == 2
     assert "--precision int8 needs --calibration" in capsys.readouterr().err
-    monkeypatch.setattr(predictor_module, "cpu_bf16_native", lambda: (False, "this CPU lacks avx512_bf16"))
-    with pytest.raises(ValueError, match="bf16 on this CPU: this CPU lacks avx512_bf16"):
+    avx2 = CpuCaps("x86_64", frozenset({"avx", "avx2", "fma"}), "a test's flags")
+    monkeypatch.setattr(predictor_module, "cpu_caps", lambda: avx2)
+    with pytest.raises(ValueError, match="bf16 on this CPU: no avx512_bf16 or amx_bf16"):
         Predictor(load_model(ckpt), device="cpu", precision="bf16")

@@ -32,7 +32,7 @@ class FakeQuantOps(ReferenceOps):
         if q is None:
             return super().conv(conv, x, relu)
         # the quantization's own rounding: x * (1 / scale) in float32, half to even
-        xq = torch.clamp(torch.round(x.float() * (1.0 / q.scale)) + q.zero_point, 0, 255)
+        xq = torch.clamp(torch.round(x.float() * (1.0 / q.scale)) + q.zero_point, 0, q.qmax)
         xd = (xq.double() - q.zero_point) * q.scale
         wd = q.weight.double() * q.weight_scale.double().view(-1, 1, 1, 1)
         bias = None if q.bias is None else q.bias.double()

@@ -46,7 +46,7 @@ from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import MissingExtra, require
 from csfcn.files import write_atomic
 from csfcn.tables import markdown_table
-from torch_deploy.cpu_ops import cpu_bf16_native
+from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.cpu_peers import OnnxPeer, peer_missing
 from torch_deploy.optimize import optimize
 from torch_deploy.predictor import normalise, pad_to_multiple
@@ -82,10 +82,10 @@ def build_path(name: str, twin, calibration: list[torch.Tensor]):
         return None, None
     if name.startswith("optimize-"):
         precision = name.split("-", 1)[1]
-        if precision == "bf16" and next(twin.parameters()).device.type == "cpu":
-            native, why = cpu_bf16_native()
-            if not native:
-                return None, why
+        if precision in ("bf16", "int8") and next(twin.parameters()).device.type == "cpu":
+            verdict = cpu_caps().verdict(precision)
+            if not verdict.ok:
+                return None, verdict.why
         if precision == "int8":
             return optimize(twin, "int8", "labels", calibration=calibration), None
         with warnings.catch_warnings():
@@ -95,9 +95,9 @@ def build_path(name: str, twin, calibration: list[torch.Tensor]):
     gone = peer_missing(runtime) or (precision == "int8" and peer_missing("onnxruntime"))
     if gone:
         return None, gone
-    native, why = cpu_bf16_native()
-    if precision == "bf16" and not native:
-        return None, why
+    verdict = cpu_caps().verdict(precision)
+    if precision == "bf16" and not verdict.ok:
+        return None, verdict.why
     return OnnxPeer(twin, runtime, precision, calibration if precision == "int8" else None), None
 
 

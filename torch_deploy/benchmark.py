@@ -61,7 +61,7 @@ from csfcn.files import write_atomic
 from csfcn.model_config import MODEL_NAMES, STEMS, VARIANTS
 from csfcn.tables import markdown_table
 from torch_deploy.compare import compare, parse_models, table
-from torch_deploy.cpu_ops import cpu_bf16_native
+from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.cpu_peers import OnnxPeer, peer_missing
 from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
 from torch_deploy.optimize import optimize, remove_bn
@@ -252,7 +252,8 @@ def model_variants(args, device: torch.device, only: set[str]):
 def cpu_peer_variants(twin, want, run: dict, skipped: dict) -> None:
     """(f, q) optimize bf16 and int8 labels and the ONNX Runtime / OpenVINO peers (i, o, v, w, x)
     into ``run``, or the reason each is skipped into ``skipped``."""
-    bf16, why = cpu_bf16_native()
+    verdict = cpu_caps().verdict("bf16")
+    bf16, why = verdict.ok, verdict.why
     if want("f"):
         if bf16:
             with warnings.catch_warnings():
@@ -262,10 +263,15 @@ def cpu_peer_variants(twin, want, run: dict, skipped: dict) -> None:
             skipped["f  optimize bf16 labels"] = why
     calibration = [torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     if want("q"):
-        run["q  optimize int8 labels (oneDNN int8 convolutions)"] = (
-            "q",
-            optimize(twin, "int8", "labels", calibration=calibration),
-        )
+        int8 = cpu_caps().verdict("int8")
+        if int8.ok:
+            bits = cpu_caps().int8_bits
+            run[f"q  optimize int8 labels (oneDNN int8 convolutions, {bits}-bit activations)"] = (
+                "q",
+                optimize(twin, "int8", "labels", calibration=calibration),
+            )
+        else:
+            skipped["q  optimize int8 labels"] = int8.why
     for key, runtime, precision in (
         ("i", "onnxruntime", "int8"),
         ("o", "onnxruntime", "fp32"),
@@ -386,6 +392,15 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
+def cpu_report(device: torch.device) -> dict | None:
+    """On CPU: print what this CPU runs (torch_deploy/cpu_caps.py) and return it for the JSON."""
+    if device.type == "cuda":
+        return None
+    caps = cpu_caps()
+    print(caps.describe())
+    return caps.as_dict()
+
+
 def print_table(headers, rows):
     print(markdown_table(headers, rows))
 
@@ -396,6 +411,7 @@ def compare_main(args, device, sizes, timer, warmup: int, repeats: int, argv) ->
         f"device: {device_name(device)}; {versions()}; timing: {'CUDA events' if timer.cuda else 'time.perf_counter'}, "
         f"{warmup} warm-up, {repeats} interleaved rounds; models: {', '.join(args.models)}; K={args.classes}"
     )
+    cpu = cpu_report(device)
     rows = compare(args.models, sizes, args.classes, device, timer, warmup, repeats, run_interleaved)
     headers, body = table(rows)
     print_table(headers, body)
@@ -403,6 +419,7 @@ def compare_main(args, device, sizes, timer, warmup: int, repeats: int, argv) ->
         report = {
             "command": "python -m torch_deploy.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
             "device": device_name(device),
+            "cpu": cpu,
             "versions": versions(),
             "warmup": warmup,
             "repeats": repeats,
@@ -464,6 +481,7 @@ def main(argv=None) -> int:
         f"device: {report['device']}; {report['versions']}; timing: {report['timing']}, {warmup} warm-up, "
         f"{repeats} interleaved rounds"
     )
+    report["cpu"] = cpu_report(device)
     with torch.inference_mode():
         variants, skipped = model_variants(args, device, only)
         report["skipped"].update(skipped)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from csfcn.model_config import MODEL_NAMES, ModelConfig
-from torch_deploy.cpu_ops import cpu_bf16_native
+from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.model import build_twin
 from torch_deploy.optimize import optimize
 
@@ -57,7 +57,7 @@ def variants(config: ModelConfig, device: torch.device) -> tuple[dict, int]:
         out[f"{config.name} fast fp16"] = optimize(twin, "fp16", "labels")
     else:
         out[f"{config.name} fast fp32"] = optimize(twin, "fp32", "labels")
-        if cpu_bf16_native()[0]:
+        if cpu_caps().verdict("bf16").ok:
             out[f"{config.name} fast bf16"] = optimize(twin, "bf16", "labels")
     return out, n_params
 

@@ -1,5 +1,6 @@
 """What ``optimize`` runs on CPU: oneDNN convolutions with pre-packed weights, the CPU forms of
-the fused ops of :mod:`kernels` (no Triton there), and whether the CPU computes bf16 natively.
+the fused ops of :mod:`kernels` (no Triton there). Which precisions this CPU runs:
+:mod:`torch_deploy.cpu_caps`.
 
     y = conv2d(conv, x, relu=True)       # one oneDNN call, ReLU fused
     out = sfc_fuse_rows(cp, sp32, r)     # = kernels.sfc_fuse.sfc_fuse_reference(cp, sp32, r)
@@ -13,8 +14,6 @@ is contiguous.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,23 +21,6 @@ from torch import nn
 from csfcn.model_config import HEAD_UPSAMPLE
 from kernels.sfc_fuse import linspace_m1p1
 from torch_deploy.model import Head, labels_dtype
-
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-@functools.cache  # the CPU does not change while the process runs
-def cpu_bf16_native() -> tuple[bool, str]:
-    """(whether this CPU computes bf16 natively, the evidence): AVX512_BF16 or AMX-BF16 in /proc/cpuinfo.
-    Without them bf16 is emulated and slower than fp32, so the bf16 rows are skipped."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False, "no /proc/cpuinfo to read the CPU's flags from"
-    have = [flag for flag in BF16_FLAGS if flag in flags]
-    if have:
-        return True, "CPU flags " + ", ".join(have)
-    return False, f"this CPU lacks {' and '.join(BF16_FLAGS)} (bf16 would be emulated)"
 
 
 def _corners(offsets: torch.Tensor, gate: torch.Tensor, groups: int):

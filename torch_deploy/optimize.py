@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
+from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.cpu_ops import conv2d, labels_head, logits_head, sfc_fuse_rows
 from torch_deploy.heap import retain_freed_memory
 from torch_deploy.model import CSFCN, REFERENCE_OPS, SFC, Head, ReferenceOps, labels_dtype, use_ops
@@ -294,17 +295,19 @@ class FastOps(ReferenceOps):
 
 
 class Int8Ops(FastOps):
-    """``FastOps`` with every calibrated convolution in int8 (:mod:`torch_deploy.quantize`)."""
+    """``FastOps`` with every calibrated convolution in int8 (:mod:`torch_deploy.quantize`),
+    activations in ``bits`` bits (8, or 7 where the CPU has no VNNI: torch_deploy/cpu_caps.py)."""
 
     name = "int8"
 
-    def __init__(self, output: str = "logits"):
+    def __init__(self, output: str = "logits", bits: int = 8):
         super().__init__(output, kernels=False)
+        self.bits = bits
         self.convs: dict[nn.Conv2d, Int8Conv] = {}
         self._ranges: dict[nn.Conv2d, list[float]] | None = None  # while calibrating
 
     def __repr__(self) -> str:
-        return f"Int8Ops(output={self.output!r}, convs={len(self.convs)})"
+        return f"Int8Ops(output={self.output!r}, bits={self.bits}, convs={len(self.convs)})"
 
     def conv(self, conv, x, relu=False):
         if self._ranges is not None:  # calibrating: the float conv, its input range noted
@@ -332,7 +335,7 @@ class Int8Ops(FastOps):
             self._ranges = None
         if not ranges:
             raise ValueError("int8 calibration: no images, or the model ran no convolution")
-        self.convs = quantize_convs(ranges)
+        self.convs = quantize_convs(ranges, self.bits)
         return len(self.convs)
 
 
@@ -352,6 +355,7 @@ class OptimizedCSFCN(nn.Module):
         cuda_graphs: bool,
         allow_tf32: bool,
         static_output: bool,
+        int8_bits: int = 8,
     ):
         super().__init__()
         self.config = model.config
@@ -364,7 +368,7 @@ class OptimizedCSFCN(nn.Module):
         self.allow_tf32 = allow_tf32
         self.static_output = static_output
         self.zoo = model.config.is_zoo
-        ops = Int8Ops(output) if precision == "int8" else FastOps(output, use_kernels)
+        ops = Int8Ops(output, int8_bits) if precision == "int8" else FastOps(output, use_kernels)
         if self.zoo:  # the generic path of docs/zoo.md: fold what the data flow allows, fast convs
             self.model = use_ops(fold_conv_bn_pairs(model), ops)
         else:
@@ -499,7 +503,11 @@ def optimize(
 
     precision="int8" (CPU): oneDNN's int8 convolutions, calibrated on ``calibration`` -- a few
     normalised (1, 3, H, W) float tensors of real images (:mod:`torch_deploy.quantize`); the
-    rest of the graph in fp32.
+    rest of the graph in fp32. Activations take 8 bits where the CPU has VNNI, 7 elsewhere.
+
+    On CPU, bf16 and int8 are checked against :func:`torch_deploy.cpu_caps.cpu_caps`: bf16 where
+    the CPU lacks native bf16, and either off x86-64, raise
+    :class:`torch_deploy.cpu_caps.CpuPrecisionError` (a ``ValueError``) naming the missing feature.
 
     On CPU this also asks glibc's malloc to keep freed memory in the process
     (:func:`torch_deploy.heap.retain_freed_memory`, process-wide): otherwise every call
@@ -516,6 +524,8 @@ def optimize(
         )
     device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
+    if device.type == "cpu" and precision in ("bf16", "int8"):  # oneDNN's CPU-dependent paths
+        cpu_caps().check(precision, "optimize: precision")
     if precision == "int8":
         if device.type != "cpu":
             raise ValueError(f"optimize: precision='int8' is the CPU path (oneDNN); the model is on {device}")
@@ -552,6 +562,7 @@ def optimize(
         cuda_graphs=bool(cuda_graphs) and on_cuda,
         allow_tf32=allow_tf32,
         static_output=static_output,
+        int8_bits=cpu_caps().int8_bits if precision == "int8" else 8,
     )
     if device.type == "cpu":
         retain_freed_memory()

@@ -14,12 +14,14 @@ Which network runs:
 * On CPU, fp32: the PyTorch twin (:mod:`torch_deploy.model`), the reference the fast path is
   tested against (``fast=True``: ``optimize`` in fp32, 1.4x faster, BENCHMARKS.md); bf16:
   ``optimize`` in bf16, where the CPU computes bf16 natively (AVX512-BF16 / AMX; refused
-  elsewhere, where it would be emulated and slower); int8: ``optimize`` with oneDNN's int8
-  convolutions (:mod:`torch_deploy.quantize`), calibrated on ``calibration`` images. fp16 on
+  elsewhere, where it would be emulated and slower or not run at all); int8: ``optimize`` with
+  oneDNN's int8 convolutions (:mod:`torch_deploy.quantize`), calibrated on ``calibration``
+  images, with 7-bit activations on CPUs without VNNI. Which CPU gets what:
+  :mod:`torch_deploy.cpu_caps`. fp16 on
   CPU is refused rather than silently run in fp32. What each costs in accuracy: ``python -m torch_deploy.accuracy``.
 * ``precision="auto"`` (what ``predict`` uses unless told): the fastest path whose accuracy is
   measured -- on a CPU ``optimize`` in int8 when ``calibration`` images are given, else in bf16
-  where the CPU has native bf16, else in fp32; on CUDA fp32.
+  where the CPU has native bf16, else in fp32 (:meth:`torch_deploy.cpu_caps.CpuCaps.auto`); on CUDA fp32.
 
 Pre-processing (docs/architecture.md): RGB in 0..1, ImageNet mean/std normalisation, then zero padding
 (after normalisation) at the bottom/right to the next multiple of 8, and the labels cropped
@@ -41,7 +43,7 @@ from PIL import Image, UnidentifiedImageError
 
 from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
 from torch_deploy.checkpoint import load_model
-from torch_deploy.cpu_ops import cpu_bf16_native
+from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.optimize import optimize
 
 PAD_MULTIPLE = 8
@@ -131,14 +133,13 @@ class Predictor:
             raise RuntimeError(f"device {self.device} requested but CUDA is not available")
         if precision == "auto":  # the fastest path whose accuracy is measured (BENCHMARKS.md, CPU deployment)
             on_cpu = self.device.type != "cuda"
-            cpu_choice = "int8" if calibration else "bf16" if cpu_bf16_native()[0] else "fp32"
-            precision, fast = (cpu_choice if on_cpu else "fp32"), on_cpu
+            precision, fast = (cpu_caps().auto(bool(calibration)) if on_cpu else "fp32"), on_cpu
         if self.device.type == "cuda" and precision == "int8":
             raise ValueError("precision int8 is the CPU path (oneDNN int8); on CUDA use fp16 or bf16")
         if self.device.type != "cuda" and precision == "fp16":
             raise ValueError(f"precision fp16 needs a CUDA device; on {self.device} use fp32, bf16 or int8")
-        if self.device.type != "cuda" and precision == "bf16" and not cpu_bf16_native()[0]:
-            raise ValueError(f"precision bf16 on this CPU: {cpu_bf16_native()[1]}; use fp32 or int8")
+        if self.device.type != "cuda" and precision in ("bf16", "int8"):
+            cpu_caps().check(precision)  # one sentence naming the missing CPU feature
         self.precision = precision
         self.batch_size = int(batch_size)
         self.model = model.eval().to(self.device)

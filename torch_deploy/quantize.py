@@ -43,6 +43,7 @@ class Int8Conv:
     weight_scale: torch.Tensor  # (C_out,) float32
     weight_zero_point: torch.Tensor  # (C_out,) int32 zeros: symmetric
     bias: torch.Tensor | None  # float32
+    qmax: int = 255  # largest activation value: 255 (8 bits) with VNNI, 127 (7 bits) without
     packed: dict = field(default_factory=dict)  # input shape -> weight in oneDNN's layout for it
 
     def packed_for(self, shape: tuple[int, ...]) -> torch.Tensor:
@@ -59,12 +60,12 @@ class Int8Conv:
         return packed
 
 
-def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
-    """uint8 (scale, zero point) covering [lo, hi] widened to include 0, so 0 (the convolution's
-    zero padding) is exact."""
+def activation_qparams(lo: float, hi: float, qmax: int = 255) -> tuple[float, int]:
+    """uint8 (scale, zero point) mapping [lo, hi], widened to include 0 so that 0 (the
+    convolution's zero padding) is exact, onto 0..qmax (255, or 127 for 7-bit activations)."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    scale = max((hi - lo) / 255.0, 1e-8)  # a constant-zero input still gets a valid scale
-    return scale, int(min(255, max(0, round(-lo / scale))))
+    scale = max((hi - lo) / qmax, 1e-8)  # a constant-zero input still gets a valid scale
+    return scale, int(min(qmax, max(0, round(-lo / scale))))
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,17 +76,20 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def quantize_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """``clamp(round(x / scale) + zero_point, 0, 255)`` as uint8 (round half to even), one pass.
+def quantize_uint8(x: torch.Tensor, scale: float, zero_point: int, qmax: int = 255) -> torch.Tensor:
+    """``clamp(round(x / scale) + zero_point, 0, qmax)`` as uint8 (round half to even).
 
     ``torch.quantize_per_tensor`` is deprecated (pytorch/pytorch#184982) yet 6x faster than the
     same arithmetic in four ops (measured at 1/4 resolution, 64 channels: 0.18 vs 1.15 ms); the
-    arithmetic takes over once it is gone."""
+    arithmetic takes over once it is gone. 7-bit activations (``qmax=127``) clamp the uint8
+    result once more: an input above the calibrated range must not reach 128..255, where the
+    pre-VNNI kernels saturate (torch_deploy/cpu_caps.py)."""
     if hasattr(torch, "quantize_per_tensor"):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
-            return _uint8(torch.quantize_per_tensor(x, scale, zero_point, torch.quint8))
-    return x.mul(1.0 / scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
+            q = _uint8(torch.quantize_per_tensor(x, scale, zero_point, torch.quint8))
+        return q if qmax == 255 else q.clamp_(max=qmax)
+    return x.mul(1.0 / scale).round_().add_(zero_point).clamp_(0, qmax).to(torch.uint8)
 
 
 def _uint8(q: torch.Tensor) -> torch.Tensor:
@@ -103,7 +107,7 @@ def int8_conv(q: Int8Conv, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
     """``relu?(q.conv(x))`` in int8: ``x`` quantized to uint8 with the calibrated scale, oneDNN's
     int8 convolution, fp32 (``x.dtype``) out."""
     conv = q.conv
-    qx = quantize_uint8(x.float(), q.scale, q.zero_point)
+    qx = quantize_uint8(x.float(), q.scale, q.zero_point, q.qmax)
     return torch.ops.onednn.qconv2d_pointwise(
         qx,
         q.scale,
@@ -125,15 +129,19 @@ def int8_conv(q: Int8Conv, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
     )
 
 
-def quantize_convs(ranges: dict) -> dict:
-    """{conv: Int8Conv} for every quantizable conv of ``ranges`` ({conv: [min, max] of its input})."""
+def quantize_convs(ranges: dict, bits: int = 8) -> dict:
+    """{conv: Int8Conv} for every quantizable conv of ``ranges`` ({conv: [min, max] of its input}),
+    activations in ``bits`` bits (8, or 7 on CPUs without VNNI: torch_deploy/cpu_caps.py)."""
+    if bits not in (7, 8):
+        raise ValueError(f"quantize_convs: activations take 7 or 8 bits, not {bits}")
+    qmax = 2**bits - 1
     out = {}
     for conv, (lo, hi) in ranges.items():
         if not quantizable(conv):
             continue
-        scale, zero_point = activation_qparams(lo, hi)
+        scale, zero_point = activation_qparams(lo, hi, qmax)
         weight, weight_scale = quantize_weight(conv.weight)
         bias = None if conv.bias is None else conv.bias.detach().float().clone()
         zeros = torch.zeros(weight_scale.numel(), dtype=torch.int32)
-        out[conv] = Int8Conv(conv, scale, zero_point, weight, weight_scale, zeros, bias)
+        out[conv] = Int8Conv(conv, scale, zero_point, weight, weight_scale, zeros, bias, qmax)
     return out
