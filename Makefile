@@ -30,7 +30,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 -m 'not slow and not gpu'
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 --dist worksteal -m 'not slow and not gpu'
 
 test-slow: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m slow

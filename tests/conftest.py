@@ -39,6 +39,19 @@ def nhwc(a) -> np.ndarray:
     return np.asarray(a).transpose(0, 2, 3, 1)
 
 
+# The longest test starts first. `make test` runs on two xdist workers (`--dist worksteal`: an
+# idle worker takes unstarted tests from the other's queue), and the README test alone is about
+# 600 s of a ~15-minute run, measured with `--durations` on a 2-core x86 machine. Collected in
+# its alphabetical place it started after 5-6 minutes and ran on alone at the end while the
+# other core idled; started first, it overlaps everything else.
+LONGEST_FIRST = ("tests/test_readme.py::test_every_readme_command_runs",)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {nodeid: i for i, nodeid in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))  # stable: the rest keep their order
+
+
 def pytest_sessionfinish(session):
     if _OWN_JAX_CACHE and not hasattr(session.config, "workerinput"):
         shutil.rmtree(_OWN_JAX_CACHE, ignore_errors=True)
