@@ -121,7 +121,10 @@ if HAS_TRITON:
             acc += _tap(base, y1, x1, H, W, s_h, s_w, coff, cmask, vy1 & vx1) * (wy1 * wx1)[:, None]
         return acc
 
-    @triton.jit
+    # H and W are never specialised: Triton turns an int argument equal to 1 into a constant, and
+    # the kernel converts them to fp32 (`W.to(...)`), which a constant does not have -- a single-row
+    # or single-column map would not compile (the interpreter, which does not specialise, hid it).
+    @triton.jit(do_not_specialize=["H", "W"])
     def _sfc_fuse_kernel(
         cp_ptr,
         sp_ptr,

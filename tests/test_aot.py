@@ -107,3 +107,32 @@ def test_meta_tensors_are_refused_outside_recording():
     t = torch.empty(1, 128, 8, 8, device="meta")
     with pytest.raises(ValueError, match="unsupported device meta"):
         sfc_fuse(t, t, torch.empty(1, 10, 8, 8, device="meta"))
+
+
+_SINGLE_ROW = """
+import json, torch, kernels.aot as aot
+from kernels._common import gpu_launch_config, record_launches
+from kernels.sfc_fuse import sfc_fuse
+rec = []
+for h, w, sp_hw in ((1, 5, (1, 2)), (6, 1, (3, 1)), (1, 1, (1, 1))):
+    def t(c, hw):
+        return torch.empty(1, c, *hw, device="meta").contiguous(memory_format=torch.channels_last)
+    with record_launches() as launches, gpu_launch_config():
+        sfc_fuse(t(128, (h, w)), t(128, sp_hw), t(10, (h, w)))
+    rec += [(f"{h}x{w}", ln) for ln in launches]
+res = aot.compile_all(aot.plan(rec, targets=("sm_90",)), workers=1, progress=False)
+print(json.dumps([[sorted(r.cases), r.error] for r in res]))
+"""
+
+
+def test_sfc_fuse_compiles_for_a_single_row_or_column():
+    """Triton turns an int argument equal to 1 into a constant; sfc_fuse converts H and W to fp32,
+    which a constant cannot do, so a 1-row or 1-column map must not be specialised. The interpreter
+    never specialises, so only a real compile (here for sm_90) shows it."""
+    res = subprocess.run(
+        [sys.executable, "-c", _SINGLE_ROW], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    results = json.loads(res.stdout.strip().splitlines()[-1])
+    assert sorted(c for cases, _ in results for c in cases) == ["1x1", "1x5", "6x1"]
+    assert all(error is None for _, error in results), results
