@@ -7,11 +7,14 @@ without a GPU, with its registers, spills and shared memory.
 What it compiles is recorded, not written by hand: ``torch_deploy.optimize``'s model is built on
 the ``meta`` device and run inside :func:`kernels._common.record_launches` at each input size, for
 every precision (fp32/fp16/bf16) and output (logits/labels), with the launchers' own GPU launch
-configuration (block sizes, warps, stages, flags). Each distinct specialisation (Triton's own
+configuration (block sizes, warps, stages, flags), and with the memory layouts a GPU run has:
+on ``meta`` a convolution returns NCHW whatever its input, where cuDNN returns channels-last for a
+channels-last input or weight, so the trace applies cuDNN's rule (:class:`CudnnLayouts`) and the
+kernels see the strides -- and Triton specialises on the strides -- that they get on a GPU. Each distinct specialisation (Triton's own
 binder decides: argument dtypes, integer divisibility by 16, constexprs, warps, stages) is then
 compiled once per target with ``triton.compile`` for an explicit ``GPUTarget`` -- the compiler
-needs no driver -- and the PTX is assembled by the ``ptxas`` that ships with Triton, whose
-verbose report gives registers, stack frame and spill bytes. Checks per compiled kernel:
+needs no driver -- and the PTX is assembled by the installed Triton's own ``make_cubin`` (its
+``ptxas``, its flags), whose verbose report gives registers, stack frame and spill bytes. Checks per compiled kernel:
 
 * it compiles;
 * shared memory within the target's per-block limit (sm_80: 163 KiB, sm_90: 227 KiB opt-in);
@@ -33,10 +36,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
 from csfcn.model_config import ModelConfig
@@ -98,6 +101,32 @@ class Result:
 
 
 # ----------------------------------------------------------------------------- recording
+_CONVOLUTIONS = ("conv2d", "convolution", "_convolution")  # as the dispatcher shows them, by torch version
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """Laid out channels-last and not also plain contiguous (C == 1 or H == W == 1 are both)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+class CudnnLayouts(TorchDispatchMode):
+    """On ``meta``, give each convolution's output the layout cuDNN gives it on a GPU: channels-last
+    when the input or the weight is channels-last (``cudnn_conv_suggest_memory_format``). The other
+    ops' meta kernels already follow their inputs' layout."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        conv = func.overloadpacket.__name__ in _CONVOLUTIONS
+        if (
+            conv
+            and out.device.type == "meta"
+            and out.dim() == 4
+            and (_channels_last(args[0]) or _channels_last(args[1]))
+        ):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+
 def record_model_launches(
     sizes=DEFAULT_SIZES, precisions=PRECISIONS, outputs=OUTPUTS, variants=VARIANTS, classes: int = 19, batch: int = 1
 ) -> list[tuple[str, Launch]]:
@@ -115,7 +144,7 @@ def record_model_launches(
                 fast = optimize_on_meta(twin, precision, output)
                 for h, w in sizes:
                     x = torch.empty(batch, 3, h, w, device="meta")
-                    with record_launches() as launches, gpu_launch_config():
+                    with record_launches() as launches, gpu_launch_config(), CudnnLayouts():
                         fast(x)
                     label = f"{variant} {precision} {output} {h}x{w}"
                     out.extend((label, ln) for ln in launches)
@@ -188,18 +217,31 @@ _PTXAS_USED = re.compile(r"Used (\d+) registers")
 _PTXAS_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
-def ptxas_report(ptx: str, cap: int) -> dict:
-    """Registers, stack frame and spill bytes per thread from ``ptxas -v`` (the flags Triton uses)."""
-    arch = f"sm_{cap}a" if cap == 90 else f"sm_{cap}"
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        cmd = [ptxas_path(), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", src, "-o", src + ".o"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode:
-        raise RuntimeError(f"ptxas failed: {res.stderr.strip()[-400:]}")
-    used, spill = _PTXAS_USED.search(res.stderr), _PTXAS_SPILL.search(res.stderr)
+def ptxas_report(ptx: str, cap: int, options: dict) -> dict:
+    """Registers, stack frame and spill bytes per thread from ``ptxas -v``, run by the installed
+    Triton's own ``make_cubin``: its ptxas and exactly its flags (they differ between Triton
+    versions: 3.8 adds ``--regAllocOptLevel=2``, 3.6 does not), none of ours."""
+    import contextlib
+    import io
+
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+
+    backend = make_backend(GPUTarget("cuda", cap, 32))
+    opt = backend.parse_options(options)
+    log = io.StringIO()
+    previous = knobs.nvidia.dump_ptxas_log
+    knobs.nvidia.dump_ptxas_log = True
+    try:
+        with contextlib.redirect_stdout(log):
+            backend.make_cubin(ptx, {}, opt, cap)
+    finally:
+        knobs.nvidia.dump_ptxas_log = previous
+    text = log.getvalue()
+    used, spill = _PTXAS_USED.search(text), _PTXAS_SPILL.search(text)
+    if not (used and spill):
+        raise RuntimeError(f"Triton's ptxas log has no register/spill line: {text.strip()[-400:]!r}")
     return {
         "registers": int(used.group(1)),
         "stack_bytes": int(spill.group(1)),
@@ -239,7 +281,7 @@ def _compile(index: int) -> Result:
         src = ASTSource(job.launch.kernel, job.signature, job.constexprs, job.attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=job.options)
         res.shared_bytes = int(ck.metadata.shared)
-        for k, v in ptxas_report(ck.asm["ptx"], cap).items():
+        for k, v in ptxas_report(ck.asm["ptx"], cap, job.options).items():
             setattr(res, k, v)
     except Exception as e:  # reported per kernel, the gate fails on it
         res.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]

@@ -53,11 +53,13 @@ def test_gpu_check_dry_run_without_the_training_stack(tmp_path):
         "kernel tests",
         "gpu tests",
         "benchmark 64x128",
+        "training",
         "compiled kernels",
         "models 64x128",
-        "training",
         "benchmark 32x64",
     ]
+    # every section ran under its own limit, and the table was rewritten after each one
+    assert all(0 <= s["seconds"] <= s["limit_s"] for s in sections.values()), sections
     for name, s in sections.items():
         assert s["status"] == "ok", (name, s)
     assert sections["kernel tests"]["result"]["passed"]
@@ -72,6 +74,7 @@ def test_gpu_check_dry_run_without_the_training_stack(tmp_path):
     tail = res.stdout.strip().splitlines()[-25:]
     assert any(line.startswith("| target | JAX training") for line in tail)
     md = (out / "gpu_check.md").read_text()
+    assert md.startswith("GPU check on CPU") and "python3 -m torch_deploy.gpu_check" in md
     assert "| model | 64x128 a  reference eager fp32" in md and "| model | 32x64 a  reference eager fp32" in md
     assert report["environment"]["packages"]["pytest"]
 
@@ -92,3 +95,24 @@ def test_gpu_check_refuses_a_missing_gpu_clearly(tmp_path):
     assert res.returncode == 2
     assert "no CUDA device visible" in res.stderr and "--dry-run" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_section_stops_at_its_limit_and_the_tables_are_rewritten_after_each(tmp_path):
+    """A GPU run is cut off from outside: each section has its own time limit, one that would end
+    past the budget is not started, and gpu_check.json/.md hold every finished section."""
+    import time
+
+    from torch_deploy.gpu_check import Check, make_plan
+
+    check = Check(str(tmp_path), make_plan(dry_run=True), budget_s=3.0, dry_run=True)
+    check.section("quick", lambda: {"x": 1}, 1.0)
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["quick"]["status"] == "ok"
+    assert "| section | quick | ok |" in (tmp_path / "gpu_check.md").read_text()
+    check.section("stuck", lambda: time.sleep(5), 0.5)
+    stuck = check.report["sections"]["stuck"]
+    assert stuck["status"] == "timeout" and stuck["seconds"] < 2, stuck
+    check.section("too long", lambda: 1, 10.0)
+    skipped = check.report["sections"]["too long"]
+    assert skipped["status"] == "skipped" and "budget left" in skipped["reason"]
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| section | stuck | timeout |" in md and "| section | too long | skipped |" in md

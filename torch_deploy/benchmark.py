@@ -10,7 +10,8 @@ warmed up, then timed in interleaved rounds (one call of each variant per round,
 machine slows all of them alike); median and spread (min..max, p10..p90) per variant. GPU:
 CUDA events around each call. Variants:
 
-  a  reference twin, eager fp32
+  a  reference twin, eager fp32 (on a GPU with TF32 off: true fp32, the baseline of the ratios)
+  t  the same with TF32 convolutions, torch's default on a GPU (GPU only)
   u  the upstream speed script's protocol: the twin in eager fp32 with every BatchNorm folded
      into its conv (upstream ``models/speed/CSFCN_speed.py`` times batch 1 in fp32 with the
      BatchNorms commented out); compare the upstream's published FPS with this row
@@ -67,7 +68,7 @@ from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
 from torch_deploy.optimize import optimize, remove_bn
 from torch_deploy.roofline import DATASHEET, datasheet_for, floor_us, kernel_floors, measure_ceilings, model_costs
 
-VARIANT_KEYS = ("a", "u", "b", "c", "d", "e", "f", "q", "i", "o", "v", "w", "x")
+VARIANT_KEYS = ("a", "t", "u", "b", "c", "d", "e", "f", "q", "i", "o", "v", "w", "x")
 CPU_PEER_KEYS = ("f", "q", "i", "o", "v", "w", "x")
 GPU_SIZES = [(512, 1024), (768, 1536), (1024, 2048), (720, 960)]
 CPU_SIZES = [(512, 1024)]
@@ -102,7 +103,9 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 100 GPU, 10 CPU)")
     p.add_argument("--precision", default="fp16", choices=("fp16", "bf16"), help="precision of (b)-(e) on GPU")
     p.add_argument(
-        "--only", default=None, help="comma-separated subset of variants a,u,b,c,d,e,f,q,i,o,v,w,x to run, e.g. 'a,d,e'"
+        "--only",
+        default=None,
+        help="comma-separated subset of variants a,t,u,b,c,d,e,f,q,i,o,v,w,x to run, e.g. 'a,d,e'",
     )
     p.add_argument("--no-compile", action="store_true", help="skip (c): max-autotune compilation takes minutes")
     p.add_argument(
@@ -183,6 +186,17 @@ def run_interleaved(fns: dict, timer: Timer, warmup: int, repeats: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- model variants
+def call_with_tf32(model, x, enabled: bool):
+    """``model(x)`` with cuDNN's and cuBLAS's TF32 switched on or off, restored afterwards. torch
+    allows TF32 in convolutions by default: an "fp32" row timed that way is a 10-bit-mantissa one."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        return model(x)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+
+
 def model_variants(args, device: torch.device, only: set[str]):
     """(runnable variants {label: (key, fn-of-x)}, skipped {label: reason})."""
 
@@ -195,7 +209,15 @@ def model_variants(args, device: torch.device, only: set[str]):
         return key in only
 
     if want("a"):
-        run["a  reference eager fp32"] = ("a", lambda x: twin(x))
+        if device.type == "cuda":
+            run["a  reference eager fp32, TF32 off"] = ("a", lambda x: call_with_tf32(twin, x, False))
+        else:
+            run["a  reference eager fp32"] = ("a", lambda x: twin(x))
+    if want("t"):
+        if device.type == "cuda":
+            run["t  reference eager fp32, TF32 convolutions"] = ("t", lambda x: call_with_tf32(twin, x, True))
+        else:
+            skipped["t  reference eager fp32, TF32 convolutions"] = "TF32 is a GPU format"
     if want("u"):
         no_bn = remove_bn(twin)
         run["u  upstream protocol: eager fp32, BN folded"] = ("u", lambda x: no_bn(x))
@@ -357,7 +379,13 @@ def kernel_cases(args, h: int, w: int, device: torch.device, dtype: torch.dtype)
 
 
 # the traced work of each variant: (roofline kind, precision or None for the --precision one)
-_FLOOR_KIND = {"a": ("twin", "fp32"), "u": ("twin", "fp32"), "b": ("twin", None), "c": ("twin", None)}
+_FLOOR_KIND = {
+    "a": ("twin", "fp32"),
+    "t": ("twin", "fp32"),
+    "u": ("twin", "fp32"),
+    "b": ("twin", None),
+    "c": ("twin", None),
+}
 _FLOOR_KIND.update({"d": ("logits", None), "e": ("labels", None)})
 
 

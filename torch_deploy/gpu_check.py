@@ -1,30 +1,29 @@
 """One prepared GPU check: everything a first GPU run must settle, in one call of a few minutes.
 
-    python -m torch_deploy.gpu_check --out gpu_check/            # on a machine with an NVIDIA GPU
-    python -m torch_deploy.gpu_check --out /tmp/gc --dry-run     # every code path on CPU, tiny sizes
+    python3 -m torch_deploy.gpu_check --out "$OUT"               # on a machine with an NVIDIA GPU
+    python3 -m torch_deploy.gpu_check --out /tmp/gc --dry-run    # every code path on CPU, tiny sizes
 
 It runs with a GPU machine's preinstalled Python (torch, triton, jax with CUDA, flax, optax,
 numpy, safetensors, pytest): no ``make``, no virtualenv, no network, and none of grain,
-ml_collections, orbax or TensorFlow. A missing optional package is named and its section
-skipped. Sections, each timed, in order (the run stops starting new sections when the time
-budget, ``--budget-s``, would be exceeded, and says so):
+ml_collections or TensorFlow. A missing optional package is named and its section skipped.
+``make gpu-rehearsal`` runs it (``--dry-run``) in an environment built like that machine's first.
 
-1. environment: device, driver, CUDA, library versions; the two roofline ceilings measured
-   (copy bandwidth, fp16 and fp32 matmul rates) beside the datasheet's;
-2. tests: the kernel tests on the GPU (every kernel against its reference at the GPU launch
-   configuration, fresh random inputs, outputs poisoned before each launch; the bf16
-   ``tl.dot`` path included) and the ``-m gpu`` tests of ``optimize`` (CUDA graphs, fp32/fp16/bf16
-   parity with the twin, labels mode's peak memory below full-resolution logits);
-3. compiled kernels: registers, spills and shared memory of every kernel the run compiled, as the
-   driver loaded them;
-4. inference benchmark (``torch_deploy.benchmark``) at 1024x2048: (a) eager fp32, (b) eager fp16
-   channels-last, (c) ``torch.compile`` (reduce-overhead, which compiles in about a minute),
-   (d) optimize fp16 logits, (e) optimize fp16 labels; each kernel against the ops it replaces
-   with GB/s; every time beside its roofline floor;
-5. training: the JAX step (bf16 compute) against the PyTorch twin's step (AMP bf16,
-   channels-last; same loss, same optimizer), crop 1024x1024, batch 12, images/s;
-6. the benchmark at 512x1024 without (c);
-7. a final table, printed last, with the targets of docs/gpu_readiness.md marked met or not.
+Sections, in order of what a short run must not lose (:data:`SECTIONS`: each has an estimate and
+its own time limit; a section whose limit would end past ``--budget-s`` is not started, and says
+so; ``gpu_check.json`` and ``gpu_check.md`` with the final table are rewritten after each):
+
+1. environment: device, driver, CUDA, library versions; ceilings: copy bandwidth and matmul
+   rates measured beside the datasheet's;
+2. kernel tests on the GPU (every kernel against its reference at the GPU launch configuration)
+   and the ``-m gpu`` tests of ``optimize`` (CUDA graphs, parity, labels-mode peak memory);
+3. the headline benchmark (``torch_deploy.benchmark``) at 1024x2048: (a) eager fp32 with TF32
+   off, (t) the same with TF32 (torch's default for convolutions), (b) eager fp16 channels-last,
+   (c) ``torch.compile`` reduce-overhead, (d) optimize fp16 logits, (e) optimize fp16 labels;
+   each kernel against the ops it replaces; every time beside its roofline floor;
+4. training: the JAX step (bf16 compute) against the PyTorch twin's (AMP bf16, channels-last;
+   same loss and optimizer), crop 1024x1024, batch 12, images/s;
+5. compiled kernels: registers, spills and shared memory of the kernels this process loaded;
+6. every model of docs/zoo.md at 1024x2048; the benchmark at 512x1024 without (c).
 
 Writes ``DIR/gpu_check.json`` (everything), ``DIR/gpu_check.md`` (the tables) and the pieces'
 own outputs (``benchmark_HxW.json``, ``tests_*.log``).
@@ -40,6 +39,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +56,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONAL = ("triton", "jax", "flax", "optax", "numpy", "safetensors", "pytest")
 # Targets on one H100/H200 at 1024x2048, batch 1 (docs/gpu_readiness.md)
 TARGET_FPS = {"e": 1500.0, "d": 1200.0}
+# (section, estimate s, limit s) on one H100/H200, in run order (docs/gpu_readiness.md, section 4,
+# derives each estimate). The limits bound the run: their sum past the budget only means the
+# last sections are not started when earlier ones use their whole limit.
+SECTIONS = (
+    ("environment", 5, 30),
+    ("ceilings", 10, 30),
+    ("kernel tests", 45, 90),
+    ("gpu tests", 30, 75),
+    ("benchmark 1024x2048", 100, 150),
+    ("training", 60, 100),
+    ("compiled kernels", 1, 10),
+    ("models 1024x2048", 30, 60),
+    ("benchmark 512x1024", 20, 45),
+)
+DRY_RUN_LIMIT_SCALE = 6.0  # on CPU the kernels run under Triton's interpreter
+
+
+class SectionTimeout(Exception):
+    pass
 
 
 @dataclasses.dataclass
@@ -110,42 +129,75 @@ class Check:
         self.out, self.plan, self.budget_s, self.dry_run = out, plan, budget_s, dry_run
         self.t0 = time.perf_counter()
         self.report: dict = {"dry_run": dry_run, "sections": {}, "plan": dataclasses.asdict(plan)}
+        self.argv = ""
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def section(self, name: str, fn, estimate_s: float) -> None:
-        """Run ``fn()`` as section ``name`` unless ``estimate_s`` more seconds would overrun the budget."""
-        entry = {"status": "skipped", "seconds": 0.0}
+    def limit(self, key: str) -> float:
+        """The time limit of the :data:`SECTIONS` entry ``key`` (scaled on a CPU dry run)."""
+        lim = {n: lim for n, _, lim in SECTIONS}[key]
+        return lim * (DRY_RUN_LIMIT_SCALE if self.dry_run else 1.0)
+
+    def section(self, name: str, fn, limit_s: float) -> None:
+        """Run ``fn()`` as section ``name`` for at most ``limit_s`` seconds, unless that could end
+        past the budget; then rewrite gpu_check.json and gpu_check.md."""
+        entry = {"status": "skipped", "seconds": 0.0, "limit_s": round(limit_s)}
         self.report["sections"][name] = entry
         left = self.budget_s - self.elapsed()
-        if estimate_s > left:
-            entry["reason"] = f"needs about {estimate_s:.0f} s, {left:.0f} s of the {self.budget_s:.0f} s budget left"
+        if limit_s > left:
+            entry["reason"] = f"may take {limit_s:.0f} s, {left:.0f} s of the {self.budget_s:.0f} s budget left"
             print(f"\n== {name}: skipped ({entry['reason']})", flush=True)
+            self.save()
             return
-        print(f"\n== {name} (t = {self.elapsed():.0f} s)", flush=True)
+        print(f"\n== {name} (t = {self.elapsed():.0f} s, limit {limit_s:.0f} s)", flush=True)
         t = time.perf_counter()
+
+        def expire(signum, frame):
+            raise SectionTimeout(f"stopped at its {limit_s:.0f} s limit")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, limit_s)
         try:
             result = fn()
             entry.update(status="ok", result=result)
         except MissingExtra as e:
             entry.update(status="skipped", reason=str(e))
             print(f"   skipped: {e}", flush=True)
+        except SectionTimeout as e:
+            entry.update(status="timeout", error=str(e))
+            print(f"   TIMEOUT: {e}", flush=True)
         except Exception as e:  # one failing section must not lose the others
             entry.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
             print(f"   ERROR: {type(e).__name__}: {e}", flush=True)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
         entry["seconds"] = round(time.perf_counter() - t, 1)
         self.save()
 
     def save(self) -> None:
-
+        """gpu_check.json (everything so far) and gpu_check.md (the final table so far), each whole."""
+        rows = final_rows(self.report)
+        self.report["final"] = rows
+        self.report["seconds"] = round(self.elapsed(), 1)
         text = json.dumps(self.report, indent=2, default=str)
+        md = self.header() + "\n\n" + markdown(rows) + "\n"
+        for fname, body in (("gpu_check.json", text), ("gpu_check.md", md)):
 
-        def write(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                f.write(text)
+            def write(tmp: str, body=body) -> None:
+                with open(tmp, "w") as f:
+                    f.write(body)
 
-        write_atomic(os.path.join(self.out, "gpu_check.json"), write)
+            write_atomic(os.path.join(self.out, fname), write)
+
+    def header(self) -> str:
+        env = self.report.get("environment", {})
+        pk = env.get("packages", {})
+        return (
+            f"GPU check on {env.get('device', '?')} (torch {env.get('torch')}, triton {pk.get('triton')}, "
+            f"jax {pk.get('jax')}); {self.elapsed():.0f} s; command: python3 -m torch_deploy.gpu_check {self.argv}"
+        )
 
 
 def need(*names: str) -> None:
@@ -460,7 +512,10 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for gpu_check.json, gpu_check.md and logs")
     p.add_argument("--dry-run", action="store_true", help="run every section on CPU at tiny sizes (no GPU needed)")
     p.add_argument(
-        "--budget-s", type=float, default=470.0, help="start no section that would end after this many seconds (470)"
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no section whose time limit would end past this many seconds (470; a dry run 6x that)",
     )
     p.add_argument("--skip", default="", help="comma-separated sections to skip: tests,benchmark,models,training")
     return p.parse_args(argv)
@@ -476,46 +531,53 @@ def main(argv=None) -> int:
     # JAX must not reserve most of the GPU before the torch sections and its own step run
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    check = Check(args.out, plan, args.budget_s, args.dry_run)
+    budget = args.budget_s if args.budget_s is not None else (470.0 * DRY_RUN_LIMIT_SCALE if args.dry_run else 470.0)
+    check = Check(args.out, plan, budget, args.dry_run)
+    check.argv = " ".join(sys.argv[1:] if argv is None else argv)
     sys.path.insert(0, ROOT)
-    check.section("environment", lambda: environment(plan), 5)
+    check.section("environment", lambda: environment(plan), check.limit("environment"))
     check.report["environment"] = (check.report["sections"]["environment"].get("result")) or {}
-    if check.report["sections"]["environment"]["status"] == "error":
-        print(check.report["sections"]["environment"]["error"], file=sys.stderr)
+    if check.report["sections"]["environment"]["status"] != "ok":
+        print(check.report["sections"]["environment"].get("error", "environment: not read"), file=sys.stderr)
         return 2
-    check.section("ceilings", lambda: ceilings(plan), 10)
-    if "tests" not in skip:
-        check.section("kernel tests", lambda: run_pytest(args.out, "kernels", plan.kernel_tests, 240), 60)
-        check.section("gpu tests", lambda: run_pytest(args.out, "gpu", plan.gpu_tests, 240), 60)
-    # The targets are at the first size, so it runs first with every variant; torch.compile (c)
-    # costs about a minute per input shape, so the second size runs without it, after training.
+    check.section("ceilings", lambda: ceilings(plan), check.limit("ceilings"))
+    # Value first: are the kernels right, the headline numbers, JAX against torch; then the rest.
     (big, small) = plan.sizes
+    if "tests" not in skip:
+        for name, label, tests in (
+            ("kernel tests", "kernels", plan.kernel_tests),
+            ("gpu tests", "gpu", plan.gpu_tests),
+        ):
+            lim = check.limit(name)
+            # pytest gets 5 s less than the section, so that its log is kept when it runs over
+            check.section(
+                name, lambda label=label, tests=tests, lim=lim: run_pytest(args.out, label, tests, lim - 5), lim
+            )
     if "benchmark" not in skip:
-        check.section(f"benchmark {big[0]}x{big[1]}", lambda: benchmark(plan, args.out, big, "a,b,c,d,e"), 120)
-        check.section("compiled kernels", compiled_kernels, 1)
-    if "models" not in skip:
-        check.section(f"models {big[0]}x{big[1]}", lambda: zoo_comparison(plan, args.out, big), 60)
+        check.section(
+            f"benchmark {big[0]}x{big[1]}",
+            lambda: benchmark(plan, args.out, big, "a,t,b,c,d,e"),
+            check.limit("benchmark 1024x2048"),
+        )
     if "training" not in skip:
-        check.section("training", lambda: train(plan), 90)
+        check.section("training", lambda: train(plan), check.limit("training"))
     if "benchmark" not in skip:
-        check.section(f"benchmark {small[0]}x{small[1]}", lambda: benchmark(plan, args.out, small, "a,b,d,e"), 30)
-    rows = final_rows(check.report)
-    md = markdown(rows)
-    env = check.report.get("environment", {})
-    header = (
-        f"GPU check on {env.get('device', '?')} (torch {env.get('torch')}, triton {env.get('packages', {}).get('triton')}, "
-        f"jax {env.get('packages', {}).get('jax')}); {check.elapsed():.0f} s; "
-        f"command: python -m torch_deploy.gpu_check {' '.join(sys.argv[1:] if argv is None else argv)}"
-    )
-    check.report["final"] = rows
-    check.report["seconds"] = round(check.elapsed(), 1)
+        check.section("compiled kernels", compiled_kernels, check.limit("compiled kernels"))
+    if "models" not in skip:
+        check.section(
+            f"models {big[0]}x{big[1]}", lambda: zoo_comparison(plan, args.out, big), check.limit("models 1024x2048")
+        )
+    if "benchmark" not in skip:  # torch.compile (c) costs about a minute per input shape: not here
+        check.section(
+            f"benchmark {small[0]}x{small[1]}",
+            lambda: benchmark(plan, args.out, small, "a,b,d,e"),
+            check.limit("benchmark 512x1024"),
+        )
     check.save()
-    with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
-        f.write(header + "\n\n" + md + "\n")
-    print("\n" + header)
-    print(md)
-    bad = [n for n, s in check.report["sections"].items() if s["status"] == "error"]
-    tests_failed = [r for r in rows if r[0] == "tests" and r[2] == "FAIL"]
+    print("\n" + check.header())
+    print(markdown(check.report["final"]))
+    bad = [n for n, s in check.report["sections"].items() if s["status"] in ("error", "timeout")]
+    tests_failed = [r for r in check.report["final"] if r[0] == "tests" and r[2] == "FAIL"]
     print(f"\nwritten: {os.path.join(args.out, 'gpu_check.json')}, gpu_check.md; errors in: {bad or 'none'}")
     return 1 if bad or tests_failed else 0
 
