@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import contextlib
 import dataclasses
+import io
 import json
 import multiprocessing
 import os
@@ -221,9 +223,6 @@ def ptxas_report(ptx: str, cap: int, options: dict) -> dict:
     """Registers, stack frame and spill bytes per thread from ``ptxas -v``, run by the installed
     Triton's own ``make_cubin``: its ptxas and exactly its flags (they differ between Triton
     versions: 3.8 adds ``--regAllocOptLevel=2``, 3.6 does not), none of ours."""
-    import contextlib
-    import io
-
     from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend

@@ -70,7 +70,7 @@ def test_benchmark_rejects_an_unknown_variant(capsys):
 
     assert main(["--only", "a,z", "--size", "32", "64"]) == 2
     err = capsys.readouterr().err
-    assert "unknown variant(s) ['z']" in err and "a, u, b, c, d, e" in err
+    assert "unknown variant(s) ['z']" in err and "a, t, u, b, c, d, e" in err
 
 
 def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
