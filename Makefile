@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-gpu lint venv clean
+.PHONY: demo test test-slow test-gpu gpu-rehearsal lint venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m slow
+
+# The GPU machine's first run, rehearsed on CPU in an environment built like its image
+# (docs/gpu_readiness.md): the step before any GPU call. Not part of `make test` (several GB).
+gpu-rehearsal:
+	.ci/gpu_rehearsal
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
