@@ -22,7 +22,43 @@ except ImportError:  # pragma: no cover - exercised only on installs without tri
     triton = None
     HAS_TRITON = False
 
+
+def _interpreter_scalar_index_compat() -> bool:
+    """Let Triton 3.6's CPU interpreter loop over a runtime int with numpy >= 2.5.
+
+    The interpreter holds every scalar argument as a shape-(1,) array and gives its tensors
+    ``__index__ = int(data)``; numpy 2.5 refuses ``int()`` of an array with ndim > 0, so
+    ``for k in range(0, CIN, BLOCK)`` raises inside every kernel (Triton 3.7+ squeezes first).
+    Re-set ``__index__`` the way the newer interpreter does, and only under the interpreter of an
+    affected Triton: compiled kernels never go through it. Returns whether it patched."""
+    import os
+
+    import numpy as np
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    from triton.runtime import interpreter
+
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    try:
+        int(np.array([1]))
+        return False  # numpy still converts 1-element arrays: nothing to fix
+    except TypeError:
+        pass
+    if patch is None or getattr(patch, "csfcn_compat", False):
+        return False
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched.csfcn_compat = True
+    interpreter._patch_lang_tensor = patched
+    return True
+
+
 if HAS_TRITON:
+    _interpreter_scalar_index_compat()
 
     @triton.jit
     def _dot(a, b, acc, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
