@@ -74,6 +74,22 @@ if HAS_TRITON:
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """cuDNN convolutions and cuBLAS matmuls with TF32 on or off within the block, restored after.
+
+    PyTorch runs CUDA fp32 convolutions in TF32 (10-bit mantissa, rel. rounding 2^-11 ~ 4.9e-4
+    per product) unless told otherwise, so an "fp32" reference or benchmark row on a GPU is a
+    TF32 one by default. The one switch every fp32 reference, benchmark row and ``optimize``'s fp32
+    path goes through. No effect on CPU."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+
+
 def interpreted(kernel) -> bool:
     """True when ``kernel`` runs under Triton's CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
     return type(kernel).__name__ == "InterpretedFunction"

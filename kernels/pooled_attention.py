@@ -33,6 +33,7 @@ from kernels._common import (
     launch,
     like_layout,
     next_pow2,
+    tf32,
     uses_gpu_config,
 )
 
@@ -203,11 +204,12 @@ def pooled_attention(
 
 
 def pooled_attention_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """The same function in plain PyTorch (fp32), as the twin's CFC computes it."""
+    """The same function in plain PyTorch (fp32, TF32 off on a GPU), as the twin's CFC computes it."""
     bsz, d, h, w = query.shape
     ct = torch.float64 if query.dtype == torch.float64 else torch.float32  # fp64 kept for exactness checks
     q = query.to(ct).reshape(bsz, d, h * w).permute(0, 2, 1)  # B N D
-    attn = torch.softmax(torch.matmul(q, key.to(ct)), dim=-1)  # B N S
-    ctx = torch.bmm(value.to(ct), attn.permute(0, 2, 1)).reshape(bsz, -1, h, w)
+    with tf32(False):
+        attn = torch.softmax(torch.matmul(q, key.to(ct)), dim=-1)  # B N S
+        ctx = torch.bmm(value.to(ct), attn.permute(0, 2, 1)).reshape(bsz, -1, h, w)
     fmt = torch.contiguous_format if query.is_contiguous() else torch.channels_last
     return ctx.to(query.dtype).contiguous(memory_format=fmt)

@@ -33,6 +33,7 @@ from kernels._common import (
     like_layout,
     new_output,
     next_pow2,
+    tf32,
     uses_gpu_config,
 )
 
@@ -328,11 +329,16 @@ def shuffle_head_reference(
     output: str = "logits",
     labels_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The same function in plain PyTorch (conv in fp32, then pixel shuffle or argmax)."""
+    """The same function in plain PyTorch (conv in fp32, fp64 for fp64 inputs, then pixel shuffle or
+    argmax). The conv
+    runs in true fp32 on a GPU too: cuDNN's default TF32 would put the reference 2.6e-4..7.7e-4
+    (rel. L2) from fp32 and flip labels the kernel gets right."""
     if output not in OUTPUTS:
         raise ValueError(f"shuffle_head_reference: output={output!r}; choose one of {OUTPUTS}")
-    w4 = weight.reshape(weight.shape[0], weight.shape[1], 1, 1).float()
-    y = F.conv2d(x.float(), w4, None if bias is None else bias.float())
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # fp64 kept for exactness checks
+    w4 = weight.reshape(weight.shape[0], weight.shape[1], 1, 1).to(ct)
+    with tf32(False):
+        y = F.conv2d(x.to(ct), w4, None if bias is None else bias.to(ct))
     if output == "labels":
         return shuffle_labels(y, upscale, labels_dtype)
     fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from csfcn.files import write_atomic
 from csfcn.model_config import MODEL_NAMES, STEMS, VARIANTS
 from csfcn.tables import markdown_table
+from kernels._common import tf32
 from torch_deploy.compare import compare, parse_models, table
 from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.cpu_peers import OnnxPeer, peer_missing
@@ -189,12 +190,8 @@ def run_interleaved(fns: dict, timer: Timer, warmup: int, repeats: int) -> dict:
 def call_with_tf32(model, x, enabled: bool):
     """``model(x)`` with cuDNN's and cuBLAS's TF32 switched on or off, restored afterwards. torch
     allows TF32 in convolutions by default: an "fp32" row timed that way is a 10-bit-mantissa one."""
-    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
+    with tf32(enabled):
         return model(x)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
 
 
 def model_variants(args, device: torch.device, only: set[str]):

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from csfcn.model_config import HEAD_UPSAMPLE, SFC_GROUPS
+from kernels._common import tf32
 from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.cpu_ops import conv2d, labels_head, logits_head, sfc_fuse_rows
 from torch_deploy.heap import retain_freed_memory
@@ -408,13 +409,8 @@ class OptimizedCSFCN(nn.Module):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and self.dtype == torch.float32:
-            with torch.backends.cudnn.flags(enabled=True, allow_tf32=self.allow_tf32):
-                prev = torch.backends.cuda.matmul.allow_tf32
-                torch.backends.cuda.matmul.allow_tf32 = self.allow_tf32
-                try:
-                    return self._forward(x)
-                finally:
-                    torch.backends.cuda.matmul.allow_tf32 = prev
+            with tf32(self.allow_tf32):
+                return self._forward(x)
         return self._forward(x)
 
     def _graphed(self, x: torch.Tensor) -> torch.Tensor:

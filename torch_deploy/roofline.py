@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from csfcn.tables import markdown_table
+from kernels._common import tf32
 from torch_deploy.model import CSFCN
 from torch_deploy.optimize import PRECISIONS, optimize_on_meta
 
@@ -243,12 +244,8 @@ def measure_ceilings(device: torch.device | str = "cuda") -> Ceilings:
     m = 4096
     a32 = torch.randn(m, m, device=device)
     b32 = torch.randn(m, m, device=device)
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    with tf32(False):
         fp32 = 2 * m**3 / timed(lambda: a32 @ b32, n=10) / 1e12
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
     name = torch.cuda.get_device_name(device)
     return Ceilings(name, bw, tensor, fp32, source="measured")
 
