@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from precision import assert_near_fp64, rel_l2  # noqa: E402
 
 from kernels._common import gpu_launch_config, interpreted, poison_outputs, record_launches  # noqa: E402
 from kernels.pooled_attention import (  # noqa: E402
@@ -30,35 +31,11 @@ DEVICE = "cpu" if interpreted(_sfc_fuse_kernel) else "cuda"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def assert_near_fp64(out: torch.Tensor, reference, *inputs: torch.Tensor, k: float = 3.0, **kw) -> None:
-    """``out`` is as close to the fp64 function as the fp32 reference is, within a factor ``k``.
-
-    The bound is the arithmetic's own: the reference computes the same sums from the same inputs
-    in fp32 and rounds the result to the storage dtype, so its distance to the same function in
-    fp64 (``reference`` on the inputs converted exactly to fp64) is the rounding this precision
-    costs on these very inputs: ~u*sqrt(n) for fp32 sums of n terms (u = 2^-24), ~u/sqrt(12) for
-    an fp16 (u = 2^-11) or bf16 (u = 2^-8) stored output. A kernel doing the same arithmetic in
-    another order has rounding of the same size; errors of thousands of elements concentrate, so
-    the two distances agree closely. k = 3 leaves room for the interpreter's truncating fp32 ->
-    bf16 conversion (error RMS exactly 2x round-to-nearest's: sqrt(1/4 + 1/12) vs sqrt(1/12)).
-    The 2^-24 floor covers a result the reference gets exactly. Any real slip (a term dropped, a
-    mis-indexed weight, an fp16 accumulator, TF32 on a GPU: ~1e-3) is orders beyond it."""
-    truth = reference(*(t.double() for t in inputs), **kw)
-    own = rel_l2(reference(*inputs, **kw), truth)
-    err = rel_l2(out, truth)
-    assert err <= k * own + 2**-24, f"relative L2 to fp64 {err:.2e} > {k} x the reference's own {own:.2e}"
-
-
 @pytest.fixture(autouse=True)
 def _poisoned_outputs():
     """Every kernel output starts as NaN / the largest integer: an element a kernel does not write fails."""
     with poison_outputs():
         yield
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().cpu(), b.double().cpu()
-    return float((a - b).norm() / b.norm())
 
 
 def gen(request) -> torch.Generator:

@@ -23,10 +23,12 @@ and a large matmul), with datasheet values as the fallback (:data:`DATASHEET`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import statistics
 import sys
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -171,6 +173,78 @@ def trace_costs(fn, *inputs) -> list[Cost]:
     with torch.inference_mode(), record_launches() as launches, gpu_launch_config(), mode:
         fn(*inputs)
     return mode.ops + [kernel_cost(ln.name, ln.args) for ln in launches]
+
+
+class LiveSet(TorchDispatchMode):
+    """The tensors a pass holds at once. Every tensor an ATen op creates counts (its storage's
+    bytes) from that op until the last tensor on its storage is freed; tensors made before the
+    block (inputs, weights) do not count. ``peak`` is the least memory the pass needs for its
+    tensors; ``largest`` the biggest single one (bytes, "op shape dtype"). A workspace a library
+    takes and frees inside one op (cuDNN's) is no tensor and is not counted.
+
+    On CUDA, ``cuda_peak`` also samples the caching allocator after every op (relative to the
+    start): workspaces are freed by then, so it is the same live set as the allocator holds it
+    (each block rounded up to a multiple of 512 B) -- an independent check of ``peak``."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.largest: tuple[int, str] = (0, "")
+        self.cuda_peak = 0
+        self._held: dict[int, list[int]] = {}  # storage -> [bytes, tensors on it]
+        self._base = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+
+    def _release(self, key: int) -> None:
+        held = self._held[key]
+        held[1] -= 1
+        if held[1] == 0:
+            self.live -= held[0]
+            del self._held[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {
+            t.untyped_storage()._cdata
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided
+        }
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+                continue  # oneDNN's packed weights (opaque, no storage) are weights, made once
+            key = t.untyped_storage()._cdata
+            if key in self._held:
+                self._held[key][1] += 1
+            elif key in given:  # an in-place op or a view of a tensor from before the block
+                continue
+            else:
+                n = t.untyped_storage().nbytes()
+                self._held[key] = [n, 1]
+                self.live += n
+                self.peak = max(self.peak, self.live)
+                if n > self.largest[0]:
+                    self.largest = (n, f"{func.overloadpacket.__name__} {tuple(t.shape)} {t.dtype}")
+            weakref.finalize(t, self._release, key)
+            if t.is_cuda:
+                self.cuda_peak = max(self.cuda_peak, torch.cuda.memory_allocated() - self._base)
+        return out
+
+
+def live_set(fn, *inputs) -> LiveSet:
+    """The live set of ``fn(*inputs)``. On ``meta`` inputs the Triton launches are recorded, not
+    run, with the GPU launch configuration and cuDNN's channels-last convolution outputs
+    (:class:`kernels.aot.CudnnLayouts`): the memory a GPU pass needs, traced on any machine."""
+    from kernels._common import gpu_launch_config, record_launches
+    from kernels.aot import CudnnLayouts
+
+    mode = LiveSet()
+    with torch.inference_mode(), contextlib.ExitStack() as stack:
+        if any(t.device.type == "meta" for t in inputs):
+            stack.enter_context(record_launches())
+            stack.enter_context(gpu_launch_config())
+            stack.enter_context(CudnnLayouts())
+        stack.enter_context(mode)
+        fn(*inputs)
+    return mode
 
 
 @functools.lru_cache(maxsize=64)
