@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_csfcn.cli import config_parser, parse_config_args
 from jax_csfcn.model import CSFCN, build_model
 from jax_csfcn.ops import INTERP_SCOPE
 from jax_csfcn.step import model_config
@@ -120,12 +119,16 @@ def format_table(rows, image_size, config) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jax_csfcn.cli import config_parser  # lazy: ml_collections, which forward_flops must not need
+
     return config_parser(
         "python -m jax_csfcn.summary", (__doc__ or "").split("\n\n")[0], config_default="configs/cityscapes.py"
     )
 
 
 def main(argv=None) -> None:
+    from jax_csfcn.cli import parse_config_args  # lazy: as build_parser
+
     parser = build_parser()
     _, config = parse_config_args(parser, argv)
     size = tuple(int(s) for s in config.data.image_size)

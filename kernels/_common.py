@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 try:  # Triton is optional: the pure-PyTorch references work without it.
@@ -31,10 +33,6 @@ def _interpreter_scalar_index_compat() -> bool:
     ``for k in range(0, CIN, BLOCK)`` raises inside every kernel (Triton 3.7+ squeezes first).
     Re-set ``__index__`` the way the newer interpreter does, and only under the interpreter of an
     affected Triton: compiled kernels never go through it. Returns whether it patched."""
-    import os
-
-    import numpy as np
-
     if os.environ.get("TRITON_INTERPRET") != "1":
         return False
     from triton.runtime import interpreter

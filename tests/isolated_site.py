@@ -13,19 +13,18 @@ import sys
 import sysconfig
 from pathlib import Path
 
-# What a GPU machine's preinstalled Python lacks (torch_deploy.gpu_check must run without them).
+# What the GPU machine's preinstalled Python lacks, as its image documents it (.ci/gpu-image.txt):
+# torch_deploy.gpu_check must run without them. It has orbax, onnx/onnxruntime and matplotlib.
 GPU_MACHINE_LACKS = (
     "grain",
     "ml_collections",
-    "orbax",
     "tensorflow",
     "tensorflow_datasets",
     "cityscapesscripts",
-    "onnx",
-    "onnxruntime",
     "tensorboardX",
-    "matplotlib",
 )
+# The model, the train step and its benchmark import none of these either (a lean JAX install).
+TRAIN_STEP_NEEDS_NONE_OF = (*GPU_MACHINE_LACKS, "orbax", "onnx", "onnxruntime", "matplotlib")
 
 
 def site_without(dest: Path, absent) -> str:

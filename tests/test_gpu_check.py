@@ -2,8 +2,8 @@
 tiny sizes, with none of the packages a GPU machine's preinstalled Python lacks importable.
 
 The child processes (the check, and the pytest runs it starts with the same interpreter flags)
-run with ``python -S`` over a site-packages without grain, ml_collections, orbax, TensorFlow,
-TFDS, cityscapesscripts, onnx/onnxruntime, tensorboardX and matplotlib, as on that machine.
+run with ``python -S`` over a site-packages without grain, ml_collections, TensorFlow, TFDS,
+cityscapesscripts and tensorboardX, as on that machine (.ci/gpu-image.txt).
 """
 
 from __future__ import annotations

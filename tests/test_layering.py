@@ -221,8 +221,8 @@ OPTIONAL = {
     "absl": "grain's flags, read only when grain starts workers",
     **dict.fromkeys(
         ("grain", "orbax", "ml_collections", "cityscapesscripts", "tensorboardX", "matplotlib"),
-        "absent on a GPU machine without a package registry (isolated_site.GPU_MACHINE_LACKS), where the "
-        "model, the train step and its benchmark run",
+        "not needed by the model, the train step and its benchmark (isolated_site.TRAIN_STEP_NEEDS_NONE_OF), "
+        "which run on a GPU machine without a package registry",
     ),
 }
 # ... and a tool's or the bridge's imports of the other side (only installed where it is used).

@@ -516,6 +516,19 @@ def test_gpu_kernels_fp32_and_tf32():
 
 
 # ----------------------------------------------------------------------------- benchmark CLI
+def test_twin_compiles_as_one_graph():
+    """torch.compile (benchmark variant c) sees the twin as one graph: no break that would split it
+    and run the pieces eagerly. Under torch 2.11 `grid or sfc_grid` on a bound method broke it in
+    three places (model.py, sfc_sample_and_gate)."""
+    import torch._dynamo as dynamo
+
+    twin = CSFCN(num_classes=19).eval()
+    with torch.no_grad():
+        explained = dynamo.explain(twin)(torch.randn(1, 3, 64, 128))
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
 def test_benchmark_cli_runs_the_cpu_variants(tmp_path, capsys):
     """`python -m torch_deploy.benchmark` on a tiny input: table, skipped variants named, JSON."""
     import json

@@ -18,11 +18,11 @@ import sys
 import types
 from pathlib import Path
 
-from isolated_site import GPU_MACHINE_LACKS  # noqa: E402
+from isolated_site import TRAIN_STEP_NEEDS_NONE_OF  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-NOT_INSTALLED = GPU_MACHINE_LACKS
+NOT_INSTALLED = TRAIN_STEP_NEEDS_NONE_OF
 
 CHILD = """
 import importlib.abc, json, sys

@@ -35,13 +35,16 @@ def parse_models(spec: str) -> tuple[str, ...]:
 
 
 def gflops(config: ModelConfig, size: tuple[int, int]) -> float | None:
-    """Inference GFLOPs of ``config`` at ``size`` (jax_csfcn.summary), None without the training extra."""
+    """Inference GFLOPs of ``config`` at ``size`` (jax_csfcn.summary), None where JAX/Flax are not
+    installed (a PyTorch-only install); any other missing module is an error, not a blank column."""
     try:
         from flax import nnx
 
         from jax_csfcn.model import build_model
         from jax_csfcn.summary import forward_flops
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("jax", "jaxlib", "flax"):
+            raise
         return None
     model = nnx.eval_shape(lambda: build_model(config))
     return forward_flops(model, size) / 1e9

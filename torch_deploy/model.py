@@ -271,7 +271,7 @@ def sfc_sample_and_gate(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, gri
     """docs/architecture.md, SFC steps 4-7 (the op that ``kernels.sfc_fuse`` fuses). ``grid``:
     the function building the sampling grid (default :func:`sfc_grid`; the ONNX export's backend
     passes a shape-generic one)."""
-    grid = grid or sfc_grid
+    grid = sfc_grid if grid is None else grid  # not `grid or ...`: torch 2.11 dynamo breaks the graph on it
     n, c, h, w = cp.shape
     g = SFC_GROUPS
     cp = F.grid_sample(cp.reshape(n * g, -1, h, w), grid(n, h, w, r[:, 0 : 2 * g]), align_corners=True)
