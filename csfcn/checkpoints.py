@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 from csfcn.model_config import DEEP_STEM_WIDTHS, HEAD_UPSAMPLE, STEMS, ModelConfig
+from csfcn.registry import MODELS, names
 
 CONFIG_KEY = "csfcn_config"  # safetensors metadata key
 CONFIG_FILE = "csfcn_config.json"  # next to Orbax params
@@ -97,14 +98,8 @@ def _known_stems() -> str:
 
 
 # The zoo models' upstream state_dicts (docs/zoo.md): a key only that model has, and the tensor
-# whose first dimension is the class count.
-ZOO_SIGNATURES = {
-    "sfanet": ("sfa4.faa.offset.weight", "conv_out.block.1.weight"),
-    "mgseg": ("fgr.gwl.GC_conv.weight", "hafa.predictor.weight"),
-    "icnet": ("head.cff_24.conv_low_cls.weight", "head.conv_cls.weight"),
-    "bisenetv1": ("cp.arm32.conv_atten.weight", "conv_out.conv_out.weight"),
-    "swiftnet": ("backbone.spp.spp.spp_bn.conv.weight", "logits.conv.weight"),
-}
+# whose first dimension is the class count (csfcn.registry).
+ZOO_SIGNATURES = {n: (MODELS[n].upstream_key, MODELS[n].upstream_classifier) for n in names(zoo=True)}
 
 
 def infer_config(tensors, source: str = "checkpoint") -> ModelConfig:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
-VARIANTS = ("csfcn", "csfcn_tiny")  # CSFCN itself (the Triton kernels, the fast path)
+from csfcn.registry import MODELS, names
+
+VARIANTS = names(zoo=False)  # CSFCN itself (the Triton kernels, the fast path)
 # The comparison models of docs/zoo.md: the same training, evaluation and deployment commands.
-ZOO_NAMES = ("sfanet", "mgseg", "icnet", "bisenetv1", "swiftnet")
-MODEL_NAMES = VARIANTS + ZOO_NAMES
+ZOO_NAMES = names(zoo=True)
+MODEL_NAMES = tuple(MODELS)
 STEMS = ("torchvision", "deep", "deep128")
 # The deep stems: three 3x3 convs (the first of stride 2) of these output widths, named
 # ``conv1.0``, ``conv1.3``, ``conv1.6`` (BN at ``conv1.1``, ``conv1.4``, then the trunk's ``bn1``).

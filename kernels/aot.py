@@ -45,6 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
 from csfcn.model_config import ModelConfig
+from csfcn.registry import names
 from csfcn.tables import markdown_table
 from kernels._common import Launch, gpu_launch_config, interpreted, record_launches
 
@@ -54,9 +55,9 @@ TARGETS = {"sm_80": (80, 166912), "sm_90": (90, 232448)}
 DEFAULT_SIZES = ((1024, 2048), (712, 1304))  # the benchmark's largest size, and one where nothing divides by 16
 PRECISIONS = ("fp32", "fp16", "bf16")
 OUTPUTS = ("logits", "labels")
-# The models whose fast path launches Triton kernels: CSFCN's two, and SFANet (its feature
-# alignment runs through sfc_fuse with one group, docs/zoo.md).
-VARIANTS = ("csfcn", "csfcn_tiny", "sfanet")
+# The models whose fast path launches Triton kernels (csfcn.registry): CSFCN's two, and SFANet
+# (its feature alignment runs through sfc_fuse with one group, docs/zoo.md).
+VARIANTS = names(triton_kernels=True)
 
 
 @dataclasses.dataclass

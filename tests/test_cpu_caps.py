@@ -21,7 +21,6 @@ from torch_deploy.predictor import Predictor
 
 # the modules (torch_deploy/__init__.py exports functions of the same names)
 optimize_module = importlib.import_module("torch_deploy.optimize")
-predictor_module = importlib.import_module("torch_deploy.predictor")
 
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
 AVX512 = AVX2 | {"avx512f", "avx512cd", "avx512bw", "avx512vl", "avx512dq"}
@@ -95,12 +94,15 @@ def test_flags_without_proc_cpuinfo_come_from_torch(monkeypatch):
 
 def test_every_tool_asks_the_one_report(monkeypatch):
     """optimize, Predictor (auto too) and the benchmark's and accuracy's path choices follow
-    cpu_caps: an AVX2 report makes bf16 a one-line refusal, int8 7-bit, auto fp32."""
+    cpu_caps through the one decision (torch_deploy.precision): an AVX2 report makes bf16 a
+    one-line refusal, int8 7-bit, auto fp32. Besides the decision, only optimize (int8's bits)
+    and the benchmark (its labels) read the report."""
     import torch_deploy.accuracy as accuracy_module
     import torch_deploy.benchmark as benchmark_module
+    import torch_deploy.precision as precision_module
 
     avx2 = CpuCaps("x86_64", AVX2, "a test's flags")
-    for module in (optimize_module, predictor_module, accuracy_module, benchmark_module):
+    for module in (precision_module, optimize_module, benchmark_module):
         monkeypatch.setattr(module, "cpu_caps", lambda: avx2)
     twin = CSFCN(num_classes=5).eval()
     with pytest.raises(CpuPrecisionError, match="^optimize: precision bf16 on this CPU: no avx512_bf16"):
@@ -116,7 +118,7 @@ def test_every_tool_asks_the_one_report(monkeypatch):
     assert skipped == {"f  optimize bf16 labels": avx2.verdict("bf16").why}
     assert [label for label in run] == ["q  optimize int8 labels (oneDNN int8 convolutions, 7-bit activations)"]
     arm = CpuCaps("aarch64", frozenset({"asimd"}), "a test's flags")
-    monkeypatch.setattr(predictor_module, "cpu_caps", lambda: arm)
+    monkeypatch.setattr(precision_module, "cpu_caps", lambda: arm)
     monkeypatch.setattr(optimize_module, "cpu_caps", lambda: arm)
     assert Predictor(twin, device="cpu", precision="auto", calibration=["unused.png"]).path == "optimize-fp32"
     with pytest.raises(CpuPrecisionError, match="int8 on aarch64"):

@@ -25,7 +25,8 @@ from kernels.shuffle_head import shuffle_head_reference  # noqa: E402
 from torch_deploy import cpu_ops  # noqa: E402
 from torch_deploy.cpu_caps import CpuPrecisionError, cpu_caps  # noqa: E402
 from torch_deploy.model import CSFCN, SFC  # noqa: E402
-from torch_deploy.optimize import PRECISIONS, fold_bn, fold_sfc_1x1, optimize, optimize_on_meta  # noqa: E402
+from torch_deploy.optimize import fold_bn, fold_sfc_1x1, optimize, optimize_on_meta  # noqa: E402
+from torch_deploy.precision import DTYPES  # noqa: E402
 from torch_deploy.roofline import live_set  # noqa: E402
 
 # the module itself (``torch_deploy.optimize`` the attribute is the function, exported by the package)
@@ -381,7 +382,7 @@ def assert_within_precision(
     logits to the storage dtype, so it may differ from argmax(logits) only where the top-2 margin
     is within two ulps of that dtype (2^-22 fp32, 2^-10 fp16, 2^-7 bf16, relative to the largest
     logit); everywhere else they must agree."""
-    dt = PRECISIONS[precision]
+    dt = DTYPES[precision]
     with torch.no_grad(), tf32(False):
         truth = copy.deepcopy(twin).double()(x.double())
         own = rel_l2(copy.deepcopy(twin).to(dt)(x.to(dt)), truth)
@@ -411,7 +412,7 @@ def test_cpu_emulates_the_gpu_precision_bounds(g, precision):
             optimize(twin, precision, "logits", kernels=False)
         return
     logits = optimize(twin, precision, "logits", kernels=False)(x)
-    assert logits.dtype == PRECISIONS[precision]
+    assert logits.dtype == DTYPES[precision]
     assert_within_precision(logits, optimize(twin, precision, "labels", kernels=False)(x), twin, x, precision)
 
 

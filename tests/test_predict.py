@@ -284,7 +284,7 @@ def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch)
     """--precision auto takes the fastest measured path (optimize int8 when --calibration is given,
     else bf16 on a CPU with native bf16, else fp32); int8 runs oneDNN's int8 convolutions
     calibrated on --calibration; the choices that cannot work are one line."""
-    import torch_deploy.predictor as predictor_module
+    import torch_deploy.precision as precision_module
     from torch_deploy.cpu_caps import CpuCaps, cpu_caps
 
     rng = np.random.default_rng(5)
@@ -305,6 +305,6 @@ def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch)
     assert predict_main([*base, "--out", str(tmp_path / "r"), "--precision", "int8"]) == 2
     assert "--precision int8 needs --calibration" in capsys.readouterr().err
     avx2 = CpuCaps("x86_64", frozenset({"avx", "avx2", "fma"}), "a test's flags")
-    monkeypatch.setattr(predictor_module, "cpu_caps", lambda: avx2)
+    monkeypatch.setattr(precision_module, "cpu_caps", lambda: avx2)
     with pytest.raises(ValueError, match="bf16 on this CPU: no avx512_bf16 or amx_bf16"):
         Predictor(load_model(ckpt), device="cpu", precision="bf16")

@@ -46,9 +46,9 @@ from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import MissingExtra, require
 from csfcn.files import write_atomic
 from csfcn.tables import markdown_table
-from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.cpu_peers import OnnxPeer, peer_missing
 from torch_deploy.optimize import optimize
+from torch_deploy.precision import refusal
 from torch_deploy.predictor import normalise, pad_to_multiple
 
 PATHS = (
@@ -82,10 +82,9 @@ def build_path(name: str, twin, calibration: list[torch.Tensor]):
         return None, None
     if name.startswith("optimize-"):
         precision = name.split("-", 1)[1]
-        if precision in ("bf16", "int8") and next(twin.parameters()).device.type == "cpu":
-            verdict = cpu_caps().verdict(precision)
-            if not verdict.ok:
-                return None, verdict.why
+        why = refusal(precision, next(twin.parameters()).device)
+        if why:
+            return None, why
         if precision == "int8":
             return optimize(twin, "int8", "labels", calibration=calibration), None
         with warnings.catch_warnings():
@@ -95,9 +94,9 @@ def build_path(name: str, twin, calibration: list[torch.Tensor]):
     gone = peer_missing(runtime) or (precision == "int8" and peer_missing("onnxruntime"))
     if gone:
         return None, gone
-    verdict = cpu_caps().verdict(precision)
-    if precision == "bf16" and not verdict.ok:
-        return None, verdict.why
+    why = refusal(precision, "cpu") if precision == "bf16" else None  # the runtimes' own int8 runs anywhere
+    if why:
+        return None, why
     return OnnxPeer(twin, runtime, precision, calibration if precision == "int8" else None), None
 
 

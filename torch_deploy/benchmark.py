@@ -67,6 +67,7 @@ from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.cpu_peers import OnnxPeer, peer_missing
 from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
 from torch_deploy.optimize import optimize, remove_bn
+from torch_deploy.precision import refusal
 from torch_deploy.roofline import DATASHEET, datasheet_for, floor_us, kernel_floors, measure_ceilings, model_costs
 
 VARIANT_KEYS = ("a", "t", "u", "b", "c", "d", "e", "f", "q", "i", "o", "v", "w", "x")
@@ -271,8 +272,8 @@ def model_variants(args, device: torch.device, only: set[str]):
 def cpu_peer_variants(twin, want, run: dict, skipped: dict) -> None:
     """(f, q) optimize bf16 and int8 labels and the ONNX Runtime / OpenVINO peers (i, o, v, w, x)
     into ``run``, or the reason each is skipped into ``skipped``."""
-    verdict = cpu_caps().verdict("bf16")
-    bf16, why = verdict.ok, verdict.why
+    refused = refusal("bf16", "cpu")  # torch_deploy.precision decides; cpu_caps says what the CPU has
+    bf16, why = refused is None, refused or cpu_caps().verdict("bf16").why
     if want("f"):
         if bf16:
             with warnings.catch_warnings():
@@ -282,15 +283,15 @@ def cpu_peer_variants(twin, want, run: dict, skipped: dict) -> None:
             skipped["f  optimize bf16 labels"] = why
     calibration = [torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     if want("q"):
-        int8 = cpu_caps().verdict("int8")
-        if int8.ok:
+        int8_refused = refusal("int8", "cpu")
+        if int8_refused is None:
             bits = cpu_caps().int8_bits
             run[f"q  optimize int8 labels (oneDNN int8 convolutions, {bits}-bit activations)"] = (
                 "q",
                 optimize(twin, "int8", "labels", calibration=calibration),
             )
         else:
-            skipped["q  optimize int8 labels"] = int8.why
+            skipped["q  optimize int8 labels"] = int8_refused
     for key, runtime, precision in (
         ("i", "onnxruntime", "int8"),
         ("o", "onnxruntime", "fp32"),

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 
 from csfcn.model_config import MODEL_NAMES, ModelConfig
-from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.model import build_twin
 from torch_deploy.optimize import optimize
+from torch_deploy.precision import refusal
 
 
 def parse_models(spec: str) -> tuple[str, ...]:
@@ -60,7 +60,7 @@ def variants(config: ModelConfig, device: torch.device) -> tuple[dict, int]:
         out[f"{config.name} fast fp16"] = optimize(twin, "fp16", "labels")
     else:
         out[f"{config.name} fast fp32"] = optimize(twin, "fp32", "labels")
-        if cpu_caps().verdict("bf16").ok:
+        if refusal("bf16", device) is None:
             out[f"{config.name} fast bf16"] = optimize(twin, "bf16", "labels")
     return out, n_params
 

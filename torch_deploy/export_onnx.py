@@ -44,6 +44,7 @@ from convert.formats import load_torch_model
 from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import require
 from csfcn.files import write_atomic
+from csfcn.registry import names
 from torch_deploy.model import CSFCN
 from torch_deploy.onnx_graph import (  # the graph itself; re-exported for the API of this module
     MIN_OPSET,
@@ -53,7 +54,7 @@ from torch_deploy.onnx_graph import (  # the graph itself; re-exported for the A
 )
 
 MAX_REL_L2 = 1e-4
-GRID_SAMPLING = ("csfcn", "csfcn_tiny", "sfanet")  # the models that sample at learned offsets
+GRID_SAMPLING = names(samples_at_offsets=True)  # the models that sample at learned offsets
 MIN_ARGMAX_AGREEMENT = 0.999
 
 

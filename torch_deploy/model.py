@@ -247,24 +247,22 @@ class CFC(nn.Module):
         return x + self.local_attention(self.ops.attention(self, x, pooled, valid))
 
 
-def sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
-    """Sampling grid (n*G, H, W, 2) from the (n, 2G, H, W) offsets, as upstream."""
-    norm = torch.tensor([w, h], dtype=offsets.dtype, device=offsets.device)
-    kw = {"dtype": offsets.dtype, "device": offsets.device}
-    ys = torch.linspace(-1.0, 1.0, h, **kw).view(-1, 1).expand(h, w)
-    xs = torch.linspace(-1.0, 1.0, w, **kw).view(1, -1).expand(h, w)
-    grid = torch.stack((xs, ys), dim=2)
-    return grid + offsets.reshape(n * SFC_GROUPS, 2, h, w).permute(0, 2, 3, 1) / norm
-
-
 def offset_grid(offset: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 2) sampling grid (linspace(-1, 1, W), linspace(-1, 1, H)) + offset / (W, H) of a
-    (B, 2, H, W) ``offset`` (x then y), on its device and dtype."""
-    n, _, h, w = offset.shape
+    """The sampling grid of every learned-offset sampler (SFC's groups, SFANet's alignment): (B, H,
+    W, 2) = (linspace(-1, 1, W), linspace(-1, 1, H)) + offset / (W, H) of a (B, 2, H, W)
+    ``offset`` (x then y), on its device and dtype, as upstream builds it. Its other forms: the
+    kernel's exact linspace formula (kernels/sfc_fuse.py, linspace_m1p1, also the CPU rows of
+    cpu_ops) and the shape-generic one of the dynamic ONNX export (onnx_graph.py)."""
+    _, _, h, w = offset.shape
     kw = {"dtype": offset.dtype, "device": offset.device}
     xs = torch.linspace(-1.0, 1.0, w, **kw).view(1, w).expand(h, w)
     ys = torch.linspace(-1.0, 1.0, h, **kw).view(h, 1).expand(h, w)
     return torch.stack((xs, ys), dim=2) + offset.permute(0, 2, 3, 1) / torch.tensor([w, h], **kw)
+
+
+def sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
+    """SFC's sampling grid (n*G, H, W, 2) from the (n, 2G, H, W) offsets: one grid per group."""
+    return offset_grid(offsets.reshape(n * SFC_GROUPS, 2, h, w))
 
 
 def sfc_sample_and_gate(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, grid=None) -> torch.Tensor:

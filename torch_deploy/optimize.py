@@ -48,18 +48,8 @@ from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.cpu_ops import conv2d, labels_head, logits_head, sfc_fuse_rows
 from torch_deploy.heap import retain_freed_memory
 from torch_deploy.model import CSFCN, REFERENCE_OPS, SFC, Head, ReferenceOps, labels_dtype, use_ops
+from torch_deploy.precision import DTYPES, activation_dtype, computable
 from torch_deploy.quantize import Int8Conv, int8_conv, quantize_convs
-
-# fp64 runs the reference ops only: it exists to check that the folded graph is the same function.
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
-
-
-def activation_dtype(precision: str) -> torch.dtype:
-    """The dtype ``optimize(precision=...)`` computes in between convolutions: fp32 for int8
-    (measured faster than bf16 there: each int8 conv quantizes its input from fp32 without a
-    conversion pass; torch_deploy.quantize)."""
-    return torch.float32 if precision == "int8" else PRECISIONS[precision]
-
 
 OUTPUTS = ("logits", "labels")
 
@@ -501,16 +491,17 @@ def optimize(
     normalised (1, 3, H, W) float tensors of real images (:mod:`torch_deploy.quantize`); the
     rest of the graph in fp32. Activations take 8 bits where the CPU has VNNI, 7 elsewhere.
 
-    On CPU, bf16 and int8 are checked against :func:`torch_deploy.cpu_caps.cpu_caps`: bf16 where
-    the CPU lacks native bf16, and either off x86-64, raise
-    :class:`torch_deploy.cpu_caps.CpuPrecisionError` (a ``ValueError``) naming the missing feature.
+    Which precision may run where is :mod:`torch_deploy.precision`'s decision
+    (:func:`~torch_deploy.precision.computable`): on CPU, bf16 where the CPU lacks native bf16,
+    and either off x86-64, raise :class:`torch_deploy.cpu_caps.CpuPrecisionError` (a
+    ``ValueError``) naming the missing feature.
 
     On CPU this also asks glibc's malloc to keep freed memory in the process
     (:func:`torch_deploy.heap.retain_freed_memory`, process-wide): otherwise every call
     page-faults its large activations in again, 15-20 % of an fp32 forward.
     """
-    if precision not in (*PRECISIONS, "int8"):
-        raise ValueError(f"optimize: precision={precision!r}; choose one of {sorted((*PRECISIONS, 'int8'))}")
+    if precision not in (*DTYPES, "int8"):
+        raise ValueError(f"optimize: precision={precision!r}; choose one of {sorted((*DTYPES, 'int8'))}")
     if output not in OUTPUTS:
         raise ValueError(f"optimize: output={output!r}; choose one of {OUTPUTS}")
     config = getattr(model, "config", None)
@@ -520,11 +511,8 @@ def optimize(
         )
     device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
-    if device.type == "cpu" and precision in ("bf16", "int8"):  # oneDNN's CPU-dependent paths
-        cpu_caps().check(precision, "optimize: precision")
+    computable(precision, device)  # oneDNN's CPU-dependent paths; int8 only on a CPU
     if precision == "int8":
-        if device.type != "cpu":
-            raise ValueError(f"optimize: precision='int8' is the CPU path (oneDNN); the model is on {device}")
         if kernels:
             raise ValueError("optimize: precision='int8' runs oneDNN's int8 convolutions, not the Triton kernels")
         calibration = list(calibration or [])

@@ -62,6 +62,7 @@ from csfcn.palette import (
     write_atomic,
     write_png,
 )
+from torch_deploy.precision import AUTO_HELP, CHOICES
 from torch_deploy.predictor import InputError, Predictor, _check_8_bit, load_image
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -390,10 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "fp16", "bf16", "int8"),
-        help="auto (default): the fastest path whose accuracy is measured (BENCHMARKS.md, CPU deployment): "
-        "on a CPU optimize in int8 when --calibration is given, else in bf16 where the CPU has native bf16, "
-        "else in fp32; on CUDA fp32. fp16 needs CUDA; int8 (CPU, oneDNN) needs --calibration",
+        choices=CHOICES,
+        help=f"default {AUTO_HELP} (--calibration)",
     )
     p.add_argument(
         "--calibration",

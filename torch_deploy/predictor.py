@@ -17,11 +17,11 @@ Which network runs:
   elsewhere, where it would be emulated and slower or not run at all); int8: ``optimize`` with
   oneDNN's int8 convolutions (:mod:`torch_deploy.quantize`), calibrated on ``calibration``
   images, with 7-bit activations on CPUs without VNNI. Which CPU gets what:
-  :mod:`torch_deploy.cpu_caps`. fp16 on
+  :mod:`torch_deploy.cpu_caps`, decided for every tool by :mod:`torch_deploy.precision`. fp16 on
   CPU is refused rather than silently run in fp32. What each costs in accuracy: ``python -m torch_deploy.accuracy``.
 * ``precision="auto"`` (what ``predict`` uses unless told): the fastest path whose accuracy is
   measured -- on a CPU ``optimize`` in int8 when ``calibration`` images are given, else in bf16
-  where the CPU has native bf16, else in fp32 (:meth:`torch_deploy.cpu_caps.CpuCaps.auto`); on CUDA fp32.
+  where the CPU has native bf16, else in fp32 (:func:`torch_deploy.precision.plan`); on CUDA fp32.
 
 Pre-processing (docs/architecture.md): RGB in 0..1, ImageNet mean/std normalisation, then zero padding
 (after normalisation) at the bottom/right to the next multiple of 8, and the labels cropped
@@ -43,11 +43,10 @@ from PIL import Image, UnidentifiedImageError
 
 from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD
 from torch_deploy.checkpoint import load_model
-from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.optimize import optimize
+from torch_deploy.precision import plan
 
 PAD_MULTIPLE = 8
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class InputError(ValueError):
@@ -124,31 +123,24 @@ class Predictor:
         fast: bool | None = None,
         calibration=None,
     ):
-        if precision not in (*PRECISIONS, "int8", "auto"):
-            raise ValueError(f"precision {precision!r}: choose one of {sorted((*PRECISIONS, 'int8', 'auto'))}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {self.device} requested but CUDA is not available")
-        if precision == "auto":  # the fastest path whose accuracy is measured (BENCHMARKS.md, CPU deployment)
-            on_cpu = self.device.type != "cuda"
-            precision, fast = (cpu_caps().auto(bool(calibration)) if on_cpu else "fp32"), on_cpu
-        if self.device.type == "cuda" and precision == "int8":
-            raise ValueError("precision int8 is the CPU path (oneDNN int8); on CUDA use fp16 or bf16")
-        if self.device.type != "cuda" and precision == "fp16":
-            raise ValueError(f"precision fp16 needs a CUDA device; on {self.device} use fp32, bf16 or int8")
-        if self.device.type != "cuda" and precision in ("bf16", "int8"):
-            cpu_caps().check(precision)  # one sentence naming the missing CPU feature
-        self.precision = precision
+        # what runs: torch_deploy.precision decides it for every tool (one sentence when refused)
+        self.plan = plan(precision, self.device, calibration=bool(calibration), fast=fast)
+        precision = self.precision = self.plan.precision
         self.batch_size = int(batch_size)
         self.model = model.eval().to(self.device)
         self.num_classes = int(model.config.num_classes)
         self.config = model.config
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
-        self.fast = False
-        self._run = self._run_twin
+        self.fast = self.plan.optimized
+        self._run = self._run_fast if self.fast else self._run_twin
+        if not self.fast:
+            return
         if precision == "int8":
             images = [
                 self._normalise_padded([im], *padded_size(*im.shape[:2])) for im in map(load_image, calibration or [])
@@ -156,18 +148,15 @@ class Predictor:
             if not images:
                 raise ValueError("precision int8 needs calibration images (a few of the training set)")
             self._optimized = optimize(self.model, precision="int8", output="labels", calibration=images)
-            self._run, self.fast = self._run_fast, True
         elif self.device.type == "cuda":
             self._optimized = optimize(self.model, precision=precision, output="labels")
-            self._run, self.fast = self._run_fast, True
-        elif precision == "bf16" or fast:  # CPU: the folded graph on oneDNN, the reference ops are its own
+        else:  # CPU: the folded graph on oneDNN, the reference ops are its own
             self._optimized = optimize(self.model, precision=precision, output="labels", kernels=False)
-            self._run, self.fast = self._run_fast, True
 
     @property
     def path(self) -> str:
         """What runs: e.g. "optimize-bf16", "twin-fp32", "optimize-int8"."""
-        return f"{'optimize' if self.fast else 'twin'}-{self.precision}"
+        return self.plan.path
 
     @classmethod
     def from_checkpoint(cls, path, device=None, precision: str = "fp32", batch_size: int = 4) -> Predictor:

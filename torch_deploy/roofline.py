@@ -39,7 +39,8 @@ from torch.utils._pytree import tree_flatten
 from csfcn.tables import markdown_table
 from kernels._common import tf32
 from torch_deploy.model import CSFCN
-from torch_deploy.optimize import PRECISIONS, optimize_on_meta
+from torch_deploy.optimize import optimize_on_meta
+from torch_deploy.precision import DTYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +256,7 @@ def model_costs(
     ``precision``, channels-last unless fp32), "logits" or "labels" (``optimize``'s graph with
     its Triton kernels). Cached: the benchmark asks for the same graph's model and kernel floors."""
 
-    dtype = PRECISIONS[precision]
+    dtype = DTYPES[precision]
     with torch.device("meta"):
         twin = CSFCN(name=variant, num_classes=classes).eval()
     x = torch.empty(batch, 3, h, w, device="meta")

@@ -9,25 +9,20 @@ dtype=None, rngs=nnx.Rngs(seed))``, with module paths that mirror its upstream P
   order (each at the input size unless the model's loss is multi-scale, as ICNet's);
 * ``Cls.LOSS_WEIGHTS``: one weight per entry of ``outputs`` (0: not in the loss).
 
-:func:`zoo_class` imports a model's module on first use.
+:func:`zoo_class` imports a model's module on first use (csfcn.registry names it).
 """
 
 from __future__ import annotations
 
 import importlib
 
-ZOO = {
-    "sfanet": ("jax_csfcn.zoo.sfanet", "SFANet"),
-    "mgseg": ("jax_csfcn.zoo.mgseg", "MGSeg"),
-    "icnet": ("jax_csfcn.zoo.icnet", "ICNet"),
-    "bisenetv1": ("jax_csfcn.zoo.bisenetv1", "BiSeNetV1"),
-    "swiftnet": ("jax_csfcn.zoo.swiftnet", "SwiftNet"),
-}
+from csfcn.registry import names, spec
 
 
 def zoo_class(name: str):
-    """The Flax class of zoo model ``name`` (a key of :data:`ZOO`)."""
-    if name not in ZOO:
-        raise ValueError(f"unknown zoo model {name!r}; choose one of {tuple(ZOO)}")
-    module, cls = ZOO[name]
+    """The Flax class of zoo model ``name``, as csfcn.registry names it (its module imported now)."""
+    entry = spec(name)
+    if not entry.zoo:
+        raise ValueError(f"{name} is not a zoo model; the zoo models are {names(zoo=True)}")
+    module, cls = entry.flax.split(":")
     return getattr(importlib.import_module(module), cls)

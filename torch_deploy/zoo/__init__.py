@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import importlib
 
-ZOO = {
-    "sfanet": ("torch_deploy.zoo.sfanet", "SFANet"),
-    "mgseg": ("torch_deploy.zoo.mgseg", "MGSeg"),
-    "icnet": ("torch_deploy.zoo.icnet", "ICNet"),
-    "bisenetv1": ("torch_deploy.zoo.bisenetv1", "BiSeNetV1"),
-    "swiftnet": ("torch_deploy.zoo.swiftnet", "SwiftNet"),
-}
+from csfcn.registry import names, spec
 
 
 def zoo_class(name: str):
-    """The PyTorch class of zoo model ``name`` (a key of :data:`ZOO`)."""
-    if name not in ZOO:
-        raise ValueError(f"unknown zoo model {name!r}; choose one of {tuple(ZOO)}")
-    module, cls = ZOO[name]
+    """The PyTorch class of zoo model ``name``, as csfcn.registry names it (its module imported now)."""
+    entry = spec(name)
+    if not entry.zoo:
+        raise ValueError(f"{name} is not a zoo model; the zoo models are {names(zoo=True)}")
+    module, cls = entry.torch.split(":")
     return getattr(importlib.import_module(module), cls)
