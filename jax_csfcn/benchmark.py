@@ -225,7 +225,7 @@ def bench_train(
     # JAX: the state and step exactly as jax_csfcn.train.train builds them (1-device mesh).
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
     schedule = schedule_of(cfg.train)
-    graphdef, _, params, stats = jstep_mod._init_state(cfg, config)
+    graphdef, _, params, stats = jstep_mod.init_state(cfg, config)
     tensors = flax_to_torch(model_flat(nnx.merge(graphdef, params, stats)))
     tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
     jstate = jstep_mod.replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)

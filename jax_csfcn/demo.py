@@ -44,7 +44,8 @@ from csfcn.palette import comparison_grid, write_atomic
 from jax_csfcn.cli import load_config_file
 from jax_csfcn.data.cityscapes import CityscapesSource
 from jax_csfcn.data.sources import palette
-from jax_csfcn.evaluate import build_split, normalize_on_device
+from jax_csfcn.evaluation import build_split
+from jax_csfcn.ops import normalize_on_device
 from jax_csfcn.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

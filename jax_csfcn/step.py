@@ -1,9 +1,9 @@
 """The CSFCN train step and its state, without the training run around it.
 
-    from jax_csfcn.step import default_settings, make_train_step, model_config, _init_state, replicate
+    from jax_csfcn.step import default_settings, make_train_step, model_config, init_state, replicate
 
     cfg = default_settings()            # or a ConfigDict of jax_csfcn.config: any object with the fields
-    graphdef, _, params, stats = _init_state(cfg, model_config(cfg))
+    graphdef, _, params, stats = init_state(cfg, model_config(cfg))
     tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
     state = replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
     step = make_train_step(graphdef, tx, cfg, mesh)
@@ -22,6 +22,7 @@ imports refused), so the step runs on a machine with just the JAX and PyTorch st
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -89,7 +90,7 @@ def _fresh(tree):
     return jax.tree.map(lambda a: a, tree)
 
 
-def _init_state(cfg, config: ModelConfig, init_backbone=None, init_from=None, *, fine_tune: bool = True):
+def init_state(cfg, config: ModelConfig, init_backbone=None, init_from=None, *, fine_tune: bool = True):
     """``(train graphdef, eval graphdef, params, batch_stats)`` of a fresh model (seed ``cfg.seed``).
 
     Built in the compute dtype ``cfg.train.dtype`` (parameters stay fp32); the backbone comes
@@ -133,6 +134,26 @@ def _init_state(cfg, config: ModelConfig, init_backbone=None, init_from=None, *,
     return graphdef, eval_graphdef, params, stats
 
 
+def loss_settings(cfg) -> dict:
+    """The recipe's loss (config ``loss``, and the ignore label) as :func:`loss_term`'s arguments."""
+    return {
+        "ohem": bool(cfg.loss.ohem),
+        "thresh": float(cfg.loss.thresh),
+        "min_kept": int(cfg.loss.min_kept),
+        "ignore_index": int(cfg.data.ignore_index),
+    }
+
+
+def loss_term(logits, labels, *, ohem: bool, thresh: float, min_kept: int, ignore_index: int):
+    """One output's loss and the fraction of pixels it kept (1.0 without OHEM): the tested losses of
+    jax_csfcn/losses.py."""
+    if ohem:
+        return ohem_cross_entropy(
+            logits, labels, thresh=thresh, min_kept=min_kept, ignore_index=ignore_index, return_kept=True
+        )
+    return cross_entropy(logits, labels, ignore_index), jnp.float32(1.0)
+
+
 def make_train_step(graphdef, tx, cfg, mesh):
     """Jitted ``(state, images uint8 NHWC, labels uint8 NHW) -> (state, metrics)``.
 
@@ -142,17 +163,10 @@ def make_train_step(graphdef, tx, cfg, mesh):
     parameters are not all finite leaves the state unchanged and reports ``finite = False``.
     """
     dtype = DTYPES[cfg.train.dtype]
-    ohem, thresh, min_kept, ignore = cfg.loss.ohem, cfg.loss.thresh, int(cfg.loss.min_kept), cfg.data.ignore_index
+    term = functools.partial(loss_term, **loss_settings(cfg))
 
     def step(state, images, labels):
         params, stats, opt_state = state["params"], state["batch_stats"], state["opt_state"]
-
-        def term(logits, lab):
-            if ohem:  # the tested loss of jax_csfcn/losses.py, with the fraction of pixels it kept
-                return ohem_cross_entropy(
-                    logits, lab, thresh=thresh, min_kept=min_kept, ignore_index=ignore, return_kept=True
-                )
-            return cross_entropy(logits, lab, ignore), jnp.float32(1.0)
 
         def loss_fn(p, s):
             model = nnx.merge(graphdef, p, _fresh(s))

@@ -49,12 +49,11 @@ from jax_csfcn import checkpointing as ckpt
 from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
 from jax_csfcn.data.folder import read_table
 from jax_csfcn.data.pipeline import AugmentConfig, loader_state, restore_loader_state, train_loader
-from jax_csfcn.evaluate import (
+from jax_csfcn.evaluation import (
     build_split,
     check_source,
     class_names_of,
     data_mesh,
-    evaluate_checkpoint,
     format_scores,
     make_eval_step,
     run_eval,
@@ -63,17 +62,18 @@ from jax_csfcn.evaluate import (
 from jax_csfcn.run_log import Logger, plot_curves
 from jax_csfcn.schedule import schedule_of, sgd_optimizer
 
-# The step and its state live in jax_csfcn/step.py (no grain, ml_collections or Orbax there);
-# re-exported here under their old names, which other modules and the tests use
-# (jax_csfcn/benchmark.py, jax_csfcn/summary.py, tests/test_train.py, tests/test_configs.py).
-from jax_csfcn.step import DTYPES, TrainError, maybe_initialize_distributed
-from jax_csfcn.step import _fresh as _fresh
-from jax_csfcn.step import _init_state as _init_state
-from jax_csfcn.step import make_train_step as make_train_step
-from jax_csfcn.step import model_config as model_config
-from jax_csfcn.step import replicate as replicate
+# The step and its state: jax_csfcn/step.py (no grain, ml_collections or Orbax there).
+from jax_csfcn.step import (
+    DTYPES,
+    TrainError,
+    init_state,
+    make_train_step,
+    maybe_initialize_distributed,
+    model_config,
+    replicate,
+)
 
-__all__ = ["TrainError", "evaluate_checkpoint", "train"]
+__all__ = ["TrainError", "train"]
 
 
 # --------------------------------------------------------------------------- setup
@@ -200,7 +200,7 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
         from convert.formats import init_backbone
     if cfg.model.init_from and not resuming:  # optional: as above
         from convert.formats import init_from_checkpoint as init_from
-    graphdef, eval_graphdef, params, stats = _init_state(cfg, config, init_backbone, init_from, fine_tune=not resuming)
+    graphdef, eval_graphdef, params, stats = init_state(cfg, config, init_backbone, init_from, fine_tune=not resuming)
     tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
     state = replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
 

@@ -86,7 +86,8 @@ def test_config_is_valid(member, tmp_path, monkeypatch):
     from jax_csfcn.config import get_config as base
     from jax_csfcn.data.sources import DATASETS, num_classes
     from jax_csfcn.model import build_model
-    from jax_csfcn.train import _validate, model_config
+    from jax_csfcn.step import model_config
+    from jax_csfcn.train import _validate
 
     if member.startswith("folder.py"):  # its class count comes from the dataset's table
         from jax_csfcn.data.folder import write_synthetic_folder

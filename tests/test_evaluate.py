@@ -33,7 +33,7 @@ def _fit_probe(model, images, labels, num_classes, ridge=1e-2):
     from flax import nnx
 
     from jax_csfcn.checkpointing import model_flat, set_model_flat
-    from jax_csfcn.evaluate import normalize_on_device
+    from jax_csfcn.ops import normalize_on_device
 
     @nnx.jit
     def features(m, x):

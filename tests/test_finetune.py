@@ -132,12 +132,12 @@ def _first_losses(configs: dict, root) -> dict[str, float]:
     from jax_csfcn.data.folder import FolderSource
     from jax_csfcn.losses import cross_entropy
     from jax_csfcn.ops import normalize_on_device
-    from jax_csfcn.step import _init_state, model_config
+    from jax_csfcn.step import init_state, model_config
 
     src = FolderSource(root, "train")
     x = jnp.asarray(np.stack([src[i]["image"] for i in range(len(src))]))
     y = jnp.asarray(np.stack([src[i]["label"] for i in range(len(src))]))
-    states = {n: _init_state(c, model_config(c), init_backbone, init_from_checkpoint) for n, c in configs.items()}
+    states = {n: init_state(c, model_config(c), init_backbone, init_from_checkpoint) for n, c in configs.items()}
     graphdef = next(iter(states.values()))[0]
 
     @jax.jit

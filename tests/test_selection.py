@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jax_csfcn import checkpointing as ckpt
-from jax_csfcn.evaluate import logits_fn
+from jax_csfcn.evaluation import logits_fn
 from jax_csfcn.ops import normalize_on_device
 
 

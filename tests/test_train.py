@@ -268,7 +268,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from jax_csfcn.model import build_model
 from jax_csfcn.losses import ohem_cross_entropy
-from jax_csfcn.evaluate import data_mesh as _mesh
+from jax_csfcn.evaluation import data_mesh as _mesh
 from jax_csfcn.step import _fresh
 jax.config.update("jax_enable_x64", True)
 assert jax.device_count() == 8
