@@ -298,7 +298,7 @@ class SFC(nn.Module):
 
     def forward(self, feat8, cfc_out):
         if self.folded:
-            # docs/architecture.md, "The SFC folding": the offset branch's 1x1s are two 128 -> 64
+            # docs/architecture.md, "The algebra the fast path relies on", SFC 1x1 folding: the offset branch's 1x1s are two 128 -> 64
             # maps (cp_proj, sp_proj), sp_proj applied at 1/32 before the (linear) resize, and sp
             # itself stays at 1/32 until the sampling op resizes it.
             ops = self.ops

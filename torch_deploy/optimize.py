@@ -185,7 +185,7 @@ def fold_sfc_1x1(sfc) -> tuple[nn.Conv2d, nn.Conv2d]:
 
 @torch.no_grad()
 def fold_sfc_offsets(sfc: SFC) -> SFC:
-    """Switch ``sfc`` (in place) to its folded form (docs/architecture.md, "The SFC folding"): the
+    """Switch ``sfc`` (in place) to its folded form (docs/architecture.md, "The algebra the fast path relies on", SFC 1x1 folding): the
     offset branch's first 1x1 (+ BN) composed with cp1x1 / sp1x1 into ``cp_proj`` / ``sp_proj``,
     which :meth:`torch_deploy.model.SFC.forward` then applies with sp kept at 1/32."""
     sfc.cp_proj, sfc.sp_proj = fold_sfc_1x1(sfc)
