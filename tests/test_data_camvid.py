@@ -1,4 +1,5 @@
-"""CamVidSource (both layouts, every error) and the build_source dispatcher for the folder datasets."""
+"""CamVidSource (both layouts, its own errors) and the build_source dispatcher for the folder datasets;
+the errors every dataset shares: tests/test_data_errors.py."""
 
 from __future__ import annotations
 
@@ -113,11 +114,6 @@ def test_pickles_and_runs_in_grain(synth):
 # ---------------------------------------------------------------------------------------------- errors
 
 
-def test_missing_root(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        CamVidSource(tmp_path / "nope", "train")
-
-
 def test_missing_split_lists_present_ones(synth):
     with pytest.raises(DataError, match=r"split 'trainval' not found.*\['test', 'train', 'val'\]"):
         CamVidSource(synth, "trainval")
@@ -139,13 +135,6 @@ def test_empty_split(tiny, tmp_path):
     (root / "test.txt").write_text("# nothing yet\n")
     with pytest.raises(DataError, match=r"'test'.*is empty.*test\.txt"):
         CamVidSource(root, "test")
-
-
-def test_image_without_label(tiny):
-    root, img, lab = tiny
-    lab.unlink()
-    with pytest.raises(DataError, match=rf"image .*{img.name} has no label file .*{lab.name} \(1 of 2"):
-        CamVidSource(root, "train")
 
 
 def test_list_file_errors(tiny):
@@ -171,35 +160,6 @@ def test_label_values_above_void(tiny):
     with pytest.raises(DataError, match=rf"label .*{lab.name} contains values \[12, 30\] \(3 pixels\)"):
         src[0]
     src[1]  # the other item is fine
-
-
-def test_colour_label_rejected(tiny):
-    root, img, lab = tiny
-    Image.open(img).save(lab)  # an RGB picture where the class indices should be
-    with pytest.raises(DataError, match=rf"label .*{lab.name} has mode 'RGB'.*not a colour-coded"):
-        CamVidSource(root, "train")[0]
-
-
-def test_size_mismatch(tiny):
-    root, img, lab = tiny
-    Image.fromarray(np.zeros((16, 23), np.uint8)).save(lab)
-    with pytest.raises(DataError, match=rf"image .*{img.name} is 24x16 \(WxH\) but its label .*{lab.name} is 23x16"):
-        CamVidSource(root, "train")[0]
-
-
-def test_unreadable_and_non_rgb_image(tiny):
-    root, img, _ = tiny
-    data = img.read_bytes()
-    img.write_bytes(data[: len(data) // 2])
-    src = CamVidSource(root, "train")
-    with pytest.raises(DataError, match=rf"cannot decode image .*{img.name}"):
-        src[0]
-    Image.fromarray(np.zeros((16, 24), np.uint8)).save(img)
-    with pytest.raises(DataError, match=rf"image .*{img.name} has mode 'L'"):
-        src[0]
-    img.unlink()
-    with pytest.raises(DataError, match="has disappeared"):
-        src[0]
 
 
 # ------------------------------------------------------------------------------------------ dispatcher

@@ -97,11 +97,6 @@ def test_grain_map_dataset_and_data_loader(synth):
 
 
 # ----------------------------------------------------------------------------- errors
-def test_missing_root(tmp_path):
-    with pytest.raises(DataError, match="nowhere"):
-        CityscapesSource(tmp_path / "nowhere", "train")
-
-
 def test_missing_split(tiny):
     root, _, _ = tiny
     with pytest.raises(DataError, match=r"leftImg8bit/val.*splits present.*train"):
@@ -117,28 +112,6 @@ def test_empty_split(tiny):
     (root / "gtFine" / "test").mkdir(parents=True)
     with pytest.raises(DataError, match="'test' is empty"):
         CityscapesSource(root, "test")
-
-
-def test_image_without_label(tiny):
-    root, img, lab = tiny
-    lab.unlink()
-    with pytest.raises(DataError, match=rf"{img.name}.*no label file.*{lab.name}"):
-        CityscapesSource(root, "train")
-
-
-@pytest.mark.parametrize("which", ["image", "label"])
-@pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_unreadable_file_is_named_when_read(tiny, which, damage):
-    root, img, lab = tiny
-    path = img if which == "image" else lab
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a png at all" * 10)
-    src = CityscapesSource(root, "train")  # layout is fine: the damage shows at read time
-    with pytest.raises(DataError, match=rf"cannot decode {which} .*{path.name}"):
-        src[0]
-    with pytest.raises(DataError, match=path.name):  # and through grain, unchanged
-        grain.MapDataset.source(src)[0]
-    src[1]  # the other item still reads
 
 
 @pytest.mark.parametrize(("bad", "hint"), [(40, "not in the Cityscapes label table"), (255, "labelTrainIds")])
@@ -159,26 +132,4 @@ def test_wide_label_image_out_of_range(tiny):
     ids[0, 0] = 1000
     Image.fromarray(ids).save(lab)
     with pytest.raises(DataError, match=rf"{lab.name}.*outside 0..255"):
-        CityscapesSource(root, "train")[0]
-
-
-def test_image_label_size_mismatch(tiny):
-    root, img, lab = tiny
-    Image.open(lab).resize((32, 16), Image.NEAREST).save(lab)
-    with pytest.raises(DataError, match=rf"{img.name} is 64x32.*{lab.name} is 32x16"):
-        CityscapesSource(root, "train")[0]
-
-
-@pytest.mark.parametrize("mode", ["RGBA", "L"])
-def test_image_not_rgb(tiny, mode):
-    root, img, _ = tiny
-    Image.open(img).convert(mode).save(img)
-    with pytest.raises(DataError, match=rf"{img.name} has mode '{mode}'"):
-        CityscapesSource(root, "train")[0]
-
-
-def test_colour_label_rejected(tiny):
-    root, _, lab = tiny
-    Image.open(lab).convert("RGB").save(lab)
-    with pytest.raises(DataError, match=rf"{lab.name} has mode 'RGB'.*single-channel"):
         CityscapesSource(root, "train")[0]
