@@ -185,8 +185,8 @@ def test_cpu_heads_match_conv_pixel_shuffle_argmax(g, k, b, h, w, cl, monkeypatc
         x = x.to(memory_format=torch.channels_last)
     with torch.no_grad():
         logits_ref = F.pixel_shuffle(head.conv_out(x), 8)
-        logits = opt.FastOps("logits", kernels=False).cpu_shuffle(head, x)
-        labels = opt.FastOps("labels", kernels=False).cpu_labels(head, x)
+        logits = opt.FastOps("logits").cpu_shuffle(head, x)
+        labels = opt.FastOps("labels").cpu_labels(head, x)
     assert logits.shape == (b, k, 8 * h, 8 * w)
     assert rel_l2(logits, logits_ref) <= 1e-6
     assert labels.dtype == (torch.uint8 if k <= 256 else torch.int32)
@@ -214,7 +214,7 @@ def test_cpu_labels_head_in_bf16_is_the_bf16_argmax(g):
     x = torch.rand(2, 128, 6, 10, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         scores = F.pixel_shuffle(cpu_ops.conv2d(head.conv_out, x), 8)  # the same oneDNN conv, bf16 out
-        labels = opt.FastOps("labels", kernels=False).cpu_labels(head, x)
+        labels = opt.FastOps("labels").cpu_labels(head, x)
     assert torch.equal(labels.long(), scores.float().argmax(1))
 
 

@@ -198,25 +198,25 @@ def fold_sfc_offsets(sfc: SFC) -> SFC:
 
 # ----------------------------------------------------------------------------- the fast backend
 class FastOps(ReferenceOps):
-    """``optimize``'s backend for the twin's module tree (BN folded, SFC folded).
+    """``optimize``'s backend for the twin's module tree (BN folded, SFC folded), without Triton.
 
     Convolutions: on CPU in fp32/bf16 one oneDNN call each with pre-packed weights and the ReLU
     fused (:func:`torch_deploy.cpu_ops.conv2d`; a residual's add as a oneDNN post-op measured no
-    faster). The hot spots: with ``kernels`` the Triton kernels of :mod:`kernels`
-    (``pooled_attention``, ``sfc_fuse`` with the 1/32 resize fused, ``shuffle_head``), else the
-    same functions' reference ops; on CPU ``sfc_fuse`` and the CSFCN head in the forms of
+    faster). The hot spots: on CPU ``sfc_fuse`` and the CSFCN head in the forms of
     :mod:`torch_deploy.cpu_ops` (channels-last row gathers; one matmul for logits, cache-sized
-    chunks for labels).
+    chunks for labels), elsewhere (fp64, a GPU without Triton) the reference forms of
+    :mod:`kernels`. :class:`TritonOps` replaces the three hot spots by the Triton kernels; each
+    op's forms side by side, one class per backend.
     """
 
     name = "fast"
+    kernels = False  # the Triton kernels: TritonOps
 
-    def __init__(self, output: str = "logits", kernels: bool = False):
+    def __init__(self, output: str = "logits"):
         super().__init__(output)
-        self.kernels = kernels
 
     def __repr__(self) -> str:
-        return f"FastOps(output={self.output!r}, kernels={self.kernels})"
+        return f"{type(self).__name__}(output={self.output!r})"
 
     def conv(self, conv, x, relu=False):
         return conv2d(conv, x, relu)
@@ -224,40 +224,25 @@ class FastOps(ReferenceOps):
     def add_relu(self, x, y):
         return F.relu_(x.add_(y))
 
-    def attention(self, cfc, x, pooled, valid=None):
-        if valid is not None:  # padded positions: only the shape-generic export pads
-            return super().attention(cfc, x, pooled, valid)
+    def _query_key_value(self, cfc, x, pooled):
         query = self.conv(cfc.query_conv, x)
         key = (cfc.key_conv.weight.flatten(1) @ pooled + cfc.key_conv.bias[:, None]).contiguous()
         value = (cfc.value_conv.weight.flatten(1) @ pooled + cfc.value_conv.bias[:, None]).contiguous()
-        if self.kernels:  # kernels import lazily: Triton reads TRITON_INTERPRET when first imported
-            from kernels.pooled_attention import pooled_attention
+        return query, key, value
 
-            return pooled_attention(query, key, value)
-        from kernels.pooled_attention import pooled_attention_reference
+    def attention(self, cfc, x, pooled, valid=None):
+        if valid is not None:  # padded positions: only the shape-generic export pads
+            return super().attention(cfc, x, pooled, valid)
+        from kernels.pooled_attention import pooled_attention_reference  # lazy: kernels imports Triton
 
-        return pooled_attention_reference(query, key, value)
+        return pooled_attention_reference(*self._query_key_value(cfc, x, pooled))
 
     def sfc_fuse(self, cp, sp32, r):
-        if self.kernels:
-            from kernels.sfc_fuse import sfc_fuse
-
-            return sfc_fuse(cp, sp32, r)
         if cp.device.type == "cpu" and cp.dtype in (torch.float32, torch.bfloat16):
             return sfc_fuse_rows(cp, sp32, r)
-        from kernels.sfc_fuse import sfc_fuse_reference
+        from kernels.sfc_fuse import sfc_fuse_reference  # lazy: as above
 
         return sfc_fuse_reference(cp, sp32, r)
-
-    def align_add(self, fh, fl, offset):
-        """SFANet's FAA through ``sfc_fuse`` with one group: cp = fh sampled at zero offset (the
-        identity, to within an ulp of the coordinates), sp = fl at ``offset``, gates tanh(0) = 0."""
-        if not self.kernels:
-            return super().align_add(fh, fl, offset)
-        from kernels.sfc_fuse import sfc_fuse
-
-        zero = offset.new_zeros(offset.shape[0], 2, *offset.shape[2:])
-        return sfc_fuse(fh, fl, torch.cat([zero, offset, zero], dim=1))
 
     def cpu_shuffle(self, head: Head, x: torch.Tensor) -> torch.Tensor:
         """The CSFCN head on CPU, logits out (:func:`torch_deploy.cpu_ops.logits_head`)."""
@@ -271,18 +256,50 @@ class FastOps(ReferenceOps):
     def head(self, head, x):
         if head.tiny:  # a bilinear x8 resize: no shortcut, conv + resize (+ argmax)
             return super().head(head, x)
-        from kernels.shuffle_head import shuffle_head, shuffle_labels
-
-        if self.kernels:
-            return shuffle_head(x, head.conv_out.weight, head.conv_out.bias, upscale=HEAD_UPSAMPLE, output=self.output)
         if x.device.type == "cpu" and x.dtype != torch.float64:
-            if self.output == "logits":
-                return self.cpu_shuffle(head, x)
-            return self.cpu_labels(head, x)
+            return self.cpu_shuffle(head, x) if self.output == "logits" else self.cpu_labels(head, x)
+        from kernels.shuffle_head import shuffle_labels  # lazy: as above
+
         y = self.conv(head.conv_out, x)
-        if self.output == "logits":
-            return F.pixel_shuffle(y, HEAD_UPSAMPLE)
-        return shuffle_labels(y, HEAD_UPSAMPLE)
+        return F.pixel_shuffle(y, HEAD_UPSAMPLE) if self.output == "logits" else shuffle_labels(y, HEAD_UPSAMPLE)
+
+
+class TritonOps(FastOps):
+    """:class:`FastOps` with the three hot spots as the Triton kernels of :mod:`kernels`:
+    ``pooled_attention``, ``sfc_fuse`` with the 1/32 resize fused (SFANet's alignment too) and
+    ``shuffle_head`` (logits or labels straight from the 1/8 map). On CUDA; on CPU under
+    ``TRITON_INTERPRET=1``. The kernels import lazily: Triton reads TRITON_INTERPRET when first
+    imported."""
+
+    name = "triton"
+    kernels = True
+
+    def attention(self, cfc, x, pooled, valid=None):
+        if valid is not None:
+            return super().attention(cfc, x, pooled, valid)
+        from kernels.pooled_attention import pooled_attention  # lazy: Triton
+
+        return pooled_attention(*self._query_key_value(cfc, x, pooled))
+
+    def sfc_fuse(self, cp, sp32, r):
+        from kernels.sfc_fuse import sfc_fuse  # lazy: Triton
+
+        return sfc_fuse(cp, sp32, r)
+
+    def align_add(self, fh, fl, offset):
+        """SFANet's FAA through ``sfc_fuse`` with one group: cp = fh sampled at zero offset (the
+        identity, to within an ulp of the coordinates), sp = fl at ``offset``, gates tanh(0) = 0."""
+        from kernels.sfc_fuse import sfc_fuse  # lazy: Triton
+
+        zero = offset.new_zeros(offset.shape[0], 2, *offset.shape[2:])
+        return sfc_fuse(fh, fl, torch.cat([zero, offset, zero], dim=1))
+
+    def head(self, head, x):
+        if head.tiny:
+            return ReferenceOps.head(self, head, x)
+        from kernels.shuffle_head import shuffle_head  # lazy: Triton
+
+        return shuffle_head(x, head.conv_out.weight, head.conv_out.bias, upscale=HEAD_UPSAMPLE, output=self.output)
 
 
 class Int8Ops(FastOps):
@@ -292,7 +309,7 @@ class Int8Ops(FastOps):
     name = "int8"
 
     def __init__(self, output: str = "logits", bits: int = 8):
-        super().__init__(output, kernels=False)
+        super().__init__(output)
         self.bits = bits
         self.convs: dict[nn.Conv2d, Int8Conv] = {}
         self._ranges: dict[nn.Conv2d, list[float]] | None = None  # while calibrating
@@ -359,7 +376,10 @@ class OptimizedCSFCN(nn.Module):
         self.allow_tf32 = allow_tf32
         self.static_output = static_output
         self.zoo = model.config.is_zoo
-        ops = Int8Ops(output, int8_bits) if precision == "int8" else FastOps(output, use_kernels)
+        if precision == "int8":
+            ops = Int8Ops(output, int8_bits)
+        else:
+            ops = TritonOps(output) if use_kernels else FastOps(output)
         if self.zoo:  # the generic path of docs/zoo.md: fold what the data flow allows, fast convs
             self.model = use_ops(fold_conv_bn_pairs(model), ops)
         else:
