@@ -20,11 +20,12 @@ import torch.nn.functional as F  # noqa: E402
 from precision import assert_near_fp64, rel_l2, tf32_round  # noqa: E402
 from torch import nn  # noqa: E402
 
+from csfcn.model_config import ModelConfig  # noqa: E402
 from kernels._common import tf32  # noqa: E402
 from kernels.shuffle_head import shuffle_head_reference  # noqa: E402
 from torch_deploy import cpu_ops  # noqa: E402
 from torch_deploy.cpu_caps import CpuPrecisionError, cpu_caps  # noqa: E402
-from torch_deploy.model import CSFCN, SFC  # noqa: E402
+from torch_deploy.model import CSFCN, SFC, build_twin  # noqa: E402
 from torch_deploy.optimize import fold_bn, fold_sfc_1x1, optimize, optimize_on_meta  # noqa: E402
 from torch_deploy.precision import DTYPES  # noqa: E402
 from torch_deploy.roofline import live_set  # noqa: E402
@@ -117,8 +118,10 @@ def test_remove_bn_is_the_same_function_without_batchnorms(g, variant, stem):
     x = torch.randn(1, 3, 64, 96, generator=g, dtype=torch.float64)
     with torch.no_grad():
         assert rel_l2(no_bn(x), twin(x)) <= 1e-12
-    with pytest.raises(ValueError, match="does not follow a Conv2d"):
-        opt.remove_bn(nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3)))
+    # SwiftNet's pre-activation BNs (BN -> ReLU -> conv) have no conv of their own to fold into
+    swiftnet = build_twin(ModelConfig(name="swiftnet", num_classes=3)).eval()
+    with pytest.raises(ValueError, match=r"remove_bn: BatchNorms that do not follow a conv of their own: \["):
+        opt.remove_bn(swiftnet)
 
 
 def test_fold_bn_rejects_mismatch():
