@@ -272,13 +272,14 @@ def model_variants(args, device: torch.device, only: set[str]):
 def cpu_peer_variants(twin, want, run: dict, skipped: dict) -> None:
     """(f, q) optimize bf16 and int8 labels and the ONNX Runtime / OpenVINO peers (i, o, v, w, x)
     into ``run``, or the reason each is skipped into ``skipped``."""
-    refused = refusal("bf16", "cpu")  # torch_deploy.precision decides; cpu_caps says what the CPU has
-    bf16, why = refused is None, refused or cpu_caps().verdict("bf16").why
+    why = refusal("bf16", "cpu")  # torch_deploy.precision decides
+    bf16 = why is None
     if want("f"):
         if bf16:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                run[f"f  optimize bf16 labels ({why})"] = ("f", optimize(twin, "bf16", "labels"))
+                native = cpu_caps().verdict("bf16").why  # what the CPU has, for the label
+                run[f"f  optimize bf16 labels ({native})"] = ("f", optimize(twin, "bf16", "labels"))
         else:
             skipped["f  optimize bf16 labels"] = why
     calibration = [torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(i)) for i in range(4)]
