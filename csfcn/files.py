@@ -55,9 +55,15 @@ def write_failure(e: OSError) -> str | None:
 
 def child_path(folder, name: str) -> Path:
     """``folder / name`` for a ``name`` that comes from data (a record or file name), refusing one
-    that would land outside ``folder`` (an absolute path, ``..``, a link out of it)."""
+    that would land outside ``folder`` (an absolute path, ``..``, a link out of it).
+
+    The check is on real paths (``..`` and symbolic links resolved), not on the text: a
+    subfolder that is a link to elsewhere is refused too, and the error names where it leads."""
     root = Path(folder).resolve()
     path = (root / name).resolve()
     if root not in path.parents:
-        raise ValueError(f"the name {name!r} from the data would write outside {root}; refusing it")
+        raise ValueError(
+            f"the name {name!r} from the data would write outside {root}: it leads to {path} "
+            "(following '..' and symbolic links); refusing it"
+        )
     return path

@@ -150,3 +150,38 @@ def test_sfc_fuse_compiles_for_a_single_row_or_column():
     results = json.loads(res.stdout.strip().splitlines()[-1])
     assert sorted(c for cases, _ in results for c in cases) == ["1x1", "1x5", "6x1"]
     assert all(error is None for _, error in results), results
+
+
+def _result(target: str, **report):
+    """An aot.Result as _compile fills it for ``target``, with ptxas's ``report`` fields overridden."""
+    import kernels.aot as aot
+
+    fields = dict(registers=128, stack_bytes=0, spill_stores=0, spill_loads=0, shared_bytes=0)
+    return aot.Result(
+        "_k", target, ["case"], "BLOCK_P=64", 4, 2, **{**fields, **report}, shared_limit=aot.TARGETS[target][1]
+    )
+
+
+def test_shared_memory_limits_are_cudas_per_block_opt_in_maxima():
+    """The per-block shared memory a kernel may opt in to, from the CUDA C++ Programming Guide
+    (Compute Capabilities, "Maximum amount of shared memory per thread block"): 163 KB on
+    compute capability 8.0 (A100), 227 KB on 9.0 (H100/H200), KB = 1024 bytes. A kernel between
+    the two fits an H100 and fails to launch on an A100: the gate must flag it on sm_80 only."""
+    import kernels.aot as aot
+
+    assert aot.TARGETS["sm_80"] == (80, 163 * 1024), f"sm_80 (cap, shared limit) is {aot.TARGETS['sm_80']}"
+    assert aot.TARGETS["sm_90"] == (90, 227 * 1024), f"sm_90 (cap, shared limit) is {aot.TARGETS['sm_90']}"
+    between = 200 * 1024
+    assert _result("sm_80", shared_bytes=between).problems, "200 KiB of shared memory passed the sm_80 gate"
+    assert _result("sm_90", shared_bytes=between).problems == [], "200 KiB of shared memory failed on sm_90"
+    for target, (_, limit) in aot.TARGETS.items():  # the limit itself is allowed, one byte more is not
+        assert _result(target, shared_bytes=limit).problems == [], f"{target}: exactly the limit flagged"
+        assert _result(target, shared_bytes=limit + 1).problems, f"{target}: limit + 1 B not flagged"
+
+
+def test_gate_fails_spill_stores_or_spill_loads_alone():
+    """Any spill fails the gate (docs/gpu_readiness.md): spill stores alone, spill loads alone, both."""
+    assert _result("sm_90").problems == [], "a kernel without spills was flagged"
+    for stores, loads in ((16, 0), (0, 16), (16, 16)):
+        problems = _result("sm_90", spill_stores=stores, spill_loads=loads).problems
+        assert any("spills" in p for p in problems), f"{stores} B spill stores / {loads} B loads passed the gate"

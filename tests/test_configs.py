@@ -207,6 +207,40 @@ def test_bad_overrides_are_one_line_usage_errors(monkeypatch, capsys, override, 
     assert message in err and "Traceback" not in err
 
 
+def _override(monkeypatch, *argv):
+    from jax_csfcn.cli import config_parser, parse_config_args
+
+    monkeypatch.chdir(ROOT)
+    return parse_config_args(config_parser("prog", "test"), ["--config", "configs/synthetic.py", *argv])[1]
+
+
+def test_an_override_value_may_contain_equals_signs(monkeypatch):
+    """Only the first '=' separates key and value: a path or an expression keeps the rest."""
+    c = _override(monkeypatch, "--config.data.root=/data/run=3,mode=a=b")
+    assert c.data.root == "/data/run=3,mode=a=b", f"value cut at an '=': {c.data.root!r}"
+    assert _override(monkeypatch, "--config.workdir", "a=b").workdir == "a=b"
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [("false", False), ("False", False), ("FALSE", False), ("0", False), ("no", False), ("off", False)]
+    + [("true", True), ("True", True), ("1", True), ("yes", True), ("on", True)],
+)
+def test_bool_overrides_parse_false_as_false(monkeypatch, text, value):
+    c = _override(monkeypatch, f"--config.data.flip={text}", f"--config.eval.flip={text}")  # defaults True, False
+    assert (c.data.flip, c.eval.flip) == (value, value), f"flip={text} gave {(c.data.flip, c.eval.flip)}, not {value}"
+    assert type(c.data.flip) is bool and type(c.eval.flip) is bool
+
+
+@pytest.mark.parametrize("text", ["true", "True", "false", "False"])
+def test_an_int_field_refuses_a_bool(monkeypatch, capsys, text):
+    """An int field given a boolean is an error, not silently 1 or 0."""
+    with pytest.raises(SystemExit) as e:
+        _override(monkeypatch, f"--config.train.batch_size={text}")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{text!r} is not a int" in err, f"batch_size={text} was not refused: {err}"
+
+
 def test_unknown_key_is_an_error_naming_it():
     cmd = [sys.executable, "-m", "jax_csfcn.train", "--config", "configs/synthetic.py", "--config.train.nonexistent=1"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -182,3 +182,82 @@ def test_list_names_readme_txt_one_bit_masks_and_numpy_colours(tmp_path):
     assert folder_main([str(root), "--no-progress"]) == 2  # "outside" needs its own table: named error
     with pytest.raises(DataError, match=r"splits present under .*\['outside', 'val'\]"):
         FolderSource(root, "test")
+
+
+def test_table_of_255_classes_fits_and_256_is_refused(rng):
+    """Train ids are 8-bit and 255 is ignore: 255 classes (ids 0..254) fit, a 256th does not."""
+    entries = [{"name": f"c{i}", "color": [i, 0, 0]} for i in range(255)]
+    t = parse_class_table({"classes": entries})
+    assert t.num_classes == 255 and t.ignore == (255,), "a table of 255 classes (train ids 0..254) was not accepted"
+    mask = rng.integers(0, 256, size=(6, 9)).astype(np.uint8)  # every class value, and 255 = ignore
+    np.testing.assert_array_equal(t.to_train_ids(mask, "m.png"), mask, err_msg="255 classes: ids not read as given")
+    with pytest.raises(ClassTableError, match="256 classes; at most 255"):
+        parse_class_table({"classes": [*entries, {"name": "c255", "color": [0, 1, 0]}]})
+
+
+def test_a_class_is_written_back_as_its_first_raw_value(rng):
+    """Several raw values may map to one class; writing back (``--format raw``) uses the first
+    one listed, not the last nor the smallest."""
+    from csfcn.palette import raw_value_lut
+
+    t = parse_class_table(
+        {
+            "classes": [
+                {"name": "bg", "color": [0, 0, 0], "values": [7, 3, 9]},
+                {"name": "leaf", "color": [0, 255, 0], "values": [40, 20]},
+            ]
+        }
+    )
+    assert t.raw_ids() == (7, 40), f"raw values written back {t.raw_ids()}: expected each class's first, (7, 40)"
+    raw = rng.choice(np.array([7, 3, 9, 40, 20], np.uint8), size=(5, 6))
+    back = raw_value_lut(t.model_classes())[t.to_train_ids(raw, "m.png")]
+    np.testing.assert_array_equal(back, np.where(raw < 10, 7, 40), err_msg="mask written back with other raw values")
+    colour = parse_class_table(
+        {"mask": "color", "classes": [{"name": "car", "color": [0, 0, 142], "values": [[0, 0, 70], [0, 0, 142]]}]}
+    )
+    assert colour.raw_ids() == ((0, 0, 70),), f"colour class written back as {colour.raw_ids()}, not its first value"
+
+
+def test_folder_pairs_images_and_masks_by_their_path_under_the_split(tmp_path, rng):
+    """a/x.png and b/x.png share a file name: each reads the mask at its own relative path."""
+    root = tmp_path / "nested"
+    root.mkdir()
+    (root / "classes.json").write_text(
+        json.dumps({"classes": [{"name": f"c{i}", "color": [i, i, i]} for i in range(4)]})
+    )
+    want = {}
+    for sub, values in (("a", [0, 1]), ("b", [2, 3])):
+        for kind in ("images", "masks"):
+            (root / kind / "train" / sub).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, size=(8, 12, 3), dtype=np.uint8)).save(root / f"images/train/{sub}/x.png")
+        want[f"{sub}/x"] = rng.choice(np.array(values, np.uint8), size=(8, 12))
+        Image.fromarray(want[f"{sub}/x"]).save(root / f"masks/train/{sub}/x.png")
+    # a stray mask of that file name at the top of the split belongs to neither image
+    Image.fromarray(np.full((8, 12), 3, np.uint8)).save(root / "masks/train/x.png")
+    src = FolderSource(root, "train")
+    assert sorted(src.name(i) for i in range(len(src))) == ["a/x", "b/x"]
+    for i in range(len(src)):
+        np.testing.assert_array_equal(src[i]["label"], want[src.name(i)], err_msg=f"{src.name(i)} got another mask")
+
+
+def test_list_file_written_elsewhere_finds_nested_pairs_under_the_root(tmp_path, rng):
+    """A list written on another machine (absolute paths, or relative to another base) finds each
+    file by its last two path parts under the root: the folder is kept, not only the file name."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    classes = [{"name": "bg", "color": [0, 0, 0]}, {"name": "fg", "color": [9, 9, 9]}]
+    (root / "classes.json").write_text(json.dumps({"classes": classes}))
+    want = {}
+    for sub in ("imgA", "imgB"):
+        (root / sub).mkdir()
+        (root / sub.replace("img", "lab")).mkdir()
+        Image.fromarray(rng.integers(0, 256, size=(6, 10, 3), dtype=np.uint8)).save(root / sub / "x.png")
+        want[f"{sub}/x"] = rng.integers(0, 2, size=(6, 10)).astype(np.uint8)
+        Image.fromarray(want[f"{sub}/x"]).save(root / sub.replace("img", "lab") / "x.png")
+    (root / "mine.txt").write_text(
+        "/mnt/other/machine/ds/imgA/x.png /mnt/other/machine/ds/labA/x.png\nold/base/imgB/x.png old/base/labB/x.png\n"
+    )
+    src = FolderSource(root, "mine")
+    assert [src.name(i) for i in range(len(src))] == ["imgA/x", "imgB/x"]
+    for i in range(len(src)):
+        np.testing.assert_array_equal(src[i]["label"], want[src.name(i)], err_msg=f"{src.name(i)} got another mask")

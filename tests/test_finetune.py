@@ -208,3 +208,17 @@ def test_finetune_refuses_another_architecture_and_bad_mappings(source, tmp_path
     ):
         with pytest.raises(ConversionError, match=message):
             finetune_params(tiny, fresh, str(workdir), class_map=bad)
+
+
+@pytest.mark.parametrize("new_k,old_k", [(4, 5), (11, 19), (1, 1)])
+def test_class_mapping_accepts_the_last_class_and_refuses_one_past_it(new_k, old_k):
+    """Train ids of a K-class model are 0..K-1: class K-1 on either side maps, class K is named out of range."""
+    from csfcn.classes import class_mapping
+
+    last = f"{new_k - 1}:{old_k - 1}"
+    assert class_mapping(last, new_k, old_k) == {new_k - 1: old_k - 1}, f"{last} refused for {old_k} -> {new_k}"
+    for bad in (f"{new_k}:0", f"0:{old_k}", "-1:0", "0:-1"):
+        with pytest.raises(
+            ValueError, match=rf"'{bad}' is out of range \(new classes 0\.\.{new_k - 1}, old 0\.\.{old_k - 1}\)"
+        ):
+            class_mapping(bad, new_k, old_k)

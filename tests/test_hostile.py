@@ -4,6 +4,7 @@ once with one line that names the problem (the project's own suite of bad inputs
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -389,6 +390,35 @@ def test_prediction_dumps_stay_inside_their_folder(tmp_path):
         write(batch, pred)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("escaped")] == []
     assert (tmp_path / "dump" / "ok_trainIds.png").is_file()
+
+
+def test_a_symlink_out_of_an_output_folder_is_refused_not_followed(tmp_path):
+    """Output names are checked on real paths: '..' and a subfolder that is a symbolic link to
+    elsewhere are both refused, the error naming where the name leads; a link that stays inside
+    the folder is fine."""
+    from csfcn.files import child_path
+    from jax_csfcn.evaluate import _prediction_writer
+    from jax_csfcn.step import TrainError
+
+    out, outside = tmp_path / "dump", tmp_path / "outside"
+    (out / "real").mkdir(parents=True)
+    outside.mkdir()
+    (out / "away").symlink_to(outside, target_is_directory=True)
+    (out / "inside").symlink_to(out / "real", target_is_directory=True)
+    with pytest.raises(
+        ValueError, match=r"'\.\./x\.png' from the data would write outside .*dump: it leads to .*x\.png"
+    ):
+        child_path(out, "../x.png")
+    with pytest.raises(ValueError, match=f"'away/x.png' .* leads to {re.escape(str(outside.resolve() / 'x.png'))}"):
+        child_path(out, "away/x.png")
+    assert child_path(out, "inside/x.png") == (out / "real" / "x.png").resolve()
+    assert child_path(out, "real/../x.png") == out.resolve() / "x.png"  # '..' that stays inside is fine
+    # through the prediction dumps: nothing is written through the link
+    write = _prediction_writer(out, "trainids")
+    batch = {"size": np.array([[8, 8]]), "name": np.array(["away/escaped"])}
+    with pytest.raises(TrainError, match="'away/escaped_trainIds.png' from the data would write outside"):
+        write(batch, np.zeros((1, 8, 8), np.uint8))
+    assert list(outside.iterdir()) == [], "a prediction was written outside the dump folder through a symlink"
 
 
 @pytest.mark.parametrize(

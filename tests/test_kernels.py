@@ -25,7 +25,12 @@ from kernels.pooled_attention import (  # noqa: E402
     pooled_attention_reference,
 )
 from kernels.sfc_fuse import _sfc_fuse_kernel, linspace_m1p1, sfc_fuse, sfc_fuse_reference  # noqa: E402
-from kernels.shuffle_head import _shuffle_labels_kernel, shuffle_head, shuffle_head_reference  # noqa: E402
+from kernels.shuffle_head import (  # noqa: E402
+    _shuffle_labels_kernel,
+    default_labels_dtype,
+    shuffle_head,
+    shuffle_head_reference,
+)
 
 DEVICE = "cpu" if interpreted(_sfc_fuse_kernel) else "cuda"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -245,6 +250,25 @@ def test_shuffle_head_options(request):
     # the reference itself against the two-op definition (fp64: exact but for the order of sums)
     ref2 = torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(x.double(), w2.double()[:, :, None, None]), 2)
     assert rel_l2(shuffle_head_reference(x.double(), w2.double(), None, upscale=2), ref2) <= 1e-14
+
+
+def test_shuffle_head_labels_dtype_is_uint8_up_to_256_classes(request):
+    """Class indices 0..K-1 fit uint8 up to K = 256 (index 255); from 257 on they take int32.
+    K = 256 through the kernel: uint8 labels (not 4x larger int32), class 255 stored as 255."""
+    assert default_labels_dtype(255) == torch.uint8, "K=255 labels must be uint8"
+    assert default_labels_dtype(256) == torch.uint8, "K=256 labels (max index 255) must be uint8, not int32"
+    assert default_labels_dtype(257) == torch.int32, "K=257 labels (index 256) do not fit uint8: int32"
+    g = gen(request)
+    k, cin = 256, 16
+    x = randn(g, 1, cin, 2, 3)
+    weight = randn(g, k * 64, cin, scale=cin**-0.5)
+    bias = randn(g, k * 64, scale=0.5)
+    bias[255 * 64] += 100.0  # sub-pixel (0, 0) of every pixel: class 255, the largest uint8 index
+    labels = shuffle_head(x, weight, bias, output="labels")
+    assert labels.dtype == torch.uint8, f"K=256 labels came out as {labels.dtype}, expected torch.uint8"
+    assert shuffle_head_reference(x, weight, bias, output="labels").dtype == torch.uint8, "reference dtype"
+    assert (labels.cpu().long()[:, ::8, ::8] == 255).all(), "class 255 not stored as 255 in the labels"
+    _check_labels(labels, x, weight, bias, k)
 
 
 def test_shuffle_head_ties_and_nan_follow_torch_argmax(request):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,6 +202,36 @@ def test_nearest_index_rounds_as_torch_in_float32():
         for n_out in range(1, 131):
             ref = F.interpolate(t, (1, n_out), mode="nearest").view(-1).numpy()
             np.testing.assert_array_equal(ops._nearest_index(n_in, n_out), ref, err_msg=f"{n_in} -> {n_out}")
+
+
+def _float64_picks_other_pixels(n_in: int, n_out: int, scale: float) -> bool:
+    """Whether floor(dst * scale) in float64 picks other source pixels than PyTorch's float32."""
+    dst = np.arange(n_out)
+    f32 = np.floor(dst.astype(np.float32) * np.float32(scale))
+    f64 = np.floor(dst * np.float64(scale))
+    return not np.array_equal(np.minimum(f32, n_in - 1), np.minimum(f64, n_in - 1))
+
+
+def test_resize_nearest_matches_torch_where_float64_picks_other_pixels(rng):
+    """Sizes and scale factors where a float64 scale (in / out, or 1 / factor) reads other pixels
+    than PyTorch's float32 one, found by search: the JAX resize must copy PyTorch's, exactly."""
+    by_size = [(i, o) for i in range(3, 40) for o in range(1, 100) if o not in (i, 2 * i)]
+    by_size = [(i, o) for i, o in by_size if _float64_picks_other_pixels(i, o, i / o)]
+    by_factor = [(i, f) for f in (k / 20 for k in range(2, 60)) for i in range(3, 40)]
+    by_factor = [(i, f) for i, f in by_factor if math.floor(i * f) not in (i, 2 * i)]
+    by_factor = [(i, f) for i, f in by_factor if _float64_picks_other_pixels(i, math.floor(i * f), 1 / f)]
+    assert len(by_size) >= 4 and len(by_factor) >= 4, "the search found too few sizes where float64 differs"
+
+    def picks(found):
+        return [found[j] for j in rng.choice(len(found), 4, replace=False)]
+
+    cases = [((h, w), {"size": (oh, ow)}) for (h, oh), (w, ow) in zip(picks(by_size), picks(by_size))]
+    cases += [((h, w), {"scale_factor": (fh, fw)}) for (h, fh), (w, fw) in zip(picks(by_factor), picks(by_factor))]
+    for (h, w), call in cases:
+        x = rng.standard_normal((1, h, w, 2)).astype(np.float32)
+        ref = nhwc(F.interpolate(torch.from_numpy(nchw(x)), mode="nearest", **call))
+        out = np.asarray(ops.resize_nearest(jnp.asarray(x), **call))
+        np.testing.assert_array_equal(out, ref, err_msg=f"nearest resize of {(h, w)} by {call} differs from PyTorch")
 
 
 def test_resize_takes_size_or_scale_factor():

@@ -199,6 +199,24 @@ def test_cpu_heads_match_conv_pixel_shuffle_argmax(g, k, b, h, w, cl, monkeypatc
         assert (expected == 1).any() and not (expected == 2).any()
 
 
+def test_cpu_labels_head_on_a_map_wider_than_a_chunk(g):
+    """A 1/8 map wider than LABEL_CHUNK_PIXELS (a panorama) still goes one whole row per chunk,
+    with the labels of conv1x1 + pixel_shuffle + argmax."""
+    from torch_deploy.model import Head
+
+    k, h, w = 3, 2, cpu_ops.LABEL_CHUNK_PIXELS + 7
+    head = Head(k).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    x = torch.rand(1, 128, h, w, generator=g).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        logits_ref = F.pixel_shuffle(head.conv_out(x), 8)
+        labels = opt.FastOps("labels").cpu_labels(head, x)
+    assert labels.shape == (1, 8 * h, 8 * w), f"labels shape {tuple(labels.shape)} for a {h}x{w} map"
+    assert_labels_match(labels, logits_ref)
+
+
 def test_cpu_labels_head_in_bf16_is_the_bf16_argmax(g):
     """In bfloat16 the labels head picks the argmax of the bfloat16 conv's own scores, ties included
     (bfloat16 has many: 8 bits of mantissa). Only optimize(precision="bf16") reaches this head,

@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_optimize import randomize_like_trained, rel_l2
+from torch import nn
 
+from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.model import CSFCN, ReferenceOps, use_ops
-from torch_deploy.optimize import fold_sfc_offsets, optimize, remove_bn
+from torch_deploy.optimize import Int8Ops, fold_sfc_offsets, optimize, remove_bn
 from torch_deploy.quantize import activation_qparams, quantize_uint8, quantize_weight
 
 
@@ -107,3 +109,67 @@ def test_int8_rejects_what_cannot_run(g):
         optimize(twin, "fp32", "labels", calibration=image)
     with pytest.raises(ValueError, match=r"expected normalised \(B, 3, H, W\) image tensors, got \(3, 32, 64\)"):
         optimize(twin, "int8", "labels", calibration=[image[0][0]])
+
+
+def int8_error_bound(q, x: torch.Tensor) -> torch.Tensor:
+    """Elementwise bound on |int8 conv(x) - float conv(x)| (groups = 1), for ``x`` inside the
+    calibrated range [lo, hi]. With x^ = (q_x - zp) * s_x and w^ = q_w * s_w[o] (what the int32
+    accumulation computes exactly, the bias added in float):
+
+        y^ - y = sum_i w^_oi (x^_i - x_i) + sum_i (w^_oi - w_oi) x_i
+        |y^ - y| <= s_x * sum_i |w^_oi| + s_w[o] / 2 * sum_i |x_i|
+
+    |w^ - w| <= s_w[o] / 2: symmetric rounding, never clamped (max |w| -> 127). |x^ - x| <= s_x:
+    s_x / 2 of rounding inside the range, and at its ends the grid's end points (-zp * s_x,
+    (qmax - zp) * s_x) lie within s_x / 2 of lo and hi (zp = round(-lo / s_x)), so a clamped
+    value is off by at most s_x. The sums run over each output's receptive field: sum_i |x_i| is
+    |x| convolved with ones (zero padding adds nothing). ReLU is 1-Lipschitz, so the same bound
+    holds after it. 1e-4 covers the float32 rounding of both convolutions' sums and epilogues."""
+    c = q.conv
+    w_abs = (q.weight.float() * q.weight_scale.view(-1, 1, 1, 1)).abs().flatten(1).sum(1)
+    x_abs = F.conv2d(x.abs(), torch.ones(1, *c.weight.shape[1:]), None, c.stride, c.padding, c.dilation)
+    return (q.scale * w_abs).view(1, -1, 1, 1) + (q.weight_scale / 2).view(1, -1, 1, 1) * x_abs + 1e-4
+
+
+def test_int8_calibration_range_is_the_union_over_images(g):
+    """Each convolution's input range is the minimum and maximum over all calibration images,
+    not the last image's: calibrated on a wide image then one at a quarter of its scale, the
+    int8 convolution still covers the wide one (no clipping), within int8_error_bound."""
+    conv = nn.Conv2d(8, 6, 3, padding=1).eval()
+    wide = 3.0 * torch.randn(1, 8, 9, 11, generator=g)
+    narrow = 0.25 * torch.randn(1, 8, 9, 11, generator=g)
+    ops = Int8Ops("logits", cpu_caps().int8_bits)
+    with torch.no_grad():
+        assert ops.calibrate(lambda image: ops.conv(conv, image), [wide, narrow]) == 1
+        q = ops.convs[conv]
+        lo, hi = min(wide.min(), narrow.min()).item(), max(wide.max(), narrow.max()).item()
+        assert (q.scale, q.zero_point) == activation_qparams(lo, hi, q.qmax), (
+            f"activation (scale, zero point) {(q.scale, q.zero_point)} is not that of the union "
+            f"[{lo:.3f}, {hi:.3f}] over the calibration images"
+        )
+        covered = (-q.zero_point * q.scale, (q.qmax - q.zero_point) * q.scale)
+        assert covered[0] <= lo + q.scale / 2 and covered[1] >= hi - q.scale / 2, (
+            f"calibrated range {covered} does not cover the first image's [{lo:.3f}, {hi:.3f}]"
+        )
+        err = (ops.conv(conv, wide) - conv(wide)).abs()
+        bound = int8_error_bound(q, wide)
+        assert (err <= bound).all(), f"int8 conv on the first calibration image off by {err.max():.4f} (clipped?)"
+
+
+def test_int8_conv_fuses_the_relu(g):
+    """Int8Ops.conv(relu=True) is relu(conv(x)) in int8 -- no negative output, within
+    int8_error_bound of the float one -- and the float conv with its ReLU while calibrating."""
+    conv = nn.Conv2d(8, 6, 3, padding=1).eval()
+    x = torch.randn(1, 8, 9, 11, generator=g)
+    ops = Int8Ops("logits", cpu_caps().int8_bits)
+    with torch.no_grad():
+        ref = F.relu(conv(x))
+        seen = []
+        ops.calibrate(lambda image: seen.append(ops.conv(conv, image, relu=True)), [x])
+        assert rel_l2(seen[0], ref) <= 1e-6, "the float conv while calibrating is not relu(conv(x))"
+        got = ops.conv(conv, x, relu=True)
+        bound = int8_error_bound(ops.convs[conv], x)
+        assert (conv(x) < -bound).any(), "test too weak: no output below -bound, a dropped ReLU would pass"
+    assert got.min() >= 0, f"int8 conv with relu=True gave negative values (min {got.min():.4f}): ReLU dropped"
+    err = (got - ref).abs()
+    assert (err <= bound).all(), f"int8 relu(conv) off by {err.max():.4f} > the int8 bound {bound.max():.4f}"

@@ -124,3 +124,23 @@ def test_fp64_and_fp32_at_camvid_sizes(rng, size):
     x = rng.standard_normal((1, h, w, 3))
     fp64(19, x)
     check_fp32(NAME, 19, x.astype(np.float32))
+
+
+def test_training_loss_adds_both_aux_heads_at_weight_1(rng):
+    """Upstream CoinCheung/BiSeNet ``tools/train_amp.py`` trains with ``loss = loss_pre +
+    sum(loss_aux)``: the main and both auxiliary OHEM losses unweighted (not SFANet's or ICNet's
+    0.4). The training step's loss over (main, aux16, aux32) is their plain sum, in both twins."""
+    import functools
+
+    from jax_csfcn.step import loss_term, weighted_loss
+
+    assert BiSeNetV1.LOSS_WEIGHTS == (1.0, 1.0, 1.0), (
+        f"BiSeNetV1 loss weights {BiSeNetV1.LOSS_WEIGHTS}, upstream's are 1, 1, 1"
+    )
+    assert TorchBiSeNetV1.LOSS_WEIGHTS == BiSeNetV1.LOSS_WEIGHTS, "the PyTorch twin weighs its heads otherwise"
+    term = functools.partial(loss_term, ohem=True, thresh=0.7, min_kept=16, ignore_index=255)
+    outs = [jnp.asarray(rng.standard_normal((2, 8, 12, K)), jnp.float32) for _ in range(3)]
+    labels = jnp.asarray(rng.integers(0, K, size=(2, 8, 12)), jnp.int32)
+    total, _ = weighted_loss(outs, BiSeNetV1.LOSS_WEIGHTS, labels, term)
+    plain = sum(float(term(o, labels)[0]) for o in outs)
+    np.testing.assert_allclose(float(total), plain, rtol=1e-6, err_msg="BiSeNetV1 loss is not main + aux16 + aux32")
