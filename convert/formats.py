@@ -188,8 +188,7 @@ def finetune_params(
     unexpected = [name(map(str, p)) for p in src if p not in flat]
     if bad or missing or unexpected:
         raise ConversionError(
-            f"{path} ({src_config.name}, stem {src_config.stem}) cannot initialise {config.name} with stem "
-            f"{config.stem}: "
+            f"{path} ({src_config.label}) cannot initialise {config.label}: "
             + "; ".join(
                 f"{what}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
                 for what, items in (("wrong shape", bad), ("missing", missing), ("unexpected", unexpected))

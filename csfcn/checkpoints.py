@@ -98,15 +98,36 @@ def _known_stems() -> str:
 
 
 # The zoo models' upstream state_dicts (docs/zoo.md): a key only that model has, and the tensor
-# whose first dimension is the class count (csfcn.registry).
+# whose first dimension gives the class count (csfcn.registry).
 ZOO_SIGNATURES = {n: (MODELS[n].upstream_key, MODELS[n].upstream_classifier) for n in names(zoo=True)}
+
+
+def _zoo_classes(name: str, tensors, source: str) -> int:
+    """The class count of an upstream-named zoo ``name`` state_dict, checked where it is written twice."""
+    spec = MODELS[name]
+    rows = int(tensors[spec.upstream_classifier].shape[0])
+    if rows % spec.upstream_rows_per_class:
+        raise ConversionError(
+            f"{source}: {spec.upstream_classifier} has {rows} outputs, not a multiple of "
+            f"{spec.upstream_rows_per_class} ({name} writes that many per class)"
+        )
+    k = rows // spec.upstream_rows_per_class
+    for fixed in spec.upstream_fixed_19:
+        if fixed in tensors and int(tensors[fixed].shape[0]) != k:
+            raise ConversionError(
+                f"{source}: a {name} for {k} classes ({spec.upstream_classifier}) whose {fixed} has "
+                f"{int(tensors[fixed].shape[0])}: the upstream code builds that tensor for 19 classes "
+                f"whatever the class count, a network it cannot run at {k} (docs/zoo.md); this port "
+                "sizes it by the class count, so only an upstream file for 19 classes loads"
+            )
+    return k
 
 
 def infer_config(tensors, source: str = "checkpoint") -> ModelConfig:
     """Model, class count and stem from upstream-named tensor shapes ({name: array})."""
     for name, (signature, classifier) in ZOO_SIGNATURES.items():
         if signature in tensors and classifier in tensors:
-            return ModelConfig(name=name, num_classes=int(tensors[classifier].shape[0]))
+            return ModelConfig(name=name, num_classes=_zoo_classes(name, tensors, source))
     try:
         head_bias = tensors["conv_out32.conv_out.bias"]
         offset_in = tensors["sfc.conv_offset.0.conv.weight"].shape[1]

@@ -42,7 +42,9 @@ class ModelConfig:
 
     name: str = "csfcn"
     num_classes: int = 19
-    stem: str = "torchvision"
+    # CSFCN's backbone stem (one of STEMS; "torchvision" when not given). None for a zoo model,
+    # which has its upstream backbone (ICNet's deep stem, the others' 7x7 conv): no stem option.
+    stem: str | None = None
     # The label space, when it is a user's own (csfcn.class_table): ((name, (r, g, b), mask
     # value: an int, an (r, g, b) colour or None), ...) per train id. Empty: the dataset's table known by the class count (19
     # Cityscapes, 11 CamVid). It changes no tensor; predict and evaluate read names and colours.
@@ -51,12 +53,17 @@ class ModelConfig:
     def __post_init__(self):
         if self.name not in MODEL_NAMES:
             raise ValueError(f"model.name={self.name!r}: choose one of {MODEL_NAMES}")
-        if self.stem not in STEMS:
-            raise ValueError(f"model.stem={self.stem!r}: choose one of {STEMS}")
-        if self.stem != "torchvision" and self.name not in VARIANTS:
+        if self.name in VARIANTS:
+            stem = "torchvision" if self.stem is None else self.stem
+            if stem not in STEMS:
+                raise ValueError(f"model.stem={self.stem!r}: choose one of {STEMS}")
+        elif self.stem in (None, "torchvision"):  # "torchvision": the config default, and older checkpoints'
+            stem = None
+        else:
             raise ValueError(
                 f"model.stem={self.stem!r} is a CSFCN option; {self.name} has its upstream backbone (leave the stem out)"
             )
+        object.__setattr__(self, "stem", stem)
         if int(self.num_classes) < 1:
             raise ValueError(f"model.num_classes={self.num_classes}: must be >= 1")
         object.__setattr__(self, "num_classes", int(self.num_classes))
@@ -66,6 +73,11 @@ class ModelConfig:
     def is_zoo(self) -> bool:
         """A comparison model of docs/zoo.md rather than CSFCN / CSFCN-Tiny."""
         return self.name in ZOO_NAMES
+
+    @property
+    def label(self) -> str:
+        """The model's name, with the stem where it has one: ``csfcn, stem deep`` / ``icnet``."""
+        return self.name if self.stem is None else f"{self.name}, stem {self.stem}"
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -80,6 +92,8 @@ class ModelConfig:
     def as_dict(self) -> dict:
         """The fields as plain JSON values; ``classes`` only when it is set (older readers)."""
         d = dataclasses.asdict(self)
+        if self.stem is None:
+            del d["stem"]  # a zoo model: its upstream backbone
         if not self.classes:
             del d["classes"]
         else:

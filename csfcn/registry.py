@@ -26,10 +26,14 @@ class ModelSpec:
     # A comparison model of docs/zoo.md, rather than CSFCN itself.
     zoo: bool
     # Upstream state_dict signature of a zoo model: a key only this model has, and the tensor
-    # whose first dimension is the class count (CSFCN's own checkpoints are read by their shapes:
-    # csfcn.checkpoints.infer_config).
+    # whose first dimension is the class count times ``upstream_rows_per_class`` (CSFCN's own
+    # checkpoints are read by their shapes: csfcn.checkpoints.infer_config).
     upstream_key: str | None = None
     upstream_classifier: str | None = None
+    upstream_rows_per_class: int = 1
+    # Tensors with one row per class here that the upstream builds for 19 classes whatever its
+    # class count: an upstream file whose class count is not 19 is refused by name (docs/zoo.md).
+    upstream_fixed_19: tuple[str, ...] = ()
     # Samples features at learned offsets (grid_sample): the ONNX graph must hold a GridSample.
     samples_at_offsets: bool = False
     # The fast path launches the Triton kernels, so the compile gate (kernels.aot) traces it.
@@ -71,7 +75,10 @@ MODELS: dict[str, ModelSpec] = {
             "torch_deploy.zoo.mgseg:MGSeg",
             zoo=True,
             upstream_key="fgr.gwl.GC_conv.weight",
-            upstream_classifier="hafa.predictor.weight",
+            # The 1/16 head (PixelShuffle(16)) is the one tensor the upstream sizes by its class count.
+            upstream_classifier="conv_out16.conv_out.weight",
+            upstream_rows_per_class=16 * 16,
+            upstream_fixed_19=("hafa.predictor.weight",),
         ),
         ModelSpec(
             "icnet",

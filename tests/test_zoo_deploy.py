@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 from torch import nn  # noqa: E402
 from torch_checkpoints import random_image, random_model, save  # noqa: E402
 
-from csfcn.checkpoints import infer_config  # noqa: E402
+from csfcn.checkpoints import ConversionError, infer_config  # noqa: E402
 from csfcn.model_config import ZOO_NAMES, ModelConfig  # noqa: E402
 from torch_deploy.checkpoint import load_model, read_torch_file, write_pth  # noqa: E402
 from torch_deploy.optimize import fold_conv_bn_pairs, optimize  # noqa: E402
@@ -52,6 +52,29 @@ def test_upstream_pth_is_recognised_and_loads(tmp_path, name):
         assert torch.equal(loaded(x), model(x))
     # and through our .safetensors export, config in the metadata
     assert type(load_model(save(model, tmp_path / "m.safetensors"))) is type(model)
+
+
+def test_upstream_mgseg_class_count_and_zoo_stems():
+    """MGSeg's class count is read where the upstream writes it (the 1/16 head, 256 rows per
+    class), not from ``hafa.predictor``, which the upstream always builds for 19; a zoo model
+    reports no CSFCN stem (ICNet's is its own deep stem)."""
+    shapes = {k: tuple(v.shape) for k, v in twin("mgseg", 19).state_dict().items()}
+    upstream_11 = {k: np.zeros(s, np.float32) for k, s in shapes.items()}  # the upstream's MGSeg(11)
+    upstream_11["conv_out16.conv_out.weight"] = np.zeros((11 * 256, 64, 1, 1), np.float32)
+    upstream_11["conv_out16.conv_out.bias"] = np.zeros(11 * 256, np.float32)
+    with pytest.raises(ConversionError, match=r"mgseg for 11 classes .* hafa\.predictor\.weight has 19"):
+        infer_config(upstream_11, "mgseg11.pth")
+    ours_11 = {k: np.zeros(tuple(v.shape), np.float32) for k, v in twin("mgseg", 11).state_dict().items()}
+    assert infer_config(ours_11).num_classes == 11
+    odd = dict(ours_11, **{"conv_out16.conv_out.weight": np.zeros((11 * 256 + 3, 64, 1, 1), np.float32)})
+    with pytest.raises(ConversionError, match="not a multiple of 256"):
+        infer_config(odd)
+    for name in ZOO_NAMES:
+        config = infer_config({k: np.zeros(tuple(v.shape)) for k, v in twin(name).state_dict().items()})
+        assert config.stem is None and "stem" not in config.as_dict() and config.label == name, config
+    # older metadata wrote the config default "torchvision" for a zoo model: still read, as no stem
+    assert ModelConfig.from_mapping({"name": "icnet", "num_classes": 5, "stem": "torchvision"}).stem is None
+    assert ModelConfig("csfcn", 5).stem == "torchvision" and ModelConfig("csfcn", 5).label == "csfcn, stem torchvision"
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)

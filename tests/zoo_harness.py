@@ -48,7 +48,12 @@ def _pair(name: str, k: int, seed: int, calib):
     BNs on 1x1 maps take their statistics over the batch alone, and a variance over 2 images can
     be tiny enough to amplify fp32 rounding a hundredfold (BiSeNetV1's attention BNs: JAX fp32
     2.5e-5 and torch fp32 1.1e-5 from fp64, against 4.3e-6 and 5.3e-6 calibrated on 4 images),
-    which a network calibrated on a dataset never does."""
+    which a network calibrated on a dataset never does.
+
+    The fp64 twin is fp64 throughout, its sampling grids included: ``offset_grid`` builds its
+    linspace in the offsets' dtype. The upstream CSFCN, CSFCN-Tiny and SFANet build theirs with
+    ``torch.linspace`` in the default float32, so the upstream's own ``.double()`` is ~1e-7
+    from fp64; the references here are the true fp64 function."""
     model = flax_class(name)(k, rngs=nnx.Rngs(seed))
     flat = randomize_like_trained(model, seed=seed, calib_shape=(*calib, 3))
     twin = torch_class(name)(k)
