@@ -36,6 +36,12 @@ def get_config(arg: str | None = None):
     c.train.warmup_steps = 50
     c.train.log_every = 10
     c.loss.min_kept = 16384  # 1/8 of a batch's pixels
+    if name == "mgseg":
+        # MGSeg has no normalisation in its HAFA chain and multiplies two learned maps in FGR: from
+        # scratch its first steps grow the loss a hundredfold at any learning rate tried
+        # (0.1 .. 0.002) and it stops at the NaN guard. Clipped to a global norm of 1 it trains
+        # (docs/zoo.md, "Training": MGSeg and gradient clipping).
+        c.train.clip_norm = 1.0
     c.checkpoint.every = 300
     c.eval.every = 300
     c.eval.batch_size = 2

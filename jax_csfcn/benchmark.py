@@ -37,7 +37,7 @@ from jax_csfcn import step as jstep_mod
 from jax_csfcn.checkpointing import model_flat
 from jax_csfcn.model import build_model
 from jax_csfcn.ops import grid_sample
-from jax_csfcn.schedule import schedule_of, sgd_optimizer
+from jax_csfcn.schedule import optimizer_of, schedule_of
 
 
 def _block(x):
@@ -227,7 +227,7 @@ def bench_train(
     schedule = schedule_of(cfg.train)
     graphdef, _, params, stats = jstep_mod.init_state(cfg, config)
     tensors = flax_to_torch(model_flat(nnx.merge(graphdef, params, stats)))
-    tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
+    tx = optimizer_of(cfg.train, params)
     jstate = jstep_mod.replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
     jstep = jstep_mod.make_train_step(graphdef, tx, cfg, mesh)
 

@@ -72,6 +72,7 @@ DEFAULTS: dict = {
         "base_lr": 0.01,
         "momentum": 0.9,
         "weight_decay": 5e-4,  # conv/dense kernels only
+        "clip_norm": 0.0,  # > 0: gradients scaled down to this global L2 norm (0 = none, the upstream recipe)
         "warmup_steps": 2480,
         "warmup_start_factor": 1 / 3,
         "poly_power": 0.9,

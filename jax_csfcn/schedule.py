@@ -111,12 +111,15 @@ def sgd_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     params=None,
+    clip_norm: float = 0.0,
 ) -> optax.GradientTransformation:
     """SGD + momentum with coupled (L2) weight decay on kernels only, as ``torch.optim.SGD``.
 
     The chain is ``g + wd * w`` on the masked leaves (:func:`decay_mask`), then the momentum
     trace ``b = momentum * b + g`` and the step ``-lr * b``: the update order of torch's SGD
-    (decay added to the gradient before momentum, no dampening, no Nesterov).
+    (decay added to the gradient before momentum, no dampening, no Nesterov).  ``clip_norm`` > 0
+    first scales the gradients down to that global L2 norm when above it (torch's
+    ``clip_grad_norm_`` before ``step()``); 0 leaves the chain as it is, state included.
 
     ``params``: optional; when given, the mask is built from it once and checked to select at
     least one kernel (a model whose weights are not named ``kernel`` would otherwise silently
@@ -128,7 +131,22 @@ def sgd_optimizer(
         mask = decay_mask(params)
         if weight_decay and not any(jax.tree_util.tree_leaves(mask)):
             raise ValueError("weight decay is on but no parameter named 'kernel' was found to apply it to")
+    if clip_norm < 0:
+        raise ValueError(f"train.clip_norm={clip_norm}: must be >= 0 (0 = no clipping)")
+    clip = (optax.clip_by_global_norm(clip_norm),) if clip_norm else ()
     return optax.chain(
+        *clip,
         optax.add_decayed_weights(weight_decay, mask=mask),
         optax.sgd(learning_rate=schedule, momentum=momentum),
+    )
+
+
+def optimizer_of(train, params) -> optax.GradientTransformation:
+    """The optimizer of the ``train`` settings (``cfg.train``): schedule, momentum, decay, clipping."""
+    return sgd_optimizer(
+        schedule_of(train),
+        train.momentum,
+        train.weight_decay,
+        params=params,
+        clip_norm=getattr(train, "clip_norm", 0.0),
     )

@@ -4,7 +4,7 @@
 
     cfg = default_settings()            # or a ConfigDict of jax_csfcn.config: any object with the fields
     graphdef, _, params, stats = init_state(cfg, model_config(cfg))
-    tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
+    tx = optimizer_of(cfg.train, params)
     state = replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
     step = make_train_step(graphdef, tx, cfg, mesh)
     state, metrics = step(state, images_uint8_nhwc, labels_uint8_nhw)

@@ -60,7 +60,7 @@ from jax_csfcn.evaluation import (
     scores_json,
 )
 from jax_csfcn.run_log import Logger, plot_curves
-from jax_csfcn.schedule import schedule_of, sgd_optimizer
+from jax_csfcn.schedule import optimizer_of, schedule_of
 
 # The step and its state: jax_csfcn/step.py (no grain, ml_collections or Orbax there).
 from jax_csfcn.step import (
@@ -108,11 +108,14 @@ def _validate(cfg) -> None:
     for key, value in at_least_one.items():
         if value < 1:
             raise TrainError(f"{key}={value} must be >= 1")
-    for key, value in (("eval.every", cfg.eval.every), ("data.workers", cfg.data.workers)):
+    zero_means = {"eval.every": "only at the end", "data.workers": "in-process", "train.clip_norm": "no clipping"}
+    for key, value in (
+        ("eval.every", cfg.eval.every),
+        ("data.workers", cfg.data.workers),
+        ("train.clip_norm", cfg.train.clip_norm),
+    ):
         if value < 0:
-            raise TrainError(
-                f"{key}={value} must be >= 0 (0 = {'only at the end' if key == 'eval.every' else 'in-process'})"
-            )
+            raise TrainError(f"{key}={value} must be >= 0 (0 = {zero_means[key]})")
     if len(cfg.data.crop_size) != 2 or min(cfg.data.crop_size) < 32:
         raise TrainError(f"data.crop_size={tuple(cfg.data.crop_size)} must be (H, W) with both sides >= 32")
 
@@ -201,7 +204,7 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
     if cfg.model.init_from and not resuming:  # optional: as above
         from convert.formats import init_from_checkpoint as init_from
     graphdef, eval_graphdef, params, stats = init_state(cfg, config, init_backbone, init_from, fine_tune=not resuming)
-    tx = sgd_optimizer(schedule, cfg.train.momentum, cfg.train.weight_decay, params=params)
+    tx = optimizer_of(cfg.train, params)
     state = replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
 
     mngr = ckpt.manager(workdir / ckpt.CHECKPOINT_DIR, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)

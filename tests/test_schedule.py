@@ -96,9 +96,12 @@ def test_zero_grad_step_decays_kernels_only(precomputed):
         np.testing.assert_allclose(_by_name(after)[name], np.asarray(old) * factor, rtol=1e-6, err_msg=name)
 
 
-def test_sgd_matches_torch_param_groups(rng):
+@pytest.mark.parametrize("clip_norm", [0.0, 1.0])
+def test_sgd_matches_torch_param_groups(rng, clip_norm):
     """Five steps of sgd_optimizer with the recipe schedule == torch.optim.SGD with a
-    weight_decay=0 group for BN/bias and torch's LinearLR warm-up then the poly formula."""
+    weight_decay=0 group for BN/bias and torch's LinearLR warm-up then the poly formula; with
+    ``clip_norm`` torch's clip_grad_norm_ before each step (the random gradients' global norm,
+    ~9, is above 1, so every step is clipped). torch divides by norm + 1e-6: 1e-7 relative."""
     base, total, warmup = 0.01, 10, 3
     shapes = {
         "conv": {"kernel": (3, 3, 2, 4)},
@@ -109,7 +112,7 @@ def test_sgd_matches_torch_param_groups(rng):
         lambda s: rng.standard_normal(s).astype(np.float32), shapes, is_leaf=lambda x: isinstance(x, tuple)
     )
     sched = warmup_poly_schedule(base, total, warmup)
-    tx = sgd_optimizer(sched, params=params)
+    tx = sgd_optimizer(sched, params=params, clip_norm=clip_norm)
     state = tx.init(params)
 
     tp = {k: {n: torch.tensor(v, requires_grad=True) for n, v in d.items()} for k, d in params.items()}
@@ -128,6 +131,9 @@ def test_sgd_matches_torch_param_groups(rng):
         for k, d in tp.items():
             for n, t in d.items():
                 t.grad = torch.tensor(grads[k][n])
+        if clip_norm:
+            norm = torch.nn.utils.clip_grad_norm_([t for d in tp.values() for t in d.values()], clip_norm)
+            assert norm > clip_norm, f"step {step}: gradient norm {norm:.2f} is not clipped by {clip_norm}"
         topt.step()
     for k, d in tp.items():
         for n, t in d.items():
