@@ -9,7 +9,7 @@ to put in its place, and the tests that exercise it.  For each mutant the file i
 tests run (``--suite default``: the whole default suite, about 15 minutes per mutant on two
 cores), and the file restored.  A mutant is *caught* when pytest reports failures, *survives*
 when the tests pass; anything else (a collection error, no tests selected) is an error of the
-list.  The unmutated tests run first: a list whose tests already fail proves nothing.
+list; a test process killed by a signal counts as caught.  The unmutated tests run first: a list whose tests already fail proves nothing.
 
 Not part of ``make test`` (minutes per mutant).  The originals are kept in ``.mutation-backup/``
 while a mutant is in place and put back by the next run if this one was killed.  Exit status:
@@ -101,6 +101,8 @@ def run_mutant(m: dict, tests: list[str], workers: int) -> tuple[str, str, float
         return "caught", first_failure(proc.stdout), took
     if proc.returncode == 0:
         return "SURVIVED", "", took
+    if proc.returncode < 0:  # the bug killed the test process itself (e.g. an unhandled SIGTERM)
+        return "caught", f"pytest killed by signal {-proc.returncode}", took
     return "error", f"pytest exit {proc.returncode}: {(proc.stdout + proc.stderr).strip().splitlines()[-1:]}", took
 
 

@@ -4,6 +4,8 @@ A mistake of the user's (a bad file, key, shape or flag: the exceptions each com
 one line, ``error: <what, which file, the fix>`` on stderr, and a non-zero exit; so is a full
 disk or a forbidden folder (:func:`csfcn.files.write_failure`), where nothing partial was kept.
 ``--debug`` shows the traceback instead. Anything else is a bug and keeps its traceback.
+Ctrl-C and SIGTERM stop a command with one line and exit 130; a training run stopped that way
+saves a checkpoint first and exits 75, resumable (csfcn/interrupt.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from csfcn.files import write_failure
+from csfcn.interrupt import INTERRUPTED, PREEMPTED, Preempted, terminate_as_interrupt
 
 DEBUG_HELP = "show the traceback of an input or file error instead of one line"
 
@@ -29,9 +32,21 @@ def report_errors(
     code: int = 2,
     disk_hint: str = "",
 ) -> int:
-    """Run ``fn()``: 0 when it returns, ``code`` after printing a user error, 1 after a write failure."""
+    """Run ``fn()``: 0 when it returns, ``code`` after printing a user error, 1 after a write failure,
+    :data:`~csfcn.interrupt.PREEMPTED` after a run saved its state on a signal,
+    :data:`~csfcn.interrupt.INTERRUPTED` after Ctrl-C or SIGTERM."""
     try:
-        fn()
+        with terminate_as_interrupt():
+            fn()
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        return PREEMPTED
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        why = f" ({e})" if str(e) else ""
+        print(f"interrupted{why}: stopped; files being written were removed, finished ones kept", file=sys.stderr)
+        return INTERRUPTED
     except user_errors as e:
         if debug:
             raise
@@ -44,3 +59,12 @@ def report_errors(
         print(f"error: {msg}{disk_hint}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """``sys.exit(main())`` for a command without user errors of its own: Ctrl-C, SIGTERM, a
+    preempted run and a full disk still end in one line (:func:`report_errors`)."""
+    result = []
+    code = report_errors(lambda: result.append(main()), (), debug=False)
+    returned = result[0] if result else 0
+    raise SystemExit(code or (returned if isinstance(returned, int) else 0))

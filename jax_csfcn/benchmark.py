@@ -396,4 +396,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from csfcn.cli import run_main
+
+    run_main(main)  # Ctrl-C / SIGTERM: one line, nothing partial (csfcn/cli.py)

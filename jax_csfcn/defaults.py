@@ -83,6 +83,10 @@ DEFAULTS: dict = {
     # Checkpoints (Orbax CheckpointManager under workdir/checkpoints).
     "checkpoint": {
         "every": 1000,  # steps between saves (and at the end)
+        # Also save when this many minutes have passed since the last save (0 = off): what a kill
+        # without notice can lose (SIGINT/SIGTERM save at the next step; docs/architecture.md,
+        # "Stopping and resuming").
+        "every_minutes": 15.0,
         "keep": 3,  # last K kept, plus the best by val mIoU
         "async_save": True,
     },

@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 import jax_csfcn
+from csfcn.interrupt import Preempted
 from csfcn.palette import comparison_grid, write_atomic
 from jax_csfcn.cli import load_config_file
 from jax_csfcn.data.cityscapes import CityscapesSource
@@ -163,7 +164,11 @@ def main(argv=None) -> dict:
               f"{len(CityscapesSource(args.data, 'val'))} val images")  # fmt: skip
     with _stage("train + validate (JAX)", times):
         resume = (workdir / "checkpoints").is_dir()
-        summary = train(cfg, resume=resume)
+        try:
+            summary = train(cfg, resume=resume)
+        except Preempted as e:  # saved at the step it stopped: the same demo command continues from there
+            e.resume = "run the demo again (make demo, or python -m jax_csfcn.demo with the same flags)"
+            raise
     ev = summary.get("val") or json.loads((workdir / "eval.json").read_text())
     exported = workdir / "model.safetensors"
     with _stage("export to PyTorch (python -m convert)", times):
@@ -199,4 +204,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from csfcn.cli import run_main
+
+    run_main(main)  # Ctrl-C / SIGTERM: one line, nothing partial (csfcn/cli.py)

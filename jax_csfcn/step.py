@@ -199,6 +199,29 @@ def make_train_step(graphdef, tx, cfg, mesh):
     return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=(0,))
 
 
+def make_stop_agreement(mesh):
+    """``agree(stop, due) -> flags``: every process's (stop requested, save due) OR-ed over the
+    processes, as an array still on its way (read it with :func:`read_flags` a step later, so
+    the host never waits for the device). Every process calls it once per step; all then act on
+    the same flags at the same step. Only process 0 passes ``due`` (its clock decides the timed
+    saves); any process's ``stop`` (a signal may reach one host first) stops them all."""
+    sharding = NamedSharding(mesh, P("data"))
+    rows = len(mesh.local_devices)
+    reduce = jax.jit(lambda a: a.max(axis=0), out_shardings=NamedSharding(mesh, P()))
+
+    def agree(stop: bool, due: bool) -> jax.Array:
+        local = np.tile(np.array([stop, due], np.int32), (rows, 1))
+        return reduce(jax.make_array_from_process_local_data(sharding, local))
+
+    return agree
+
+
+def read_flags(flags: jax.Array) -> tuple[bool, bool]:
+    """(stop, due) of an :func:`make_stop_agreement` result (replicated: this process's copy)."""
+    stop, due = np.asarray(flags.addressable_data(0))
+    return bool(stop), bool(due)
+
+
 def weighted_loss(outputs, weights, labels: jax.Array, term) -> tuple[jax.Array, jax.Array]:
     """``sum_i weights[i] * term(outputs[i], labels at outputs[i]'s size)`` and the first weighted
     term's kept fraction.

@@ -35,7 +35,9 @@ import fcntl
 import json
 import math
 import os
+import shlex
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from csfcn.interrupt import Preempted, StopRequest
 from jax_csfcn import checkpointing as ckpt
 from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
 from jax_csfcn.data.folder import read_table
@@ -67,9 +70,11 @@ from jax_csfcn.step import (
     DTYPES,
     TrainError,
     init_state,
+    make_stop_agreement,
     make_train_step,
     maybe_initialize_distributed,
     model_config,
+    read_flags,
     replicate,
 )
 
@@ -108,11 +113,17 @@ def _validate(cfg) -> None:
     for key, value in at_least_one.items():
         if value < 1:
             raise TrainError(f"{key}={value} must be >= 1")
-    zero_means = {"eval.every": "only at the end", "data.workers": "in-process", "train.clip_norm": "no clipping"}
+    zero_means = {
+        "eval.every": "only at the end",
+        "data.workers": "in-process",
+        "train.clip_norm": "no clipping",
+        "checkpoint.every_minutes": "no timed saves",
+    }
     for key, value in (
         ("eval.every", cfg.eval.every),
         ("data.workers", cfg.data.workers),
         ("train.clip_norm", cfg.train.clip_norm),
+        ("checkpoint.every_minutes", cfg.checkpoint.every_minutes),
     ):
         if value < 0:
             raise TrainError(f"{key}={value} must be >= 0 (0 = {zero_means[key]})")
@@ -293,7 +304,13 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
     bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not progress or pi != 0)
     pending = None  # metrics of the previous step: read one step late so the host never stalls the device
     window_t, window_steps = time.time(), 0
+    # Ctrl-C / SIGTERM and timed saves: requested on any process, agreed by all one step later
+    # (docs/architecture.md, "Stopping and resuming").
+    agree, flags, stopped = make_stop_agreement(mesh), None, None
+    save_every_s, last_save_t = 60.0 * cfg.checkpoint.every_minutes, time.monotonic()
+    stop = StopRequest()
     try:
+        stop.__enter__()
         while step < end:
             batch = next(it)
             images = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["image"]))
@@ -304,7 +321,12 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
             if pending is not None:
                 _check(pending, mngr)
             pending = (step, m)
-            is_save = step % cfg.checkpoint.every == 0 or step == end
+            timed = pi == 0 and save_every_s > 0 and time.monotonic() - last_save_t >= save_every_s
+            stop_now, due = read_flags(flags) if flags is not None else (False, False)
+            flags = agree(stop.signame is not None, timed)
+            if stop_now:
+                end, stopped = step, stop.signame or "a signal to another process"
+            is_save = step % cfg.checkpoint.every == 0 or step == end or due
             is_eval = (cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps
             is_log = step % cfg.train.log_every == 0 or is_save or is_eval
             if is_log or is_save or is_eval:
@@ -329,14 +351,18 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
                 metrics = {"miou": float(np.nan_to_num(last_eval["miou"], nan=0.0))}
             if is_save or is_eval:
                 save(step, metrics)
+                last_save_t = time.monotonic()
             bar.update(1)
         if pending is not None:
             _check(pending, mngr)
     finally:
         bar.close()
-        mngr.wait_until_finished()
+        mngr.wait_until_finished()  # a signal now is reported, not obeyed, until the save is complete
         mngr.close()
         logger.close()
+        stop.__exit__()
+    if stopped and step < cfg.train.steps:
+        raise Preempted(stopped, step, "run the same command with --resume")
     summary = {"step": step, "workdir": str(workdir), "seconds": time.time() - t_start}
     if last_eval is not None:
         summary["val"] = scores_json(last_eval, names)
@@ -385,10 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args, cfg = parse_config_args(build_parser(), argv)
     maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+
+    def run():
+        try:
+            return train(cfg, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+        except Preempted as e:  # exits PREEMPTED (75) with the command that continues (csfcn/interrupt.py)
+            given = list(sys.argv[1:] if argv is None else argv)
+            e.resume = shlex.join(["python", "-m", "jax_csfcn.train", *given, *([] if args.resume else ["--resume"])])
+            raise
+
     one_line_errors(
-        lambda: train(cfg, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress),
-        debug=args.debug,
-        disk_hint="; the last complete checkpoint is intact: --resume continues from it",
+        run, debug=args.debug, disk_hint="; the last complete checkpoint is intact: --resume continues from it"
     )
 
 

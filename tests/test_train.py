@@ -223,6 +223,125 @@ def test_sigkill_during_training_resumes_from_last_complete_checkpoint(data_root
     assert max(after) == resumed_at + 2 and all(np.isfinite(v) for v in after.values())
 
 
+def _step_logged(workdir: Path, at_least: int) -> bool:
+    try:
+        return max(losses(workdir), default=0) >= at_least
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or a line half-written
+        return False
+
+
+def _interrupt(cfg, cache_dir, sig, after_step: int, *extra) -> subprocess.CompletedProcess:
+    """The CLI run of ``cfg`` sent ``sig`` once it has logged ``after_step`` (an arbitrary step:
+    no regular save is near); returns the finished process."""
+    cmd = [sys.executable, "-m", "jax_csfcn.train", "--config", str(ROOT / "jax_csfcn/config.py"), "--no-progress"]
+    proc = subprocess.Popen(
+        cmd + cli_args(cfg) + list(extra), env=child_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not _step_logged(cfg.workdir, after_step):
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before step {after_step}: {proc.stderr.read().decode()[-3000:]}"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
+
+
+def test_sigterm_and_sigint_save_at_the_next_step_and_resume_exactly(data_root, tmp_path, cache_dir):
+    """A SIGTERM, then in the resumed run a SIGINT, each at an arbitrary step (no regular save
+    near): each run saves at the step after the signal, exits 75 (resumable) with the command
+    that continues; the two resumed pieces repeat no step and equal an uninterrupted run
+    bit for bit (losses at every step, parameters at the last)."""
+    from csfcn.interrupt import PREEMPTED
+    from jax_csfcn.train import train
+
+    over = {"train.steps": 400, "checkpoint.every": 1000, "train.warmup_steps": 10}
+    wd = tmp_path / "stopped"
+    cfg = tiny_config(data_root, wd, **over)
+    first = _interrupt(cfg, cache_dir, signal.SIGTERM, 2)
+    assert first.returncode == PREEMPTED, f"exit {first.returncode}:\n{first.stderr[-3000:]}"
+    assert "--resume" in first.stderr and "SIGTERM" in first.stderr, first.stderr[-2000:]
+    s1 = max(losses(wd))
+    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [s1]
+    second = _interrupt(cfg, cache_dir, signal.SIGINT, s1 + 2, "--resume")
+    assert second.returncode == PREEMPTED, f"exit {second.returncode}:\n{second.stderr[-3000:]}"
+    assert f"resumed {wd} at step {s1}" in second.stdout, second.stdout[-2000:]
+    rows = [json.loads(ln) for ln in (wd / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    logged = [r["step"] for r in rows if "loss" in r]
+    s2 = logged[-1]
+    assert logged == list(range(1, s2 + 1)), f"steps logged {logged}: one repeated or missing"
+    assert s2 > s1 + 1
+
+    ref = tiny_config(data_root, tmp_path / "straight", **over)
+    train(ref, stop_after=s2, progress=False)
+    a, b = losses(tmp_path / "straight"), losses(wd)
+    assert [b[s] for s in range(1, s2 + 1)] == [a[s] for s in range(1, s2 + 1)], "the losses differ from a straight run"
+    pa, pb = final_params(tmp_path / "straight"), final_params(wd)
+    assert all(np.array_equal(pa[k], pb[k]) for k in pa), "the parameters differ from a straight run's"
+
+
+@pytest.mark.slow  # two processes through the CLI; the agreement itself runs in every training above
+def test_a_signal_to_one_of_two_processes_stops_both_at_one_step(data_root, tmp_path, cache_dir):
+    """SIGTERM reaches process 1 only: both processes save the same step and exit 75; the pair
+    resumed from it goes on from that step."""
+    import socket
+
+    from csfcn.interrupt import PREEMPTED
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("localhost", 0))
+            return sock.getsockname()[1]
+
+    port = free_port()
+    wd = tmp_path / "pair"
+    cfg = tiny_config(data_root, wd, **{"train.steps": 400, "checkpoint.every": 1000, "train.warmup_steps": 10})
+    cmd = [sys.executable, "-m", "jax_csfcn.train", "--config", str(ROOT / "jax_csfcn/config.py"), "--no-progress"]
+
+    def start(i, *extra):
+        flags = [f"--coordinator-address=localhost:{port}", "--num-processes=2", f"--process-id={i}", *extra]
+        return subprocess.Popen(
+            cmd + cli_args(cfg) + flags, env=child_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    procs = [start(0), start(1)]
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and all(p.poll() is None for p in procs) and not _step_logged(wd, 2):
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == PREEMPTED, f"exit {p.returncode}:\n{err.decode()[-3000:]}"
+    saved = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and saved[0] >= 2, saved
+    port = free_port()
+    procs = [start(0, "--resume", "--stop-after=2"), start(1, "--resume", "--stop-after=2")]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-3000:]
+    logged = sorted(losses(wd))
+    assert logged == list(range(1, saved[0] + 3)), logged
+
+
+def test_timed_saves_between_step_saves(data_root, tmp_path):
+    """checkpoint.every_minutes: a save once that much time has passed since the last one,
+    agreed a step later; here (6 ms) at every step from the second on, none from checkpoint.every."""
+    from jax_csfcn.train import train
+
+    wd = tmp_path / "timed"
+    over = {"train.steps": 4, "checkpoint.every": 1000, "checkpoint.every_minutes": 1e-4, "checkpoint.keep": 10}
+    train(tiny_config(data_root, wd, **over), progress=False)
+    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [2, 3, 4]
+
+
 # Comparing runs across device counts: the data and every reduction are the same, only the
 # fp32 summation order differs (~1e-7).  A small learning rate and plain cross-entropy keep the
 # first steps out of the chaotic regime where that noise is amplified (OHEM's hard top-k

@@ -622,4 +622,6 @@ def write_json(path, report: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from csfcn.cli import run_main
+
+    run_main(main)  # Ctrl-C / SIGTERM: one line, nothing partial (csfcn/cli.py)
