@@ -73,6 +73,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -406,13 +407,18 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def exit_with_parent(worker_index: int = 0, worker_count: int = 1) -> None:
-    """Run in each grain worker at start: a daemon thread ends the worker when its parent dies.
+def worker_init(worker_index: int = 0, worker_count: int = 1) -> None:
+    """Run in each grain worker at start: the worker leaves Ctrl-C and SIGTERM to its parent, and
+    a daemon thread ends it when the parent dies.
 
-    A training process killed by SIGKILL or SIGTERM runs no cleanup, and its workers (a few
-    hundred MB each) would live on, re-parented to init. The thread polls the parent's pid once
-    a second and exits the worker once it has changed."""
-
+    A Ctrl-C in a terminal reaches the whole process group and a scheduler's SIGTERM every process
+    of the job; the training process answers by finishing its step, which reads one more batch
+    (csfcn/interrupt.py), so its workers must not die first. A training process killed by
+    SIGKILL runs no cleanup, and its workers (a few hundred MB each) would live on, re-parented
+    to init: the thread polls the parent's pid once a second and exits the worker once it has
+    changed."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     parent = os.getppid()
 
     def watch():
@@ -449,7 +455,7 @@ class LoaderIterator:
             _ensure_absl_flags_parsed()
             it_ds = it_ds.mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=lo.worker_count, per_worker_buffer_size=lo.worker_buffer_size),
-                worker_init_fn=exit_with_parent,
+                worker_init_fn=worker_init,
             )
         self._it = iter(it_ds)
 
