@@ -127,10 +127,23 @@ def test_failed_check_writes_nothing(ckpt, tmp_path, monkeypatch):
     import torch_deploy.export_onnx as E
 
     monkeypatch.setattr(E, "MAX_REL_L2", 0.0)  # no export can meet this
+    monkeypatch.setattr(E, "FP32_FACTOR", 0.0)
     with pytest.raises(ExportError, match="disagrees with the PyTorch twin"):
         E.export_onnx(ckpt, tmp_path / "m.onnx", size=(32, 32))
     assert os.listdir(tmp_path) == []
     np.testing.assert_equal(E.MAX_REL_L2, 0.0)
+
+
+def test_the_check_bound_is_the_twins_own_fp32_error(ckpt, tmp_path):
+    """Each check's bound is FP32_FACTOR x the twin's fp32 distance to fp64 on that input (at
+    least MAX_REL_L2), and onnxruntime meets it with room: ORT's own fp32 error is of the twin's order."""
+    import torch_deploy.export_onnx as E
+
+    report = E.export_onnx(ckpt, tmp_path / "m.onnx", size=(32, 64))
+    for c in report["checks"]:
+        assert 1e-9 < c["twin_vs_fp64"] < 1e-4, c  # fp32 rounding, measured (not zero, not a bug's size)
+        assert c["max_rel_l2"] == max(E.MAX_REL_L2, E.FP32_FACTOR * c["twin_vs_fp64"]), c
+        assert c["rel_l2"] <= E.FP32_FACTOR * max(c["twin_vs_fp64"], 1e-7), c
 
 
 def test_cpu_peers_run_our_onnx_and_agree_with_the_twin(ckpt):

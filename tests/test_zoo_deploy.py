@@ -159,7 +159,8 @@ def test_onnx_export_of_a_zoo_model(tmp_path):
 def test_onnx_export_of_every_zoo_model(tmp_path, name):
     pytest.importorskip("onnxruntime")
     report = _export(name, tmp_path)
-    assert all(c["rel_l2"] <= 1e-4 and c["argmax_agreement"] >= 0.999 for c in report["checks"])
+    # the export's own bound (torch_deploy/export_onnx.py): 3x the twin's fp32 distance to fp64, >= 1e-4
+    assert all(c["rel_l2"] <= c["max_rel_l2"] and c["argmax_agreement"] >= 0.999 for c in report["checks"]), report
     assert ("GridSample" in report["ops"]) == (name == "sfanet")
 
 

@@ -33,6 +33,7 @@ printed; the file is written under a temporary name and renamed only when the ch
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -53,22 +54,42 @@ from torch_deploy.onnx_graph import (  # the graph itself; re-exported for the A
     export_module,
 )
 
+# The check's bound, from the arithmetic. onnxruntime evaluates the twin's fp32 function in
+# another order and with other kernels, so its distance to the exact (fp64) function is of the
+# order of the twin's own fp32 distance e (measured on the same weights and input); the two fp32
+# results then lie within e_ort + e_twin of each other. Allowed: FP32_FACTOR * e (an ORT error of
+# up to 2e), and never less than MAX_REL_L2, the fixed bound every model met before it was derived
+# (a deep fp32 network such as ICNet's is 1-2e-4 from fp64 itself, above that floor).
 MAX_REL_L2 = 1e-4
+FP32_FACTOR = 3.0
 GRID_SAMPLING = names(samples_at_offsets=True)  # the models that sample at learned offsets
 MIN_ARGMAX_AGREEMENT = 0.999
 
 
 # --------------------------------------------------------------------------- check
-def compare(session, model: CSFCN, x: torch.Tensor) -> dict:
-    """Relative L2 error and argmax agreement of onnxruntime vs the twin on ``x``."""
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def compare(session, model: CSFCN, x: torch.Tensor, model64: CSFCN | None = None) -> dict:
+    """Relative L2 error and argmax agreement of onnxruntime vs the twin on ``x``, and the bound
+    it must meet: ``FP32_FACTOR`` times the twin's own distance to ``model64`` (the twin in fp64;
+    default a copy of ``model``), at least ``MAX_REL_L2``."""
+    model64 = model64 if model64 is not None else copy.deepcopy(model).double()
     with torch.inference_mode():
         ref = model(x).double().numpy()
+        exact = model64(x.double()).numpy()
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0].astype(np.float64)
     if got.shape != ref.shape:
         raise ExportError(f"onnxruntime output shape {got.shape} != twin {ref.shape} for input {tuple(x.shape)}")
-    rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-    agree = float((got.argmax(1) == ref.argmax(1)).mean())
-    return {"shape": list(x.shape), "rel_l2": rel, "argmax_agreement": agree}
+    twin_fp32 = _rel(ref, exact)
+    return {
+        "shape": list(x.shape),
+        "rel_l2": _rel(got, ref),
+        "twin_vs_fp64": twin_fp32,
+        "max_rel_l2": max(MAX_REL_L2, FP32_FACTOR * twin_fp32),
+        "argmax_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
+    }
 
 
 def check_sizes(size, dynamic: bool) -> list[tuple[int, int, int]]:
@@ -122,7 +143,8 @@ def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_O
         if "GridSample" not in ops and twin.config.name in GRID_SAMPLING:
             raise ExportError(f"the exported graph has no GridSample node (ops: {ops})")
         session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        checks = [compare(session, twin, x) for x in inputs]
+        twin64 = copy.deepcopy(twin).double()
+        checks = [compare(session, twin, x, twin64) for x in inputs]
         report = {
             "out": str(out),
             "exporter": "torch.onnx.export(dynamo=True)",
@@ -131,9 +153,14 @@ def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_O
             "config": json.loads(twin.config.to_json()),
             "ops": ops,
             "checks": checks,
-            "thresholds": {"rel_l2": MAX_REL_L2, "argmax_agreement": MIN_ARGMAX_AGREEMENT},
+            "thresholds": {
+                "rel_l2": f"max({MAX_REL_L2:g}, {FP32_FACTOR:g} x the twin's fp32 distance to fp64)",
+                "argmax_agreement": MIN_ARGMAX_AGREEMENT,
+            },
         }
-        bad = [c for c in checks if not (c["rel_l2"] <= MAX_REL_L2 and c["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT)]
+        bad = [
+            c for c in checks if not (c["rel_l2"] <= c["max_rel_l2"] and c["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT)
+        ]
         if bad:
             raise ExportError(f"onnxruntime disagrees with the PyTorch twin: {bad}; nothing written")
         holder["report"] = report
@@ -184,7 +211,8 @@ def _export_and_report(args) -> None:
         print(f"wrote {report['out']} ({report['exporter']}, opset {report['opset']}, dynamic={report['dynamic']})")
         for c in report["checks"]:
             print(
-                f"onnxruntime vs twin, input {c['shape']}: rel L2 {c['rel_l2']:.3e} (<= {MAX_REL_L2:g}), "
+                f"onnxruntime vs twin, input {c['shape']}: rel L2 {c['rel_l2']:.3e} (<= {c['max_rel_l2']:.2g}; the "
+                f"twin is {c['twin_vs_fp64']:.2e} from fp64), "
                 f"argmax agreement {100 * c['argmax_agreement']:.4f}% (>= {100 * MIN_ARGMAX_AGREEMENT:g}%)"
             )
 
