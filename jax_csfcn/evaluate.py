@@ -38,7 +38,7 @@ import numpy as np
 from flax import nnx
 
 from csfcn.checkpoints import kind_of
-from csfcn.files import child_path, write_atomic
+from csfcn.files import child_path, unwritable, write_atomic
 from csfcn.palette import comparison_grid, raw_value_lut, train_id_to_label_id, write_png
 from jax_csfcn.checkpointing import read_flax_checkpoint, set_model_flat
 from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
@@ -204,9 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_outputs(args) -> None:
+    """--json and --pictures are written after the whole evaluation: a folder that cannot take
+    them fails now, in one line, not after the long work (parents are created, as the write would)."""
+    for flag, path in (("--json", args.json), ("--pictures", args.pictures)):
+        problem = path and unwritable(path, flag)
+        if problem:
+            raise TrainError(problem)
+
+
 def main(argv=None) -> None:
     args, cfg = parse_config_args(build_parser(), argv)
     maybe_initialize_distributed()
+    if jax.process_index() == 0:  # the files only process 0 writes
+        one_line_errors(lambda: check_outputs(args), debug=args.debug)
     result = one_line_errors(
         lambda: evaluate_checkpoint(
             cfg,

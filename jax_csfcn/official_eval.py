@@ -25,6 +25,38 @@ from pathlib import Path
 from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.palette import write_atomic
 
+SINGLE_CHANNEL = ("L", "P", "I", "I;16")  # PIL modes of one value per pixel
+
+
+class ResultsError(Exception):
+    """A prediction file the official evaluator cannot read as label ids; the message names it."""
+
+
+def check_prediction(pred: str, gt: str) -> None:
+    """A :class:`ResultsError` naming ``pred`` unless it is a single-channel PNG of ``gt``'s size
+    (the library would stop with "Predicted image has multiple channels" and no file name)."""
+    from PIL import Image
+
+    try:
+        with Image.open(pred) as im:
+            mode, size, fmt = im.mode, im.size, im.format
+        with Image.open(gt) as g:
+            gt_size = g.size
+    except OSError as e:
+        raise ResultsError(f"{pred}: cannot read this prediction ({e}); expected a single-channel label-id PNG") from e
+    if mode not in SINGLE_CHANNEL:
+        raise ResultsError(
+            f"{pred}: a {mode} image ({len(mode)} channels); expected a single-channel label-id PNG (one Cityscapes "
+            "label id per pixel, e.g. from torch_deploy.predict --format cityscapes-submission), not a colour picture"
+        )
+    if fmt != "PNG":
+        raise ResultsError(f"{pred}: a {fmt} file; expected a single-channel label-id PNG (lossless)")
+    if size != gt_size:
+        raise ResultsError(
+            f"{pred}: {size[0]}x{size[1]} pixels but its ground truth {gt} has {gt_size[0]}x{gt_size[1]}; "
+            "predict at the full image size"
+        )
+
 
 def evaluate_folder(cityscapes: str, results: str, split: str = "val", quiet: bool = False) -> dict:
     """The official scores of the label-id PNGs under ``results`` against ``cityscapes``' ``split``."""
@@ -55,7 +87,19 @@ def evaluate_folder(cityscapes: str, results: str, split: str = "val", quiet: bo
         raise FileNotFoundError(
             f"{results}: no single prediction for {len(missing)} of {len(gt)} images, e.g. {missing[:3]}"
         )
-    return ev.evaluateImgLists(preds, gt, args)
+    for p, g in zip(preds, gt):
+        check_prediction(p, g)
+    try:
+        return ev.evaluateImgLists(preds, gt, args)
+    except SystemExit:  # the library printed "ERROR: ..." on stdout and exited
+        raise ResultsError(
+            f"--results {results}: the official evaluator stopped; its ERROR line above says why"
+        ) from None
+    except IndexError:  # a predicted value past the largest label id indexes past its confusion matrix
+        raise ResultsError(
+            f"--results {results}: a prediction holds a value that is no Cityscapes label id (0..33), e.g. the 255 "
+            "of train-id PNGs; write label ids (--dump-format cityscapes / --format cityscapes-submission)"
+        ) from None
 
 
 def main(argv=None) -> int:
@@ -67,7 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true", help="print only the mean IoU")
     ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = ap.parse_args(argv)
-    return report_errors(lambda: _evaluate(args), (FileNotFoundError,), debug=args.debug)  # csfcn/cli.py
+    return report_errors(lambda: _evaluate(args), (FileNotFoundError, ResultsError), debug=args.debug)  # csfcn/cli.py
 
 
 def _evaluate(args) -> None:

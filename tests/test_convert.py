@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +32,8 @@ from jax_csfcn import layers
 from jax_csfcn.checkpointing import flatten_state, model_flat, model_template, set_model_flat
 from jax_csfcn.model import build_model
 from torch_deploy.model import CSFCN as TorchCSFCN
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_upstream_state_dict(rng, config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -422,3 +427,93 @@ def test_dense_kernel_layouts_and_their_errors():
         ConversionError, match=r"g\.weight: checkpoint has \(9, 6, 3, 3\), model expects \(9, 2, 3, 3\)"
     ):
         torch_to_flax({("g", "kernel"): (3, 3, 2, 9)}, {"g.weight": np.zeros((9, 6, 3, 3), np.float32)})
+
+
+def _tiny_pth(path) -> str:
+    torch.save(TorchCSFCN(ModelConfig("csfcn_tiny", 3)).state_dict(), path)
+    return str(path)
+
+
+def test_a_full_disk_under_safetensors_is_one_line(tmp_path):
+    """safetensors reports a failed write as its own SafetensorError ("I/O error: ... (os error
+    28)"), which once escaped the OSError handler as a 36-line traceback: now one line. The real
+    library fails here under a file-size limit (ulimit -f, EFBIG), in a child process."""
+    import subprocess
+    import sys
+
+    from safetensors import SafetensorError
+
+    from torch_deploy.checkpoint import _translate_write_error
+
+    full = _translate_write_error(
+        SafetensorError("Error while serializing: I/O error: No space left (os error 28)"), "m"
+    )
+    assert isinstance(full, OSError) and full.errno == 28 and full.filename == "m"
+    src, dst = _tiny_pth(tmp_path / "up.pth"), tmp_path / "new.safetensors"
+    child = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "from convert.__main__ import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", child, src, str(dst)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert res.stderr.startswith(f"error: File too large writing {dst}: free space") and res.stderr.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["up.pth"]  # nothing partial kept
+
+
+def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path, capsys):
+    """SIGKILL in the middle of a write leaves its hidden temporary file (nothing can remove it
+    then): the next write of the same target removes it and says so; a temporary file in use
+    (locked), a fresh one and names of another pattern stay."""
+    import fcntl
+    import subprocess
+    import sys
+
+    src, dst = _tiny_pth(tmp_path / "up.pth"), tmp_path / "model.safetensors"
+    child = (
+        "import os, signal, sys\n"
+        "from csfcn.files import write_atomic\n"
+        "def half(tmp):\n"
+        "    open(tmp, 'wb').write(b'x' * 1000)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "write_atomic(sys.argv[1], half)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", child, str(dst)], cwd=ROOT, capture_output=True, timeout=60)
+    assert res.returncode == -9
+    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".model.")]
+    assert left.name.endswith(".safetensors") and left.stat().st_size == 1000
+    busy, fresh = tmp_path / ".model.busy0000.safetensors", tmp_path / ".model.fresh000.safetensors"
+    keep = [tmp_path / ".model.notes.safetensors", tmp_path / ".model.abcdefgh.txt", busy, fresh]
+    for p in keep:
+        p.write_text("not ours to remove")
+    old = left.stat().st_mtime - 3600
+    for p in (left, busy, *keep[:2]):
+        os.utime(p, (old, old))
+    with open(busy) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a write in progress
+        assert convert_main([src, str(dst), "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: removed {left} (1.0 KB), the temporary file of an earlier write of model.safetensors" in err
+    assert not left.exists() and all(p.exists() for p in keep) and dst.stat().st_size > 1000
+
+
+def test_random_bytes_are_not_a_checkpoint_and_code_is_still_refused(tmp_path, capsys):
+    """A .pth of random bytes is "not a PyTorch checkpoint", named, in convert and in the ImageNet
+    init path (--model csfcn); a pickle that imports code (zip or plain) is still refused as such."""
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    for extra in ([], ["--model", "csfcn"]):
+        assert convert_main([str(noise), str(tmp_path / "out.safetensors"), *extra]) == 1
+        err = capsys.readouterr().err
+        assert f"error: {noise}: not a PyTorch checkpoint (not a zip archive / unpickling failed)" in err
+        assert "run code" not in err and err.count("\n") == 1
+    torch.save({"w": RunsCode()}, tmp_path / "evil_zip.pth")
+    with pytest.raises(ConversionError, match=r"evil_zip.pth: refused: .*imports posix.system.*would run code"):
+        read_checkpoint(tmp_path / "evil_zip.pth")
+    assert not (tmp_path / "out.safetensors").exists()

@@ -261,3 +261,28 @@ def test_list_file_written_elsewhere_finds_nested_pairs_under_the_root(tmp_path,
     assert [src.name(i) for i in range(len(src))] == ["imgA/x", "imgB/x"]
     for i in range(len(src)):
         np.testing.assert_array_equal(src[i]["label"], want[src.name(i)], err_msg=f"{src.name(i)} got another mask")
+
+
+def test_symlinked_image_folders_are_followed_with_one_note_and_cycles_skipped(tmp_path, rng, capsys):
+    """images/train/more -> a folder elsewhere (the masks beside it alike): its images belong to
+    the split, named once on stderr however often the source is built; a link back up is skipped."""
+    root, elsewhere = tmp_path / "ds", tmp_path / "elsewhere"
+    (root / "classes.json").parent.mkdir()
+    (root / "classes.json").write_text(json.dumps({"classes": [{"name": "a", "color": [1, 1, 1]}]}))
+    for kind in ("images", "masks"):
+        (root / kind / "train").mkdir(parents=True)
+        (elsewhere / kind).mkdir(parents=True)
+        (root / kind / "train" / "more").symlink_to(elsewhere / kind, target_is_directory=True)
+    for folder, name in ((root, "x"), (elsewhere, "y")):
+        sub = "train/" if folder is root else ""
+        Image.fromarray(rng.integers(0, 256, size=(4, 6, 3), dtype=np.uint8)).save(folder / f"images/{sub}{name}.png")
+        Image.fromarray(np.zeros((4, 6), np.uint8)).save(folder / f"masks/{sub}{name}.png")
+    (root / "images" / "train" / "up").symlink_to(root / "images" / "train", target_is_directory=True)  # a cycle
+    src = FolderSource(root, "train")
+    assert sorted(src.name(i) for i in range(len(src))) == ["more/y", "x"]
+    assert src[[src.name(i) for i in range(2)].index("more/y")]["label"].shape == (4, 6)
+    err = capsys.readouterr().err
+    assert f"following the symbolic link {root / 'images/train/more'} -> {(elsewhere / 'images').resolve()}" in err
+    assert "skipping the symbolic link" in err and "(a cycle)" in err
+    FolderSource(root, "train")
+    assert capsys.readouterr().err == ""  # said once

@@ -225,3 +225,30 @@ def test_evaluate_cli_writes_json(setup, single_scale):
     for name, v in want["iou"].items():  # None = class absent from labels and predictions
         assert (got["iou"][name] is None) if v is None else got["iou"][name] == pytest.approx(v, abs=1e-12)
     assert len(list((out_json.parent / "dump").glob("*_trainIds.png"))) == 3
+
+
+def test_an_unwritable_json_fails_before_the_evaluation(tmp_path, monkeypatch, capsys):
+    """--json (and --pictures) are written after the whole evaluation: a place that cannot take
+    them is one line at once, not an OSError after the long work."""
+    import jax_csfcn.evaluate as ev
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before checking that --json can be written")
+
+    monkeypatch.setattr(ev, "evaluate_checkpoint", no_evaluation)
+    (tmp_path / "file").write_text("x")
+    base = ["--config", str(ROOT / "configs" / "synthetic.py"), "--checkpoint", str(tmp_path / "model.safetensors")]
+    cases = [("--json", tmp_path / "file" / "scores.json"), ("--pictures", tmp_path / "file" / "p.png")]
+    if os.geteuid() != 0:  # root writes into a read-only folder anyway
+        (tmp_path / "ro").mkdir(mode=0o555)
+        cases.append(("--json", tmp_path / "ro" / "scores.json"))
+    for flag, path in cases:
+        with pytest.raises(SystemExit) as e:
+            ev.main([*base, flag, str(path)])
+        assert e.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag} {path}: cannot write there") and err.count("\n") == 1
+    # parents that do not exist yet are created, as the write would create them; nothing else is left
+    with pytest.raises(AssertionError, match="evaluated before"):
+        ev.main([*base, "--json", str(tmp_path / "new" / "sub" / "scores.json")])
+    assert list((tmp_path / "new" / "sub").iterdir()) == []

@@ -116,3 +116,25 @@ def test_a_section_stops_at_its_limit_and_the_tables_are_rewritten_after_each(tm
     assert skipped["status"] == "skipped" and "budget left" in skipped["reason"]
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| section | stuck | timeout |" in md and "| section | too long | skipped |" in md
+
+
+def test_unknown_skip_names_and_an_out_file_are_one_line(tmp_path, capsys, monkeypatch):
+    """--skip nosuch once ran everything; --out naming a file was a FileExistsError traceback."""
+    import torch_deploy.gpu_check as gc
+    from torch_deploy.gpu_check import main
+
+    def no_sections(*args, **kwargs):
+        raise AssertionError("the check started despite a bad flag")
+
+    monkeypatch.setattr(gc, "Check", no_sections)
+
+    out = tmp_path / "gc"
+    assert main(["--out", str(out), "--dry-run", "--skip", "tests,nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --skip nosuch: no such section") and err.count("\n") == 1
+    assert "tests, benchmark, models, training" in err and not out.exists()
+    (tmp_path / "file").write_text("x")
+    assert main(["--out", str(tmp_path / "file"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path / 'file'}: exists and is not a folder") and err.count("\n") == 1
+    assert (tmp_path / "file").read_text() == "x"

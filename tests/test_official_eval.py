@@ -61,3 +61,16 @@ def test_bad_input_is_named(dataset, tmp_path, capsys):
     assert main(["--cityscapes", str(dataset), "--results", str(preds)]) == 2
     assert "no single prediction for 1 of 2 images" in capsys.readouterr().err
     shutil.rmtree(preds)
+
+
+def test_colour_predictions_name_the_file_and_what_was_expected(dataset, tmp_path, capsys):
+    """RGB pictures instead of label ids: the library said "Predicted image has multiple channels"
+    (no file) and exited 255; now one line naming the file."""
+    preds = _predictions(dataset, tmp_path / "preds")
+    first = sorted(preds.iterdir())[0]
+    ids = np.asarray(Image.open(first))
+    Image.fromarray(np.stack([ids] * 3, axis=-1)).save(first)
+    assert main(["--cityscapes", str(dataset), "--results", str(preds)]) == 2
+    captured = capsys.readouterr()
+    assert f"error: {first}: a RGB image (3 channels); expected a single-channel label-id PNG" in captured.err
+    assert captured.err.count("\n") == 1 and "ERROR" not in captured.out

@@ -17,6 +17,7 @@ from torch_checkpoints import make_checkpoint, random_image
 
 from csfcn.palette import CITYSCAPES_PALETTE, colorize, train_id_to_label_id
 from torch_deploy import Predictor, load_model
+from torch_deploy.predict import LOCK, MANIFEST, collect_inputs
 from torch_deploy.predict import main as predict_main
 from torch_deploy.predictor import InputError, normalise
 
@@ -106,10 +107,10 @@ def test_cli_folder_and_glob(ckpt, rng, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--checkpoint", ckpt, "--input", str(src), "--out", str(out), "--batch-size", "2", "--precision", "fp32"]
     assert predict_main(argv) == 0
-    expected = ["legend.png"] + [
+    expected = [MANIFEST, "legend.png"] + [
         f"{d}/{n.rsplit('.', 1)[0]}.png" for d in ("color", "labels", "overlay") for n in sizes
     ]
-    assert _files(out) == sorted(expected)
+    assert _files(out) == sorted(expected)  # the lock is gone, the record of what wrote the folder stays
     twin = load_model(ckpt)
     for name in sizes:
         stem = name.rsplit(".", 1)[0]
@@ -180,7 +181,7 @@ def test_cityscapes_submission_read_by_official_evaluation(ckpt, predictor, rng,
     )
     assert code == 0
     names = [f"{c}_{s}_{f}_leftImg8bit.png" for c, s, f in frames]
-    assert _files(out) == sorted(names)  # flat, submission files only
+    assert _files(out) == sorted([MANIFEST, *names])  # flat, submission files only (and the hidden record)
     preds = [np.asarray(Image.open(out / n)) for n in names]
     for p in preds:
         assert p.dtype == np.uint8 and p.ndim == 2
@@ -308,3 +309,107 @@ def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(precision_module, "cpu_caps", lambda: avx2)
     with pytest.raises(ValueError, match="bf16 on this CPU: no avx512_bf16 or amx_bf16"):
         Predictor(load_model(ckpt), device="cpu", precision="bf16")
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpts(tmp_path_factory):
+    """Two different small models (11 classes: CamVid's palette), freshly initialised (fast)."""
+    from convert.formats import write_safetensors
+    from torch_deploy.model import CSFCN
+
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        twin = CSFCN(name="csfcn_tiny", num_classes=11).eval()
+        path = tmp_path_factory.mktemp("tiny") / f"m{seed}.safetensors"
+        write_safetensors(path, twin.config, {k: v.numpy() for k, v in twin.state_dict().items()})
+        paths.append(str(path))
+    return paths
+
+
+def test_one_output_folder_holds_one_models_results(tiny_ckpts, rng, tmp_path, capsys):
+    """Two runs of different models into one --out: the second is refused (its outputs would
+    mix with, or replace, the first's) unless --overwrite, which removes the first's outputs; a
+    run while another holds the folder is refused naming it; files no run recorded are kept."""
+    import fcntl
+    import json
+
+    a, b = tiny_ckpts
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("x.png", "y.png"):
+        Image.fromarray(random_image(rng, 32, 48)).save(src / name)
+    out = tmp_path / "out"
+    base = ["--out", str(out), "--quiet", "--precision", "fp32", "--device", "cpu"]
+    assert predict_main(["--checkpoint", a, "--input", str(src), *base]) == 0
+    record = json.loads((out / MANIFEST).read_text())
+    assert record["checkpoint"] == a and record["fingerprint"].startswith("sha256:")
+    assert "labels/x.png" in record["files"] and not (out / LOCK).exists()
+    first = {f: (out / f).read_bytes() for f in _files(out)}
+
+    assert predict_main(["--checkpoint", b, "--input", str(src / "y.png"), *base]) == 2
+    err = capsys.readouterr().err
+    assert "holds the outputs of another model" in err and a in err and "--overwrite" in err
+    assert {f: (out / f).read_bytes() for f in _files(out)} == first  # nothing of the first run touched
+
+    assert predict_main(["--checkpoint", b, "--input", str(src / "y.png"), *base, "--overwrite"]) == 0
+    assert "removed 3 output(s)" in capsys.readouterr().err  # x.png's labels, color, overlay: model a's
+    assert not (out / "labels" / "x.png").exists() and (out / "labels" / "y.png").is_file()
+    assert json.loads((out / MANIFEST).read_text())["checkpoint"] == b
+
+    # a second run while one holds the folder: refused at once, naming the holder
+    with open(out / LOCK, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on otherhost\n")
+        held.flush()
+        assert predict_main(["--checkpoint", b, "--input", str(src / "y.png"), *base]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another predict run (pid 4242 on otherhost)" in err and err.count("\n") == 1
+
+    # a folder with outputs no run recorded (the user's files, or an older version's)
+    mine = tmp_path / "mine"
+    (mine / "labels").mkdir(parents=True)
+    (mine / "labels" / "y.png").write_bytes(b"the user's own file")
+    assert predict_main(["--checkpoint", a, "--input", str(src / "y.png"), *base[2:], "--out", str(mine)]) == 2
+    assert "1 file(s) this run would replace (e.g. labels/y.png)" in capsys.readouterr().err
+    assert (mine / "labels" / "y.png").read_bytes() == b"the user's own file"
+
+
+def test_outputs_are_never_read_back_as_inputs(ckpt, rng, tmp_path, capsys):
+    """--out inside (or equal to) the --input folder is refused before anything is written; so is
+    a pattern that matches files inside --out."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    Image.fromarray(random_image(rng, 32, 48)).save(src / "a.png")
+    for out in (src / "preds", src):
+        assert predict_main(["--checkpoint", ckpt, "--input", str(src), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} lies inside --input {src}" in err and err.count("\n") == 1
+    assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+    (src / "preds" / "labels").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 48), np.uint8)).save(src / "preds" / "labels" / "a.png")  # an earlier run's
+    pattern = str(src / "**" / "*.png")
+    assert predict_main(["--checkpoint", ckpt, "--input", pattern, "--out", str(src / "preds"), "--quiet"]) == 2
+    assert "matches 1 file(s) inside --out" in capsys.readouterr().err
+    assert "outputs are never read back" in build_help()
+
+
+def build_help() -> str:
+    from torch_deploy.predict import build_parser
+
+    return " ".join(build_parser().format_help().split())
+
+
+def test_symlinked_folders_are_followed_with_a_note_and_cycles_skipped(rng, tmp_path, capsys):
+    src, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    src.mkdir()
+    elsewhere.mkdir()
+    Image.fromarray(random_image(rng, 16, 16)).save(src / "a.png")
+    Image.fromarray(random_image(rng, 16, 16)).save(elsewhere / "b.png")
+    (src / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (src / "loop").symlink_to(src, target_is_directory=True)  # walking it would never end
+    kind, items = collect_inputs(str(src))
+    assert kind == "images" and sorted(n for _, n in items) == ["a", "linked/b"]
+    err = capsys.readouterr().err
+    assert f"following symbolic link(s) to folders: linked -> {elsewhere.resolve()}" in err
+    assert f"skipping loop -> {src.resolve()}: it leads back to a folder above it" in err

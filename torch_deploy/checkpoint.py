@@ -7,9 +7,14 @@ reads it into the twin (it needs the training extra).
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
+import pickletools
+import re
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -53,10 +58,19 @@ def read_torch_file(path) -> tuple[dict[str, np.ndarray], dict]:
         with warnings.catch_warnings():  # torch's note on the pickle protocol is noise beside our error
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # objects other than tensors: loading them could run the file's code
+    except pickle.UnpicklingError as e:
+        imports = _pickle_imports(path)
+        if not imports:  # random bytes, a truncated or foreign file: torch's loader failed to unpickle it
+            raise ConversionError(
+                f"{path}: not a PyTorch checkpoint ("
+                + ("a zip archive without a readable data.pkl" if zipfile.is_zipfile(path) else "not a zip archive")
+                + " / unpickling failed); give a .pth/.pt state_dict saved with torch.save, or a .safetensors"
+            ) from e
+        # objects other than tensors: loading them could run the file's code
         raise ConversionError(
-            f"{path}: refused: it holds Python objects other than tensors and plain containers, and loading "
-            "them would run code from the file. Save the state_dict alone (torch.save(model.state_dict(), ...))"
+            f"{path}: refused: it holds Python objects other than tensors and plain containers (it imports "
+            f"{', '.join(imports[:3])}), and loading them would run code from the file. Save the state_dict alone "
+            "(torch.save(model.state_dict(), ...))"
         ) from e
     except Exception as e:  # corrupt files raise anything from IndexError to EOFError
         first = (str(e).strip().splitlines() or [""])[0]  # torch explains at length
@@ -65,14 +79,88 @@ def read_torch_file(path) -> tuple[dict[str, np.ndarray], dict]:
     return {k: v.detach().cpu().numpy() for k, v in sd.items() if hasattr(v, "detach")}, {}
 
 
+# Opcodes that import a global (a class or function the unpickler would call): what a pickle
+# needs to run code; plain containers of numbers and strings need none.
+_IMPORTING = {"GLOBAL", "STACK_GLOBAL", "INST"}
+
+
+def _pickle_imports(path, limit: int = 64 << 20) -> list[str]:
+    """The globals the pickled objects of a ``.pth`` import (read with :mod:`pickletools`, which
+    runs nothing), other than torch's own tensor rebuilding; [] when the file is no pickle at all
+    (random bytes, another format). A zip (torch's format since 1.6) is read at its ``data.pkl``;
+    a legacy file is a few pickles in a row."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                member = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return []
+                data = z.read(member)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit)
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return []
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    for _ in range(4):  # legacy: magic number, protocol, system info, then the objects
+        strings: list[str] = []
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(str(arg))
+                if op.name in _IMPORTING:
+                    name = str(arg).replace(" ", ".") if arg else ".".join(strings[-2:])
+                    if not name.startswith(("torch.", "collections.OrderedDict", "_codecs.encode")):
+                        found.append(name)
+        except Exception:  # not (or no more) pickle data: stop
+            break
+        if stream.tell() >= len(data):
+            break
+    return found
+
+
+def _translate_write_error(e: Exception, path) -> Exception:
+    """An OSError for a writer library's failure to write (safetensors raises SafetensorError
+    "I/O error: No space left on device (os error 28)", torch.save a RuntimeError), so that a full
+    disk or a read-only folder is one line (csfcn.files.write_failure) and not a traceback."""
+    text = str(e)
+    m = re.search(r"\(os error (\d+)\)|\bcode: (\d+)", text)
+    if m:
+        code = int(m.group(1) or m.group(2))
+        return OSError(code, os.strerror(code), str(path))
+    if re.search(r"write failed|failed writing|No space left", text, re.IGNORECASE):
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+            full = st.f_bavail * st.f_frsize < (1 << 20)
+        except OSError:
+            full = False
+        return OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC if full else errno.EIO), str(path))
+    return e
+
+
 def write_safetensors(path, config: ModelConfig, tensors: dict[str, np.ndarray]) -> None:
     meta = {CONFIG_KEY: config.to_json(), "format": "csfcn-torch"}
-    write_atomic(path, lambda tmp: save_file({k: np.array(v, order="C") for k, v in tensors.items()}, tmp, meta))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file({k: np.array(v, order="C") for k, v in tensors.items()}, tmp, meta)
+        except SafetensorError as e:
+            raise _translate_write_error(e, path) from e
+
+    write_atomic(path, write)
 
 
 def write_pth(path, tensors: dict[str, np.ndarray]) -> None:
     sd = {k: torch.from_numpy(np.array(v, order="C")) for k, v in tensors.items()}
-    write_atomic(path, lambda tmp: torch.save(sd, tmp))
+
+    def write(tmp: str) -> None:
+        try:
+            torch.save(sd, tmp)
+        except RuntimeError as e:
+            raise _translate_write_error(e, path) from e
+
+    write_atomic(path, write)
 
 
 def twin_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -503,6 +503,9 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+SKIPPABLE = ("tests", "benchmark", "models", "training")  # the names --skip knows
+
+
 def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m torch_deploy.gpu_check",
@@ -517,13 +520,35 @@ def _parse(argv=None) -> argparse.Namespace:
         default=None,
         help="start no section whose time limit would end past this many seconds (470; a dry run 6x that)",
     )
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: tests,benchmark,models,training")
+    p.add_argument(
+        "--skip",
+        default="",
+        help=f"comma-separated sections to skip: {','.join(SKIPPABLE)} (an unknown name is an error)",
+    )
     return p.parse_args(argv)
+
+
+def _bad_flags(args) -> str | None:
+    """One line for a --skip name that is no section or an --out that cannot be a folder; else None."""
+    skip = [s.strip() for s in args.skip.split(",") if s.strip()]
+    unknown = [s for s in skip if s not in SKIPPABLE]
+    if unknown:
+        return f"--skip {','.join(unknown)}: no such section; the sections --skip knows are {', '.join(SKIPPABLE)}"
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return f"--out {args.out}: exists and is not a folder; give a folder for gpu_check.json, gpu_check.md and logs"
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        return f"--out {args.out}: cannot create this folder ({e.strerror or e}); choose another"
+    return None
 
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    os.makedirs(args.out, exist_ok=True)
+    bad = _bad_flags(args)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     plan = make_plan(args.dry_run)
     if args.dry_run:
         os.environ["CSFCN_GPU_CHECK_DEVICE"] = "cpu"

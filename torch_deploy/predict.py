@@ -22,8 +22,21 @@ For a video: ``OUT/STEM_overlay.mp4`` (overlays at the input's frame rate) and t
 ``--format cityscapes-submission`` takes ``*_leftImg8bit.png`` inputs and writes only what the
 Cityscapes test server wants, flat in OUT: one PNG of Cityscapes *label ids* (not train ids)
 per image, named ``{city}_{seq}_{frame}_leftImg8bit.png``, the pattern
-``{city}_{seq}_{frame}*.png`` that cityscapesscripts' evaluation matches.  Zip OUT and upload,
-or evaluate locally with ``CITYSCAPES_RESULTS=OUT csEvalPixelLevelSemanticLabeling``.
+``{city}_{seq}_{frame}*.png`` that cityscapesscripts' evaluation matches.  Zip the PNGs and
+upload (``cd OUT && zip ../submission.zip *.png``: the hidden record below stays out), or
+evaluate locally with ``CITYSCAPES_RESULTS=OUT csEvalPixelLevelSemanticLabeling``.
+
+One folder, one model: ``OUT/.csfcn-predict.json`` records the checkpoint (path and
+fingerprint), format and dataset that wrote OUT and the files written. A later run of the same
+checkpoint adds to it; a run of another checkpoint or format is refused unless ``--overwrite``
+(which first removes the recorded outputs of the other model), and so is a run into a folder
+holding files it would replace that no record names. A run holds ``OUT/.csfcn-predict.lock``
+(``flock``) while it predicts: a second run into the same folder at the same time stops at
+once, naming the first (pid and host). OUT must not lie inside the ``--input`` folder (nor may
+a ``--input`` pattern match files inside OUT): outputs are never read back as inputs.
+
+A folder input is searched recursively, following symbolic links to folders (a note names
+them; a link back to a folder above it, a cycle, is skipped with a note).
 
 Every file is written under a temporary name and renamed when complete.  Bad input (a file
 that is not a checkpoint, an unreadable image or video, an output folder that cannot be
@@ -34,12 +47,18 @@ any output is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import glob
+import hashlib
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import imageio.v2 as iio
@@ -51,6 +70,7 @@ from tqdm import tqdm
 from convert.formats import load_torch_model
 from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import MissingExtra
+from csfcn.files import child_path, walk_files
 from csfcn.palette import (
     DATASETS,
     colorize,
@@ -70,6 +90,8 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 FORMATS = ("trainids", "cityscapes-submission", "camvid", "raw")
 DEFAULT_DATASET = {19: "cityscapes", 11: "camvid"}
 CITYSCAPES_NAME = re.compile(r"^(?P<city>[^_/]+)_(?P<seq>\d+)_(?P<frame>\d+)_leftImg8bit\.png$")
+MANIFEST = ".csfcn-predict.json"  # in --out: which checkpoint (and format) wrote the outputs there
+LOCK = ".csfcn-predict.lock"  # in --out while a run predicts into it
 
 
 class PredictError(Exception):
@@ -96,7 +118,18 @@ def collect_inputs(spec: str) -> tuple[str, list[tuple[Path, str]]]:
     Names are unique: where two files differ only by their suffix, both keep it in their name."""
     p = Path(spec)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+        found, followed, cycles = walk_files(p)  # symbolic links to folders are followed (and said)
+        if followed:
+            shown = ", ".join(f"{link.relative_to(p)} -> {target}" for link, target in followed[:3])
+            more = f" and {len(followed) - 3} more" if len(followed) > 3 else ""
+            print(f"note: {spec}: following symbolic link(s) to folders: {shown}{more}", file=sys.stderr)
+        for link, target in cycles:
+            print(
+                f"note: {spec}: skipping {link.relative_to(p)} -> {target}: it leads back to a folder above it "
+                "(a cycle)",
+                file=sys.stderr,
+            )
+        files = [f for f in found if f.suffix.lower() in IMAGE_EXTS]
         if not files:
             raise PredictError(f"{spec}: folder holds no images ({', '.join(IMAGE_EXTS)})")
         return "images", _unique_names([(f, str(f.relative_to(p).with_suffix(""))) for f in files])
@@ -175,6 +208,150 @@ def _even(frame: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- outputs
+def _inside(path, folder) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (real paths: links and '..' resolved)."""
+    p, f = os.path.realpath(path), os.path.realpath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def check_out_apart(spec: str, out: Path, items) -> None:
+    """Outputs are never read back as inputs: an --out inside the --input folder is refused (a
+    second run would predict the first one's PNGs as photos), and so is a pattern that matches
+    files inside --out."""
+    if Path(spec).is_dir() and _inside(out, spec):
+        raise PredictError(
+            f"--out {out} lies inside --input {spec}: a later run would read the outputs back as input images; "
+            "choose an --out outside the input folder"
+        )
+    if _has_magic(spec):
+        inside = [str(path) for path, _ in items if _inside(path, out)]
+        if inside:
+            raise PredictError(
+                f"--input {spec!r} matches {len(inside)} file(s) inside --out {out} (earlier outputs, e.g. "
+                f"{inside[0]}); narrow the pattern or choose an --out outside it"
+            )
+
+
+def checkpoint_fingerprint(path) -> str:
+    """sha256 of a checkpoint file; of the names, sizes and times of a folder's files (a run or
+    Orbax directory, which can be large)."""
+    h = hashlib.sha256()
+    p = Path(path)
+    if p.is_dir():
+        for f in walk_files(p)[0]:
+            st = f.stat()
+            h.update(f"{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return "files:" + h.hexdigest()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+@contextlib.contextmanager
+def out_lock(out: Path):
+    """Hold ``OUT/.csfcn-predict.lock`` (an exclusive ``flock``) while predicting: a second run
+    into the same folder stops at once, naming the run that holds it. The kernel drops the lock
+    however the holder ends (SIGKILL too); the file is removed when the run finishes."""
+    path = out / LOCK
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 (held open for the whole run)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a run just starting"
+            f.close()
+            raise PredictError(
+                f"--out {out} is in use by another predict run ({holder}); wait for it to finish, or give this "
+                "run its own --out"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()  # the holder finished and removed the file between our open and our lock: again
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)  # still locked: no other run holds this file
+        f.close()
+
+
+def read_manifest(out: Path) -> dict | None:
+    try:
+        data = json.loads((out / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise PredictError(
+            f"--out {out}: {MANIFEST} (the record of what wrote this folder) is unreadable ({e}); pass --overwrite "
+            "to replace its outputs, or choose another --out"
+        ) from None
+    return data if isinstance(data, dict) else {}
+
+
+def write_manifest(out: Path, record: dict) -> None:
+    write_atomic(out / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+
+
+def claim_out_dir(out: Path, record: dict, planned: list[str], overwrite: bool) -> dict:
+    """Check that --out holds no other model's results (``record``: checkpoint, fingerprint,
+    format, dataset), then write the manifest naming this run's outputs. Another model's outputs
+    (or files this command did not record) are refused unless ``overwrite``; with it, the outputs
+    the earlier run recorded are removed first, so that the folder never mixes two models."""
+    old = read_manifest(out)
+    same = ("fingerprint", "format", "dataset")
+    if old is not None and all(old.get(k) == record[k] for k in same):
+        files = sorted(set(old.get("files", [])) | set(planned))  # the same model, more images
+        write_manifest(out, dict(record, files=files))
+        return dict(record, files=files)
+    if old is not None and not overwrite:
+        raise PredictError(
+            f"--out {out} holds the outputs of another model or format ({old.get('checkpoint')}, "
+            f"format {old.get('format')}, dataset {old.get('dataset')}, written {old.get('written', '?')}; see "
+            f"{out / MANIFEST}); pass --overwrite to replace them, or choose another --out"
+        )
+    if old is None and not overwrite:
+        clash = [rel for rel in planned if os.path.lexists(out / rel)]
+        if clash:
+            raise PredictError(
+                f"--out {out} already holds {len(clash)} file(s) this run would replace (e.g. {clash[0]}) and no "
+                f"record ({MANIFEST}) that this command wrote them; pass --overwrite to replace them, or choose "
+                "another --out"
+            )
+    removed, keep = 0, set(planned)
+    if old is not None:  # --overwrite: the earlier model's outputs go, all of them
+        for rel in old.get("files", []):
+            try:
+                path = child_path(out, str(rel))
+            except ValueError:
+                continue  # a hand-edited record naming something outside --out: not ours
+            if rel not in keep and path.is_file() and not os.path.islink(out / rel):
+                path.unlink()
+                removed += 1
+    if removed:
+        print(f"note: --overwrite: removed {removed} output(s) of {old.get('checkpoint')} from {out}", file=sys.stderr)
+    write_manifest(out, dict(record, files=sorted(planned)))
+    return dict(record, files=sorted(planned))
+
+
+def planned_outputs(kind: str, items, fmt: str, save_frames: bool) -> list[str]:
+    """The files (relative to --out) a run will write, as far as known before it starts."""
+    if kind == "video":
+        return [f"{items[0][1]}_overlay.mp4", "legend.png"]
+    if fmt == "cityscapes-submission":
+        return [path.name for path, _ in items]
+    return ["legend.png"] + [f"{sub}/{rel}.png" for _, rel in items for sub in ("labels", "color", "overlay")]
+
+
 def prepare_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise PredictError(f"--out {out}: exists and is not a folder")
@@ -211,6 +388,7 @@ def run(args) -> dict:
         raise PredictError(f"--batch-size {args.batch_size}: must be >= 1")
 
     kind, items = collect_inputs(args.input)
+    check_out_apart(args.input, Path(args.out), items)
     if kind == "video":
         if args.format == "cityscapes-submission":
             raise PredictError("--format cityscapes-submission takes Cityscapes images, not a video")
@@ -272,6 +450,19 @@ def run(args) -> dict:
 
     out = Path(args.out)
     prepare_out_dir(out)
+    record = {
+        "checkpoint": os.path.abspath(args.checkpoint),
+        "fingerprint": checkpoint_fingerprint(args.checkpoint),
+        "format": args.format,
+        "dataset": dataset,
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    with out_lock(out):
+        record = claim_out_dir(out, record, planned_outputs(kind, items, args.format, args.save_frames), args.overwrite)
+        return _predict(args, out, kind, items, predictor, names, palette, raw_lut, dataset, record)
+
+
+def _predict(args, out, kind, items, predictor, names, palette, raw_lut, dataset, record) -> dict:
     written = 0
     if args.format != "cityscapes-submission":
         write_png(out / "legend.png", legend_image(names, palette))
@@ -337,6 +528,9 @@ def run(args) -> dict:
         raise
     except Exception as e:
         raise PredictError(f"writing {dst} failed ({type(e).__name__}: {e})") from e
+    if args.save_frames:  # the frames' names are known now: recorded for a later --overwrite
+        frame_files = [f"{stem}/{sub}/{i:06d}.png" for i in range(written) for sub in ("labels", "color", "overlay")]
+        write_manifest(out, dict(record, files=sorted(set(record["files"]) | set(frame_files))))
     summary = {"frames": written, "video": str(dst), "fps": fps, "dataset": dataset, "device": str(predictor.device)}
     summary["precision"] = predictor.path
     if total is not None and written < total - 1:  # (duration x fps rounds; one frame of slack)
@@ -369,9 +563,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help=".safetensors, upstream .pth, or Orbax Flax directory")
     p.add_argument(
-        "--input", required=True, help="an image, a folder (searched recursively), a quoted glob, or a video"
+        "--input",
+        required=True,
+        help="an image, a folder (searched recursively; symbolic links to folders are followed, with a note), a "
+        "quoted glob, or a video",
     )
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help=f"output folder (created). It must not lie inside the --input folder (outputs are never read back as "
+        f"inputs). {MANIFEST} in it records the checkpoint that wrote it: a run of another checkpoint or --format "
+        "into the same folder is refused unless --overwrite; two runs at once into one folder are refused too",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what --out holds: another checkpoint's outputs (those are removed first, so that the folder "
+        "never mixes two models) or files this command did not record",
+    )
     p.add_argument(
         "--dataset",
         default=None,

@@ -6,6 +6,9 @@
     root/images/{split}/**/NAME.{png,jpg,jpeg}
     root/masks/{split}/**/NAME.png          the mask of each image, same relative path, PNG
 
+(symbolic links to folders under ``images/{split}`` are followed, each named once on stderr; a
+link back to a folder above it, a cycle, is skipped with a note)
+
 or, when it exists, a list file ``root/{split}.txt`` of ``image_path mask_path`` pairs, one per
 line (blank lines and ``#`` comments skipped; a relative path is read under ``root``; a path
 whose last two parts exist under ``root`` is found there too, so lists written on another
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,7 @@ from tqdm import tqdm
 
 from csfcn.class_table import IGNORE_INDEX, TABLE_NAME, ClassTable, ClassTableError, read_class_table, write_class_table
 from csfcn.cli import DEBUG_HELP, report_errors
+from csfcn.files import walk_files
 from jax_csfcn.data.cityscapes import DataError, PairSource
 from jax_csfcn.data.synthetic import generate_scene
 
@@ -42,6 +47,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 MASK_EXT = ".png"
 IMAGE_DIR, MASK_DIR = "images", "masks"
 LIST_SUFFIX = ".txt"
+_NOTED: set = set()  # the link notes already printed by this process (a source is built once per split)
 
 
 def _resolve(text: str, root: Path) -> Path | None:
@@ -164,7 +170,17 @@ class FolderSource(PairSource):
                 f"mask folder {mask_dir} is missing: the images of {image_dir} need their masks there (same "
                 f"relative path, {MASK_EXT}), or list the pairs in {self.root / (self.split + LIST_SUFFIX)}"
             )
-        images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        found, followed, cycles = walk_files(image_dir)  # links to folders are followed, and said once
+        notes = [f"following the symbolic link {link} -> {target}" for link, target in followed]
+        notes += [
+            f"skipping the symbolic link {link} -> {target}: it leads back to a folder above it (a cycle)"
+            for link, target in cycles
+        ]
+        for note in notes:
+            if note not in _NOTED:
+                _NOTED.add(note)
+                print(f"note: split {self.split!r}: {note}", file=sys.stderr)
+        images = [p for p in found if p.suffix.lower() in IMAGE_EXTS]
         rels = [p.relative_to(image_dir) for p in images]
         masks = [mask_dir / rel.with_suffix(MASK_EXT) for rel in rels]
         missing = [(img, m) for img, m in zip(images, masks) if not m.is_file()]
