@@ -1,9 +1,9 @@
-"""BiSeNet V1 (jax_csfcn.zoo.bisenetv1) against its PyTorch twin (torch_deploy.zoo.bisenetv1).
+"""BiSeNet V1 (jax_csfcn.zoo.bisenetv1) and its PyTorch twin (torch_deploy.zoo.bisenetv1) against upstream.
 
 Parameter counts are those of the upstream constructor CoinCheung/BiSeNet
-``BiSeNetV1(n, aux_mode='train')`` with its aux heads, measured by building it. The fast parity
-tests share one model pair at K = 11 (one calibration compile); the 19-class pair runs the
-CamVid-size checks marked slow.
+``BiSeNetV1(n, aux_mode='train')`` with its aux heads, measured by building it. The tests here
+that need weights use the harness's model pair at K = 11, which tests/test_zoo_parity.py (the
+parity checks shared by the zoo) uses too: one calibration compile.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from zoo_harness import check_fp32, check_fp64, check_roundtrip, check_train_mode, count_params, pair
+from zoo_harness import K, count_params, pair
 
 from jax_csfcn.zoo.bisenetv1 import BiSeNetV1
 from torch_deploy.model import ResNet18 as TorchResNet18
@@ -24,15 +24,7 @@ from torch_deploy.optimize import remove_bn
 from torch_deploy.zoo.bisenetv1 import BiSeNetV1 as TorchBiSeNetV1
 
 NAME = "bisenetv1"
-K = 11  # the fast tests' class count (not 19: the class-count-dependent shapes are exercised)
 UPSTREAM_PARAMS = {19: 13_425_721, 11: 13_422_625}
-
-
-def fp64(k: int, x: np.ndarray) -> list[float]:
-    """``check_fp64`` after an x32 jit of the same model (the pair's BN calibration): the
-    nearest-resize indices (ops._nearest_index) must serve both x64 modes."""
-    pair(NAME, k)
-    return check_fp64(NAME, k, x)
 
 
 @pytest.mark.parametrize("k", [19, 11])
@@ -72,25 +64,6 @@ def test_imagenet_keys_map_onto_the_backbone():
     assert BiSeNetV1.IMAGENET == "resnet18"
 
 
-def test_roundtrip():
-    check_roundtrip(NAME, K)
-
-
-def test_fp64_outputs_at_a_size_upstream_cannot_run(rng):
-    # 88 x 120, not a multiple of 32: upstream fails (the nearest x2 of the 6x8 1/16 map is 12x16,
-    # the 1/8 map is 11x15) and its aux32 head's x16 would give 96x128; here all are 88 x 120.
-    errs = fp64(K, rng.standard_normal((1, 88, 120, 3)))
-    assert len(errs) == 4
-
-
-def test_fp32_main_batch2(rng):
-    check_fp32(NAME, K, rng.standard_normal((2, 96, 128, 3)).astype(np.float32))
-
-
-def test_train_mode(rng):
-    check_train_mode(NAME, K, rng.standard_normal((2, 64, 96, 3)).astype(np.float32))
-
-
 def test_outputs_at_input_size_where_upstream_crashes():
     """720 x 960 (upstream: broadcast error, 46 vs 45 rows) and an odd size, by shape only."""
     model, twin, _ = pair(NAME, K)  # eval mode
@@ -115,15 +88,6 @@ def test_every_batchnorm_folds_and_input_is_not_modified(rng):
         ref, out = twin(x), folded(x)
     assert torch.equal(x, x0)
     assert float((out - ref).norm() / ref.norm()) <= 1e-10
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("size", [(360, 480), (720, 960)])
-def test_fp64_and_fp32_at_camvid_sizes(rng, size):
-    h, w = size
-    x = rng.standard_normal((1, h, w, 3))
-    fp64(19, x)
-    check_fp32(NAME, 19, x.astype(np.float32))
 
 
 def test_training_loss_adds_both_aux_heads_at_weight_1(rng):

@@ -1,12 +1,11 @@
-"""ICNet (jax_csfcn.zoo.icnet) against its PyTorch twin (torch_deploy.zoo.icnet).
+"""ICNet (jax_csfcn.zoo.icnet) and its PyTorch twin (torch_deploy.zoo.icnet) against upstream.
 
 The upstream numbers (kaigelee/CSFCN ``ICNet(nclass, pretrained_base=False)`` on liminn's
 ``resnet50_v1s``, /work/notes/zoo_facts.md section 3) are constants here; the twin was checked
 bit-exact against the upstream module outside the repository.
 
-The large sizes (360x480, 720x960) are ``slow``.
-
-fp32: PyTorch's fp32 ``F.interpolate`` computes its source coordinates in fp32 (the input's x0.5
+The parity checks shared by the zoo are in tests/test_zoo_parity.py, whose fp32 check relies on
+this: PyTorch's fp32 ``F.interpolate`` computes its source coordinates in fp32 (the input's x0.5
 and x0.25 resizes are off by ~6e-6 relative on a random image), and 16 bottlenecks with
 trained-like random weights amplify that ~30x: the twin in fp32 is 1-2e-4 from fp64, the Flax
 model (interpolation weights built in fp64) ~2e-5, and the twin alone flips the argmax of about
@@ -20,20 +19,13 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from zoo_harness import check_fp32, check_fp64, check_roundtrip, check_train_mode, count_params
+from zoo_harness import count_params
 
 import jax_csfcn.zoo.icnet as fx
 import torch_deploy.zoo.icnet as tx
 
-NAME = "icnet"
-K = 11  # the default parity tests use one class count other than 19, so JAX compiles once per check
 UPSTREAM_PARAMS = {19: 28_298_376, 11: 28_295_304}  # incl. the unused pretrained.fc (2,049,000)
 UPSTREAM_ENTRIES = 377  # 191 parameters, 186 BN buffers
-SMALL = (1, 70, 106)  # not a multiple of 8: the full output is resized to 70 x 106 from 18 x 28
-# Train mode at 64 x 96 would take layer4's batch statistics over 2 x 2 x 3 values per channel, where
-# fp32 running variances are 3e-5 from fp64 (the twin's: 3e-4) against the harness's 1e-5; at
-# 96 x 128 (2 x 3 x 4 values) they are < 7e-6.
-BATCH2 = (2, 96, 128)
 
 
 @pytest.mark.parametrize("k", [19, 11])
@@ -89,7 +81,8 @@ def test_imagenet_key():
 def test_output_sizes_and_unused_fc(rng):
     """The outputs' sizes at an odd input size (full at exactly H x W; upstream gives 8 ceil(H/8)),
     the BN updates of one train-mode forward, and no gradient into the unused fc (the Flax side's
-    sizes and running statistics equal the twin's: test_fp64_outputs_and_main, test_train_mode)."""
+    sizes and running statistics equal the twin's: test_zoo_parity.py's test_fp64_outputs_and_main
+    and test_train_mode)."""
     twin = tx.ICNet(5).train()
     x = torch.from_numpy(rng.standard_normal((2, 3, 45, 61)).astype(np.float32))
     outs = twin.outputs(x)
@@ -100,31 +93,3 @@ def test_output_sizes_and_unused_fc(rng):
     assert sd["pretrained.layer3.0.bn1.num_batches_tracked"] == sd["head.cff_24.conv_low.1.num_batches_tracked"] == 1
     sum(o.square().mean() for o in outs).backward()
     assert twin.pretrained.fc.weight.grad is None and twin.pretrained.layer4[2].conv3.weight.grad is not None
-
-
-def test_roundtrip():
-    check_roundtrip(NAME, K)
-
-
-def test_fp64_outputs_and_main(rng):
-    check_fp64(NAME, K, rng.standard_normal((*SMALL, 3)))
-
-
-def test_fp32_main_batch2(rng):
-    print(check_fp32(NAME, K, rng.standard_normal((*BATCH2, 3)).astype(np.float32)))
-
-
-def test_train_mode(rng):
-    check_train_mode(NAME, K, rng.standard_normal((*BATCH2, 3)).astype(np.float32))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("size", [(360, 480), (720, 960)])
-def test_fp64_large(rng, size):
-    print("fp64", size, check_fp64(NAME, 19, rng.standard_normal((1, *size, 3))))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("size", [(360, 480), (720, 960)])
-def test_fp32_large(rng, size):
-    print("fp32", size, check_fp32(NAME, 19, rng.standard_normal((1, *size, 3)).astype(np.float32)))

@@ -1,28 +1,19 @@
-"""SFANet (jax_csfcn/zoo/sfanet.py) against its PyTorch twin (torch_deploy/zoo/sfanet.py).
+"""SFANet (jax_csfcn/zoo/sfanet.py) and its PyTorch twin (torch_deploy/zoo/sfanet.py) against upstream.
 
-The default tests share one model pair at 11 classes (so JAX compiles one set of programs);
-the parameter counts are checked at 19 and 11 classes against the upstream constructor's
+The parameter counts are checked at 19 and 11 classes against the upstream constructor's
 (kaigelee/CSFCN ``SFANet(n, output_aux=True)``: 12,793,438 and 12,770,398).  The twin itself
 was checked against the upstream module outside this repository (bit-exact outputs in fp32).
+The parity checks shared by the zoo (fp64, fp32, train mode, CamVid sizes, bf16) are in
+tests/test_zoo_parity.py.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import nnx
-from zoo_harness import (
-    _main,
-    check_fp32,
-    check_fp64,
-    check_roundtrip,
-    check_train_mode,
-    count_params,
-    pair,
-    torch_shapes,
-)
+from zoo_harness import K, count_params, torch_shapes
 
 from convert import flax_to_torch
 from jax_csfcn.checkpointing import model_flat
@@ -30,8 +21,6 @@ from jax_csfcn.zoo.sfanet import SFANet
 from torch_deploy.model import ResNet18 as TorchResNet18
 from torch_deploy.zoo.sfanet import SFANet as TorchSFANet
 
-NAME = "sfanet"
-K = 11
 UPSTREAM_PARAMS = {19: 12_793_438, 11: 12_770_398}
 
 
@@ -104,67 +93,3 @@ def test_initialisation_draws_what_upstream_draws():
         elif ref.size >= 1000:
             ratio = tensors[key].std() / ref.std()
             assert 0.8 < ratio < 1.25 and abs(tensors[key].mean()) < 4 * ref.std() / ref.size**0.5, (key, ratio)
-
-
-def test_roundtrip():
-    check_roundtrip(NAME, K)
-
-
-def test_fp64_outputs_and_main_at_88x120(rng):
-    """88 x 120 is no multiple of 32 (upstream's aux3/aux4 would be 96 x 128): all five outputs
-    are at the input size here and match the twin in fp64."""
-    errs = check_fp64(NAME, K, rng.standard_normal((1, 88, 120, 3)))
-    assert len(errs) == 6
-
-
-def test_fp32_main_batch2(rng):
-    check_fp32(NAME, K, rng.standard_normal((2, 64, 96, 3)).astype(np.float32))
-
-
-def test_train_mode(rng):
-    """Batch statistics everywhere, sfa4's BN over the batch's 1 x 1 global averages included.
-
-    That BN normalises one value per image: when the images' global averages are nearly equal
-    (pure-noise images) a channel's batch variance is near BN's eps and the fp32 rounding of
-    either side is amplified by up to ~1/sqrt(eps), so the two fp32 results are compared on four
-    images that differ in mean and contrast, as real images do."""
-    n = 4
-    x = rng.standard_normal((n, 32, 48, 3)) * rng.uniform(0.5, 1.5, (n, 1, 1, 3)) + rng.standard_normal((n, 1, 1, 3))
-    check_train_mode(NAME, K, x.astype(np.float32))
-
-
-def test_twin_leaves_its_input_alone(rng):
-    _, twin, _ = pair(NAME, K)
-    x = torch.from_numpy(rng.standard_normal((1, 3, 40, 56)).astype(np.float32))
-    before = x.clone()
-    with torch.no_grad():
-        outs = twin.outputs(x)
-    assert torch.equal(x, before)
-    assert [tuple(o.shape) for o in outs] == [(1, K, 40, 56)] * 5
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("size", [(360, 480), (720, 960)])
-def test_fp64_and_fp32_at_camvid_sizes(rng, size):
-    """360 x 480 and 720 x 960: upstream's fixed x16 / x32 aux upsampling gives 368 / 384 rows and
-    736 rows there; here every output is at the input size and both precisions agree."""
-    errs = check_fp64(NAME, K, rng.standard_normal((1, *size, 3)))
-    stats = check_fp32(NAME, K, rng.standard_normal((1, *size, 3)).astype(np.float32))
-    print(f"\nSFANet {size}: fp64 rel L2 {max(errs):.2e}; fp32 {stats}")
-
-
-@pytest.mark.slow
-def test_bf16_forward(rng):
-    """The compute dtype reaches the layers: bf16 logits, finite, near the fp32 ones.  (Loosely:
-    with random weights and no BN after the stem some channels are offset far more than they vary,
-    and their BNs amplify bf16's rounding; measured 0.28 relative L2 at 64 x 96.)"""
-    model, _, _ = pair(NAME, K)
-    shell = nnx.eval_shape(lambda: SFANet(K, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
-    bf16 = nnx.merge(nnx.graphdef(shell), nnx.state(model))
-    x = rng.standard_normal((2, 64, 96, 3)).astype(np.float32)
-    yb = _main(bf16, jnp.asarray(x, jnp.bfloat16))
-    assert yb.dtype == jnp.bfloat16
-    y = np.asarray(yb, np.float32)
-    ref = np.asarray(_main(model, jnp.asarray(x)))
-    assert y.shape == ref.shape and np.isfinite(y).all()
-    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.5

@@ -1,19 +1,18 @@
-"""SwiftNet-RN18 (jax_csfcn.zoo.swiftnet) against its PyTorch twin (torch_deploy.zoo.swiftnet).
+"""SwiftNet-RN18 (jax_csfcn.zoo.swiftnet) and its PyTorch twin (torch_deploy.zoo.swiftnet) against upstream.
 
 The upstream numbers (orsic/swiftnet ``SemsegModel(resnet18(efficient=False, mean, std), K)``,
 /work/notes/zoo_facts.md section 5) are constants here; the twin was checked bit-exact against
-the upstream module outside the repository.
+the upstream module outside the repository.  The parity checks shared by the zoo (fp64, fp32,
+train mode with the SPP momentum, CamVid sizes, bf16) are in tests/test_zoo_parity.py.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import nnx
-from zoo_harness import check_fp32, check_fp64, check_roundtrip, check_train_mode, count_params, pair
+from zoo_harness import K, count_params, pair
 
 import jax_csfcn.zoo.swiftnet as fx
 import torch_deploy.zoo.swiftnet as tx
@@ -21,18 +20,18 @@ from jax_csfcn.layers import BatchNorm2d
 from torch_deploy.model import ResNet18
 
 NAME = "swiftnet"
-K = 11  # the default tests use one class count other than 19, so JAX compiles once per check
 UPSTREAM_PARAMS = {19: 11_797_071, 11: 11_796_039}
 UPSTREAM_ENTRIES = 195  # 97 parameters, 96 BN buffers, img_mean and img_std
 
 
-def _pair(k: int):
-    """The harness pair (tests/random_weights.py keeps the SPP BNs' momentum of 0.005)."""
-    model, twin, twin64 = pair(NAME, k)
+@pytest.mark.parametrize("k", [K, pytest.param(19, marks=pytest.mark.slow)])
+def test_harness_pair_keeps_spp_momentum(k):
+    """The harness pair that tests/test_zoo_parity.py checks (tests/random_weights.py keeps the SPP
+    BNs' momentum of 0.005); at 19 classes, the pair of the CamVid-size checks."""
+    model, _, _ = pair(NAME, k)
     for path, m in nnx.iter_modules(model):
         if isinstance(m, BatchNorm2d):
-            assert m.momentum == (fx.SPP_MOMENTUM if "spp" in path else 0.1), path
-    return model, twin, twin64
+            assert m.momentum == (fx.SPP_MOMENTUM if "spp" in path else 0.1), f"{path}: momentum {m.momentum}"
 
 
 @pytest.mark.parametrize("k", [19, 11])
@@ -91,50 +90,3 @@ def test_imagenet_keys_cover_the_backbone():
     assert fx.SwiftNet.imagenet_key("fc.weight") is None
     backbone_trunk = [k for k in sd if k.startswith("backbone.") and not k.startswith(("backbone.spp", "backbone.up"))]
     assert sorted(mapped) == sorted(k for k in backbone_trunk if not k.startswith("backbone.img_"))
-
-
-def test_roundtrip():
-    _pair(K)
-    check_roundtrip(NAME, K)
-
-
-def test_fp64_parity_outputs_and_main(rng):
-    _pair(K)
-    errs = check_fp64(NAME, K, rng.standard_normal((1, 88, 120, 3)))
-    assert len(errs) == 2
-
-
-def test_fp32_parity_batch2(rng):
-    _pair(K)
-    check_fp32(NAME, K, rng.standard_normal((2, 64, 96, 3)).astype(np.float32))
-
-
-def test_train_mode_spp_momentum(rng):
-    # The running statistics it compares include the five SPP BNs' (momentum 0.005 on both sides).
-    _pair(K)
-    check_train_mode(NAME, K, rng.standard_normal((2, 64, 96, 3)).astype(np.float32))
-
-
-def test_twin_leaves_input_alone_and_bf16_shapes(rng):
-    _, twin, _ = _pair(K)
-    x = torch.from_numpy(rng.standard_normal((1, 3, 40, 56)).astype(np.float32))
-    x0 = x.clone()
-    with torch.no_grad():
-        y = twin(x)
-    assert torch.equal(x, x0) and y.shape == (1, K, 40, 56)
-    # bf16 compute: traced only (no compile), params stay fp32.
-    model = fx.SwiftNet(K, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    model.eval()
-    out = nnx.eval_shape(lambda m, a: m.outputs(a), model, jax.ShapeDtypeStruct((2, 72, 104, 3), jnp.float32))
-    assert len(out) == 1 and out[0].shape == (2, 72, 104, K) and out[0].dtype == jnp.bfloat16
-    assert {a.dtype for a in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("size", [(360, 480), (720, 960)])
-def test_large_sizes(rng, size):
-    _pair(19)
-    x = rng.standard_normal((1, *size, 3))
-    errs = check_fp64(NAME, 19, x)
-    res = check_fp32(NAME, 19, x.astype(np.float32))
-    print(f"swiftnet {size}: fp64 rel {max(errs):.2e}; fp32 {res}")

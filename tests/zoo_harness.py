@@ -1,6 +1,6 @@
 """Shared checks of the zoo models (tests/test_zoo_*.py): the Flax model against its PyTorch twin.
 
-Each zoo test module calls these with its model's name; the tolerances are the parity suite's
+tests/test_zoo_parity.py calls these for every zoo model; the tolerances are the parity suite's
 (tests/test_parity.py): fp64 <= 1e-9 relative L2; fp32 no further from the fp64 result than 2x
 the twin's own fp32 distance, and argmax agreement >= 99.99%.
 """
@@ -25,6 +25,10 @@ from torch_deploy.zoo import zoo_class as torch_class
 
 FP64_TOL = 1e-9
 ARGMAX_AGREEMENT = 0.9999
+# The class count of the fast checks, in every zoo test file: one cached pair per model (one
+# calibration compile, one set of JAX programs per check), and not 19, so that the
+# class-count-dependent shapes are exercised.
+K = 11
 
 
 def torch_shapes(twin: torch.nn.Module) -> dict:
@@ -74,6 +78,8 @@ def _torch_outputs(twin, x: np.ndarray, dtype=torch.float32) -> list[np.ndarray]
 
 def check_fp64(name: str, k: int, x: np.ndarray) -> list[float]:
     """Every output of ``outputs`` and the main ``__call__`` in fp64 on both sides: <= 1e-9."""
+    # The pair first, outside x64: its BN calibration jits the model in x32, and the nearest-resize
+    # indices (ops._nearest_index, BiSeNetV1) must serve both x64 modes.
     model, _, twin64 = pair(name, k)
     with jax.enable_x64(True):
         m64 = nnx.clone(model)
