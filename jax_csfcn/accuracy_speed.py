@@ -35,7 +35,6 @@ from pathlib import Path
 from csfcn.files import write_atomic
 from csfcn.model_config import ModelConfig
 from csfcn.tables import markdown_table
-from jax_csfcn.checkpointing import has_checkpoints
 from jax_csfcn.cli import load_config_file
 from jax_csfcn.train import train
 
@@ -70,7 +69,9 @@ def train_one(name: str, workdir: Path, steps: int, fresh: bool, tiny: bool = Fa
     cfg.checkpoint.every = max(1, min(cfg.checkpoint.every, steps))
     cfg.eval.every = 0  # one evaluation, at the end
     try:
-        summary = train(cfg, resume=has_checkpoints(run))
+        # this tool owns its run folders: continue from the last checkpoint, or start (also after a
+        # run that stopped before its first checkpoint; train refuses another run's files without --resume)
+        summary = train(cfg, resume=True)
     except FloatingPointError as e:  # the run stopped on a non-finite step: a result, not a crash
         print(f"   {name} diverged under this recipe: {e}", flush=True)
         return {"miou": None, "diverged": str(e).split(";")[0]}

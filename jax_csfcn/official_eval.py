@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.palette import write_atomic
 
@@ -35,8 +37,6 @@ class ResultsError(Exception):
 def check_prediction(pred: str, gt: str) -> None:
     """A :class:`ResultsError` naming ``pred`` unless it is a single-channel PNG of ``gt``'s size
     (the library would stop with "Predicted image has multiple channels" and no file name)."""
-    from PIL import Image
-
     try:
         with Image.open(pred) as im:
             mode, size, fmt = im.mode, im.size, im.format

@@ -10,7 +10,10 @@ all).  Everything of a run lives in ``config.workdir``: ``checkpoints/`` (Orbax)
 (one JSON object per logged step), ``tb/`` (TensorBoard), ``curves.png``, ``config.json`` and
 ``eval.json``.  ``--resume`` continues the run in the workdir exactly where its last complete
 checkpoint left it: same parameters, optimizer state and data order, so the loss curve equals
-that of an uninterrupted run.
+that of an uninterrupted run. Without ``--resume`` a run refuses a workdir that holds an
+earlier run's files. Each checkpoint records checksums of its state: a damaged or swapped one
+is refused on resume, naming the file and the command that resumes from the last intact step.
+A full disk at a save ends the run with one line and no partial step folder.
 
 Several hosts (one process per host, each feeding its own shard of the data)::
 
@@ -31,10 +34,13 @@ require("train", "python -m jax_csfcn.train", cli=__name__ == "__main__")  # bef
 import argparse
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
+import logging
 import math
 import os
+import re
 import shlex
 import socket
 import sys
@@ -47,6 +53,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from csfcn.files import write_failure
 from csfcn.interrupt import Preempted, StopRequest
 from jax_csfcn import checkpointing as ckpt
 from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
@@ -129,6 +136,53 @@ def _validate(cfg) -> None:
             raise TrainError(f"{key}={value} must be >= 0 (0 = {zero_means[key]})")
     if len(cfg.data.crop_size) != 2 or min(cfg.data.crop_size) < 32:
         raise TrainError(f"data.crop_size={tuple(cfg.data.crop_size)} must be (H, W) with both sides >= 32")
+    try:
+        model_config(cfg)  # the model name, stem and class count
+    except ValueError as e:
+        raise TrainError(f"{e} (set it with --config.model.<field>=...)") from None
+    sr = tuple(cfg.data.scale_range)
+    try:
+        lo, hi = (float(v) for v in sr)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not 0 < lo <= hi:  # NaN fails too
+        fix = (
+            f"--config.data.scale_range='({hi}, {lo})'"
+            if 0 < hi < lo
+            else "e.g. --config.data.scale_range='(0.5, 2.0)'"
+        )
+        raise TrainError(
+            f"data.scale_range={sr} must be (low, high) random scale factors with 0 < low <= high; pass {fix}"
+        )
+
+
+# What a run writes into its workdir besides checkpoints/: a new run there would overwrite them.
+RUN_FILES = ("config.json", "metrics.jsonl", "eval.json", "curves.png", "tb")
+
+
+def _refuse_to_overwrite(workdir: Path, resume: bool) -> None:
+    """A run without --resume starts only in a folder that holds no earlier run's files: it
+    would overwrite ``config.json``, truncate-by-rewrite ``metrics.jsonl`` and so on. Process 0
+    looks (the others may not share its disk) and tells every process."""
+    if resume:
+        return
+    found = []
+    if jax.process_index() == 0:
+        found = [n for n in RUN_FILES if (workdir / n).exists()]
+        if ckpt.has_checkpoints(workdir):
+            found.append(f"{ckpt.CHECKPOINT_DIR}/")
+    refuse = bool(found)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refuse = bool(multihost_utils.broadcast_one_to_all(np.int32(refuse)))
+    if refuse:
+        what = ", ".join(found) if found else "files (as process 0 found)"
+        raise TrainError(
+            f"{workdir} already holds {what} of an earlier run, which this run would overwrite; set "
+            "--config.workdir to a new folder, or pass --resume if this is that run's folder (it continues "
+            "from the last checkpoint, or from step 0 when there is none)"
+        )
 
 
 @contextlib.contextmanager
@@ -174,14 +228,39 @@ def train(cfg, *, resume: bool = False, stop_after: int | None = None, progress:
     (:func:`workdir_lock`).
     """
     _validate(cfg)
-    with workdir_lock(Path(cfg.workdir).absolute(), take=jax.process_index() == 0):
+    with workdir_lock(Path(cfg.workdir).absolute(), take=jax.process_index() == 0), _quiet_checkpoint_logs():
         return _train(cfg, resume=resume, stop_after=stop_after, progress=progress)
+
+
+class _CheckpointNoise(logging.Filter):
+    """Orbax's log records that the run reports itself, or that mean nothing here: a save that
+    failed on a full disk (each background thread logs its traceback, hundreds of lines; the run
+    ends with one line naming the file), and the warning that a save between evaluations carries
+    no val mIoU (on purpose: only evaluated steps compete for "best")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "did not provide metrics" in msg or "No space left on device" in msg:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or _write_failure(exc) is None
+
+
+@contextlib.contextmanager
+def _quiet_checkpoint_logs():
+    noise, logger = _CheckpointNoise(), logging.getLogger("absl")  # where orbax logs (absl.logging)
+    logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(noise)
 
 
 def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict:
 
     t_start = time.time()
     workdir = Path(cfg.workdir).absolute()
+    _refuse_to_overwrite(workdir, resume)
     config = model_config(cfg)
     pi, pc = jax.process_index(), jax.process_count()
     if cfg.data.dataset == "folder":  # the user's label space travels inside every checkpoint
@@ -252,13 +331,7 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
     meta = {"model": ckpt.model_meta(config), "seed": cfg.seed, "global_batch": cfg.train.batch_size, "processes": pc}
     if resume and latest is not None:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        saved_meta = ckpt.read_meta(workdir / ckpt.CHECKPOINT_DIR / str(latest))
-        if saved_meta.get("model") != meta["model"]:
-            raise TrainError(
-                f"{workdir}: the checkpoint was trained as model {saved_meta.get('model')}, the config asks for "
-                f"{meta['model']}; resume with the run's own config or start a new workdir"
-            )
-        state, lstate, saved_meta = ckpt.restore(mngr, latest, abstract)
+        state, lstate, saved_meta = _restore_latest(mngr, latest, abstract, meta)
         restore_loader_state(it, lstate)
         step = int(saved_meta["step"])
         if pi == 0:
@@ -310,57 +383,70 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
     save_every_s, last_save_t = 60.0 * cfg.checkpoint.every_minutes, time.monotonic()
     stop = StopRequest()
     try:
-        stop.__enter__()
-        while step < end:
-            batch = next(it)
-            images = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["image"]))
-            labels = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["label"]))
-            state, m = train_step(state, images, labels)
-            step += 1
-            window_steps += 1
+        with contextlib.ExitStack() as cleanup:  # each runs, in this order, whatever the others raise
+            cleanup.callback(stop.__exit__)
+            cleanup.callback(logger.close)
+            cleanup.callback(mngr.close)
+            # a signal now is reported, not obeyed, until the save is complete
+            cleanup.callback(mngr.wait_until_finished)
+            cleanup.callback(bar.close)
+            stop.__enter__()
+            while step < end:
+                batch = next(it)
+                images = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["image"]))
+                labels = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["label"]))
+                state, m = train_step(state, images, labels)
+                step += 1
+                window_steps += 1
+                if pending is not None:
+                    _check(pending, mngr)
+                pending = (step, m)
+                timed = pi == 0 and save_every_s > 0 and time.monotonic() - last_save_t >= save_every_s
+                stop_now, due = read_flags(flags) if flags is not None else (False, False)
+                flags = agree(stop.signame is not None, timed)
+                if stop_now:
+                    end, stopped = step, stop.signame or "a signal to another process"
+                is_save = step % cfg.checkpoint.every == 0 or step == end or due
+                is_eval = (cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps
+                is_log = step % cfg.train.log_every == 0 or is_save or is_eval
+                if is_log or is_save or is_eval:
+                    _check(pending, mngr)  # never save or log a state after a non-finite step
+                    pending = None
+                    mh = jax.device_get(m)
+                    dt = time.time() - window_t
+                    ips = window_steps * cfg.train.batch_size / max(dt, 1e-9)
+                    window_t, window_steps = time.time(), 0
+                    scal = {
+                        "loss": float(mh["loss"]),
+                        "lr": float(schedule(step - 1)),
+                        "grad_norm": float(mh["grad_norm"]),
+                        "ohem_kept": float(mh["ohem_kept"]),
+                        "images_per_s": ips,
+                    }
+                    logger.write(step, scal)
+                    bar.set_postfix(loss=f"{scal['loss']:.4f}", img_s=f"{ips:.1f}", lr=f"{scal['lr']:.2e}")
+                metrics = None
+                if is_eval:
+                    last_eval = do_eval(step)
+                    metrics = {"miou": float(np.nan_to_num(last_eval["miou"], nan=0.0))}
+                if is_save or is_eval:
+                    save(step, metrics)
+                    last_save_t = time.monotonic()
+                bar.update(1)
             if pending is not None:
                 _check(pending, mngr)
-            pending = (step, m)
-            timed = pi == 0 and save_every_s > 0 and time.monotonic() - last_save_t >= save_every_s
-            stop_now, due = read_flags(flags) if flags is not None else (False, False)
-            flags = agree(stop.signame is not None, timed)
-            if stop_now:
-                end, stopped = step, stop.signame or "a signal to another process"
-            is_save = step % cfg.checkpoint.every == 0 or step == end or due
-            is_eval = (cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps
-            is_log = step % cfg.train.log_every == 0 or is_save or is_eval
-            if is_log or is_save or is_eval:
-                _check(pending, mngr)  # never save or log a state after a non-finite step
-                pending = None
-                mh = jax.device_get(m)
-                dt = time.time() - window_t
-                ips = window_steps * cfg.train.batch_size / max(dt, 1e-9)
-                window_t, window_steps = time.time(), 0
-                scal = {
-                    "loss": float(mh["loss"]),
-                    "lr": float(schedule(step - 1)),
-                    "grad_norm": float(mh["grad_norm"]),
-                    "ohem_kept": float(mh["ohem_kept"]),
-                    "images_per_s": ips,
-                }
-                logger.write(step, scal)
-                bar.set_postfix(loss=f"{scal['loss']:.4f}", img_s=f"{ips:.1f}", lr=f"{scal['lr']:.2e}")
-            metrics = None
-            if is_eval:
-                last_eval = do_eval(step)
-                metrics = {"miou": float(np.nan_to_num(last_eval["miou"], nan=0.0))}
-            if is_save or is_eval:
-                save(step, metrics)
-                last_save_t = time.monotonic()
-            bar.update(1)
-        if pending is not None:
-            _check(pending, mngr)
-    finally:
-        bar.close()
-        mngr.wait_until_finished()  # a signal now is reported, not obeyed, until the save is complete
-        mngr.close()
-        logger.close()
-        stop.__exit__()
+    except Exception as e:  # a full disk at a save: one line, and no partial step left behind
+        full = _write_failure(e)
+        if full is None:
+            raise
+        if pi == 0:
+            ckpt.remove_partial(workdir / ckpt.CHECKPOINT_DIR)
+        partial = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(full.filename or ""))
+        if partial:  # name the step it was saving, not its temporary folder (removed now)
+            full = OSError(full.errno, full.strerror, str(workdir / ckpt.CHECKPOINT_DIR / partial.group(1)))
+        if full is e:
+            raise
+        raise full from e
     if stopped and step < cfg.train.steps:
         raise Preempted(stopped, step, "run the same command with --resume")
     summary = {"step": step, "workdir": str(workdir), "seconds": time.time() - t_start}
@@ -372,6 +458,61 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
     if pi == 0 and (workdir / "metrics.jsonl").exists():
         plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
     return summary
+
+
+def _restore_latest(mngr, latest: int, abstract, meta: dict):
+    """(state, loader state, meta) of the run's last checkpoint, after checking that it belongs to
+    this config (model, global batch). A damaged one is a DamagedCheckpoint that names the last
+    earlier step restoring intact (every later one is then damaged too)."""
+    ckpts = Path(mngr.directory)
+    try:
+        saved = ckpt.read_meta(ckpts / str(latest))
+        if saved.get("model") != meta["model"]:
+            raise TrainError(
+                f"{ckpts.parent}: the checkpoint was trained as model {saved.get('model')}, the config asks for "
+                f"{meta['model']}; resume with the run's own config or start a new workdir"
+            )
+        gb = saved.get("global_batch")
+        if gb is not None and gb != meta["global_batch"]:
+            raise TrainError(
+                f"train.batch_size={meta['global_batch']}, but the checkpoint at step {latest} of {ckpts.parent} "
+                f"was trained with train.batch_size={gb} (the data loader's position depends on it); resume with "
+                f"--config.train.batch_size={gb}, or start a new run in another --config.workdir"
+            )
+        return ckpt.restore(mngr, latest, abstract)
+    except ckpt.DamagedCheckpoint as e:
+        e.probed = True
+        for s in sorted((s for s in mngr.all_steps() if s < latest), reverse=True):
+            try:
+                ckpt.restore(mngr, s, abstract)
+            except ckpt.CheckpointError:
+                continue
+            e.earlier = s
+            break
+        e.damaged = [ckpts / str(s) for s in sorted(mngr.all_steps()) if e.earlier is None or s > e.earlier]
+        raise
+
+
+def _write_failure(e: BaseException) -> OSError | None:
+    """The OSError of a full disk (or a forbidden folder) behind ``e``, however deep the
+    checkpoint writer wrapped it (the CLI prints it as one line); None for any other failure."""
+    errors = [e, *_causes(e)]
+    hit = next((x for x in errors if isinstance(x, OSError) and write_failure(x)), None)
+    if hit is None and any("No space left on device" in str(x) for x in errors):  # a C++ writer's error text
+        hit = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return hit
+
+
+def _causes(e: BaseException):
+    seen = {id(e)}
+    todo = [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    while todo:
+        x = todo.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
 
 
 def _check(pending, mngr) -> None:
@@ -412,12 +553,18 @@ def main(argv=None) -> None:
     args, cfg = parse_config_args(build_parser(), argv)
     maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
 
+    def resume_command() -> str:
+        given = list(sys.argv[1:] if argv is None else argv)
+        return shlex.join(["python", "-m", "jax_csfcn.train", *given, *([] if args.resume else ["--resume"])])
+
     def run():
         try:
             return train(cfg, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
         except Preempted as e:  # exits PREEMPTED (75) with the command that continues (csfcn/interrupt.py)
-            given = list(sys.argv[1:] if argv is None else argv)
-            e.resume = shlex.join(["python", "-m", "jax_csfcn.train", *given, *([] if args.resume else ["--resume"])])
+            e.resume = resume_command()
+            raise
+        except ckpt.DamagedCheckpoint as e:  # its message says how to resume from an intact earlier step
+            e.command = resume_command()
             raise
 
     one_line_errors(
