@@ -311,6 +311,22 @@ def test_precision_auto_bf16_and_int8_paths(ckpt, tmp_path, capsys, monkeypatch)
         Predictor(load_model(ckpt), device="cpu", precision="bf16")
 
 
+def test_a_calibration_image_too_large_to_decode_is_one_line(ckpt, tmp_path, capsys, monkeypatch):
+    """PIL refuses to decode an image above its pixel limit (DecompressionBombError, not an
+    OSError): the calibration loader names the file and the two ways on, no traceback. The limit
+    is lowered here so that a small file stands in for a 20000x20000 one."""
+    rng = np.random.default_rng(7)
+    (tmp_path / "calib").mkdir()
+    Image.fromarray(random_image(rng, 16, 16)).save(tmp_path / "small.png")
+    Image.fromarray(random_image(rng, 40, 64)).save(tmp_path / "calib" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above 2x: 2,560 pixels
+    argv = ["--checkpoint", ckpt, "--input", str(tmp_path / "small.png"), "--device", "cpu"]
+    argv += ["--out", str(tmp_path / "q"), "--precision", "int8", "--calibration", str(tmp_path / "calib")]
+    assert predict_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "huge.png: too large to decode" in err and "\n" not in err, err
+
+
 @pytest.fixture(scope="module")
 def tiny_ckpts(tmp_path_factory):
     """Two different small models (11 classes: CamVid's palette), freshly initialised (fast)."""

@@ -79,6 +79,11 @@ def load_image(image) -> np.ndarray:
                 image = im.convert("RGB")
         except FileNotFoundError:
             raise InputError(f"{path}: no such image file") from None
+        except Image.DecompressionBombError as e:  # PIL refuses to decode it (a memory bomb, or just huge)
+            raise InputError(
+                f"{path}: too large to decode ({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS for files "
+                "you trust"
+            ) from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise InputError(f"{path}: cannot read this image ({e})") from e
     if isinstance(image, Image.Image):
