@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-gpu gpu-rehearsal lint venv clean
+.PHONY: demo test test-slow test-gpu gpu-rehearsal mutants lint venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ gpu-rehearsal:
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
+
+# Realistic one-line bugs put in one at a time (.ci/mutants.toml); each must fail its tests.
+# Not part of `make test` (about 10 minutes).
+mutants: $(STAMP)
+	$(PY) .ci/mutation_check.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
