@@ -250,6 +250,49 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
     return None
 
 
+# The commands run inside this test's process (their ``main(argv)``, in the scratch folder, output
+# captured): a child process would spend ~3 s importing JAX, Flax and PyTorch for each, ~2 of the
+# README's 11 minutes. Those that need a process of their own stay children: a different device
+# count or several processes (multi-host), TensorFlow (tfds), a process pool (kernels.aot), the
+# official evaluator (module-level state), the demo and the long tools that train several models.
+IN_PROCESS = {
+    "convert": "convert.__main__",
+    "torch_deploy.predict": "torch_deploy.predict",
+    "torch_deploy.export_onnx": "torch_deploy.export_onnx",
+    "torch_deploy.benchmark": "torch_deploy.benchmark",
+    "torch_deploy.accuracy": "torch_deploy.accuracy",
+    "torch_deploy.roofline": "torch_deploy.roofline",
+    "jax_csfcn.evaluate": "jax_csfcn.evaluate",
+    "jax_csfcn.data.synthetic": "jax_csfcn.data.synthetic",
+    "jax_csfcn.data.folder": "jax_csfcn.data.folder",
+    "jax_csfcn.train": "jax_csfcn.train",
+}
+
+
+def run_in_process(module: str, argv: list[str], ws: Path) -> subprocess.CompletedProcess:
+    """``module.main(argv[3:])`` with the scratch folder as working directory, as a finished process."""
+    import contextlib
+    import importlib
+    import io
+
+    import torch
+
+    out, err = io.StringIO(), io.StringIO()
+    cwd, threads = os.getcwd(), torch.get_num_threads()
+    try:
+        os.chdir(ws)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = importlib.import_module(module).main(argv[3:])
+                rc = rc if isinstance(rc, int) else 0
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)  # the benchmark's --threads
+    return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
+
+
 def run(cmd: Command, argv: list[str], ws: Path) -> subprocess.CompletedProcess:
     where = f"README.md line {cmd.line}: {cmd.text}\nran: {shlex.join(argv)}"
     if argv[0] == "collect-only":
@@ -265,7 +308,10 @@ def run(cmd: Command, argv: list[str], ws: Path) -> subprocess.CompletedProcess:
             assert sum(counts) > 0, f"{where}\n{ln} selects no test:\n{proc.stdout[-1500:]}"
         return dry
     devices = MULTIHOST_DEVICES if "jax_csfcn.train" in argv and MULTIHOST_REFERENCE in argv else None
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ws, env=child_env(ws, devices), timeout=900)
+    if argv[:2] == [sys.executable, "-m"] and argv[2] in IN_PROCESS and devices is None:
+        proc = run_in_process(IN_PROCESS[argv[2]], argv, ws)
+    else:
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ws, env=child_env(ws, devices), timeout=900)
     assert proc.returncode == 0, f"{where}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
