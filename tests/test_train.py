@@ -354,6 +354,39 @@ EXACT = {
 STEPS = (1, 2)
 
 
+@pytest.mark.slow  # the demo's stages after training take a minute; the stop and resume are tested above
+def test_the_tiny_demo_interrupted_and_run_again_repeats_no_step(tmp_path, cache_dir):
+    """``make demo`` as a user interrupts it: Ctrl-C during training saves at the next step and
+    exits 75 saying how to go on; the same command again continues there, logs every step once
+    and finishes every stage."""
+    from csfcn.interrupt import PREEMPTED
+
+    wd, data = tmp_path / "demo", tmp_path / "data"
+    cmd = [sys.executable, "-m", "jax_csfcn.demo", "--tiny", "--steps", "40", "--workdir", str(wd), "--data", str(data)]
+    proc = subprocess.Popen(cmd, env=child_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not _step_logged(wd, 2):
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == PREEMPTED, err.decode()[-3000:]
+    assert "run the demo again" in err.decode(), err.decode()[-2000:]
+    stopped = max(losses(wd))
+    assert 2 <= stopped < 40
+    again = subprocess.run(cmd, env=child_env(cache_dir), capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed {wd.absolute()} at step {stopped}" in again.stdout or f"at step {stopped}" in again.stdout
+    rows = [json.loads(ln) for ln in (wd / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    logged = [r["step"] for r in rows if "loss" in r]  # every 10 steps (the demo's recipe), and where it stopped
+    assert logged == sorted(set(logged)) and stopped in logged and logged[-1] == 40, f"steps logged {logged}"
+    assert (wd / "report.md").is_file() and (wd / "predictions.png").is_file()
+
+
 @pytest.mark.slow  # end to end through the CLI; test_sharded_step_equals_single_device_in_fp64 is the fast check
 def test_same_result_on_one_and_eight_devices(data_root, tmp_path, cache_dir):
     cfg1 = tiny_config(data_root, tmp_path / "d1", **EXACT, **{"train.batch_size": 8})
