@@ -122,6 +122,16 @@ def _size(n: int) -> str:
     return f"{n:.1f} {unit}"
 
 
+def probe_folder(directory) -> None:
+    """Create ``directory`` (and its parents) as a write would, and write and remove a hidden probe
+    file there: an OSError now, before the long work, instead of after it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=directory)
+    os.close(fd)
+    os.remove(probe)
+
+
 def unwritable(path, flag: str) -> str | None:
     """Why a file cannot be written at ``path`` (one line naming ``flag``, ``path`` and the fix),
     or None: checked before the long work that produces it. The parent folders are created, as
@@ -131,10 +141,7 @@ def unwritable(path, flag: str) -> str | None:
     if path.is_dir():
         return f"{flag} {path}: is a folder; give a file name"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=directory)
-        os.close(fd)
-        os.remove(probe)
+        probe_folder(directory)
     except OSError as e:
         return f"{flag} {path}: cannot write there ({e.strerror or e}); choose a writable folder"
     return None

@@ -148,5 +148,5 @@ def optimizer_of(train, params) -> optax.GradientTransformation:
         train.momentum,
         train.weight_decay,
         params=params,
-        clip_norm=getattr(train, "clip_norm", 0.0),
+        clip_norm=train.clip_norm,
     )

@@ -57,7 +57,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,7 +69,7 @@ from tqdm import tqdm
 from convert.formats import load_torch_model
 from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import MissingExtra
-from csfcn.files import child_path, walk_files
+from csfcn.files import child_path, probe_folder, walk_files
 from csfcn.palette import (
     DATASETS,
     colorize,
@@ -356,10 +355,7 @@ def prepare_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise PredictError(f"--out {out}: exists and is not a folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
-        os.close(fd)
-        os.remove(probe)
+        probe_folder(out)
     except OSError as e:
         raise PredictError(f"--out {out}: cannot write there ({e.strerror or e})") from e
 
