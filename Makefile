@@ -22,11 +22,11 @@ venv: $(STAMP)
 
 # The main job on the embedded synthetic dataset: data, train, evaluate, export, parity,
 # predict, pictures and runs/demo/report.md.  Re-running continues an interrupted demo.
-# DEMO_FLAGS passes options to python -m jax_csfcn.demo, e.g. DEMO_FLAGS=--tiny (a quick
+# DEMO_FLAGS passes options to python -m tools.demo, e.g. DEMO_FLAGS=--tiny (a quick
 # check of every stage) or DEMO_FLAGS=--fresh.
 DEMO_FLAGS ?=
 demo: $(STAMP)
-	$(PY) -m jax_csfcn.demo $(DEMO_FLAGS)
+	$(PY) -m tools.demo $(DEMO_FLAGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -9,7 +9,7 @@ argument after the colon (passed to ``get_config``), a comma list of
     size      100 (default, 1024x2048) | 75 (768x1536) | 50 (512x1024)
     options   trainval: train on train+val for 139,200 steps (the upstream's test-server model)
               tfds: read the TFDS ``cityscapes`` builder (config ``semantic_segmentation``, prepared
-              with python -m jax_csfcn.data.tfds_cityscapes); data.root is then the TFDS data_dir
+              with python -m tools.tfds_prepare); data.root is then the TFDS data_dir
 
 e.g. ``configs/cityscapes.py:csfcn_tiny,75`` or ``configs/cityscapes.py:csfcn,100,trainval``.
 

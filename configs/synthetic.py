@@ -6,7 +6,7 @@ The dataset (40 train / 10 val scenes at 256x512 in the Cityscapes layout) is ge
 data.root on first use.  Short-run settings: 128x256 crops, batch 4, a higher learning rate
 and a short warm-up; the loss, optimizer and pipeline are the Cityscapes recipe's.  Any other
 model of docs/zoo.md trains on the same settings with ``configs/synthetic.py:<name>``, e.g.
-``configs/synthetic.py:swiftnet`` (what python -m jax_csfcn.accuracy_speed runs for each).
+``configs/synthetic.py:swiftnet`` (what python -m tools.accuracy_speed runs for each).
 """
 
 from csfcn.model_config import MODEL_NAMES

@@ -10,9 +10,11 @@ saves a checkpoint first and exits 75, resumable (csfcn/interrupt.py).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 
+from csfcn.extras import MissingExtra
 from csfcn.files import write_failure
 from csfcn.interrupt import INTERRUPTED, PREEMPTED, Preempted, terminate_as_interrupt
 
@@ -68,3 +70,14 @@ def run_main(main: Callable[[], object]) -> None:
     code = report_errors(lambda: result.append(main()), (), debug=False)
     returned = result[0] if result else 0
     raise SystemExit(code or (returned if isinstance(returned, int) else 0))
+
+
+@contextlib.contextmanager
+def launching():
+    """Around a launcher's import of its tool (``jax_csfcn/train/__main__.py`` and the like): an
+    extra that is not installed is one line naming it and exit status 2, as for every command."""
+    try:
+        yield
+    except MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

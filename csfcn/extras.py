@@ -5,7 +5,7 @@ upstream ``.pth``, predict, optimize, benchmark). The extras add the rest (pypro
 
     train   JAX, Flax, Optax, Orbax, grain, ml_collections: training, evaluation, the demo
     tfds    tensorflow-datasets + TensorFlow: preparing Cityscapes as a TFDS dataset
-    onnx    onnx, onnxscript, onnxruntime: python -m torch_deploy.export_onnx
+    onnx    onnx, onnxscript, onnxruntime: python -m tools.export_onnx
     triton  the Triton kernels of the GPU fast path
     openvino  OpenVINO, a CPU peer in python -m torch_deploy.benchmark --device cpu
 """

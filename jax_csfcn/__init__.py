@@ -14,7 +14,7 @@ from __future__ import annotations
 from csfcn.extras import require
 
 # The model, its step and the losses need JAX, Flax and Optax; the training command also needs
-# grain, Orbax and ml_collections, which jax_csfcn.train checks (a GPU machine may lack them).
+# grain, Orbax and ml_collections, which jax_csfcn.training checks (a GPU machine may lack them).
 require("train", "jax_csfcn", modules=("jax", "flax", "optax"))
 
 

@@ -5,7 +5,7 @@ Standard library only: :mod:`jax_csfcn.config` builds its ``ml_collections.Confi
 grain pipeline (:mod:`jax_csfcn.data.pipeline`) and the train step (:mod:`jax_csfcn.step`) read
 the constants from here, and :func:`default_settings` gives the same defaults as a
 ``types.SimpleNamespace`` for code that runs where ml_collections is not installed (the
-benchmark of one train step, :func:`jax_csfcn.benchmark.bench_train`).  Each default is written
+benchmark of one train step, :func:`tools.benchmark_train.bench_train`).  Each default is written
 once, here.
 """
 
@@ -91,7 +91,7 @@ DEFAULTS: dict = {
         "async_save": True,
     },
     # Validation: during training every `every` steps (0 = only at the end) and by
-    # python -m jax_csfcn.evaluate.
+    # python -m tools.evaluate.
     "eval": {
         "every": 5000,
         "batch_size": 1,  # global

@@ -1,7 +1,7 @@
 """Evaluation as a library: the eval step, the split's loader, the scores and their table.
 
-``python -m jax_csfcn.evaluate`` (the tool: any checkpoint, predictions written out, pictures)
-and ``jax_csfcn.train`` (validation during training) both build on this module; neither
+``python -m tools.evaluate`` (the tool: any checkpoint, predictions written out, pictures)
+and ``jax_csfcn.training`` (validation during training) both build on this module; neither
 imports the other.
 
 The scores come from one confusion matrix accumulated on the device over the whole split (not

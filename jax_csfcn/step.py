@@ -9,8 +9,8 @@
     step = make_train_step(graphdef, tx, cfg, mesh)
     state, metrics = step(state, images_uint8_nhwc, labels_uint8_nhw)
 
-:func:`jax_csfcn.train.train` runs this step in its loop (and re-exports these names); the
-benchmark of one step (:func:`jax_csfcn.benchmark.bench_train`) uses it directly.  ``cfg`` is
+:func:`jax_csfcn.training.train` runs this step in its loop (and re-exports these names); the
+benchmark of one step (:func:`tools.benchmark_train.bench_train`) uses it directly.  ``cfg`` is
 read by attribute only (``cfg.model.*``, ``cfg.train.*``, ``cfg.loss.*``, ``cfg.data.*``,
 ``cfg.seed``): an ``ml_collections.ConfigDict`` or the ``types.SimpleNamespace`` of
 :func:`jax_csfcn.defaults.default_settings`.

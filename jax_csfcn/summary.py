@@ -1,8 +1,8 @@
 """Parameters and forward FLOPs of any model (CSFCN or a zoo model) per top-level module.
 
-    python -m jax_csfcn.summary --config configs/cityscapes.py:csfcn,100
-    python -m jax_csfcn.summary --config configs/camvid.py:csfcn --config.data.image_size='(720, 960)'
-    python -m jax_csfcn.summary --config configs/cityscapes.py:icnet
+    python -m tools.summary --config configs/cityscapes.py:csfcn,100
+    python -m tools.summary --config configs/camvid.py:csfcn --config.data.image_size='(720, 960)'
+    python -m tools.summary --config configs/cityscapes.py:icnet
 
 Zoo models (docs/zoo.md) list each top-level module's parameters (auxiliary heads included, as
 their upstream constructors count them) and the FLOPs of the inference forward as a whole: the
@@ -16,16 +16,14 @@ the convention of docs/architecture.md, Cost (189.2 GFLOPs for CSFCN at 1024x204
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_csfcn.model import CSFCN, build_model
+from jax_csfcn.model import CSFCN
 from jax_csfcn.ops import INTERP_SCOPE
-from jax_csfcn.step import model_config
 
 
 def _sub_jaxprs(params):
@@ -116,27 +114,3 @@ def format_table(rows, image_size, config) -> str:
     total = sum(r[2] or 0 for r in rows)
     lines.append(f"{'total':<12}{sum(r[1] for r in rows):>14,}{total / 1e9:>10.2f}")
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from jax_csfcn.cli import config_parser  # lazy: ml_collections, which forward_flops must not need
-
-    return config_parser(
-        "python -m jax_csfcn.summary", (__doc__ or "").split("\n\n")[0], config_default="configs/cityscapes.py"
-    )
-
-
-def main(argv=None) -> None:
-    from jax_csfcn.cli import parse_config_args  # lazy: as build_parser
-
-    parser = build_parser()
-    _, config = parse_config_args(parser, argv)
-    size = tuple(int(s) for s in config.data.image_size)
-    if len(size) != 2 or min(size) < 32:
-        parser.error(f"data.image_size={size}: give (H, W), both >= 32 (the network's 1/32 map)")
-    model = nnx.eval_shape(lambda: build_model(model_config(config)))
-    print(format_table(module_table(model, size), size, model.config))
-
-
-if __name__ == "__main__":
-    main()

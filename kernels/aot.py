@@ -1,8 +1,8 @@
 """Ahead-of-time compile gate: every Triton launch of the fast path, compiled for real GPU targets
 without a GPU, with its registers, spills and shared memory.
 
-    python -m kernels.aot                       # table for sm_80 and sm_90, exit 1 if a check fails
-    python -m kernels.aot --json aot.json --size 512 1536
+    python -m tools.aot                       # table for sm_80 and sm_90, exit 1 if a check fails
+    python -m tools.aot --json aot.json --size 512 1536
 
 What it compiles is recorded, not written by hand: ``torch_deploy.optimize``'s model is built on
 the ``meta`` device and run inside :func:`kernels._common.record_launches` at each input size, for
@@ -26,12 +26,10 @@ cannot be compiled; the CLI then runs itself again in a child process without it
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as futures
 import contextlib
 import dataclasses
 import io
-import json
 import multiprocessing
 import os
 import re
@@ -44,10 +42,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
-from csfcn.model_config import ModelConfig
 from csfcn.registry import names
 from csfcn.tables import markdown_table
-from kernels._common import Launch, gpu_launch_config, interpreted, record_launches
+from kernels._common import Launch, interpreted
 
 # Per-block shared memory a kernel may use (the opt-in maximum, bytes): A100 (sm_80) and H100/H200
 # (sm_90), from CUDA's compute-capability tables; Triton raises OutOfResources above it at load.
@@ -128,30 +125,6 @@ class CudnnLayouts(TorchDispatchMode):
         ):
             out = out.contiguous(memory_format=torch.channels_last)
         return out
-
-
-def record_model_launches(
-    sizes=DEFAULT_SIZES, precisions=PRECISIONS, outputs=OUTPUTS, variants=VARIANTS, classes: int = 19, batch: int = 1
-) -> list[tuple[str, Launch]]:
-    """(case label, launch) for every kernel launch of ``optimize``'s model over the grid of cases,
-    traced on the ``meta`` device with the GPU launch configuration."""
-    from torch_deploy.model import build_twin
-    from torch_deploy.optimize import optimize_on_meta
-
-    out = []
-    for variant in variants:
-        with torch.device("meta"):
-            twin = build_twin(ModelConfig(name=variant, num_classes=classes)).eval()
-        for precision in precisions:
-            for output in outputs:
-                fast = optimize_on_meta(twin, precision, output)
-                for h, w in sizes:
-                    x = torch.empty(batch, 3, h, w, device="meta")
-                    with record_launches() as launches, gpu_launch_config(), CudnnLayouts():
-                        fast(x)
-                    label = f"{variant} {precision} {output} {h}x{w}"
-                    out.extend((label, ln) for ln in launches)
-    return out
 
 
 def _jit(kernel):
@@ -315,7 +288,7 @@ def compile_all(jobs: list[Job], workers: int | None = None, progress: bool = Tr
 
 
 # ----------------------------------------------------------------------------- report
-def _cases_text(cases: list[str]) -> str:
+def cases_text(cases: list[str]) -> str:
     """The traced cases sharing a specialisation, grouped: 'csfcn,csfcn_tiny fp16 logits,labels 1024x2048'."""
     groups: dict[tuple, list[set]] = {}
     for case in sorted(set(cases)):
@@ -332,10 +305,10 @@ def _cases_text(cases: list[str]) -> str:
 def table(results: list[Result]) -> str:
     head = ["kernel", "traced cases", "target", "config", "warps", "stages", "regs", "spill st/ld B", "smem KiB", "ok"]
     rows = []
-    for r in sorted(results, key=lambda r: (r.name, r.config, _cases_text(r.cases), r.target)):
+    for r in sorted(results, key=lambda r: (r.name, r.config, cases_text(r.cases), r.target)):
         if r.error:
             rows.append(
-                [r.name, _cases_text(r.cases), r.target, r.config, r.num_warps, r.num_stages, "-", "-", "-", "FAIL"]
+                [r.name, cases_text(r.cases), r.target, r.config, r.num_warps, r.num_stages, "-", "-", "-", "FAIL"]
             )
             continue
         smem = f"{r.shared_bytes / 1024:.1f}/{r.shared_limit // 1024}"
@@ -343,7 +316,7 @@ def table(results: list[Result]) -> str:
         rows.append(
             [
                 r.name.lstrip("_").replace("_kernel", ""),
-                _cases_text(r.cases),
+                cases_text(r.cases),
                 r.target,
                 r.config,
                 r.num_warps,
@@ -355,69 +328,3 @@ def table(results: list[Result]) -> str:
             ]
         )
     return markdown_table(head, rows)
-
-
-def run_gate(sizes=DEFAULT_SIZES, variants=VARIANTS, classes=19, workers=None, progress=True) -> list[Result]:
-    recorded = record_model_launches(sizes=sizes, variants=variants, classes=classes)
-    jobs = plan(recorded)
-    return compile_all(jobs, workers=workers, progress=progress)
-
-
-def _parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m kernels.aot",
-        description=__doc__.split("\n\n")[0],
-        epilog="Exit status 1 when any kernel fails to compile, exceeds shared memory, or spills.",
-    )
-    p.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        action="append",
-        metavar=("H", "W"),
-        help="input size to trace; repeat for several (default: 1024 2048 and 712 1304)",
-    )
-    p.add_argument("--variant", choices=VARIANTS, action="append", help="model (default: all of them)")
-    p.add_argument("--classes", type=int, default=19, help="number of classes K (default 19)")
-    p.add_argument("--workers", type=int, default=None, help="compile processes (default: one per core)")
-    p.add_argument("--json", metavar="PATH", help="also write every result as JSON to PATH")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    for h, w in args.size or []:
-        if h < 32 or w < 32:
-            p.error(f"--size {h} {w}: both sides must be >= 32 (the model's 1/32 map must exist)")
-    if args.classes < 1:
-        p.error("--classes must be >= 1")
-    return args
-
-
-def main(argv=None) -> int:
-    args = _parse(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        argv = sys.argv[1:] if argv is None else list(argv)
-        return subprocess.call([sys.executable, "-m", "kernels.aot", *argv], env=env)
-    sizes = tuple(tuple(s) for s in args.size) if args.size else DEFAULT_SIZES
-    variants = tuple(args.variant) if args.variant else VARIANTS
-    import triton
-
-    t0 = time.perf_counter()
-    results = run_gate(sizes, variants, args.classes, args.workers, progress=not args.no_progress)
-    print(
-        f"Triton {triton.__version__}, ptxas {ptxas_version()} (Triton's own); traced sizes "
-        f"{', '.join(f'{h}x{w}' for h, w in sizes)}, {', '.join(variants)}, K={args.classes}, fp32/fp16/bf16 x "
-        f"logits/labels; {len(results)} compiles in {time.perf_counter() - t0:.0f} s"
-    )
-    print(table(results))
-    bad = [(r, p) for r in results for p in r.problems]
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([{**dataclasses.asdict(r), "problems": r.problems} for r in results], f, indent=2)
-    for r, prob in bad:
-        print(f"FAIL {r.name} {r.target} [{r.config}] ({_cases_text(r.cases)}): {prob}")
-    print(f"{len(results) - len({id(r) for r, _ in bad})}/{len(results)} compiled kernels pass")
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

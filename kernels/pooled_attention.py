@@ -125,7 +125,7 @@ if HAS_TRITON:
 def pooled_attention_launch_config(d: int, s: int, c: int, dtype: torch.dtype, *, gpu: bool) -> dict:
     """Block sizes, warps and stages of a launch. GPU: 64-query (fp32: 32) x 64-position x
     64-channel tiles, 8 warps, 2 stages -- no spills and at most 48 KiB of shared memory in every
-    dtype, whatever S (the compile gate, ``python -m kernels.aot``, checks both on sm_80 and sm_90;
+    dtype, whatever S (the compile gate, ``python -m tools.aot``, checks both on sm_80 and sm_90;
     64 queries with 4 warps spill 0.4-0.8 KB per thread in fp32). The interpreter pays per
     program and per loop trip, so it takes whole rows of channels and long position tiles."""
     if gpu:

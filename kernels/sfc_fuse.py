@@ -220,7 +220,7 @@ def sfc_fuse_launch_config(cg: int, *, gpu: bool) -> dict:
 
     GPU: 16 pixels x all channels of the group per program with 8 warps (32 pixels with 4 warps
     spill 0.6-1.8 KB per thread with the fused upsample); the compile gate (``python -m
-    kernels.aot``) checks that no path spills on sm_80/sm_90. The interpreter pays per program,
+    tools.aot``) checks that no path spills on sm_80/sm_90. The interpreter pays per program,
     so it takes 4096 pixels at once."""
     block_c = max(16, next_pow2(cg))
     if gpu:

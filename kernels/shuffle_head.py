@@ -212,7 +212,7 @@ def shuffle_head_launch_config(output: str, cin: int, upscale: int, dtype: torch
     64 pixels (fp32: 32) x all input channels x the R*R sub-pixels of one class per step, 8
     warps; every program reads the whole weight, so larger pixel blocks cut L2 traffic (128
     compiles without spills in fp16/bf16 -- a tuning candidate for a GPU run). The compile gate
-    (``python -m kernels.aot``) checks that no path spills on sm_80/sm_90. The interpreter pays
+    (``python -m tools.aot``) checks that no path spills on sm_80/sm_90. The interpreter pays
     per program and per loop trip: large blocks there."""
     if output == "logits":
         if gpu:

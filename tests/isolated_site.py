@@ -14,7 +14,7 @@ import sysconfig
 from pathlib import Path
 
 # What the GPU machine's preinstalled Python lacks, as its image documents it (.ci/gpu-image.txt):
-# torch_deploy.gpu_check must run without them. It has orbax, onnx/onnxruntime and matplotlib.
+# tools.gpu_check must run without them. It has orbax, onnx/onnxruntime and matplotlib.
 GPU_MACHINE_LACKS = (
     "grain",
     "ml_collections",

@@ -1,4 +1,4 @@
-"""The ahead-of-time compile gate (kernels/aot.py): every launch of the fast path compiles for sm_80
+"""The ahead-of-time compile gate (kernels/aot.py, run by tools/aot.py): every launch of the fast path compiles for sm_80
 and sm_90 within shared memory and without spills, and the gate does catch a spilling config.
 
 Compiling for a GPU target needs the kernels imported without Triton's interpreter, which this
@@ -27,7 +27,7 @@ def _env() -> dict:
 def test_every_model_launch_compiles_for_sm80_and_sm90_without_spills(tmp_path):
     out = tmp_path / "aot.json"
     res = subprocess.run(
-        [sys.executable, "-m", "kernels.aot", "--json", str(out), "--no-progress"],
+        [sys.executable, "-m", "tools.aot", "--json", str(out), "--no-progress"],
         cwd=ROOT,
         env=_env(),
         capture_output=True,
@@ -59,13 +59,14 @@ def test_every_model_launch_compiles_for_sm80_and_sm90_without_spills(tmp_path):
 
 _SPILLING = """
 import kernels.aot as aot, kernels.pooled_attention as pa
+from tools.aot import record_model_launches
 orig = pa.pooled_attention_launch_config
 def spilling(*a, **k):  # 64 fp32 queries with 4 warps: the configuration the gate rejected
     cfg = orig(*a, **k)
     cfg.update(BLOCK_N=64, num_warps=4)
     return cfg
 pa.pooled_attention_launch_config = spilling
-rec = aot.record_model_launches(sizes=((1024, 2048),), precisions=("fp32",), outputs=("logits",), variants=("csfcn",))
+rec = record_model_launches(sizes=((1024, 2048),), precisions=("fp32",), outputs=("logits",), variants=("csfcn",))
 rec = [(c, ln) for c, ln in rec if ln.name == "_pooled_attention_kernel"]
 res = aot.compile_all(aot.plan(rec, targets=("sm_90",)), workers=1, progress=False)
 print(len(res), res[0].spill_stores, res[0].problems)
@@ -105,7 +106,7 @@ def test_the_gate_traces_the_layouts_a_gpu_run_has():
     """On meta a convolution returns NCHW; on a GPU cuDNN returns channels-last, and Triton
     specialises on strides (a unit channel stride becomes a constant), so the gate must see the
     GPU's layouts: every 4-d kernel argument is channels-last, as in the real graph."""
-    from kernels.aot import record_model_launches
+    from tools.aot import record_model_launches
 
     rec = record_model_launches(sizes=((64, 96),), precisions=("fp16",), outputs=("labels",), variants=("csfcn",))
     assert [ln.name for _, ln in rec] == ["_pooled_attention_kernel", "_sfc_fuse_kernel", "_shuffle_labels_kernel"]

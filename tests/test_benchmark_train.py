@@ -1,4 +1,4 @@
-"""``python -m jax_csfcn.benchmark train``: the benchmark's torch OHEM is the definition of
+"""``python -m tools.benchmark_train train``: the benchmark's torch OHEM is the definition of
 jax_csfcn.losses (against the direct reference of tests/test_losses.py). The command itself
 runs in tests/test_readme.py (the README's command on tiny settings), which also checks that
 the JAX train step and the PyTorch twin's step start from the same loss."""
@@ -11,7 +11,7 @@ import torch
 from conftest import nchw
 from test_losses import OHEM_CASES, make_batch, ohem_reference
 
-from jax_csfcn.benchmark import torch_ohem_loss, torch_ohem_select
+from tools.benchmark_train import torch_ohem_loss, torch_ohem_select
 
 
 @pytest.mark.parametrize("case", OHEM_CASES.keys())

@@ -8,28 +8,15 @@ import importlib
 import io
 import os
 import re
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every command: the bridge's own (python -m convert) and each module of tools/ with a main() (the
+# folder rule of docs/architecture.md, "Package layering"; tests/test_layering.py checks that no
+# other module has a command). tools/compare.py is a helper of two commands, not one itself.
 CLIS = (
     "convert",
-    "jax_csfcn.train",
-    "jax_csfcn.evaluate",
-    "jax_csfcn.summary",
-    "jax_csfcn.demo",
-    "jax_csfcn.accuracy_speed",
-    "jax_csfcn.official_eval",
-    "jax_csfcn.benchmark",
-    "jax_csfcn.data.benchmark",
-    "jax_csfcn.data.synthetic",
-    "jax_csfcn.data.folder",
-    "jax_csfcn.data.tfds_cityscapes",
-    "kernels.aot",
-    "torch_deploy.predict",
-    "torch_deploy.benchmark",
-    "torch_deploy.export_onnx",
-    "torch_deploy.accuracy",
-    "torch_deploy.roofline",
-    "torch_deploy.gpu_check",
+    *sorted(f"tools.{p.stem}" for p in Path(ROOT, "tools").glob("*.py") if "\ndef main(" in p.read_text()),
 )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
-COMMANDS = ("jax_csfcn.train", "jax_csfcn.summary", "jax_csfcn.evaluate")
+COMMANDS = ("jax_csfcn.train", "jax_csfcn.summary", "tools.evaluate")
 # The shipped families and every member (README, Training): changing them is a decision, not an accident.
 MEMBERS = [
     *(f"cityscapes.py:{v},{s}" for v in ("csfcn", "csfcn_tiny") for s in ("50", "75", "100")),
@@ -87,7 +87,7 @@ def test_config_is_valid(member, tmp_path, monkeypatch):
     from jax_csfcn.data.sources import DATASETS, num_classes
     from jax_csfcn.model import build_model
     from jax_csfcn.step import model_config
-    from jax_csfcn.train import _validate
+    from jax_csfcn.training import _validate
 
     if member.startswith("folder.py"):  # its class count comes from the dataset's table
         from jax_csfcn.data.folder import write_synthetic_folder
@@ -160,7 +160,7 @@ def test_unknown_family_argument_is_named(bad):
 
 def test_family_argument_through_the_command_line():
     """`--config configs/cityscapes.py:csfcn_tiny,75` reaches get_config (ml_collections' idiom)."""
-    cmd = [sys.executable, "-m", "jax_csfcn.summary", "--config", "configs/cityscapes.py:csfcn_tiny,75"]
+    cmd = [sys.executable, "-m", "tools.summary", "--config", "configs/cityscapes.py:csfcn_tiny,75"]
     cmd += ["--config.data.image_size=(64, 128)"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -97,8 +97,8 @@ def test_every_tool_asks_the_one_report(monkeypatch):
     cpu_caps through the one decision (torch_deploy.precision): an AVX2 report makes bf16 a
     one-line refusal, int8 7-bit, auto fp32. Besides the decision, only optimize (int8's bits)
     and the benchmark (its labels) read the report."""
-    import torch_deploy.accuracy as accuracy_module
-    import torch_deploy.benchmark as benchmark_module
+    import tools.accuracy as accuracy_module
+    import tools.benchmark as benchmark_module
     import torch_deploy.precision as precision_module
 
     avx2 = CpuCaps("x86_64", AVX2, "a test's flags")
@@ -169,7 +169,7 @@ def test_every_precision_path_under_a_lower_isa(isa):
 
 def test_benchmark_prints_the_cpu_report(capsys, tmp_path):
     """`python -m torch_deploy.benchmark --device cpu` says which CPU class its rows ran on."""
-    from torch_deploy.benchmark import main
+    from tools.benchmark import main
 
     out = tmp_path / "b.json"
     args = ["--device", "cpu", "--size", "32", "64", "--only", "a", "--repeats", "1", "--warmup", "0"]

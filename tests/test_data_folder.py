@@ -161,7 +161,7 @@ def test_folder_errors_name_the_file_and_the_fix(tmp_path):
 
 def test_list_names_readme_txt_one_bit_masks_and_numpy_colours(tmp_path):
     from csfcn.class_table import write_class_table
-    from jax_csfcn.data.folder import main as folder_main
+    from tools.folder_data import main as folder_main
 
     root, elsewhere = tmp_path / "ds", tmp_path / "elsewhere"
     write_synthetic_folder(root, splits={"val": 1}, size=(32, 48), mask="index")

@@ -10,7 +10,8 @@ from cityscapesscripts.helpers.labels import trainId2label
 from PIL import Image
 
 from jax_csfcn.data.cityscapes import IGNORE_INDEX, NUM_CLASSES, label_id_to_train_id
-from jax_csfcn.data.synthetic import generate_scene, main, scene_name, write_synthetic_cityscapes
+from jax_csfcn.data.synthetic import generate_scene, scene_name, write_synthetic_cityscapes
+from tools.synthetic_data import main
 
 SIZE = (128, 256)
 LUT = label_id_to_train_id()

@@ -3,7 +3,7 @@
 The synthetic scenes are written in the Cityscapes folder layout, zipped as the official
 ``leftImg8bit_trainvaltest.zip`` / ``gtFine_trainvaltest.zip`` (top folders ``leftImg8bit/``
 and ``gtFine/``, then ``{split}/{city}/``), and prepared by the TFDS builder in array_record
-format in a subprocess (``python -m jax_csfcn.data.tfds_cityscapes``): TensorFlow, which the
+format in a subprocess (``python -m tools.tfds_prepare``): TensorFlow, which the
 builder needs, stays out of the test process.  The items read back must equal the folder
 source's items for the same files.
 """
@@ -49,7 +49,7 @@ def prepared(tmp_path_factory):
     write_synthetic_cityscapes(root, splits=SPLITS, size=(32, 64), progress=False)
     _zip_layout(root, manual)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "jax_csfcn.data.tfds_cityscapes", "--manual-dir", str(manual)]
+    cmd = [sys.executable, "-m", "tools.tfds_prepare", "--manual-dir", str(manual)]
     cmd += ["--data-dir", str(data_dir), "--download-dir", str(base / "downloads")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -75,7 +75,7 @@ def setup(tmp_path_factory):
     save_flax_model(ckpt, model)
 
     out_json = tmp / "cli" / "scores.json"
-    cmd = [sys.executable, "-m", "jax_csfcn.evaluate", "--config", "configs/synthetic.py", "--checkpoint", str(ckpt)]
+    cmd = [sys.executable, "-m", "tools.evaluate", "--config", "configs/synthetic.py", "--checkpoint", str(ckpt)]
     cmd += [f"--config.data.root={root}", "--json", str(out_json), "--dump-dir", str(tmp / "cli" / "dump")]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     cli = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -122,7 +122,7 @@ def _valid_pixels(root) -> int:
 
 @pytest.fixture(scope="module")
 def single_scale(setup, tmp_path_factory):
-    from jax_csfcn.evaluate import evaluate_checkpoint
+    from tools.evaluate import evaluate_checkpoint
 
     root, ckpt, _, _ = setup
     dump = tmp_path_factory.mktemp("dump")
@@ -175,7 +175,7 @@ def test_scores_equal_official_cityscapes_evaluator(setup, single_scale):
 
 
 def test_multiscale_and_flip(setup, single_scale):
-    from jax_csfcn.evaluate import evaluate_checkpoint
+    from tools.evaluate import evaluate_checkpoint
 
     root, ckpt, _, _ = setup
     cfg = _config(root, eval__scales=(0.5, 1.0), eval__flip=True)
@@ -192,7 +192,7 @@ def test_reduced_eval_size_scores_at_full_resolution(setup, single_scale, tmp_pa
     stay at the labels' full resolution."""
     from PIL import Image
 
-    from jax_csfcn.evaluate import evaluate_checkpoint
+    from tools.evaluate import evaluate_checkpoint
 
     root, ckpt, _, _ = setup
     cfg = _config(root)
@@ -230,7 +230,7 @@ def test_evaluate_cli_writes_json(setup, single_scale):
 def test_an_unwritable_json_fails_before_the_evaluation(tmp_path, monkeypatch, capsys):
     """--json (and --pictures) are written after the whole evaluation: a place that cannot take
     them is one line at once, not an OSError after the long work."""
-    import jax_csfcn.evaluate as ev
+    import tools.evaluate as ev
 
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluated before checking that --json can be written")

@@ -72,8 +72,8 @@ def source(tmp_path_factory):
 
 def test_own_classes_evaluate_convert_predict(source, tmp_path):
     from convert.__main__ import main as convert_main
-    from jax_csfcn.evaluate import evaluate_checkpoint
-    from torch_deploy.predict import main as predict_main
+    from tools.evaluate import evaluate_checkpoint
+    from tools.predict import main as predict_main
 
     root, st, cfg = source
     grid = tmp_path / "val.png"
@@ -110,8 +110,8 @@ def test_own_classes_evaluate_convert_predict(source, tmp_path):
 
 
 def test_evaluating_on_another_label_space_is_refused(source, tmp_path):
-    from jax_csfcn.evaluate import evaluate_checkpoint
-    from jax_csfcn.train import TrainError
+    from jax_csfcn.step import TrainError
+    from tools.evaluate import evaluate_checkpoint
 
     _, st, _ = source
     other = tmp_path / "other"  # five classes too, other names: the same ids would mean other things

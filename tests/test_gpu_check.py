@@ -1,4 +1,4 @@
-"""`python -m torch_deploy.gpu_check --dry-run`: every section of the prepared GPU check runs on CPU at
+"""`python -m tools.gpu_check --dry-run`: every section of the prepared GPU check runs on CPU at
 tiny sizes, with none of the packages a GPU machine's preinstalled Python lacks importable.
 
 The child processes (the check, and the pytest runs it starts with the same interpreter flags)
@@ -37,7 +37,7 @@ def test_gpu_check_dry_run_without_the_training_stack(tmp_path):
     assert probe.stdout.strip() == str([True] * len(ABSENT)), probe.stdout + probe.stderr
     out = tmp_path / "gc"
     res = subprocess.run(
-        [sys.executable, "-S", "-m", "torch_deploy.gpu_check", "--out", str(out), "--dry-run"],
+        [sys.executable, "-S", "-m", "tools.gpu_check", "--out", str(out), "--dry-run"],
         cwd=tmp_path,  # not the repository: the check must find its tests by itself
         env=env,
         capture_output=True,
@@ -74,7 +74,7 @@ def test_gpu_check_dry_run_without_the_training_stack(tmp_path):
     tail = res.stdout.strip().splitlines()[-25:]
     assert any(line.startswith("| target | JAX training") for line in tail)
     md = (out / "gpu_check.md").read_text()
-    assert md.startswith("GPU check on CPU") and "python3 -m torch_deploy.gpu_check" in md
+    assert md.startswith("GPU check on CPU") and "python3 -m tools.gpu_check" in md
     assert "| model | 64x128 a  reference eager fp32" in md and "| model | 32x64 a  reference eager fp32" in md
     assert report["environment"]["packages"]["pytest"]
 
@@ -86,7 +86,7 @@ def test_gpu_check_refuses_a_missing_gpu_clearly(tmp_path):
     if torch.cuda.is_available():
         return
     res = subprocess.run(
-        [sys.executable, "-m", "torch_deploy.gpu_check", "--out", str(tmp_path / "gc")],
+        [sys.executable, "-m", "tools.gpu_check", "--out", str(tmp_path / "gc")],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -102,7 +102,7 @@ def test_a_section_stops_at_its_limit_and_the_tables_are_rewritten_after_each(tm
     past the budget is not started, and gpu_check.json/.md hold every finished section."""
     import time
 
-    from torch_deploy.gpu_check import Check, make_plan
+    from tools.gpu_check import Check, make_plan
 
     check = Check(str(tmp_path), make_plan(dry_run=True), budget_s=3.0, dry_run=True)
     check.section("quick", lambda: {"x": 1}, 1.0)
@@ -120,8 +120,8 @@ def test_a_section_stops_at_its_limit_and_the_tables_are_rewritten_after_each(tm
 
 def test_unknown_skip_names_and_an_out_file_are_one_line(tmp_path, capsys, monkeypatch):
     """--skip nosuch once ran everything; --out naming a file was a FileExistsError traceback."""
-    import torch_deploy.gpu_check as gc
-    from torch_deploy.gpu_check import main
+    import tools.gpu_check as gc
+    from tools.gpu_check import main
 
     def no_sections(*args, **kwargs):
         raise AssertionError("the check started despite a bad flag")

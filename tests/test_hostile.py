@@ -54,7 +54,8 @@ def test_synthetic_rejects_impossible_sizes_and_counts(tmp_path, extra, message)
 )
 def test_training_settings_are_checked_before_any_work(tmp_path, key, value, message):
     from jax_csfcn.config import get_config
-    from jax_csfcn.train import TrainError, train
+    from jax_csfcn.step import TrainError
+    from tools.train import train
 
     cfg = get_config()
     cfg.workdir = str(tmp_path / "run")
@@ -67,7 +68,7 @@ def test_training_settings_are_checked_before_any_work(tmp_path, key, value, mes
 
 
 def test_benchmark_rejects_an_unknown_variant(capsys):
-    from torch_deploy.benchmark import main
+    from tools.benchmark import main
 
     assert main(["--only", "a,z", "--size", "32", "64"]) == 2
     err = capsys.readouterr().err
@@ -95,7 +96,7 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
 
 
 def test_predict_keeps_apart_images_that_differ_only_by_suffix(tmp_path):
-    from torch_deploy.predict import collect_inputs
+    from tools.predict import collect_inputs
 
     rng = np.random.default_rng(0)
     (tmp_path / "in").mkdir()
@@ -240,8 +241,8 @@ def test_a_full_disk_is_one_line_in_convert_and_predict(tmp_path, monkeypatch, c
     import csfcn.palette
     import torch_deploy.checkpoint
     from convert.formats import write_safetensors
+    from tools.predict import main as predict
     from torch_deploy.model import CSFCN
-    from torch_deploy.predict import main as predict
 
     twin = CSFCN(name="csfcn_tiny", num_classes=11)  # 11: CamVid's palette by class count
     torch.save(twin.state_dict(), tmp_path / "up.pth")
@@ -294,8 +295,8 @@ def test_debug_shows_the_traceback_the_one_line_error_hides(tmp_path, capsys):
     """csfcn/cli.py: the same mistake is one `error:` line, or with --debug the exception itself."""
     from convert.__main__ import main as convert
     from csfcn.checkpoints import ConversionError
-    from torch_deploy.predict import PredictError
-    from torch_deploy.predict import main as predict
+    from tools.predict import PredictError
+    from tools.predict import main as predict
 
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     argv = [str(tmp_path / "broken.pth"), str(tmp_path / "out.safetensors")]
@@ -350,7 +351,7 @@ def test_checkpoints_that_lie_are_named_not_loaded(tmp_path):
     with pytest.raises(ConversionError, match=r"shape.safetensors.*conv_out32.conv_out.weight: checkpoint has \(5"):
         load_model(tmp_path / "shape.safetensors")
     res = _cli(
-        "torch_deploy.export_onnx", "--checkpoint", str(tmp_path / "shape.safetensors"), "--out", "m.onnx", cwd=tmp_path
+        "tools.export_onnx", "--checkpoint", str(tmp_path / "shape.safetensors"), "--out", "m.onnx", cwd=tmp_path
     )
     assert res.returncode == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
     assert "conv_out32.conv_out.weight" in res.stderr and not (tmp_path / "m.onnx").exists()
@@ -377,8 +378,8 @@ def test_a_broken_config_file_is_one_line(tmp_path):
 def test_prediction_dumps_stay_inside_their_folder(tmp_path):
     """Record names come from the data (a TFDS image_id): '../x' must not write outside --dump-dir,
     and a --dump-dir that is a file is named."""
-    from jax_csfcn.evaluate import _prediction_writer
     from jax_csfcn.step import TrainError
+    from tools.evaluate import _prediction_writer
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(TrainError, match="--dump-dir .*file: is a file"):
@@ -397,8 +398,8 @@ def test_a_symlink_out_of_an_output_folder_is_refused_not_followed(tmp_path):
     elsewhere are both refused, the error naming where the name leads; a link that stays inside
     the folder is fine."""
     from csfcn.files import child_path
-    from jax_csfcn.evaluate import _prediction_writer
     from jax_csfcn.step import TrainError
+    from tools.evaluate import _prediction_writer
 
     out, outside = tmp_path / "dump", tmp_path / "outside"
     (out / "real").mkdir(parents=True)

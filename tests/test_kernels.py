@@ -375,7 +375,7 @@ def test_pooled_attention_any_number_of_positions(request, s):
 # several programs per image, masked edge blocks, 8 warps' worth of tiles, the online softmax
 # across 64-position tiles, 32-channel K steps. What the interpreter cannot compute is the bf16
 # tl.dot (it multiplies bf16 bit patterns); bf16 dots keep their fp32 detour here, and the bf16
-# tensor-core path is checked on a GPU by `python -m torch_deploy.gpu_check` (tests marked gpu).
+# tensor-core path is checked on a GPU by `python -m tools.gpu_check` (tests marked gpu).
 def _recorded_meta(fn):
     with record_launches() as launches:
         fn()

@@ -50,7 +50,7 @@ import torch
 import torch_deploy
 from convert.formats import write_safetensors
 from torch_deploy.model import CSFCN
-from torch_deploy.predict import main
+from tools.predict import main
 
 torch.manual_seed(0)
 twin = CSFCN(num_classes=11).eval()
@@ -169,8 +169,8 @@ def test_a_deploy_only_install_converts_and_names_the_missing_extras(tmp_path):
     for argv, extra in (
         (["-m", "torch_deploy.predict", "--checkpoint", "a_run", "--input", "x.png", "--out", "p"], "train"),
         (["-m", "jax_csfcn.train", "--config", "configs/synthetic.py"], "train"),
-        (["-m", "jax_csfcn.evaluate", "--help"], "train"),
-        (["-m", "torch_deploy.export_onnx", "--checkpoint", "model.safetensors", "--out", "m.onnx"], "onnx"),
+        (["-m", "tools.evaluate", "--help"], "train"),
+        (["-m", "tools.export_onnx", "--checkpoint", "model.safetensors", "--out", "m.onnx"], "onnx"),
         (["-m", "convert", "model.safetensors", "flax_dir"], "train"),
     ):
         res = run(*argv)
@@ -182,31 +182,21 @@ def test_a_deploy_only_install_converts_and_names_the_missing_extras(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the import graph
-PACKAGES = ("csfcn", "jax_csfcn", "torch_deploy", "convert", "kernels", "configs")
-# The command-line tools that compare or chain the two sides, or read any checkpoint format,
-# sit on top of every library module (docs/architecture.md, "Package layering").
-TOOLS = {
-    "jax_csfcn.train",  # ImageNet initialisation reads a PyTorch file through convert
-    "jax_csfcn.evaluate",  # evaluates any checkpoint format
-    "jax_csfcn.demo",
-    "jax_csfcn.accuracy_speed",  # trains in JAX, exports, times the PyTorch side
-    "jax_csfcn.benchmark",
-    "torch_deploy.predict",  # predicts from any checkpoint format (a training run too)
-    "torch_deploy.export_onnx",
-    "torch_deploy.gpu_check",
-    "torch_deploy.compare",  # GFLOPs from jax_csfcn.summary when the training extra is installed
-    "torch_deploy.accuracy",  # reads datasets and scores through jax_csfcn
-    "kernels.aot",
-    "convert.__main__",
-}
-# What a library module of each package may import from the other packages.
+# The folder rule (docs/architecture.md, "Package layering"): commands live in tools/, on top;
+# the libraries below import only downward, with no exception for any module. A launcher package
+# (a folder holding only __init__.py and __main__.py, e.g. jax_csfcn/train/) keeps a command name
+# the project promised (python -m jax_csfcn.train) and runs its tool; nothing imports it.
+PACKAGES = ("csfcn", "jax_csfcn", "torch_deploy", "convert", "kernels", "configs", "tools")
+LIBRARIES = ("csfcn", "kernels", "jax_csfcn", "torch_deploy", "convert")
+# What a module of each package may import from the other packages (bottom to top).
 MAY_IMPORT = {
     "csfcn": set(),
-    "kernels": set(),
+    "kernels": {"csfcn"},
     "jax_csfcn": {"csfcn"},
     "torch_deploy": {"csfcn", "kernels"},
     "convert": {"csfcn", "jax_csfcn", "torch_deploy"},
     "configs": {"csfcn", "jax_csfcn"},
+    "tools": {"csfcn", "kernels", "jax_csfcn", "torch_deploy", "convert", "configs"},
 }
 # Function-level imports are kept for what an install may lack, each for a reason:
 OPTIONAL = {
@@ -227,6 +217,16 @@ OPTIONAL = {
 }
 # ... and a tool's or the bridge's imports of the other side (only installed where it is used).
 OTHER_SIDE = {"jax", "flax", "torch", "jax_csfcn", "torch_deploy", "convert"}
+
+
+def _launchers() -> set[str]:
+    """The launcher packages: folders of a library holding only __init__.py and __main__.py."""
+    found = set()
+    for pkg in LIBRARIES:
+        for main in Path(ROOT, pkg).rglob("__main__.py"):
+            if sorted(p.name for p in main.parent.iterdir() if p.suffix == ".py") == ["__init__.py", "__main__.py"]:
+                found.add(".".join(main.parent.relative_to(ROOT).parts))
+    return found
 
 
 def _modules() -> dict[str, str]:
@@ -267,19 +267,25 @@ def _project_module(name: str, mods) -> str | None:
 
 
 def test_packages_depend_one_way_with_no_import_cycle():
-    mods = _modules()
+    mods, launchers = _modules(), _launchers()
+    assert launchers == {"jax_csfcn.train", "torch_deploy.predict", "torch_deploy.benchmark"}, launchers
     graph, wrong_way = {m: set() for m in mods}, []
     for mod, path in mods.items():
         pkg = mod.split(".")[0]
+        launcher = mod.removesuffix(".__main__") in launchers
         for name, _, line, _ in _imports(path):
             target = _project_module(name, mods)
             if target is None or target == mod:
                 continue
             graph[mod].add(target)
             other = target.split(".")[0]
-            if other != pkg and mod not in TOOLS and other not in MAY_IMPORT[pkg]:
+            if launcher and (target == "csfcn.cli" or other == "tools"):
+                continue  # a launcher runs its tool (and nothing imports a launcher: below)
+            if any(target == t or target.startswith(t + ".") for t in launchers):
+                wrong_way.append(f"{path}:{line} imports the launcher {target}")
+            elif other != pkg and other not in MAY_IMPORT[pkg]:
                 wrong_way.append(f"{path}:{line} imports {target}")
-    assert not wrong_way, "library modules importing the wrong way:\n" + "\n".join(wrong_way)
+    assert not wrong_way, "modules importing the wrong way:\n" + "\n".join(wrong_way)
     # no cycle: a depth-first search finds no edge back to a module on the current path
     state, cycles = {}, []
 
@@ -308,7 +314,7 @@ def test_function_level_imports_are_optional_dependencies_each_with_a_reason():
             top = name.split(".")[0]
             if any(name == k or name.startswith(k + ".") for k in OPTIONAL):
                 continue
-            if top in OTHER_SIDE and top != mod.split(".")[0] and (mod in TOOLS or mod.startswith("convert")):
+            if top in OTHER_SIDE and top != mod.split(".")[0] and mod.split(".")[0] in ("tools", "convert"):
                 continue
             if "# lazy:" in source or "# optional:" in source:  # the reason is on the line
                 continue
@@ -316,3 +322,28 @@ def test_function_level_imports_are_optional_dependencies_each_with_a_reason():
     assert not unexplained, "function-level imports without a reason (move them to the top):\n" + "\n".join(
         sorted(set(unexplained))
     )
+
+
+def _has_main_block(path: str) -> bool:
+    return any(
+        isinstance(n, ast.If) and "__name__" in ast.unparse(n.test) and "__main__" in ast.unparse(n.test)
+        for n in ast.parse(Path(path).read_text()).body
+    )
+
+
+def test_commands_live_in_tools_and_launchers_only_launch():
+    """No library module is a command (a ``__main__`` block); a launcher's __init__.py is a
+    docstring and its __main__.py imports only csfcn.cli and one tool."""
+    mods, launchers = _modules(), _launchers()
+    commands = [
+        path
+        for mod, path in mods.items()
+        if not mod.startswith("tools.") and not path.endswith("__main__.py") and _has_main_block(path)
+    ]
+    assert not commands, f"commands outside tools/ (move them there): {commands}"
+    for launcher in sorted(launchers):
+        init = ast.parse(Path(mods[launcher]).read_text())
+        assert len(init.body) == 1 and isinstance(init.body[0].value, ast.Constant), f"{launcher}/__init__.py"
+        used = {_project_module(n, mods) for n, *_ in _imports(mods[launcher + ".__main__"])}
+        tools_used = {u for u in used if u and u.startswith("tools.")}
+        assert len(tools_used) == 1 and used - tools_used <= {"csfcn.cli"}, (launcher, used)

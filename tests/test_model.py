@@ -140,7 +140,7 @@ def test_summary_cli():
     cmd = [
         sys.executable,
         "-m",
-        "jax_csfcn.summary",
+        "tools.summary",
         "--config",
         "configs/camvid.py:csfcn",
         "--config.model.num_classes=19",

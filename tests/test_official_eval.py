@@ -1,7 +1,7 @@
-"""``python -m jax_csfcn.official_eval``: the official evaluator on a folder, and its bad input.
+"""``python -m tools.official_eval``: the official evaluator on a folder, and its bad input.
 
 (tests/test_evaluate.py checks that the official class IoUs equal ours on a trained-like model;
-tests/test_readme.py runs the README's command after ``jax_csfcn.evaluate --dump-dir``.)
+tests/test_readme.py runs the README's command after ``tools.evaluate --dump-dir``.)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from jax_csfcn.data.synthetic import write_synthetic_cityscapes
-from jax_csfcn.official_eval import main
+from tools.official_eval import main
 
 
 @pytest.fixture

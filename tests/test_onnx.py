@@ -15,9 +15,9 @@ from conftest import rel_l2
 from torch_checkpoints import make_checkpoint, random_model
 
 from csfcn.model_config import ModelConfig
+from tools.export_onnx import ExportError, export_onnx
+from tools.export_onnx import main as export_main
 from torch_deploy import load_model
-from torch_deploy.export_onnx import ExportError, export_onnx
-from torch_deploy.export_onnx import main as export_main
 from torch_deploy.model import pyramid_pool
 from torch_deploy.onnx_graph import ExportOps, export_module, fold_batchnorms, pyramid_pool_masked
 
@@ -124,7 +124,7 @@ def test_export_errors(ckpt, tmp_path, capsys):
 
 
 def test_failed_check_writes_nothing(ckpt, tmp_path, monkeypatch):
-    import torch_deploy.export_onnx as E
+    import tools.export_onnx as E
 
     monkeypatch.setattr(E, "MAX_REL_L2", 0.0)  # no export can meet this
     monkeypatch.setattr(E, "FP32_FACTOR", 0.0)
@@ -137,7 +137,7 @@ def test_failed_check_writes_nothing(ckpt, tmp_path, monkeypatch):
 def test_the_check_bound_is_the_twins_own_fp32_error(ckpt, tmp_path):
     """Each check's bound is FP32_FACTOR x the twin's fp32 distance to fp64 on that input (at
     least MAX_REL_L2), and onnxruntime meets it with room: ORT's own fp32 error is of the twin's order."""
-    import torch_deploy.export_onnx as E
+    import tools.export_onnx as E
 
     report = E.export_onnx(ckpt, tmp_path / "m.onnx", size=(32, 64))
     for c in report["checks"]:

@@ -555,7 +555,7 @@ def test_benchmark_cli_runs_the_cpu_variants(tmp_path, capsys):
     """`python -m torch_deploy.benchmark` on a tiny input: table, skipped variants named, JSON."""
     import json
 
-    from torch_deploy.benchmark import main
+    from tools.benchmark import main
 
     out = tmp_path / "bench.json"
     args = ["--size", "32", "64", "--classes", "11", "--repeats", "2", "--warmup", "1", "--threads", "1"]

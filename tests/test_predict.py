@@ -16,9 +16,9 @@ from PIL import Image
 from torch_checkpoints import make_checkpoint, random_image
 
 from csfcn.palette import CITYSCAPES_PALETTE, colorize, train_id_to_label_id
+from tools.predict import LOCK, MANIFEST, collect_inputs
+from tools.predict import main as predict_main
 from torch_deploy import Predictor, load_model
-from torch_deploy.predict import LOCK, MANIFEST, collect_inputs
-from torch_deploy.predict import main as predict_main
 from torch_deploy.predictor import InputError, normalise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -411,7 +411,7 @@ def test_outputs_are_never_read_back_as_inputs(ckpt, rng, tmp_path, capsys):
 
 
 def build_help() -> str:
-    from torch_deploy.predict import build_parser
+    from tools.predict import build_parser
 
     return " ".join(build_parser().format_help().split())
 

@@ -189,7 +189,7 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         if target in ("test", "test-slow", "test-gpu") and len(argv) == 2:
             return ["collect-only", *make, target]
         return None
-    if argv[:2] == ["python3", "-m"] and argv[2] == "torch_deploy.gpu_check":
+    if argv[:2] == ["python3", "-m"] and argv[2] == "tools.gpu_check":
         argv = ["python", *argv[1:]]  # the GPU machine's command, written as it is typed there
     if argv[:2] != ["python", "-m"]:
         return None
@@ -215,9 +215,9 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         return [*py, *rest, "--no-progress"] + (
             ["--size", "48", "64", "--train", "4", "--val", "2"] if "--write-example" in rest else []
         )
-    if mod in ("jax_csfcn.evaluate", "jax_csfcn.official_eval", "convert", "torch_deploy.predict"):
+    if mod in ("tools.evaluate", "jax_csfcn.official_eval", "convert", "torch_deploy.predict"):
         return [*py, *rest]
-    if mod == "torch_deploy.accuracy":
+    if mod == "tools.accuracy":
         return [
             *py,
             *rest,
@@ -227,9 +227,9 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
             "2",
             "--quiet",
         ]
-    if mod == "torch_deploy.export_onnx":
+    if mod == "tools.export_onnx":
         return [*py, *(_replace_size(rest, "--size", (64, 128)) if "--size" in rest else rest)]
-    if mod == "jax_csfcn.accuracy_speed":  # CSFCN alone, on the demo's tiny scenes (its compiled step)
+    if mod == "tools.accuracy_speed":  # CSFCN alone, on the demo's tiny scenes (its compiled step)
         extra = ["--tiny", "--models", "csfcn", "--workdir", str(ws / "runs/accuracy_speed_tiny")]
         return [*py, *rest, *extra, "--repeats", "1", "--warmup", "0"]
     if mod == "torch_deploy.benchmark":
@@ -238,11 +238,11 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         return [*py, *rest, "--no-progress"]  # the sizes of tests/test_aot.py: Triton's disk cache has them
     if mod == "torch_deploy.roofline":
         return [*py, *rest, "--size", "64", "128"]
-    if mod == "torch_deploy.gpu_check":
+    if mod == "tools.gpu_check":
         # no GPU here: the dry run on CPU, its cheap sections; tests/test_gpu_check.py runs every section
         rest = [GPU_CHECK_OUT if a == "$OUT" else a for a in rest]  # $OUT: the folder that comes back
         return [*py, *rest, "--dry-run", "--skip", "tests,training,benchmark,models"]
-    if mod == "jax_csfcn.benchmark" and rest[:1] == ["train"]:
+    if mod == "tools.benchmark_train" and rest[:1] == ["train"]:
         rest = _replace_size(rest, "--size", (32, 64))
         rest[rest.index("--batch") + 1] = "2"
         rest[rest.index("--repeats") + 1] = "1"
@@ -258,11 +258,11 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
 IN_PROCESS = {
     "convert": "convert.__main__",
     "torch_deploy.predict": "torch_deploy.predict",
-    "torch_deploy.export_onnx": "torch_deploy.export_onnx",
+    "tools.export_onnx": "tools.export_onnx",
     "torch_deploy.benchmark": "torch_deploy.benchmark",
-    "torch_deploy.accuracy": "torch_deploy.accuracy",
+    "tools.accuracy": "tools.accuracy",
     "torch_deploy.roofline": "torch_deploy.roofline",
-    "jax_csfcn.evaluate": "jax_csfcn.evaluate",
+    "tools.evaluate": "tools.evaluate",
     "jax_csfcn.data.synthetic": "jax_csfcn.data.synthetic",
     "jax_csfcn.data.folder": "jax_csfcn.data.folder",
     "jax_csfcn.train": "jax_csfcn.train",
@@ -352,7 +352,7 @@ def check_after(cmd: Command, proc, ws: Path) -> None:
         stopped = "--config.workdir=runs/csfcn100" in argv and "--resume" not in argv
         assert steps == ([1] if stopped else [1, 2]), (cmd.line, steps)
         assert stopped or (wd / "eval.json").is_file() and (wd / "curves.png").is_file()
-    elif "jax_csfcn.evaluate" in text and "--json" in argv:
+    elif "tools.evaluate" in text and "--json" in argv:
         scores = json.loads((ws / argv[argv.index("--json") + 1]).read_text())
         assert 0.0 <= scores["miou"] <= 1.0 and scores["images"] == 2
         assert len(list((ws / argv[argv.index("--dump-dir") + 1]).iterdir())) == 2
@@ -376,9 +376,9 @@ def check_after(cmd: Command, proc, ws: Path) -> None:
             assert (out / "legend.png").is_file() and len(
                 [p for p in pngs if "labels" in p.relative_to(out).parts]
             ) >= 2
-    elif "torch_deploy.export_onnx" in text:
+    elif "tools.export_onnx" in text:
         assert (ws / argv[argv.index("--out") + 1]).stat().st_size > 100_000
-    elif "jax_csfcn.benchmark train" in text:
+    elif "tools.benchmark_train train" in text:
         rows = json.loads((ws / argv[argv.index("--json") + 1]).read_text())["train"]["rows"]
         assert len(rows) == 3 and all(r["runs"] == 1 and r["median_ms"] > 0 for r in rows.values())
         # JAX and the PyTorch twin start from the same converted weights and batch: same first loss
@@ -390,14 +390,12 @@ def check_after(cmd: Command, proc, ws: Path) -> None:
         assert "84/84 compiled kernels pass" in proc.stdout and "sm_90" in proc.stdout
     elif "torch_deploy.roofline" in text:
         assert "H200" in proc.stdout and "(e) optimize fp16 labels" in proc.stdout
-    elif "torch_deploy.gpu_check" in text:
+    elif "tools.gpu_check" in text:
         out = ws / argv[argv.index("--out") + 1].replace("$OUT", GPU_CHECK_OUT)
         report = json.loads((out / "gpu_check.json").read_text())
         ran = {k for k, v in report["sections"].items() if v["status"] == "ok"}
         assert ran == {"environment", "ceilings"}, report["sections"]
-        assert (out / "gpu_check.md").is_file() and "python3 -m torch_deploy.gpu_check" in (
-            out / "gpu_check.md"
-        ).read_text()
+        assert (out / "gpu_check.md").is_file() and "python3 -m tools.gpu_check" in (out / "gpu_check.md").read_text()
     elif "torch_deploy.benchmark" in text and "--model" in argv:  # every model side by side
         for name in ("csfcn", "sfanet", "mgseg", "icnet", "bisenetv1", "swiftnet"):
             assert f"{name} twin fp32" in proc.stdout and f"{name} fast fp32" in proc.stdout, (
@@ -416,7 +414,7 @@ def check_after(cmd: Command, proc, ws: Path) -> None:
 
 
 def check_summary_block(blocks: list[Block], ws: Path) -> int:
-    """The ``$ python -m jax_csfcn.summary ...`` text block equals what the command prints."""
+    """The ``$ python -m tools.summary ...`` text block equals what the command prints."""
     n = 0
     for b in blocks:
         lines = b.body.splitlines()

@@ -1,7 +1,7 @@
 """The train step and its benchmark run with only the JAX + PyTorch stacks installed.
 
 A GPU machine that times the JAX train step against the PyTorch twin's
-(jax_csfcn.benchmark.bench_train) has torch, triton, jax, flax, optax, numpy, safetensors and
+(tools.benchmark_train.bench_train) has torch, triton, jax, flax, optax, numpy, safetensors and
 pytest, and none of the data / config / checkpoint / export packages below.  A child process
 hides those packages from the import system (as if they were not installed) and runs
 jax_csfcn.step and bench_train in the GPU check's precision (JAX bf16 compute, torch bf16
@@ -62,7 +62,7 @@ for name in NOT_INSTALLED:  # the refusal works: none of them can be imported no
         raise AssertionError(f"{name} is still importable")
 
 import jax_csfcn.step  # noqa: E402
-from jax_csfcn.benchmark import bench_train  # noqa: E402
+from tools.benchmark_train import bench_train  # noqa: E402
 
 out = bench_train(
     1, 2, (64, 64), "csfcn", warmup=0, min_kept=500, torch_layouts=("channels_last",),

@@ -114,7 +114,7 @@ def final_params(workdir):
 
 
 def test_run_writes_logs_checkpoints_and_curves(data_root, tmp_path, cache_dir):
-    from jax_csfcn.train import train
+    from tools.train import train
 
     cfg = tiny_config(data_root, tmp_path / "run", **{"eval.every": 3, "checkpoint.keep": 1})
     summary = train(cfg, progress=False)
@@ -143,14 +143,14 @@ def test_run_writes_logs_checkpoints_and_curves(data_root, tmp_path, cache_dir):
     model = jax_csfcn.load_model(wd)
     assert model.config.name == "csfcn_tiny"
     # A second start without --resume refuses to overwrite the run.
-    from jax_csfcn.train import TrainError
+    from jax_csfcn.step import TrainError
 
     with pytest.raises(TrainError, match="--resume"):
         train(cfg, progress=False)
 
 
 def test_resume_continues_exactly(data_root, tmp_path, cache_dir):
-    from jax_csfcn.train import train
+    from tools.train import train
 
     # The straight run also makes timed saves (checkpoint.every_minutes: here 6 ms, so at every
     # step from the second on, agreed a step later): odd steps, which checkpoint.every=2 never saves.
@@ -172,7 +172,8 @@ def test_resume_continues_exactly(data_root, tmp_path, cache_dir):
 
 
 def test_resume_refuses_another_model(data_root, tmp_path):
-    from jax_csfcn.train import TrainError, train
+    from jax_csfcn.step import TrainError
+    from tools.train import train
 
     cfg = tiny_config(data_root, tmp_path / "r", **{"train.steps": 3})
     train(cfg, progress=False)
@@ -183,7 +184,7 @@ def test_resume_refuses_another_model(data_root, tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):
     from jax_csfcn.checkpointing import read_run_params
-    from jax_csfcn.train import train
+    from tools.train import train
 
     # An absurd learning rate: the first update overflows, the next loss is not finite.
     cfg = tiny_config(data_root, tmp_path / "nan", **{"train.base_lr": 1e30, "checkpoint.every": 1})
@@ -260,7 +261,7 @@ def test_sigterm_and_sigint_save_at_the_next_step_and_resume_exactly(data_root, 
     that continues; the two resumed pieces repeat no step and equal an uninterrupted run
     bit for bit (losses at every step, parameters at the last)."""
     from csfcn.interrupt import PREEMPTED
-    from jax_csfcn.train import train
+    from tools.train import train
 
     over = {"train.steps": 400, "checkpoint.every": 1000, "train.warmup_steps": 10}
     wd = tmp_path / "stopped"
@@ -362,7 +363,7 @@ def test_the_tiny_demo_interrupted_and_run_again_repeats_no_step(tmp_path, cache
     from csfcn.interrupt import PREEMPTED
 
     wd, data = tmp_path / "demo", tmp_path / "data"
-    cmd = [sys.executable, "-m", "jax_csfcn.demo", "--tiny", "--steps", "40", "--workdir", str(wd), "--data", str(data)]
+    cmd = [sys.executable, "-m", "tools.demo", "--tiny", "--steps", "40", "--workdir", str(wd), "--data", str(data)]
     proc = subprocess.Popen(cmd, env=child_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     try:
         deadline = time.time() + 300
@@ -457,7 +458,7 @@ def test_sharded_step_equals_single_device_in_fp64(cache_dir):
 
 
 def test_bfloat16_compute_keeps_fp32_params(data_root, tmp_path):
-    from jax_csfcn.train import train
+    from tools.train import train
 
     cfg = tiny_config(data_root, tmp_path / "bf16", **{"train.dtype": "bfloat16", "train.steps": 3})
     train(cfg, progress=False)
@@ -476,7 +477,9 @@ def test_one_run_per_workdir(tmp_path, data_root):
     """A second run on a folder in use stops at once, naming the holder; the lock goes with the run."""
     from pathlib import Path
 
-    from jax_csfcn.train import TrainError, train, workdir_lock
+    from jax_csfcn.step import TrainError
+    from jax_csfcn.training import workdir_lock
+    from tools.train import train
 
     cfg = tiny_config(data_root, tmp_path / "run")
     wd = Path(cfg.workdir).absolute()

@@ -25,7 +25,7 @@ SAVED = {"checkpoint.every": 2, "checkpoint.keep": 10}
 
 @pytest.fixture(scope="module")
 def saved_run(data_root, tmp_path_factory):
-    from jax_csfcn.train import train
+    from tools.train import train
 
     wd = tmp_path_factory.mktemp("saved") / "run"
     train(tiny_config(data_root, wd, **SAVED), stop_after=4, progress=False)
@@ -45,7 +45,7 @@ def snapshot(wd: Path) -> dict[str, bytes]:
 
 def main_error(capsys, cfg, *extra) -> str:
     """``python -m jax_csfcn.train`` (in this process) on ``cfg``: it must exit 1 with one line."""
-    from jax_csfcn.train import main
+    from tools.train import main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
@@ -62,7 +62,8 @@ def test_a_new_run_refuses_a_folder_with_an_earlier_runs_files_and_resume_takes_
     """A run killed before its first checkpoint left config.json, metrics.jsonl and a partial save:
     a new run there stops before any work, naming the files; --resume starts it again from step 0
     without a repeated metrics line, and sweeps the partial save."""
-    from jax_csfcn.train import TrainError, train
+    from jax_csfcn.step import TrainError
+    from tools.train import train
 
     wd = tmp_path / "run"
     wd.mkdir()
@@ -96,7 +97,8 @@ def test_a_new_run_refuses_a_folder_with_an_earlier_runs_files_and_resume_takes_
     ],
 )
 def test_an_impossible_model_or_scale_range_stops_before_any_work(data_root, tmp_path, key, value, message):
-    from jax_csfcn.train import TrainError, train
+    from jax_csfcn.step import TrainError
+    from tools.train import train
 
     cfg = tiny_config(data_root, tmp_path / "run", **{key: value})
     with pytest.raises(TrainError, match=message):
@@ -105,7 +107,8 @@ def test_an_impossible_model_or_scale_range_stops_before_any_work(data_root, tmp
 
 
 def test_resume_with_another_batch_size_names_the_checkpoints(saved_run, data_root, tmp_path):
-    from jax_csfcn.train import TrainError, train
+    from jax_csfcn.step import TrainError
+    from tools.train import train
 
     wd = copy_of(saved_run, tmp_path)
     before = snapshot(wd)
@@ -120,7 +123,7 @@ def test_resume_with_another_batch_size_names_the_checkpoints(saved_run, data_ro
 # --------------------------------------------------------------------------- 3. a swapped state/
 def test_a_state_swapped_for_another_steps_is_refused_naming_both(saved_run, data_root, tmp_path):
     from jax_csfcn.checkpointing import CheckpointError
-    from jax_csfcn.train import train
+    from tools.train import train
 
     wd = copy_of(saved_run, tmp_path)
     ck = wd / "checkpoints"
@@ -137,7 +140,7 @@ def test_a_state_swapped_for_another_steps_is_refused_naming_both(saved_run, dat
 def test_a_truncated_checkpoint_file_names_it_and_the_way_back_to_the_last_intact_step(
     saved_run, data_root, tmp_path, capsys
 ):
-    from jax_csfcn.train import train
+    from tools.train import train
 
     wd = copy_of(saved_run, tmp_path)
     step4 = wd / "checkpoints" / "4"

@@ -130,7 +130,7 @@ def test_sfanet_alignment_runs_through_sfc_fuse(monkeypatch):
 def test_predict_cli_runs_a_zoo_checkpoint(tmp_path):
     from PIL import Image
 
-    from torch_deploy.predict import main
+    from tools.predict import main
 
     path = save(twin("bisenetv1", 19), tmp_path / "bisenet.safetensors")  # 19: the Cityscapes palette
     Image.fromarray(random_image(np.random.default_rng(0), 60, 90)).save(tmp_path / "a.png")
@@ -140,7 +140,7 @@ def test_predict_cli_runs_a_zoo_checkpoint(tmp_path):
 
 
 def _export(name, tmp_path):
-    from torch_deploy.export_onnx import export_onnx
+    from tools.export_onnx import export_onnx
 
     path = save(twin(name), tmp_path / f"{name}.safetensors")
     return export_onnx(path, tmp_path / f"{name}.onnx", size=(64, 96))
@@ -159,13 +159,13 @@ def test_onnx_export_of_a_zoo_model(tmp_path):
 def test_onnx_export_of_every_zoo_model(tmp_path, name):
     pytest.importorskip("onnxruntime")
     report = _export(name, tmp_path)
-    # the export's own bound (torch_deploy/export_onnx.py): 3x the twin's fp32 distance to fp64, >= 1e-4
+    # the export's own bound (tools/export_onnx.py): 3x the twin's fp32 distance to fp64, >= 1e-4
     assert all(c["rel_l2"] <= c["max_rel_l2"] and c["argmax_agreement"] >= 0.999 for c in report["checks"]), report
     assert ("GridSample" in report["ops"]) == (name == "sfanet")
 
 
 def test_benchmark_compares_models_in_one_run(tmp_path):
-    from torch_deploy.benchmark import main
+    from tools.benchmark import main
 
     out = tmp_path / "cmp.json"
     rc = main(["--model", "csfcn_tiny,swiftnet", "--size", "64", "96", "--repeats", "2", "--warmup", "1",

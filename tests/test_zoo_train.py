@@ -1,5 +1,5 @@
 """The zoo models (docs/zoo.md) on the training side: factory, auxiliary losses, ImageNet
-initialisation, and a real training run through jax_csfcn.train."""
+initialisation, and a real training run through tools/train.py (python -m jax_csfcn.train)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_a_zoo_model_trains_with_its_auxiliary_heads(tmp_path):
     from test_train import tiny_config
 
     from jax_csfcn.data.synthetic import write_synthetic_cityscapes
-    from jax_csfcn.train import train
+    from tools.train import train
 
     root = tmp_path / "data"
     write_synthetic_cityscapes(root, splits={"train": 4, "val": 2}, size=(64, 128), seed=5, progress=False)

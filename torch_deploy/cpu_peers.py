@@ -4,7 +4,7 @@
     labels = peer(x)           # x: normalised (B, 3, H, W) float32 on CPU -> (B, H, W) int64
     int8 = OnnxPeer(twin, "onnxruntime", precision="int8", calibration=images)  # images: normalised, any sizes
 
-Both peers run the same graph: the twin with its BatchNorms folded (:func:`torch_deploy.export_onnx.export_module`)
+Both peers run the same graph: the twin with its BatchNorms folded (:func:`tools.export_onnx.export_module`)
 and an ArgMax over the classes, exported once per input shape (static shapes, as each runtime
 optimises best) into a temporary folder, with every graph optimisation on and the thread count
 of torch.

@@ -9,7 +9,7 @@ This file is the only place the PyTorch forward pass is written. Its three hot s
 pooled attention, SFC's sampling + gating, the head's 1x1 conv + pixel shuffle or argmax) and
 its convolutions go through the module's ``ops`` backend (:class:`ReferenceOps` by default, the
 plain PyTorch ops). The fast path (:mod:`torch_deploy.optimize`) and the shape-generic ONNX
-export (:mod:`torch_deploy.export_onnx`) are transformations of this module tree -- BatchNorms
+export (:mod:`tools.export_onnx`) are transformations of this module tree -- BatchNorms
 folded, SFC's offset 1x1s folded (:meth:`SFC.forward`'s folded branch) -- with another backend
 installed by :meth:`CSFCN.use_ops`; parameters and names stay those of the twin.
 """

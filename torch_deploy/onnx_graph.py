@@ -1,6 +1,6 @@
 """The ONNX graph of the twin: BN folded, optionally shape-generic (any batch, H and W).
 
-Library half of ``python -m torch_deploy.export_onnx`` (which adds the onnxruntime check and
+Library half of ``python -m tools.export_onnx`` (which adds the onnxruntime check and
 the CLI): :func:`export_module` is the module that is exported -- the twin's own tree with its
 BatchNorms folded, on :class:`ExportOps` for ``dynamic`` -- and :func:`export_graph` writes it
 with the dynamo exporter. ``torch_deploy.cpu_peers`` exports through the same two functions.

@@ -18,7 +18,7 @@ Which network runs:
   oneDNN's int8 convolutions (:mod:`torch_deploy.quantize`), calibrated on ``calibration``
   images, with 7-bit activations on CPUs without VNNI. Which CPU gets what:
   :mod:`torch_deploy.cpu_caps`, decided for every tool by :mod:`torch_deploy.precision`. fp16 on
-  CPU is refused rather than silently run in fp32. What each costs in accuracy: ``python -m torch_deploy.accuracy``.
+  CPU is refused rather than silently run in fp32. What each costs in accuracy: ``python -m tools.accuracy``.
 * ``precision="auto"`` (what ``predict`` uses unless told): the fastest path whose accuracy is
   measured -- on a CPU ``optimize`` in int8 when ``calibration`` images are given, else in bf16
   where the CPU has native bf16, else in fp32 (:func:`torch_deploy.precision.plan`); on CUDA fp32.

@@ -1,7 +1,7 @@
 """Roofline floors: the least time a kernel or the whole model can take on a given GPU.
 
-    python -m torch_deploy.roofline --gpu h200                 # predicted floors, benchmark sizes
-    python -m torch_deploy.roofline --gpu a100 --size 1024 2048 --precision fp32
+    python -m tools.roofline --gpu h200                 # predicted floors, benchmark sizes
+    python -m tools.roofline --gpu a100 --size 1024 2048 --precision fp32
 
 Every op is charged the bytes it must move -- each tensor it reads once, each tensor it writes
 once -- and its FLOPs (PyTorch's own per-op formulas, ``torch.utils.flop_counter``, for
@@ -22,12 +22,10 @@ and a large matmul), with datasheet values as the fallback (:data:`DATASHEET`).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
 import statistics
-import sys
 import weakref
 from collections.abc import Sequence
 
@@ -36,7 +34,6 @@ from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from csfcn.tables import markdown_table
 from kernels._common import tf32
 from torch_deploy.model import CSFCN
 from torch_deploy.optimize import optimize_on_meta
@@ -347,32 +344,3 @@ def prediction_rows(ceil: Ceilings, sizes=DEFAULT_SIZES, precision: str = "fp16"
         for name, (c, f) in kernel_floors(h, w, precision, ceil, classes=classes).items():
             rows.append([f"{h}x{w}", f"kernel {name}", f"{c.bytes / 1e6:.2f}", f"{c.flops / 1e9:.2f}", f"{f:.2f}", "-"])
     return rows
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m torch_deploy.roofline",
-        description="Roofline floors of CSFCN and its Triton kernels on a datasheet GPU (no GPU needed).",
-    )
-    p.add_argument("--gpu", default="h200", choices=sorted(DATASHEET), help="datasheet ceilings (default h200)")
-    p.add_argument("--size", nargs=2, type=int, action="append", metavar=("H", "W"), help="input size; repeatable")
-    p.add_argument("--precision", default="fp16", choices=("fp16", "bf16", "fp32"), help="precision of (b), (d), (e)")
-    p.add_argument("--classes", type=int, default=19, help="number of classes K")
-    args = p.parse_args(argv)
-    for h, w in args.size or []:
-        if h < 32 or w < 32:
-            p.error(f"--size {h} {w}: both sides must be >= 32")
-    ceil = DATASHEET[args.gpu]
-    sizes = [tuple(s) for s in args.size] if args.size else DEFAULT_SIZES
-    print(
-        f"{ceil.name} ({ceil.source}): {ceil.bandwidth_gbps:.0f} GB/s, {ceil.tensor_tflops:.0f} TFLOP/s fp16/bf16 "
-        f"tensor, {ceil.fp32_tflops:.1f} TFLOP/s fp32; batch 1, K={args.classes}; floor = sum over ops of "
-        "max(bytes / bandwidth, FLOPs / rate)"
-    )
-    rows = prediction_rows(ceil, sizes, args.precision, args.classes)
-    print(markdown_table(["size", "what", "MB moved", "GFLOP", "floor us", "FPS ceiling"], rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -42,7 +42,7 @@ def build_source(dataset: str, root: str | None, split: str, classes: str | None
         return TfdsCityscapesSource(split, data_dir=root)
     if root is None:
         hint = (
-            "python -m jax_csfcn.data.synthetic --root DIR writes one"
+            "python -m tools.synthetic_data --root DIR writes one"
             if dataset == "synthetic"
             else "point it at the unpacked dataset"
         )

@@ -4,7 +4,7 @@ For users who keep their data in TFDS.  The dataset must have been prepared in t
 ``array_record`` file format (random access); TFDS builds it from the two official zips,
 ``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip``, placed in a manual folder::
 
-    python -m jax_csfcn.data.tfds_cityscapes --manual-dir ~/Downloads/cityscapes --data-dir ~/tensorflow_datasets
+    python -m tools.tfds_prepare --manual-dir ~/Downloads/cityscapes --data-dir ~/tensorflow_datasets
 
 (or ``tfds build cityscapes/semantic_segmentation --manual_dir ... --file_format array_record``).
 Preparing runs the TFDS builder, which needs TensorFlow (``pip install tensorflow-cpu``);
@@ -24,7 +24,6 @@ are decoded here with PIL, so items equal :class:`~jax_csfcn.data.cityscapes.Cit
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import io
 import os
@@ -32,7 +31,6 @@ import os
 import numpy as np
 from PIL import Image
 
-from csfcn.extras import require
 from jax_csfcn.data.cityscapes import DataError, label_id_to_train_id, valid_label_ids
 
 BUILDER = "cityscapes"
@@ -98,7 +96,7 @@ class TfdsCityscapesSource:
         if not builder.is_prepared():
             raise DataError(
                 f"TFDS {self._name} is not prepared in {self.root}. Put leftImg8bit_trainvaltest.zip and "
-                "gtFine_trainvaltest.zip in a folder and run `python -m jax_csfcn.data.tfds_cityscapes "
+                "gtFine_trainvaltest.zip in a folder and run `python -m tools.tfds_prepare "
                 f"--manual-dir FOLDER --data-dir {self._data_dir_arg or '<tfds default>'} --config {self.builder_config}` "
                 "(needs tensorflow-cpu), or pass the data_dir where it was prepared"
             )
@@ -208,25 +206,3 @@ def prepare(manual_dir, data_dir=None, builder_config: str = DEFAULT_CONFIG, dow
         file_format="array_record",
     )
     return os.fspath(builder.data_dir)
-
-
-def main(argv=None) -> str:
-    ap = argparse.ArgumentParser(
-        prog="python -m jax_csfcn.data.tfds_cityscapes",
-        description="Prepare TFDS cityscapes in array_record format (random access) from the official zips.",
-    )
-    ap.add_argument(
-        "--manual-dir", required=True, help="folder with leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip"
-    )
-    ap.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS's, ~/tensorflow_datasets)")
-    ap.add_argument("--download-dir", default=None, help="where TFDS extracts the zips (default: data_dir/downloads)")
-    ap.add_argument("--config", default=DEFAULT_CONFIG, help="builder config (default: %(default)s)")
-    args = ap.parse_args(argv)
-    require("tfds", "python -m jax_csfcn.data.tfds_cityscapes", cli=__name__ == "__main__")
-    out = prepare(args.manual_dir, args.data_dir, args.config, args.download_dir)
-    print(f"prepared TFDS {BUILDER}/{args.config} in {out}")
-    return out
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@
     python -m torch_deploy.benchmark                          # all protocol sizes on a GPU
     python -m torch_deploy.benchmark --classes 11 --size 720 960 --json camvid.json
     python -m torch_deploy.benchmark --size 512 1024          # on CPU: the CPU variants
-    python -m torch_deploy.benchmark --model all --size 512 1024   # every model (torch_deploy/compare.py)
+    python -m torch_deploy.benchmark --model all --size 512 1024   # every model (tools/compare.py)
 
 Protocol (docs/architecture.md, "Benchmark protocol"): batch 1, random weights (speed does not depend on them), every variant
 warmed up, then timed in interleaved rounds (one call of each variant per round, so a noisy
@@ -31,7 +31,7 @@ and on CPU, what CPU users would pick instead (torch_deploy/cpu_peers.py), all l
   x  OpenVINO int8: OpenVINO running the quantized ONNX of (i) (both extras)
 
 The int8 rows are calibrated on random inputs here (speed does not depend on the values;
-accuracy is measured by torch_deploy.accuracy on real images).
+accuracy is measured by tools.accuracy on real images).
 
 plus each Triton kernel against the PyTorch ops it replaces, with achieved GB/s (bytes the op
 must read and write at least, over its median time). On a GPU every model and kernel time is
@@ -62,7 +62,7 @@ from csfcn.files import write_atomic
 from csfcn.model_config import MODEL_NAMES, STEMS, VARIANTS
 from csfcn.tables import markdown_table
 from kernels._common import tf32
-from torch_deploy.compare import compare, parse_models, table
+from tools.compare import compare, parse_models, table
 from torch_deploy.cpu_caps import cpu_caps
 from torch_deploy.cpu_peers import OnnxPeer, peer_missing
 from torch_deploy.model import CSFCN, pyramid_pool, sfc_sample_and_gate
@@ -97,7 +97,7 @@ def _parse(argv=None) -> argparse.Namespace:
         dest="model",
         default="csfcn",
         help="csfcn (default) or csfcn_tiny: their variants below; 'all' or a comma list of model names "
-        f"({', '.join(MODEL_NAMES)}): every model side by side (torch_deploy/compare.py)",
+        f"({', '.join(MODEL_NAMES)}): every model side by side (tools/compare.py)",
     )
     p.add_argument("--stem", default="torchvision", choices=STEMS, help="backbone stem")
     p.add_argument("--batch", type=int, default=1, help="batch size (the protocol uses 1)")
@@ -433,7 +433,7 @@ def print_table(headers, rows):
 
 
 def compare_main(args, device, sizes, timer, warmup: int, repeats: int, argv) -> int:
-    """``--model all`` / a list: every model under one protocol (torch_deploy/compare.py)."""
+    """``--model all`` / a list: every model under one protocol (tools/compare.py)."""
     print(
         f"device: {device_name(device)}; {versions()}; timing: {'CUDA events' if timer.cuda else 'time.perf_counter'}, "
         f"{warmup} warm-up, {repeats} interleaved rounds; models: {', '.join(args.models)}; K={args.classes}"

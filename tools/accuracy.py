@@ -1,11 +1,11 @@
 """What each deployment path costs in accuracy: mIoU of the deployed model itself on a dataset split.
 
-    python -m torch_deploy.accuracy --checkpoint runs/demo/model.safetensors --dataset synthetic \\
+    python -m tools.accuracy --checkpoint runs/demo/model.safetensors --dataset synthetic \\
         --root data/synthetic --split val --json accuracy.json
 
 Every path predicts the same images (normalised and zero-padded to a multiple of 8 exactly as
 :class:`torch_deploy.Predictor` does) and is scored with the training side's confusion matrix
-and scores (``jax_csfcn.metrics``), so its numbers are comparable with ``jax_csfcn.evaluate``
+and scores (``jax_csfcn.metrics``), so its numbers are comparable with ``tools.evaluate``
 (single scale). Paths:
 
   twin            the PyTorch twin, eager fp32 (the reference)
@@ -19,7 +19,7 @@ and scores (``jax_csfcn.metrics``), so its numbers are comparable with ``jax_csf
   openvino        OpenVINO fp32 on the same ONNX (the openvino extra)
   openvino-bf16   OpenVINO bf16
   openvino-int8   OpenVINO running the quantized ONNX of onnxruntime-int8
-  onnx-file       an ONNX file you exported (--onnx FILE, python -m torch_deploy.export_onnx; a
+  onnx-file       an ONNX file you exported (--onnx FILE, python -m tools.export_onnx; a
                   static export must have the split's size, padded to a multiple of 8, or use
                   --dynamic), run by ONNX Runtime: what you ship, scored as it is
 
@@ -112,7 +112,7 @@ def onnx_file_path(path, num_classes: int):
     import onnxruntime as ort  # optional: the onnx extra
 
     if not Path(path).is_file():
-        raise AccuracyError(f"--onnx {path}: no such file (python -m torch_deploy.export_onnx writes one)")
+        raise AccuracyError(f"--onnx {path}: no such file (python -m tools.export_onnx writes one)")
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -162,7 +162,7 @@ def evaluate_paths(
 ) -> dict:
     """{"paths": {name: scores + agreement}, "skipped": {name: why}, "classes": [...]} on ``split``
     (``classes``: a folder dataset's class table; ``onnx_file``: also score that file as "onnx-file")."""
-    require("train", "python -m torch_deploy.accuracy (datasets and scores)")
+    require("train", "python -m tools.accuracy (datasets and scores)")
     from jax_csfcn.data.sources import build_source, class_names  # optional: the training extra
     from jax_csfcn.metrics import confusion_matrix, scores  # optional: the training extra
 
@@ -241,7 +241,7 @@ def format_report(report: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m torch_deploy.accuracy",
+        prog="python -m tools.accuracy",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 2)[2].split("\n\nBesides")[0],
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
             classes=args.classes,
             onnx_file=args.onnx,
         )
-        report["command"] = "python -m torch_deploy.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
+        report["command"] = "python -m tools.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
         print(format_report(report))
         if args.json:
             write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))

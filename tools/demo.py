@@ -1,6 +1,6 @@
 """The whole workflow on the embedded synthetic dataset, on CPU, in minutes (`make demo`).
 
-    python -m jax_csfcn.demo [--workdir runs/demo] [--steps N] [--fresh] [--tiny]
+    python -m tools.demo [--workdir runs/demo] [--steps N] [--fresh] [--tiny]
 
 1. generate the synthetic Cityscapes-layout street scenes (40 train / 10 val, 256x512);
 2. train CSFCN on them with ``configs/synthetic.py`` (JAX, OHEM, warm-up poly SGD), with
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from csfcn.extras import require
 
-require("train", "python -m jax_csfcn.demo", cli=__name__ == "__main__")  # before the imports that need the extra
+require("train", "python -m tools.demo", cli=__name__ == "__main__")  # before the imports that need the extra
 
 import argparse
 import json
@@ -47,7 +47,7 @@ from jax_csfcn.data.cityscapes import CityscapesSource
 from jax_csfcn.data.sources import palette
 from jax_csfcn.evaluation import build_split
 from jax_csfcn.ops import normalize_on_device
-from jax_csfcn.train import train
+from tools.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def report(path: Path, *, ev: dict, par: dict, times: dict, cfg, steps: int) -> 
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m jax_csfcn.demo", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default=None, help="where everything is written (default runs/demo)")
     ap.add_argument(
         "--data", default=None, help="synthetic dataset folder, generated if missing (default data/synthetic)"
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
         try:
             summary = train(cfg, resume=resume)
         except Preempted as e:  # saved at the step it stopped: the same demo command continues from there
-            e.resume = "run the demo again (make demo, or python -m jax_csfcn.demo with the same flags)"
+            e.resume = "run the demo again (make demo, or python -m tools.demo with the same flags)"
             raise
     ev = summary.get("val") or json.loads((workdir / "eval.json").read_text())
     exported = workdir / "model.safetensors"

@@ -1,6 +1,6 @@
 """Throughput of the train input pipeline: images per second that ``train_loader`` delivers.
 
-    python -m jax_csfcn.data.benchmark --root /tmp/synth1024 --size 1024 2048 --train 16 \\
+    python -m tools.benchmark_input --root /tmp/synth1024 --size 1024 2048 --train 16 \\
         --workers 2 --batch 12 --crop 1024 1024 --seconds 20 --json pipeline.json
 
 If ``--root`` is missing or empty, a synthetic Cityscapes-layout dataset of ``--train`` images at
@@ -92,7 +92,7 @@ def measure(source, aug: AugmentConfig, *, workers: int, batch: int, seconds: fl
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(
-        prog="python -m jax_csfcn.data.benchmark",
+        prog="python -m tools.benchmark_input",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
         for wk in args.workers
     ]
     report = {
-        "command": " ".join(["python -m jax_csfcn.data.benchmark", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python -m tools.benchmark_input", *(sys.argv[1:] if argv is None else argv)]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
         f"{platform.python_version()}",
         "source": repr(source),

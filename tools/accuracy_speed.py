@@ -1,12 +1,12 @@
 """Accuracy against speed for every model: the same training on the synthetic scenes, then one timing run.
 
-    python -m jax_csfcn.accuracy_speed --workdir runs/accuracy_speed            # all models, 900 steps
-    python -m jax_csfcn.accuracy_speed --models csfcn,swiftnet --steps 300
+    python -m tools.accuracy_speed --workdir runs/accuracy_speed            # all models, 900 steps
+    python -m tools.accuracy_speed --models csfcn,swiftnet --steps 300
 
 For each model (docs/zoo.md) this trains ``configs/synthetic.py:<name>`` -- the demo's recipe, the
 same steps, batch, crops and seed for all -- into ``WORKDIR/<name>``, keeps its final val mIoU and
 exports it to ``WORKDIR/<name>/model.safetensors``.  Then every exported model is timed on this
-machine under the benchmark protocol (torch_deploy/compare.py: interleaved rounds, medians) at
+machine under the benchmark protocol (tools/compare.py: interleaved rounds, medians) at
 the val image size, through ``torch_deploy.optimize`` (fp32, labels).  Written:
 
 * ``WORKDIR/accuracy_speed.json``: per model val mIoU, latency (median, spread), parameters, GFLOPs;
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from csfcn.extras import require
 
-require("train", "python -m jax_csfcn.accuracy_speed", cli=__name__ == "__main__")
+require("train", "python -m tools.accuracy_speed", cli=__name__ == "__main__")
 
 import argparse
 import json
@@ -36,13 +36,13 @@ from csfcn.files import write_atomic
 from csfcn.model_config import ModelConfig
 from csfcn.tables import markdown_table
 from jax_csfcn.cli import load_config_file
-from jax_csfcn.train import train
+from tools.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic_config(name: str, tiny: bool = False):
-    """``configs/synthetic.py:name``, or with ``tiny`` the demo's tiny scenes (jax_csfcn/demo.py)."""
+    """``configs/synthetic.py:name``, or with ``tiny`` the demo's tiny scenes (tools/demo.py)."""
     cfg = load_config_file(str(ROOT / "configs" / "synthetic.py") + f":{name}")
     if tiny:
         cfg.data.root = "data/synthetic_tiny"
@@ -92,7 +92,7 @@ def time_models(paths: dict, size, repeats: int, warmup: int) -> dict:
     """{name: timing stats} of each exported model through optimize (fp32 labels), interleaved."""
     import torch
 
-    from torch_deploy.benchmark import Timer, run_interleaved
+    from tools.benchmark import Timer, run_interleaved  # lazy: the PyTorch side, after training in JAX
     from torch_deploy.checkpoint import load_model
     from torch_deploy.optimize import optimize
 
@@ -134,12 +134,12 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
 def main(argv=None) -> int:
     import torch
 
-    from torch_deploy.benchmark import device_name
-    from torch_deploy.compare import gflops, parse_models
+    from tools.benchmark import device_name  # lazy: as above
+    from tools.compare import gflops, parse_models  # lazy: as above
     from torch_deploy.model import build_twin
 
     p = argparse.ArgumentParser(
-        prog="python -m jax_csfcn.accuracy_speed",
+        prog="python -m tools.accuracy_speed",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,37 +1,28 @@
-"""Train CSFCN in JAX: one jitted step, data parallel over every device of every host.
+"""The training loop of CSFCN in JAX: one jitted step, data parallel over every device of every host.
 
-    python -m jax_csfcn.train --config configs/synthetic.py
-    python -m jax_csfcn.train --config configs/cityscapes.py:csfcn,100 \\
-        --config.data.root=/data/cityscapes --config.workdir=runs/csfcn100
-    python -m jax_csfcn.train --config configs/cityscapes.py:csfcn,100 --config.workdir=runs/csfcn100 --resume
-
-Config fields are overridden with ``--config.<key>=<value>`` (jax_csfcn/config.py lists them
-all).  Everything of a run lives in ``config.workdir``: ``checkpoints/`` (Orbax), ``metrics.jsonl``
+The command is ``python -m jax_csfcn.train`` (tools/train.py); this module is the library it
+calls, :func:`train`, so that other tools (the demo, accuracy_speed) and tests run the same loop.
+Everything of a run lives in ``config.workdir``: ``checkpoints/`` (Orbax), ``metrics.jsonl``
 (one JSON object per logged step), ``tb/`` (TensorBoard), ``curves.png``, ``config.json`` and
-``eval.json``.  ``--resume`` continues the run in the workdir exactly where its last complete
+``eval.json``.  ``resume=True`` continues the run in the workdir exactly where its last complete
 checkpoint left it: same parameters, optimizer state and data order, so the loss curve equals
-that of an uninterrupted run. Without ``--resume`` a run refuses a workdir that holds an
-earlier run's files. Each checkpoint records checksums of its state: a damaged or swapped one
-is refused on resume, naming the file and the command that resumes from the last intact step.
-A full disk at a save ends the run with one line and no partial step folder.
+that of an uninterrupted run. Without it a run refuses a workdir that holds an earlier run's
+files. Each checkpoint records checksums of its state: a damaged or swapped one is refused on
+resume, naming the file and the command that resumes from the last intact step. A full disk at
+a save ends the run with one error and no partial step folder.
 
-Several hosts (one process per host, each feeding its own shard of the data)::
-
-    python -m jax_csfcn.train --config ... --coordinator-address=HOST0:1234 \\
-        --num-processes=N --process-id=I          # on host I = 0..N-1
-
-(or no flags where ``jax.distributed.initialize()`` detects the cluster: SLURM, Open MPI,
-Kubernetes/TPU pods).  The global batch ``train.batch_size`` is split evenly over processes
-and devices; BatchNorm statistics are over the global batch.
+Initial weights from files (``model.imagenet_init``, ``model.init_from``) are read by the
+functions the caller passes (``init_backbone``, ``init_from``): reading a PyTorch or Flax file is
+the converter's work (convert/), which sits above this library (docs/architecture.md,
+"Package layering"); tools/train.py passes the converter's readers.
 """
 
 from __future__ import annotations
 
 from csfcn.extras import require
 
-require("train", "python -m jax_csfcn.train", cli=__name__ == "__main__")  # before the imports that need the extra
+require("train", "jax_csfcn.training")  # before the imports that need the extra
 
-import argparse
 import contextlib
 import dataclasses
 import errno
@@ -41,9 +32,7 @@ import logging
 import math
 import os
 import re
-import shlex
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -56,7 +45,6 @@ from tqdm import tqdm
 from csfcn.files import write_failure
 from csfcn.interrupt import Preempted, StopRequest
 from jax_csfcn import checkpointing as ckpt
-from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
 from jax_csfcn.data.folder import read_table
 from jax_csfcn.data.pipeline import AugmentConfig, loader_state, restore_loader_state, train_loader
 from jax_csfcn.evaluation import (
@@ -79,7 +67,6 @@ from jax_csfcn.step import (
     init_state,
     make_stop_agreement,
     make_train_step,
-    maybe_initialize_distributed,
     model_config,
     read_flags,
     replicate,
@@ -173,7 +160,7 @@ def _refuse_to_overwrite(workdir: Path, resume: bool) -> None:
             found.append(f"{ckpt.CHECKPOINT_DIR}/")
     refuse = bool(found)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+        from jax.experimental import multihost_utils  # lazy: only a run of several processes uses it
 
         refuse = bool(multihost_utils.broadcast_one_to_all(np.int32(refuse)))
     if refuse:
@@ -220,8 +207,21 @@ def workdir_lock(workdir: Path, take: bool = True):
         f.close()  # releases the lock
 
 
-def train(cfg, *, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> dict:
+def train(
+    cfg,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+    init_backbone=None,
+    init_from=None,
+) -> dict:
     """Run (or continue) the training described by ``cfg``; returns a summary dict.
+
+    ``init_backbone(model, config, path) -> int`` reads ``model.imagenet_init`` and
+    ``init_from(model, config, path, class_map) -> dict`` reads ``model.init_from``
+    (convert.formats has both; tools/train.py passes them). A config that names such a file
+    without its reader is refused.
 
     ``stop_after``: leave after this many steps of this invocation (with a checkpoint), e.g.
     to fit a time-limited job; ``--resume`` continues from there. One run per workdir at a time
@@ -229,7 +229,7 @@ def train(cfg, *, resume: bool = False, stop_after: int | None = None, progress:
     """
     _validate(cfg)
     with workdir_lock(Path(cfg.workdir).absolute(), take=jax.process_index() == 0), _quiet_checkpoint_logs():
-        return _train(cfg, resume=resume, stop_after=stop_after, progress=progress)
+        return _train(cfg, resume=resume, stop_after=stop_after, progress=progress, readers=(init_backbone, init_from))
 
 
 class _CheckpointNoise(logging.Filter):
@@ -256,7 +256,7 @@ def _quiet_checkpoint_logs():
         logger.removeFilter(noise)
 
 
-def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict:
+def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool, readers) -> dict:
 
     t_start = time.time()
     workdir = Path(cfg.workdir).absolute()
@@ -289,10 +289,10 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
     mesh = data_mesh()
     schedule = schedule_of(cfg.train)
     init_backbone = init_from = None
-    if cfg.model.imagenet_init:  # optional: only an ImageNet init reads a PyTorch file (imports torch)
-        from convert.formats import init_backbone
-    if cfg.model.init_from and not resuming:  # optional: as above
-        from convert.formats import init_from_checkpoint as init_from
+    if cfg.model.imagenet_init:
+        init_backbone = _reader(readers[0], "model.imagenet_init", "init_backbone")
+    if cfg.model.init_from and not resuming:
+        init_from = _reader(readers[1], "model.init_from", "init_from")
     graphdef, eval_graphdef, params, stats = init_state(cfg, config, init_backbone, init_from, fine_tune=not resuming)
     tx = optimizer_of(cfg.train, params)
     state = replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
@@ -460,6 +460,18 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool) -> dict
     return summary
 
 
+READERS = {"init_backbone": "init_backbone", "init_from": "init_from_checkpoint"}
+
+
+def _reader(fn, key: str, arg: str):
+    if fn is None:
+        raise TrainError(
+            f"{key} names a file but this train() call was given no reader for it: run python -m "
+            f"jax_csfcn.train (or tools.train.train), or pass {arg}=convert.formats.{READERS[arg]}"
+        )
+    return fn
+
+
 def _restore_latest(mngr, latest: int, abstract, meta: dict):
     """(state, loader state, meta) of the run's last checkpoint, after checking that it belongs to
     this config (model, global batch). A damaged one is a DamagedCheckpoint that names the last
@@ -526,51 +538,3 @@ def _check(pending, mngr) -> None:
             f"{'step ' + str(last) if last is not None else 'none'}. Lower train.base_lr, check the data, or "
             "resume with --resume after fixing the cause."
         )
-
-
-# --------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = config_parser("python -m jax_csfcn.train", (__doc__ or "").split("\n\n")[0])
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in config.workdir from its last complete checkpoint"
-    )
-    p.add_argument(
-        "--stop-after",
-        type=int,
-        metavar="STEPS",
-        help="stop (with a checkpoint) after this many steps of this invocation",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--coordinator-address", metavar="HOST:PORT", help="address of process 0, for several processes/hosts"
-    )
-    p.add_argument("--num-processes", type=int, help="number of processes (hosts)")
-    p.add_argument("--process-id", type=int, help="index of this process, 0..num_processes-1")
-    return p
-
-
-def main(argv=None) -> None:
-    args, cfg = parse_config_args(build_parser(), argv)
-    maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-
-    def resume_command() -> str:
-        given = list(sys.argv[1:] if argv is None else argv)
-        return shlex.join(["python", "-m", "jax_csfcn.train", *given, *([] if args.resume else ["--resume"])])
-
-    def run():
-        try:
-            return train(cfg, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
-        except Preempted as e:  # exits PREEMPTED (75) with the command that continues (csfcn/interrupt.py)
-            e.resume = resume_command()
-            raise
-        except ckpt.DamagedCheckpoint as e:  # its message says how to resume from an intact earlier step
-            e.command = resume_command()
-            raise
-
-    one_line_errors(
-        run, debug=args.debug, disk_hint="; the last complete checkpoint is intact: --resume continues from it"
-    )
-
-
-if __name__ == "__main__":
-    main()

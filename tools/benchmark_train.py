@@ -1,13 +1,13 @@
 """CPU benchmarks of the JAX implementation against the PyTorch twin, side by side.
 
-    python -m jax_csfcn.benchmark ops        # grid_sample fwd+bwd at the SFC shape
-    python -m jax_csfcn.benchmark forward    # CSFCN and CSFCN-Tiny, eval forward, 512x1024
-    python -m jax_csfcn.benchmark train      # one training step (fwd + bwd + SGD), batch 8, 256x512
-    python -m jax_csfcn.benchmark all --json out.json
+    python -m tools.benchmark_train ops        # grid_sample fwd+bwd at the SFC shape
+    python -m tools.benchmark_train forward    # CSFCN and CSFCN-Tiny, eval forward, 512x1024
+    python -m tools.benchmark_train train      # one training step (fwd + bwd + SGD), batch 8, 256x512
+    python -m tools.benchmark_train all --json out.json
 
 The train step also runs on a GPU, in mixed precision (JAX bf16 compute, torch bf16 autocast)::
 
-    python -m jax_csfcn.benchmark train --batch 12 --size 1024 1024 --dtype bfloat16 --torch-amp --device cuda
+    python -m tools.benchmark_train train --batch 12 --size 1024 1024 --dtype bfloat16 --torch-amp --device cuda
 
 Each variant is warmed up (compilation excluded) and timed ``--repeats`` times in turn,
 interleaved so that machine noise hits all variants alike; medians and the spread
@@ -185,7 +185,7 @@ def bench_train(
     """One full training step (forward + backward + SGD update) in JAX and in the PyTorch twin.
 
     JAX: the real jitted step of :func:`jax_csfcn.step.make_train_step` (what
-    :func:`jax_csfcn.train.train` runs: uint8 in, normalised on device, OHEM CE, SGD momentum +
+    :func:`jax_csfcn.training.train` runs: uint8 in, normalised on device, OHEM CE, SGD momentum +
     masked L2 decay; it also computes the gradient norm and the finite-step guard, which the
     torch step does not), in the compute dtype ``dtype`` (``train.dtype``: "float32" or
     "bfloat16", parameters fp32) on JAX's default backend.  Torch: the twin in train mode on
@@ -222,7 +222,7 @@ def bench_train(
         cfg.loss.min_kept = min_kept
     config = jstep_mod.model_config(cfg)
 
-    # JAX: the state and step exactly as jax_csfcn.train.train builds them (1-device mesh).
+    # JAX: the state and step exactly as jax_csfcn.training.train builds them (1-device mesh).
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
     schedule = schedule_of(cfg.train)
     graphdef, _, params, stats = jstep_mod.init_state(cfg, config)
@@ -344,7 +344,7 @@ def _print_train(t: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jax_csfcn.benchmark", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.benchmark_train", description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["ops", "forward", "train", "all"])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2, help="untimed calls of each variant before timing")

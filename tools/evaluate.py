@@ -1,7 +1,7 @@
 """Evaluate a CSFCN checkpoint on a split: mIoU, per-class IoU, pixel accuracy.
 
-    python -m jax_csfcn.evaluate --config configs/cityscapes.py:csfcn,100 --checkpoint runs/cs100
-    python -m jax_csfcn.evaluate --config configs/cityscapes.py:csfcn,100 --checkpoint model.safetensors \\
+    python -m tools.evaluate --config configs/cityscapes.py:csfcn,100 --checkpoint runs/cs100
+    python -m tools.evaluate --config configs/cityscapes.py:csfcn,100 --checkpoint model.safetensors \\
         --config.eval.scales='(0.75, 1.0, 1.25)' --config.eval.flip=True --dump-dir preds/
 
 ``--checkpoint`` is anything ``jax_csfcn.load_model`` reads: a training run directory (its
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from csfcn.extras import require
 
-require("train", "python -m jax_csfcn.evaluate", cli=__name__ == "__main__")  # before the imports that need the extra
+require("train", "python -m tools.evaluate", cli=__name__ == "__main__")  # before the imports that need the extra
 
 import argparse
 import json
@@ -185,7 +185,7 @@ def _prediction_writer(out: Path, fmt: str, raw_lut=None):
 
 # --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = config_parser("python -m jax_csfcn.evaluate", (__doc__ or "").split("\n\n")[0])
+    p = config_parser("python -m tools.evaluate", (__doc__ or "").split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run directory, step directory or exported model")
     p.add_argument("--split", help="split to evaluate (default: data.val_split)")
     p.add_argument("--dump-dir", metavar="DIR", help="also write the predictions as PNGs into this folder")

@@ -1,7 +1,7 @@
 """Export a CSFCN checkpoint to ONNX, and check the file with onnxruntime in the same command.
 
-    python -m torch_deploy.export_onnx --checkpoint model.safetensors --out model.onnx
-    python -m torch_deploy.export_onnx --checkpoint model.safetensors --out model.onnx --dynamic
+    python -m tools.export_onnx --checkpoint model.safetensors --out model.onnx
+    python -m tools.export_onnx --checkpoint model.safetensors --out model.onnx --dynamic
 
 The graph takes normalised images ``image`` (B, 3, H, W) float32 (ImageNet mean/std on 0..1
 RGB, H and W multiples of 8; pad as :class:`torch_deploy.Predictor` does) and returns
@@ -104,7 +104,7 @@ def check_sizes(size, dynamic: bool) -> list[tuple[int, int, int]]:
 
 def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_OPSET, seed=0) -> dict:
     """Export, check with onnxruntime, then move into place. Returns the report (dict)."""
-    require("onnx", "torch_deploy.export_onnx")
+    require("onnx", "tools.export_onnx")
     import onnx
     import onnxruntime as ort
 
@@ -176,7 +176,7 @@ def export_onnx(checkpoint, out, *, size=(512, 1024), dynamic=False, opset=MIN_O
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m torch_deploy.export_onnx",
+        prog="python -m tools.export_onnx",
         description="Export a CSFCN checkpoint to ONNX (BN folded, GridSample) and check it with onnxruntime "
         "against the PyTorch twin (relative L2 <= 1e-4, argmax agreement >= 99.9%).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    require("onnx", "python -m torch_deploy.export_onnx", cli=True)
+    require("onnx", "python -m tools.export_onnx", cli=True)
     rc = report_errors(lambda: _export_and_report(args), (ExportError,), debug=args.debug)  # csfcn/cli.py
     return rc
 

@@ -1,7 +1,7 @@
 """One prepared GPU check: everything a first GPU run must settle, in one call of a few minutes.
 
-    python3 -m torch_deploy.gpu_check --out "$OUT"               # on a machine with an NVIDIA GPU
-    python3 -m torch_deploy.gpu_check --out /tmp/gc --dry-run    # every code path on CPU, tiny sizes
+    python3 -m tools.gpu_check --out "$OUT"               # on a machine with an NVIDIA GPU
+    python3 -m tools.gpu_check --out /tmp/gc --dry-run    # every code path on CPU, tiny sizes
 
 It runs with a GPU machine's preinstalled Python (torch, triton, jax with CUDA, flax, optax,
 numpy, safetensors, pytest): no ``make``, no virtualenv, no network, and none of grain,
@@ -49,7 +49,7 @@ import torch
 
 from csfcn.extras import MissingExtra, missing
 from csfcn.files import write_atomic
-from torch_deploy import benchmark as bench
+from tools import benchmark as bench
 from torch_deploy.roofline import DATASHEET, datasheet_for, measure_ceilings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,7 +196,7 @@ class Check:
         pk = env.get("packages", {})
         return (
             f"GPU check on {env.get('device', '?')} (torch {env.get('torch')}, triton {pk.get('triton')}, "
-            f"jax {pk.get('jax')}); {self.elapsed():.0f} s; command: python3 -m torch_deploy.gpu_check {self.argv}"
+            f"jax {pk.get('jax')}); {self.elapsed():.0f} s; command: python3 -m tools.gpu_check {self.argv}"
         )
 
 
@@ -377,7 +377,7 @@ def train(plan: Plan) -> dict:
     need("jax", "flax", "optax")
     if plan.device == "cuda":
         torch.cuda.empty_cache()  # the benchmark's cached blocks go back before JAX allocates
-    from jax_csfcn.benchmark import bench_train
+    from tools.benchmark_train import bench_train  # lazy: the JAX side, after the PyTorch checks
 
     res = bench_train(
         plan.train_repeats,
@@ -508,7 +508,7 @@ SKIPPABLE = ("tests", "benchmark", "models", "training")  # the names --skip kno
 
 def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m torch_deploy.gpu_check",
+        prog="python -m tools.gpu_check",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
