@@ -1,6 +1,6 @@
 """The official Cityscapes evaluator (``cityscapesscripts``) on a folder of label-id PNGs.
 
-    python -m tools.official_eval --cityscapes data/cityscapes --results val_label_ids [--split val]
+The command line is ``python -m tools.official_eval`` (tools/official_eval.py).
 
 What ``csEvalPixelLevelSemanticLabeling`` does, with its arguments as flags instead of the
 ``CITYSCAPES_DATASET`` / ``CITYSCAPES_RESULTS`` environment variables, and with its

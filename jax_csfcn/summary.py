@@ -1,8 +1,6 @@
 """Parameters and forward FLOPs of any model (CSFCN or a zoo model) per top-level module.
 
-    python -m tools.summary --config configs/cityscapes.py:csfcn,100
-    python -m tools.summary --config configs/camvid.py:csfcn --config.data.image_size='(720, 960)'
-    python -m tools.summary --config configs/cityscapes.py:icnet
+The command line is ``python -m tools.summary`` (tools/summary.py).
 
 Zoo models (docs/zoo.md) list each top-level module's parameters (auxiliary heads included, as
 their upstream constructors count them) and the FLOPs of the inference forward as a whole: the

@@ -1,8 +1,7 @@
 """Ahead-of-time compile gate: every Triton launch of the fast path, compiled for real GPU targets
 without a GPU, with its registers, spills and shared memory.
 
-    python -m tools.aot                       # table for sm_80 and sm_90, exit 1 if a check fails
-    python -m tools.aot --json aot.json --size 512 1536
+The command line is ``python -m tools.aot`` (tools/aot.py).
 
 What it compiles is recorded, not written by hand: ``torch_deploy.optimize``'s model is built on
 the ``meta`` device and run inside :func:`kernels._common.record_launches` at each input size, for

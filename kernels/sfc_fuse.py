@@ -287,27 +287,33 @@ def sfc_fuse(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor, *, block_p: in
     return out
 
 
-def linspace_m1p1(n: int, dtype=torch.float32, device=None) -> torch.Tensor:
+def linspace_m1p1(n, dtype=torch.float32, device=None) -> torch.Tensor:
     """``torch.linspace(-1, 1, n)`` by ATen's scalar formula (the kernel's): halves from each end.
 
     ``torch.linspace`` itself may round some entries one ulp differently (its vectorised CPU
     path accumulates within a SIMD chunk); spelling the formula out keeps the reference and the
     kernel on the same coordinates, so fp32 comparisons measure the kernel, not the linspace.
+    ``n`` may be symbolic (the dynamic ONNX export): no Python branch on it, and the step
+    2 / (n - 1) is computed from a tensor.
     """
-    i = torch.arange(n, dtype=dtype, device=device)
-    if n == 1:
-        return torch.full((1,), -1.0, dtype=dtype, device=device)
-    step = torch.tensor(2.0, dtype=dtype, device=device) / (n - 1)
-    return torch.where(torch.arange(n, device=device) < n // 2, -1.0 + step * i, 1.0 - step * (n - 1 - i))
+    idx = torch.arange(n, device=device)
+    i = idx.to(dtype)
+    step = 2.0 / i[-1:].clamp(min=1.0)  # 2 / (n - 1) in dtype; n == 1 gives the first branch's -1
+    return torch.where((idx < n // 2) | (idx == 0), -1.0 + step * i, 1.0 - step * ((n - 1) - i))
 
 
-def _grid(offsets: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B*G, H, W, 2) sampling grid: linspace base plus offsets / (W, H) (docs/architecture.md, SFC step 5)."""
-    n, _, h, w = offsets.shape
-    ys = linspace_m1p1(h, offsets.dtype, offsets.device).view(1, h, 1).expand(n * groups, h, w)
-    xs = linspace_m1p1(w, offsets.dtype, offsets.device).view(1, 1, w).expand(n * groups, h, w)
-    off = offsets.reshape(n * groups, 2, h, w)
-    return torch.stack((xs + off[:, 0] / w, ys + off[:, 1] / h), dim=3)
+def offset_grid(offsets: torch.Tensor, groups: int = 1, linspace=linspace_m1p1) -> torch.Tensor:
+    """The sampling grid of every learned-offset sampler (SFC's groups, SFANet's alignment), in
+    every form: (B*G, H, W, 2) = (linspace(-1, 1, W), linspace(-1, 1, H)) + offset / (W, H) of
+    (B, 2G, H, W) ``offsets`` (x then y per group), on their device and dtype (docs/architecture.md,
+    SFC step 5). ``linspace(n, dtype, device)``: the exact formula above (this kernel's reference,
+    the CPU rows, the ONNX export; shape-generic), or ``torch.linspace`` for the twin, as the
+    upstream builds it (torch_deploy/model.py)."""
+    b, _, h, w = offsets.shape
+    off = offsets.reshape(b * groups, 2, h, w)
+    xs = linspace(w, offsets.dtype, offsets.device).view(1, 1, w) + off[:, 0] / w
+    ys = linspace(h, offsets.dtype, offsets.device).view(1, h, 1) + off[:, 1] / h
+    return torch.stack((xs, ys), dim=3)
 
 
 def sfc_fuse_reference(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -320,9 +326,9 @@ def sfc_fuse_reference(cp: torch.Tensor, sp: torch.Tensor, r: torch.Tensor) -> t
     if tuple(sp.shape[2:]) != (h, w):
         sp32 = F.interpolate(sp32, (h, w), mode="bilinear", align_corners=True)
     kw = {"mode": "bilinear", "padding_mode": "zeros", "align_corners": True}
-    cp_s = F.grid_sample(cp32.reshape(b * groups, c // groups, h, w), _grid(r32[:, : 2 * groups], groups), **kw)
+    cp_s = F.grid_sample(cp32.reshape(b * groups, c // groups, h, w), offset_grid(r32[:, : 2 * groups], groups), **kw)
     sp_s = F.grid_sample(
-        sp32.reshape(b * groups, c // groups, h, w), _grid(r32[:, 2 * groups : 4 * groups], groups), **kw
+        sp32.reshape(b * groups, c // groups, h, w), offset_grid(r32[:, 2 * groups : 4 * groups], groups), **kw
     )
     gates = 1.0 + torch.tanh(r32[:, 4 * groups : 4 * groups + 2])
     out = sp_s.reshape(b, c, h, w) * gates[:, 0:1] + cp_s.reshape(b, c, h, w) * gates[:, 1:2]

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
-COMMANDS = ("jax_csfcn.train", "jax_csfcn.summary", "tools.evaluate")
+COMMANDS = ("jax_csfcn.train", "tools.summary", "tools.evaluate")
 # The shipped families and every member (README, Training): changing them is a decision, not an accident.
 MEMBERS = [
     *(f"cityscapes.py:{v},{s}" for v in ("csfcn", "csfcn_tiny") for s in ("50", "75", "100")),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("docs/*.md", "BENCHMARKS.md", "README.md")
-SOURCES = ("csfcn", "jax_csfcn", "torch_deploy", "kernels", "convert", "configs", "tests", "docs")
+SOURCES = ("csfcn", "jax_csfcn", "torch_deploy", "kernels", "convert", "configs", "tools", "tests", "docs")
 # `FILE, "Quoted heading"` or `FILE, Heading words` up to a bracket, comma, colon, or " step".
 CITATION = re.compile(
     r"(?P<file>docs/[a-z_]+\.md|BENCHMARKS\.md|README\.md),? "

@@ -21,7 +21,7 @@ def _cli(*argv, cwd):
 
 
 def test_synthetic_refuses_to_write_into_an_existing_dataset(tmp_path):
-    args = ("jax_csfcn.data.synthetic", "--root", "ds", "--train", "1", "--val", "1", "--no-progress")
+    args = ("tools.synthetic_data", "--root", "ds", "--train", "1", "--val", "1", "--no-progress")
     assert _cli(*args, "--size", "32", "64", cwd=tmp_path).returncode == 0
     res = _cli(*args, "--size", "64", "96", cwd=tmp_path)
     assert res.returncode == 2 and "already holds a dataset" in res.stderr and "--overwrite" in res.stderr
@@ -37,7 +37,7 @@ def test_synthetic_refuses_to_write_into_an_existing_dataset(tmp_path):
     [(["--train", "-1"], "counts must be >= 0"), (["--size", "0", "0"], "must be >= 32")],
 )
 def test_synthetic_rejects_impossible_sizes_and_counts(tmp_path, extra, message):
-    res = _cli("jax_csfcn.data.synthetic", "--root", "ds", "--no-progress", *extra, cwd=tmp_path)
+    res = _cli("tools.synthetic_data", "--root", "ds", "--no-progress", *extra, cwd=tmp_path)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "ds").exists()
 
@@ -371,7 +371,7 @@ def test_a_broken_config_file_is_one_line(tmp_path):
     (tmp_path / "broken.py").write_text("def get_config(:\n")
     (tmp_path / "empty.py").write_text("x = 1\n")
     for name, message in (("broken.py", "fails to load: SyntaxError"), ("empty.py", "defines no get_config")):
-        res = _cli("jax_csfcn.summary", "--config", str(tmp_path / name), cwd=tmp_path)
+        res = _cli("tools.summary", "--config", str(tmp_path / name), cwd=tmp_path)
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
@@ -425,9 +425,9 @@ def test_a_symlink_out_of_an_output_folder_is_refused_not_followed(tmp_path):
 @pytest.mark.parametrize(
     "argv,code,message",
     [
-        (("jax_csfcn.summary", "--config", "CFG", "--config.data.image_size=(0, 0)"), 2, "data.image_size=(0, 0)"),
+        (("tools.summary", "--config", "CFG", "--config.data.image_size=(0, 0)"), 2, "data.image_size=(0, 0)"),
         (("jax_csfcn.train", "--config", "CFG", "--config.workdir=a.png"), 1, "workdir='a.png' is a file"),
-        (("jax_csfcn.data.synthetic", "--root", "a.png"), 2, "--root a.png: is a file"),
+        (("tools.synthetic_data", "--root", "a.png"), 2, "--root a.png: is a file"),
         (("jax_csfcn.train", "--config", "CFG", "--config.model.imagenet_init=no.pth"), 1, "'no.pth': no such file"),
         (("jax_csfcn.train", "--config", "CFG", "--config.model.imagenet_init=a.png"), 1, "a.png: not a readable"),
     ],

@@ -204,18 +204,18 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         if any(a.startswith("--coordinator-address=") for a in rest):
             rest = [a.replace("host0:1234", "localhost:{port}") for a in rest]
         return [*py, *rest, *extra]
-    if mod == "jax_csfcn.data.tfds_cityscapes":
+    if mod == "tools.tfds_prepare":
         return [*py, *rest, "--download-dir", str(ws / "tfds_downloads")]
-    if mod == "jax_csfcn.data.synthetic":
+    if mod == "tools.synthetic_data":
         rest = list(rest)
         for flag, value in (("--train", "2"), ("--val", "1")):
             rest[rest.index(flag) + 1] = value
         return [*py, *rest, "--size", "32", "64", "--no-progress"]
-    if mod == "jax_csfcn.data.folder":
+    if mod == "tools.folder_data":
         return [*py, *rest, "--no-progress"] + (
             ["--size", "48", "64", "--train", "4", "--val", "2"] if "--write-example" in rest else []
         )
-    if mod in ("tools.evaluate", "jax_csfcn.official_eval", "convert", "torch_deploy.predict"):
+    if mod in ("tools.evaluate", "tools.official_eval", "convert", "torch_deploy.predict"):
         return [*py, *rest]
     if mod == "tools.accuracy":
         return [
@@ -234,9 +234,9 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         return [*py, *rest, *extra, "--repeats", "1", "--warmup", "0"]
     if mod == "torch_deploy.benchmark":
         return [*py, *_replace_size(rest, "--size", (32, 64)), "--repeats", "1", "--warmup", "0", "--threads", "1"]
-    if mod == "kernels.aot":
+    if mod == "tools.aot":
         return [*py, *rest, "--no-progress"]  # the sizes of tests/test_aot.py: Triton's disk cache has them
-    if mod == "torch_deploy.roofline":
+    if mod == "tools.roofline":
         return [*py, *rest, "--size", "64", "128"]
     if mod == "tools.gpu_check":
         # no GPU here: the dry run on CPU, its cheap sections; tests/test_gpu_check.py runs every section
@@ -253,19 +253,19 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
 # The commands run inside this test's process (their ``main(argv)``, in the scratch folder, output
 # captured): a child process would spend ~3 s importing JAX, Flax and PyTorch for each, ~2 of the
 # README's 11 minutes. Those that need a process of their own stay children: a different device
-# count or several processes (multi-host), TensorFlow (tfds), a process pool (kernels.aot), the
+# count or several processes (multi-host), TensorFlow (tfds), a process pool (tools.aot), the
 # official evaluator (module-level state), the demo and the long tools that train several models.
 IN_PROCESS = {
     "convert": "convert.__main__",
-    "torch_deploy.predict": "torch_deploy.predict",
+    "torch_deploy.predict": "tools.predict",
     "tools.export_onnx": "tools.export_onnx",
-    "torch_deploy.benchmark": "torch_deploy.benchmark",
+    "torch_deploy.benchmark": "tools.benchmark",
     "tools.accuracy": "tools.accuracy",
-    "torch_deploy.roofline": "torch_deploy.roofline",
+    "tools.roofline": "tools.roofline",
     "tools.evaluate": "tools.evaluate",
-    "jax_csfcn.data.synthetic": "jax_csfcn.data.synthetic",
-    "jax_csfcn.data.folder": "jax_csfcn.data.folder",
-    "jax_csfcn.train": "jax_csfcn.train",
+    "tools.synthetic_data": "tools.synthetic_data",
+    "tools.folder_data": "tools.folder_data",
+    "jax_csfcn.train": "tools.train",
 }
 
 
@@ -356,7 +356,7 @@ def check_after(cmd: Command, proc, ws: Path) -> None:
         scores = json.loads((ws / argv[argv.index("--json") + 1]).read_text())
         assert 0.0 <= scores["miou"] <= 1.0 and scores["images"] == 2
         assert len(list((ws / argv[argv.index("--dump-dir") + 1]).iterdir())) == 2
-    elif "jax_csfcn.official_eval" in text:
+    elif "tools.official_eval" in text:
         ours = json.loads((ws / "scores.json").read_text())["miou"]  # the evaluate --json run above
         official = float(re.search(r"official Cityscapes evaluator: mIoU ([0-9.]+)", proc.stdout).group(1))
         assert abs(official - ours) <= 6e-5, (official, ours)
@@ -386,9 +386,9 @@ def check_after(cmd: Command, proc, ws: Path) -> None:
         assert 1.0 < jax_loss < 10.0
         for k, r in rows.items():
             np.testing.assert_allclose(r["first_step_loss"], jax_loss, rtol=2e-3, err_msg=k)
-    elif "kernels.aot" in text:
+    elif "tools.aot" in text:
         assert "84/84 compiled kernels pass" in proc.stdout and "sm_90" in proc.stdout
-    elif "torch_deploy.roofline" in text:
+    elif "tools.roofline" in text:
         assert "H200" in proc.stdout and "(e) optimize fp16 labels" in proc.stdout
     elif "tools.gpu_check" in text:
         out = ws / argv[argv.index("--out") + 1].replace("$OUT", GPU_CHECK_OUT)
@@ -421,7 +421,7 @@ def check_summary_block(blocks: list[Block], ws: Path) -> int:
         if b.lang != "text" or not lines or not lines[0].startswith("$ python -m "):
             continue
         argv = shlex.split(lines[0][2:])
-        assert argv[2] == "jax_csfcn.summary", f"README.md line {b.line}: unknown shown command {lines[0]}"
+        assert argv[2] == "tools.summary", f"README.md line {b.line}: unknown shown command {lines[0]}"
         proc = subprocess.run(
             [sys.executable, *argv[1:]], capture_output=True, text=True, cwd=ws, env=child_env(ws), timeout=600
         )

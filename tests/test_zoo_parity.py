@@ -15,6 +15,7 @@ citation, and a change to one model's upstream facts touches only that model's f
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import jax
@@ -33,12 +34,23 @@ from torch_deploy.zoo import zoo_class as torch_class
 
 @dataclass(frozen=True)
 class Bf16:
-    """A bf16-compute forward against the fp32 one: input (N, H, W), the bound on the relative L2,
-    and whether every output of ``outputs`` is compared or the main ``__call__`` only."""
+    """A bf16-compute forward against the fp64 function: input (N, H, W), and whether every output
+    of ``outputs`` is compared or the main ``__call__`` only. The bound is derived, not set
+    (test_bf16_forward): BF16_FACTOR x the twin's own bf16 distance to fp64 on the same weights."""
 
     shape: tuple[int, int, int]
-    tol: float
     every_output: bool
+
+
+# A bf16 forward is as good as bf16 allows when it is about as far from the fp64 function as
+# another bf16 implementation of it is: the PyTorch twin cast to bf16 (weights, BN statistics and
+# every activation rounded to bf16 at each op). The two round at different points (XLA keeps some
+# fusions' intermediates in fp32, torch rounds after every op), so their distances differ by a
+# small factor, not a large one; 3 is the factor the ONNX export check uses for the same reason
+# (tools/export_onnx.py). A bf16 error that is not rounding -- a layer left in fp32 that should
+# not be, a BN folded with the wrong statistics, an fp32-only constant applied in bf16 twice --
+# moves the distance by far more.
+BF16_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -60,15 +72,14 @@ ZOO = {
     # averages); when the images' averages are nearly equal (pure-noise images) a channel's batch
     # variance is near BN's eps and the fp32 rounding of either side is amplified by up to
     # ~1/sqrt(eps), so train mode runs on four images that differ in mean and contrast, as real
-    # images do.  bf16: the bound 0.5 is the one the old test_zoo_sfanet.py set when its bf16 model
-    # ran in train mode (the eval_shape shell's mode; measured 0.28); in eval mode it is ~0.012.
+    # images do.
     "sfanet": Zoo(
         loss_weights=(1.0, 0.4, 0.4, 0.4, 0.4),
         fp64=(1, 88, 120),
         fp32=(2, 64, 96),
         train=(4, 32, 48),
         train_varied=True,
-        bf16=Bf16((2, 64, 96), 0.5, every_output=False),
+        bf16=Bf16((2, 64, 96), every_output=False),
     ),
     # 88 x 120: not a multiple of 32 (upstream crashes) nor of 16 (the aux PixelShuffle gives 96 x 128).
     "mgseg": Zoo(
@@ -76,7 +87,7 @@ ZOO = {
         fp64=(1, 88, 120),
         fp32=(2, 72, 104),
         train=(2, 64, 96),
-        bf16=Bf16((1, 64, 96), 0.1, every_output=True),
+        bf16=Bf16((1, 64, 96), every_output=True),
     ),
     # 70 x 106 is no multiple of 8: the full output is resized to 70 x 106 from 18 x 28.  Train mode
     # at 64 x 96 would take layer4's batch statistics over 2 x 2 x 3 values per channel, where fp32
@@ -206,23 +217,30 @@ def _bf16_shell(name: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _with("bf16"))
 def test_bf16_forward(name, rng):
-    """The compute dtype reaches the layers: bf16 logits, finite, near the fp32 model's (eval mode)."""
+    """The compute dtype reaches the layers: bf16 logits, finite, and no further from the fp64
+    function than BF16_FACTOR x the bf16 twin is (eval mode)."""
     spec = ZOO[name].bf16
-    model, _, _ = pair(name, K)
+    model, twin, twin64 = pair(name, K)
     bf16 = nnx.merge(nnx.graphdef(_bf16_shell(name)), nnx.state(model))
     bf16.eval()
     x = rng.standard_normal((*spec.shape, 3)).astype(np.float32)
     fn = _outputs if spec.every_output else (lambda m, a: [_main(m, a)])
-    ys, refs = fn(bf16, jnp.asarray(x, jnp.bfloat16)), fn(model, jnp.asarray(x))
-    assert len(ys) == len(refs)
-    for i, (y, ref) in enumerate(zip(ys, refs)):
+    ys = fn(bf16, jnp.asarray(x, jnp.bfloat16))
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    twin16 = copy.deepcopy(twin).to(torch.bfloat16)
+    with torch.no_grad():
+        tfn = (lambda m, a: list(m.outputs(a))) if spec.every_output else (lambda m, a: [m(a)])
+        refs = [r.numpy() for r in tfn(twin64, xt.double())]
+        own = [r.float().numpy() for r in tfn(twin16, xt.to(torch.bfloat16))]
+    assert len(ys) == len(refs) == len(own)
+    for i, (y, ref, o) in enumerate(zip(ys, refs, own)):
         assert y.dtype == jnp.bfloat16, f"{name} output {i}: {y.dtype}, not bf16"
-        y, ref = np.asarray(y, np.float32), np.asarray(ref)
-        assert y.shape == ref.shape, f"{name} output {i}: {y.shape} vs fp32 {ref.shape}"
+        y = np.asarray(y, np.float32).transpose(0, 3, 1, 2)
+        assert y.shape == ref.shape, f"{name} output {i}: {y.shape} vs fp64 {ref.shape}"
         assert np.isfinite(y).all(), f"{name} output {i}: not finite in bf16"
-        err = rel_l2(y, ref)
-        print(name, f"output {i}: bf16 rel L2 {err:.3f}")
-        assert err < spec.tol, f"{name} output {i}: bf16 {err:.3f} rel L2 from fp32 (bound {spec.tol})"
+        err, floor = rel_l2(y, ref), rel_l2(o, ref)
+        print(name, f"output {i}: bf16 rel L2 to fp64 {err:.4f}, the bf16 twin's {floor:.4f}")
+        assert err <= BF16_FACTOR * floor, f"{name} output {i}: bf16 {err:.4f} from fp64, twin bf16 {floor:.4f}"
 
 
 @pytest.mark.parametrize("name", _with("bf16_trace"))

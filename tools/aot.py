@@ -1,27 +1,10 @@
-"""Ahead-of-time compile gate: every Triton launch of the fast path, compiled for real GPU targets
-without a GPU, with its registers, spills and shared memory.
+"""The ahead-of-time compile gate: every Triton launch of the fast path, traced from the models and
+compiled for sm_80 and sm_90 without a GPU.
 
     python -m tools.aot                       # table for sm_80 and sm_90, exit 1 if a check fails
     python -m tools.aot --json aot.json --size 512 1536
 
-What it compiles is recorded, not written by hand: ``torch_deploy.optimize``'s model is built on
-the ``meta`` device and run inside :func:`kernels._common.record_launches` at each input size, for
-every precision (fp32/fp16/bf16) and output (logits/labels), with the launchers' own GPU launch
-configuration (block sizes, warps, stages, flags), and with the memory layouts a GPU run has:
-on ``meta`` a convolution returns NCHW whatever its input, where cuDNN returns channels-last for a
-channels-last input or weight, so the trace applies cuDNN's rule (:class:`CudnnLayouts`) and the
-kernels see the strides -- and Triton specialises on the strides -- that they get on a GPU. Each distinct specialisation (Triton's own
-binder decides: argument dtypes, integer divisibility by 16, constexprs, warps, stages) is then
-compiled once per target with ``triton.compile`` for an explicit ``GPUTarget`` -- the compiler
-needs no driver -- and the PTX is assembled by the installed Triton's own ``make_cubin`` (its
-``ptxas``, its flags), whose verbose report gives registers, stack frame and spill bytes. Checks per compiled kernel:
-
-* it compiles;
-* shared memory within the target's per-block limit (sm_80: 163 KiB, sm_90: 227 KiB opt-in);
-* zero spill stores and loads (docs/gpu_readiness.md says why this is the bar).
-
-Triton's CPU interpreter (``TRITON_INTERPRET=1``) replaces the kernels by Python functions that
-cannot be compiled; the CLI then runs itself again in a child process without it.
+How it works: :mod:`kernels.aot` (kernels/aot.py).
 """
 
 from __future__ import annotations

@@ -1,28 +1,9 @@
-"""Your own dataset: image and mask folders (or a list file of pairs) and a class table.
+"""Check a folder dataset (every file read, per-class pixel counts), or write a small example of
+one.
 
-``data.dataset = "folder"`` reads::
 
-    root/classes.json                       the class table (csfcn/class_table.py; or data.classes)
-    root/images/{split}/**/NAME.{png,jpg,jpeg}
-    root/masks/{split}/**/NAME.png          the mask of each image, same relative path, PNG
 
-(symbolic links to folders under ``images/{split}`` are followed, each named once on stderr; a
-link back to a folder above it, a cycle, is skipped with a note)
-
-or, when it exists, a list file ``root/{split}.txt`` of ``image_path mask_path`` pairs, one per
-line (blank lines and ``#`` comments skipped; a relative path is read under ``root``; a path
-whose last two parts exist under ``root`` is found there too, so lists written on another
-machine work where the folder is unpacked).  Any image size (an image and its mask must match),
-any number of classes, index masks (one value per pixel: 8- or 16-bit, or palette PNGs, whose
-indices are what is stored) or colour-coded RGB masks, mapped to train ids by the table.
-
-    src = FolderSource("data/leaves", "train")
-    item = src[0]   # {"image": uint8 HxWx3, "label": uint8 HxW train ids (255 = ignore), "name": rel path}
-
-Bad data fails loudly with the offending file in the message: layout and table problems when
-the source is built, decoding problems and mask values outside the table when the item is read.
-:func:`write_synthetic_folder` writes the synthetic street scenes in this layout with a
-colour-coded table (tests, the README's example).
+How it works: :mod:`jax_csfcn.data.folder` (jax_csfcn/data/folder.py).
 """
 
 from __future__ import annotations

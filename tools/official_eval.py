@@ -1,16 +1,8 @@
-"""The official Cityscapes evaluator (``cityscapesscripts``) on a folder of label-id PNGs.
+"""Run the official Cityscapes evaluator (cityscapesscripts) on a folder of label-id PNGs.
 
     python -m tools.official_eval --cityscapes data/cityscapes --results val_label_ids [--split val]
 
-What ``csEvalPixelLevelSemanticLabeling`` does, with its arguments as flags instead of the
-``CITYSCAPES_DATASET`` / ``CITYSCAPES_RESULTS`` environment variables, and with its
-instance-level scores (iIoU) off: cityscapesscripts 2.3.0's instance path calls ``np.in1d``,
-which NumPy 2.4 no longer has, so the console script stops with an AttributeError after its
-first image. Class IoU, category IoU and their means are computed by the library's own
-``evaluateImgLists`` on every ``gtFine/{split}/*/*_gtFine_labelIds.png``; the predictions are
-found by its own ``getPrediction`` (one ``{city}_{seq}_{frame}*.png`` per ground truth, anywhere
-under ``--results``), e.g. those written by ``python -m tools.evaluate --dump-dir DIR
---dump-format cityscapes`` or ``python -m torch_deploy.predict --format cityscapes-submission``.
+How it works: :mod:`jax_csfcn.official_eval` (jax_csfcn/official_eval.py).
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
-"""Roofline floors: the least time a kernel or the whole model can take on a given GPU.
+"""Print the roofline floors of the kernels and the benchmark's variants on a datasheet GPU.
 
     python -m tools.roofline --gpu h200                 # predicted floors, benchmark sizes
     python -m tools.roofline --gpu a100 --size 1024 2048 --precision fp32
 
-Every op is charged the bytes it must move -- each tensor it reads once, each tensor it writes
-once -- and its FLOPs (PyTorch's own per-op formulas, ``torch.utils.flop_counter``, for
-convolutions and matmuls; the kernel formulas below for the Triton kernels). Its floor is the
-larger of bytes / copy bandwidth and FLOPs / matrix rate (tensor cores for fp16/bf16, the fp32
-vector rate for IEEE fp32). A model's floor is the sum of its ops' floors: the ops run one after
-another, and each must at least stream its own tensors. Launch gaps, caches and fusion the
-graph does not already do are outside the model, so measured / floor >= 1 always; how far above
-1 a kernel lands is what the benchmark reports next to every time.
-
-Costs are traced, not written out per layer: the model runs on the ``meta`` device (shapes
-only, nothing computed) under a dispatch mode that sums each ATen op's tensors and FLOPs, with
-the Triton launches recorded by :func:`kernels._common.record_launches`.
-
-Ceilings: measured at the start of a GPU run (:func:`measure_ceilings`: a device-to-device copy
-and a large matmul), with datasheet values as the fallback (:data:`DATASHEET`).
+How it works: :mod:`torch_deploy.roofline` (torch_deploy/roofline.py).
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
-"""Deterministic synthetic street scenes, written to disk in the Cityscapes folder layout.
+"""Write the synthetic street scenes in the Cityscapes folder layout.
 
     python -m tools.synthetic_data --root /tmp/synth --train 40 --val 10 --size 256 512
 
-Each scene is a one-point perspective street: sky, distant buildings at the horizon, a road
-with lane dashes, sidewalks, optional terrain strips, facades (building / vegetation, sometimes
-a wall or fence in front), poles with traffic lights and signs, trees, vehicles, persons and
-riders, plus void pixels (unlabeled clutter, ego vehicle).  All 19 train classes appear across
-a split of ~20 images.
-
-Learnable on purpose: every class is drawn in its Cityscapes palette colour times a per-class
-texture (windows, bricks, leaves, ribs...) with per-instance shading, noise and a global
-brightness change, and sits where it would in a real street.  Colour and texture therefore
-carry most of the class, but a per-pixel colour lookup alone is not exact.
-
-Everything is drawn label-first with vectorised numpy masks (no per-pixel Python loops) and
-is a pure function of ``(seed, split, index, size)``.
+How it works: :mod:`jax_csfcn.data.synthetic` (jax_csfcn/data/synthetic.py).
 """
 
 from __future__ import annotations

@@ -1,25 +1,8 @@
-"""Cityscapes from tensorflow-datasets (builder ``cityscapes``) as a random-access grain data source.
-
-For users who keep their data in TFDS.  The dataset must have been prepared in the
-``array_record`` file format (random access); TFDS builds it from the two official zips,
-``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip``, placed in a manual folder::
+"""Prepare Cityscapes as a TFDS dataset (array_record files) from the two official zips.
 
     python -m tools.tfds_prepare --manual-dir ~/Downloads/cityscapes --data-dir ~/tensorflow_datasets
 
-(or ``tfds build cityscapes/semantic_segmentation --manual_dir ... --file_format array_record``).
-Preparing runs the TFDS builder, which needs TensorFlow (``pip install tensorflow-cpu``);
-reading needs only ``tensorflow-datasets`` and ``array-record``, and never imports TensorFlow.
-
-    src = TfdsCityscapesSource("train", data_dir="~/tensorflow_datasets")
-    item = src[0]   # {"image": uint8 HxWx3, "label": uint8 HxW train ids (255 = ignore), "name": image_id}
-
-Split names are TFDS's (``train``, ``validation``, ``test``, slices such as ``train[:10%]``);
-``val`` is accepted for ``validation``.  The stored labels are Cityscapes labelIds; they are
-mapped to the 19 train ids with :func:`jax_csfcn.data.cityscapes.label_id_to_train_id`, exactly
-as the folder source does.  The PNG bytes stored by TFDS are those of the original files and
-are decoded here with PIL, so items equal :class:`~jax_csfcn.data.cityscapes.CityscapesSource`'s.
-
-``tensorflow_datasets`` is imported only when a source is built, never at package import.
+How it works: :mod:`jax_csfcn.data.tfds_cityscapes` (jax_csfcn/data/tfds_cityscapes.py).
 """
 
 from __future__ import annotations

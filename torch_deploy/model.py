@@ -29,6 +29,7 @@ from csfcn.model_config import (
     ModelConfig,
     stem_width,
 )
+from kernels.sfc_fuse import offset_grid as kernel_offset_grid
 
 
 def labels_dtype(k: int) -> torch.dtype:
@@ -247,17 +248,14 @@ class CFC(nn.Module):
         return x + self.local_attention(self.ops.attention(self, x, pooled, valid))
 
 
+def torch_linspace(n: int, dtype, device) -> torch.Tensor:
+    return torch.linspace(-1.0, 1.0, n, dtype=dtype, device=device)
+
+
 def offset_grid(offset: torch.Tensor) -> torch.Tensor:
-    """The sampling grid of every learned-offset sampler (SFC's groups, SFANet's alignment): (B, H,
-    W, 2) = (linspace(-1, 1, W), linspace(-1, 1, H)) + offset / (W, H) of a (B, 2, H, W)
-    ``offset`` (x then y), on its device and dtype, as upstream builds it. Its other forms: the
-    kernel's exact linspace formula (kernels/sfc_fuse.py, linspace_m1p1, also the CPU rows of
-    cpu_ops) and the shape-generic one of the dynamic ONNX export (onnx_graph.py)."""
-    _, _, h, w = offset.shape
-    kw = {"dtype": offset.dtype, "device": offset.device}
-    xs = torch.linspace(-1.0, 1.0, w, **kw).view(1, w).expand(h, w)
-    ys = torch.linspace(-1.0, 1.0, h, **kw).view(h, 1).expand(h, w)
-    return torch.stack((xs, ys), dim=2) + offset.permute(0, 2, 3, 1) / torch.tensor([w, h], **kw)
+    """The twin's sampling grid of a (B, 2, H, W) ``offset``: kernels.sfc_fuse.offset_grid (the one
+    grid of every form) on ``torch.linspace``, as the upstream builds it."""
+    return kernel_offset_grid(offset, 1, torch_linspace)
 
 
 def sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:

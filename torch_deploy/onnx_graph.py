@@ -15,6 +15,7 @@ from torch import nn
 from torch.export import Dim
 
 from csfcn.model_config import PYRAMID_GRIDS, SFC_GROUPS
+from kernels.sfc_fuse import offset_grid
 from torch_deploy.model import CSFCN, ReferenceOps
 from torch_deploy.optimize import fold_conv_bn_pairs, remove_bn
 
@@ -77,21 +78,6 @@ def pyramid_pool_masked(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(feats, 2), torch.cat(valid)
 
 
-def _linspace(n: int, dtype, device) -> torch.Tensor:
-    """``torch.linspace(-1, 1, n)`` (same two-sided formula) with a symbolic ``n`` (n >= 2)."""
-    i = torch.arange(n, device=device).to(dtype)
-    step = 2.0 / (i[-1:]).clamp(min=1.0)
-    return torch.where(i < n // 2, -1.0 + step * i, 1.0 - step * ((n - 1) - i))
-
-
-def _sfc_grid(n: int, h: int, w: int, offsets: torch.Tensor) -> torch.Tensor:
-    kw = {"dtype": offsets.dtype, "device": offsets.device}
-    ys = _linspace(h, **kw).view(-1, 1) + torch.zeros(1, w, **kw)
-    xs = _linspace(w, **kw).view(1, -1) + torch.zeros(h, 1, **kw)
-    off = offsets.reshape(n * SFC_GROUPS, 2, h, w).permute(0, 2, 3, 1)
-    return torch.stack((xs, ys), dim=2) + torch.stack((off[..., 0] / w, off[..., 1] / h), dim=3)
-
-
 class ExportOps(ReferenceOps):
     """The twin's ops with shape-generic pooling and sampling grids (the ``--dynamic`` export):
     CFC attends over masked, padded pooled positions, SFC samples on a grid built from symbolic
@@ -103,7 +89,7 @@ class ExportOps(ReferenceOps):
         return pyramid_pool_masked(x)
 
     def sfc_grid(self, n, h, w, offsets):
-        return _sfc_grid(n, h, w, offsets)
+        return offset_grid(offsets, SFC_GROUPS)  # the exact linspace, shape-generic (kernels/sfc_fuse.py)
 
 
 def export_module(model: nn.Module, dynamic: bool) -> nn.Module:

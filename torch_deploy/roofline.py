@@ -1,7 +1,6 @@
 """Roofline floors: the least time a kernel or the whole model can take on a given GPU.
 
-    python -m tools.roofline --gpu h200                 # predicted floors, benchmark sizes
-    python -m tools.roofline --gpu a100 --size 1024 2048 --precision fp32
+The command line is ``python -m tools.roofline`` (tools/roofline.py).
 
 Every op is charged the bytes it must move -- each tensor it reads once, each tensor it writes
 once -- and its FLOPs (PyTorch's own per-op formulas, ``torch.utils.flop_counter``, for

@@ -1,5 +1,7 @@
 """Your own dataset: image and mask folders (or a list file of pairs) and a class table.
 
+The command line is ``python -m tools.folder_data`` (tools/folder_data.py).
+
 ``data.dataset = "folder"`` reads::
 
     root/classes.json                       the class table (csfcn/class_table.py; or data.classes)

@@ -1,6 +1,6 @@
 """Deterministic synthetic street scenes, written to disk in the Cityscapes folder layout.
 
-    python -m tools.synthetic_data --root /tmp/synth --train 40 --val 10 --size 256 512
+The command line is ``python -m tools.synthetic_data`` (tools/synthetic_data.py).
 
 Each scene is a one-point perspective street: sky, distant buildings at the horizon, a road
 with lane dashes, sidewalks, optional terrain strips, facades (building / vegetation, sometimes

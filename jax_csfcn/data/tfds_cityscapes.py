@@ -1,10 +1,10 @@
 """Cityscapes from tensorflow-datasets (builder ``cityscapes``) as a random-access grain data source.
 
+The command line is ``python -m tools.tfds_prepare`` (tools/tfds_prepare.py).
+
 For users who keep their data in TFDS.  The dataset must have been prepared in the
 ``array_record`` file format (random access); TFDS builds it from the two official zips,
 ``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip``, placed in a manual folder::
-
-    python -m tools.tfds_prepare --manual-dir ~/Downloads/cityscapes --data-dir ~/tensorflow_datasets
 
 (or ``tfds build cityscapes/semantic_segmentation --manual_dir ... --file_format array_record``).
 Preparing runs the TFDS builder, which needs TensorFlow (``pip install tensorflow-cpu``);
