@@ -69,9 +69,9 @@ def load(path: Path) -> list[dict]:
 
 
 def pytest(tests: list[str], workers: int) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *DEFAULT_SELECTION, *tests]
-    if workers > 1:
-        cmd += ["-n", str(workers)]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *DEFAULT_SELECTION, *tests]
+    # -x stops at the first failure; with xdist workers pytest then exits 2 (interrupted), not 1
+    cmd += ["-n", str(workers)] if workers > 1 else ["-x"]
     env = dict(os.environ, TRITON_INTERPRET="1", JAX_PLATFORMS="cpu")
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
 
