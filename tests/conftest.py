@@ -47,6 +47,23 @@ def nhwc(a) -> np.ndarray:
 LONGEST_FIRST = ("tests/test_readme.py::test_every_readme_command_runs",)
 
 
+# One math thread per xdist worker when the workers fill the cores. PyTorch's OpenMP threads
+# busy-wait between parallel regions; two workers of two threads each on two cores spend much of
+# their time spinning against each other. Measured on a 2-core x86 machine with `-n 2` over
+# test_parity, test_optimize, test_zoo_parity and test_kernels: 160 s wall and 305 s of CPU with
+# the default threads, 98 s and 180 s with one thread per worker (XLA's own pool made no
+# measurable difference either way). Set in the controller before the workers start, so that
+# they and every child process they run inherit it; a value the caller set is kept.
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        return
+    n = getattr(config.option, "numprocesses", None)
+    cores = os.cpu_count() or 1
+    workers = cores if n in ("auto", "logical") else (n if isinstance(n, int) else 0)
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {nodeid: i for i, nodeid in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))  # stable: the rest keep their order
