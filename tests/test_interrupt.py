@@ -23,6 +23,9 @@ def test_a_stop_request_is_noted_then_reported_then_forced(capsys):
     reported (the previous checkpoint stays valid), a third interrupts at once."""
     from csfcn.interrupt import StopRequest
 
+    # What was installed before (Python's default_int_handler, or SIG_IGN when the suite runs
+    # in a background job): the context must put exactly that back.
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:
         assert signal.getsignal(signal.SIGTERM) == stop.handle and signal.getsignal(signal.SIGINT) == stop.handle
         stop.handle(signal.SIGTERM)
@@ -31,7 +34,7 @@ def test_a_stop_request_is_noted_then_reported_then_forced(capsys):
         assert stop.signame == "SIGTERM"  # the first one is what stopped the run
         with pytest.raises(KeyboardInterrupt):
             stop.handle(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # put back
     err = capsys.readouterr().err
     assert "SIGTERM: stopping after this step" in err and "SIGINT again: still" in err
 
