@@ -15,7 +15,7 @@ read by attribute only (``cfg.model.*``, ``cfg.train.*``, ``cfg.loss.*``, ``cfg.
 ``cfg.seed``): an ``ml_collections.ConfigDict`` or the ``types.SimpleNamespace`` of
 :func:`jax_csfcn.defaults.default_settings`.
 
-This module, and everything it imports or calls, needs only JAX, Flax, Optax and NumPy: no
+This module, and everything it imports or calls, needs only JAX, Flax, Optax, NumPy and Pillow: no
 grain, ml_collections, Orbax or TensorFlow (tests/test_step_imports.py runs it with those
 imports refused), so the step runs on a machine with just the JAX and PyTorch stacks.
 """
@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from csfcn.model_config import ModelConfig
+from jax_csfcn.data.photometric import apply_photometric
 from jax_csfcn.defaults import default_settings
 from jax_csfcn.losses import cross_entropy, ohem_cross_entropy
 from jax_csfcn.model import build_model
@@ -154,18 +155,26 @@ def loss_term(logits, labels, *, ohem: bool, thresh: float, min_kept: int, ignor
     return cross_entropy(logits, labels, ignore_index), jnp.float32(1.0)
 
 
-def make_train_step(graphdef, tx, cfg, mesh):
+def make_train_step(graphdef, tx, cfg, mesh, *, photometric_reach: int | None = None):
     """Jitted ``(state, images uint8 NHWC, labels uint8 NHW) -> (state, metrics)``.
 
     State (params, BN statistics, optimizer state) is replicated, the batch sharded on the
     ``data`` axis, so every reduction of the step (BN moments, the OHEM threshold, the loss
     mean, gradients) is over the global batch.  A step whose loss, gradients or updated
     parameters are not all finite leaves the state unchanged and reports ``finite = False``.
+
+    With ``photometric_reach`` (an int: the blur window's half-width,
+    ``photometric.max_box_radius``) the step takes a fourth argument, the batch's
+    ``"photometric"`` parameters (the loader's, with ``data.photometric = "device"``), and
+    applies the blur and colour jitter to the uint8 images first (jax_csfcn/data/photometric.py).
     """
     dtype = DTYPES[cfg.train.dtype]
     term = functools.partial(loss_term, **loss_settings(cfg))
 
-    def step(state, images, labels):
+    def step(state, images, labels, photometric=None):
+        if photometric is not None:
+            params_ = {k: v for k, v in photometric.items() if k != "content"}
+            images = apply_photometric(images, params_, photometric["content"], max_box_radius=photometric_reach)
         params, stats, opt_state = state["params"], state["batch_stats"], state["opt_state"]
 
         def loss_fn(p, s):
@@ -196,7 +205,14 @@ def make_train_step(graphdef, tx, cfg, mesh):
         return new_state, {"loss": loss, "grad_norm": grad_norm, "ohem_kept": kept, "finite": finite}
 
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(step, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=(0,))
+    if photometric_reach is None:
+        return jax.jit(
+            lambda state, images, labels: step(state, images, labels),
+            in_shardings=(repl, data, data),
+            out_shardings=(repl, repl),
+            donate_argnums=(0,),
+        )
+    return jax.jit(step, in_shardings=(repl, data, data, data), out_shardings=(repl, repl), donate_argnums=(0,))
 
 
 def make_stop_agreement(mesh):

@@ -26,7 +26,12 @@ Train pipeline, per record (``AugmentConfig``; defaults = the upstream Cityscape
    (brightness, contrast, saturation factors ~ ``U(1 - c, 1 + c)`` and an optional hue shift, in a
    random order), on the image content only: padding pixels stay 0 (the label there is ignore
    anyway). The defaults are the upstream's Cityscapes pipeline: blur with p = 0.5 and radius
-   U(0, 1), then jitter 0.5; its CamVid pipeline adds hue 0.1 with jitter 0.3 (configs/camvid.py);
+   U(0, 1), then jitter 0.5; its CamVid pipeline adds hue 0.1 with jitter 0.3 (configs/camvid.py).
+   They are drawn here in any case; with ``AugmentConfig.photometric = "device"`` they are not
+   applied here: each record carries their parameters (``"photometric"``, with the ``content``
+   box) and the train step applies them on the device, the same function to within one grey
+   level (exact for blur and hue; jax_csfcn/data/photometric.py). That takes the most expensive
+   host steps off the loader;
 7. batch (``batch_size`` records per process, ``drop_remainder``).
 
 Steps 2-4 are fused: only the source region that lands in the crop is resampled (PIL ``resize``
@@ -70,7 +75,6 @@ its message.  Call ``iterator.close()`` (or use ``with``) to stop the workers ea
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -80,15 +84,22 @@ from collections.abc import Sequence
 
 import grain
 import numpy as np
-from PIL import Image, ImageFilter
 
 from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD  # RGB, in 0..1 units
 
+# One record's augmentation lives in augment.py (no grain there: the GPU check uses it alone).
+from jax_csfcn.data.augment import (  # noqa: F401  (_jitter: re-exported for its test)
+    PHOTOMETRIC,
+    AugmentConfig,
+    PipelineError,
+    _check_record,
+    _jitter,
+    augment,
+    augment_record,
+    scaled_size,
+)
+
 STATE_FORMAT = "csfcn-loader-v1"
-
-
-class PipelineError(ValueError):
-    """A record that the pipeline cannot process (wrong dtype/shape); the message names the record."""
 
 
 def normalize(images, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, dtype=np.float32):
@@ -108,164 +119,6 @@ def denormalize(images, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[flo
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-# ----------------------------------------------------------------------------------------------
-# Augmentation
-
-
-def _pair(value, name: str, cast) -> tuple:
-    try:
-        a, b = value
-        return cast(a), cast(b)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"AugmentConfig.{name} must be a pair, got {value!r}") from e
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Train-time augmentation. The geometry defaults are the upstream Cityscapes recipe (see the
-    module doc); the photometric ones are off here, and the recipe's values (blur 0.5, jitter 0.5)
-    come with the training config (jax_csfcn/defaults.py)."""
-
-    crop_size: tuple[int, int] = (1024, 1024)  # (H, W)
-    base_size: tuple[int, int] | None = None  # (H, W) whose short side f multiplies; None = the image's own
-    scale_range: tuple[float, float] = (0.125, 2.0)  # f ~ U(lo, hi)
-    flip: bool = True
-    blur_prob: float = 0.0  # probability of a Gaussian blur
-    blur_sigma: tuple[float, float] = (
-        0.0,
-        1.0,
-    )  # its radius ~ U(lo, hi), in pixels of the crop (the upstream's U(0, 1))
-    color_jitter: float = 0.0  # brightness/contrast/saturation factors ~ U(1 - c, 1 + c); 0 = off
-    hue_jitter: float = 0.0  # hue shift ~ U(-h, h) of the colour circle (CamVid: 0.1); 0 = off
-    ignore_index: int = 255
-
-    def __post_init__(self):
-        crop = _pair(self.crop_size, "crop_size", int)
-        if min(crop) < 1:
-            raise ValueError(f"AugmentConfig.crop_size must be positive (H, W), got {self.crop_size!r}")
-        object.__setattr__(self, "crop_size", crop)
-        if self.base_size is not None:
-            base = _pair(self.base_size, "base_size", int)
-            if min(base) < 1:
-                raise ValueError(f"AugmentConfig.base_size must be positive (H, W) or None, got {self.base_size!r}")
-            object.__setattr__(self, "base_size", base)
-        lo, hi = _pair(self.scale_range, "scale_range", float)
-        if not 0 < lo <= hi:
-            raise ValueError(f"AugmentConfig.scale_range must satisfy 0 < lo <= hi, got {self.scale_range!r}")
-        object.__setattr__(self, "scale_range", (lo, hi))
-        s_lo, s_hi = _pair(self.blur_sigma, "blur_sigma", float)
-        if not 0 <= s_lo <= s_hi or s_hi <= 0:
-            raise ValueError(f"AugmentConfig.blur_sigma must satisfy 0 <= lo <= hi, hi > 0, got {self.blur_sigma!r}")
-        object.__setattr__(self, "blur_sigma", (s_lo, s_hi))
-        if not 0.0 <= float(self.blur_prob) <= 1.0:
-            raise ValueError(f"AugmentConfig.blur_prob must be in [0, 1], got {self.blur_prob!r}")
-        if not 0.0 <= float(self.color_jitter) < 1.0:
-            raise ValueError(f"AugmentConfig.color_jitter must be in [0, 1), got {self.color_jitter!r}")
-        if not 0.0 <= float(self.hue_jitter) <= 0.5:
-            raise ValueError(f"AugmentConfig.hue_jitter must be in [0, 0.5], got {self.hue_jitter!r}")
-        if not 0 <= int(self.ignore_index) <= 255:
-            raise ValueError(f"AugmentConfig.ignore_index must fit in uint8, got {self.ignore_index!r}")
-        object.__setattr__(self, "flip", bool(self.flip))
-        object.__setattr__(self, "blur_prob", float(self.blur_prob))
-        object.__setattr__(self, "color_jitter", float(self.color_jitter))
-        object.__setattr__(self, "hue_jitter", float(self.hue_jitter))
-        object.__setattr__(self, "ignore_index", int(self.ignore_index))
-
-    def to_json(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def _check_record(item, where: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """(image, label, name) of a source item, with dtype/shape checks that name the record."""
-    if not isinstance(item, dict) or "image" not in item or "label" not in item:
-        keys = sorted(item) if isinstance(item, dict) else type(item).__name__
-        raise PipelineError(f"{where}: expected a dict with 'image' and 'label', got {keys}")
-    image, label = np.asarray(item["image"]), np.asarray(item["label"])
-    name = str(item.get("name", where))
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise PipelineError(f"record {name!r} ({where}): image must be uint8 HxWx3, got {image.dtype} {image.shape}")
-    if label.dtype != np.uint8 or label.shape != image.shape[:2]:
-        raise PipelineError(
-            f"record {name!r} ({where}): label must be uint8 HxW matching the image {image.shape[:2]}, "
-            f"got {label.dtype} {label.shape}"
-        )
-    return image, label, name
-
-
-def scaled_size(hw: tuple[int, int], factor: float, base_size: tuple[int, int] | None) -> tuple[int, int]:
-    """(H, W) of an ``hw`` image after random scale ``factor`` (see module doc, step 2)."""
-    h, w = hw
-    s = factor if base_size is None else factor * min(base_size) / min(h, w)
-    return max(1, int(round(h * s))), max(1, int(round(w * s)))
-
-
-_GRAY = np.array([0.299, 0.587, 0.114], np.float32)
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-def _hue_shift(img: np.ndarray, shift: float) -> np.ndarray:
-    """Rotate the hue by ``shift`` of the colour circle (uint8 hue channel, wrapping)."""
-    hsv = np.array(Image.fromarray(img).convert("HSV"))
-    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(round(shift * 255))) % 256
-    return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
-
-
-def _jitter(img: np.ndarray, strength: float, rng: np.random.Generator, hue: float = 0.0) -> np.ndarray:
-    """Colour jitter as the upstream's (torchvision's ``ColorJitter``): brightness, contrast and
-    saturation factors ~ U(1 - s, 1 + s) and, when ``hue`` > 0, a hue shift ~ U(-hue, hue), applied
-    in a random order, each result rounded to uint8 as PIL does between steps."""
-    factors = rng.uniform(1.0 - strength, 1.0 + strength, 3) if strength > 0 else None
-    shift = float(rng.uniform(-hue, hue)) if hue > 0 else None
-    ops = ([0, 1, 2] if factors is not None else []) + ([3] if shift is not None else [])
-    for op in rng.permutation(ops) if ops else ():
-        x = img.astype(np.float32)
-        if op == 0:
-            img = _to_uint8(x * np.float32(factors[0]))
-        elif op == 1:
-            m = float((x @ _GRAY).mean())
-            img = _to_uint8((x - m) * np.float32(factors[1]) + m)
-        elif op == 2:
-            gray = (x @ _GRAY)[..., None]
-            img = _to_uint8((x - gray) * np.float32(factors[2]) + gray)
-        else:
-            img = _hue_shift(img, shift)
-    return img
-
-
-def augment(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng: np.random.Generator):
-    """One train example: (uint8 crop_H x crop_W x 3, uint8 crop_H x crop_W), see module doc.
-
-    Random draws happen in a fixed order (scale, crop y, crop x, flip, then blur, then jitter),
-    so turning blur or jitter on does not change the geometry of a record.
-    """
-    h, w = label.shape
-    ch, cw = aug.crop_size
-    nh, nw = scaled_size((h, w), rng.uniform(*aug.scale_range), aug.base_size)
-    oh, ow = min(ch, nh), min(cw, nw)  # the part of the crop covered by image content
-    y0 = int(rng.integers(0, nh - oh + 1))
-    x0 = int(rng.integers(0, nw - ow + 1))
-    flip = aug.flip and rng.random() < 0.5
-    # Fused scale + crop: resample only the source box that maps onto the crop window.
-    box = (x0 * w / nw, y0 * h / nh, (x0 + ow) * w / nw, (y0 + oh) * h / nh)
-    img = Image.fromarray(image).resize((ow, oh), Image.BILINEAR, box=box)
-    lab = np.asarray(Image.fromarray(label).resize((ow, oh), Image.NEAREST, box=box))
-    if aug.blur_prob > 0 and rng.random() < aug.blur_prob:
-        img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*aug.blur_sigma))))
-    img = np.asarray(img)
-    if aug.color_jitter > 0 or aug.hue_jitter > 0:
-        img = _jitter(img, aug.color_jitter, rng, aug.hue_jitter)
-    out_img = np.zeros((ch, cw, 3), np.uint8)
-    out_lab = np.full((ch, cw), aug.ignore_index, np.uint8)
-    out_img[:oh, :ow] = img
-    out_lab[:oh, :ow] = lab
-    if flip:
-        out_img, out_lab = out_img[:, ::-1], out_lab[:, ::-1]
-    return np.ascontiguousarray(out_img), np.ascontiguousarray(out_lab)
-
-
 class TrainAugment(grain.transforms.RandomMap):
     """grain RandomMap: source item -> {"image", "label"} augmented crop (module-level: picklable)."""
 
@@ -274,8 +127,7 @@ class TrainAugment(grain.transforms.RandomMap):
 
     def random_map(self, element, rng: np.random.Generator):
         image, label, _ = _check_record(element, "train record")
-        image, label = augment(image, label, self.aug, rng)
-        return {"image": image, "label": label}
+        return augment_record(image, label, self.aug, rng)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -568,7 +420,8 @@ def train_loader(source, aug: AugmentConfig, *, batch_size: int, seed: int, work
         "shard_index": int(shard_index),
         "shard_count": int(shard_count),
         "num_epochs": None if num_epochs is None else int(num_epochs),
-        "augment": aug.to_json(),
+        # where the photometric steps run changes no draw and not the function (module doc)
+        "augment": {k: v for k, v in aug.to_json().items() if k != "photometric"},
     }
     return Loader(batches, identity=identity, worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                   read_threads=read_threads, infinite=num_epochs is None)  # fmt: skip
@@ -617,6 +470,7 @@ __all__ = [
     "PipelineError",
     "TrainAugment",
     "augment",
+    "augment_record",
     "denormalize",
     "eval_loader",
     "loader_state",

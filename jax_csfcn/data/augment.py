@@ -1,0 +1,170 @@
+"""One training record's augmentation: random scale, crop, flip, blur and colour jitter.
+
+The steps, their order and their draws are described in jax_csfcn/data/pipeline.py (module doc,
+"Train pipeline"), which applies :func:`augment_record` to every record through grain. This
+module needs no grain (NumPy and Pillow only): the GPU check runs the loader's per-record work
+with it where grain is not installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+from PIL import Image
+
+from jax_csfcn.data.photometric import apply_photometric_host, content_box, draw_photometric
+
+PHOTOMETRIC = ("host", "device")  # where blur and colour jitter run (AugmentConfig.photometric)
+
+
+class PipelineError(ValueError):
+    """A record that the pipeline cannot process (wrong dtype/shape); the message names the record."""
+
+
+def _pair(value, name: str, cast) -> tuple:
+    try:
+        a, b = value
+        return cast(a), cast(b)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"AugmentConfig.{name} must be a pair, got {value!r}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Train-time augmentation. The geometry defaults are the upstream Cityscapes recipe (see the
+    module doc); the photometric ones are off here, and the recipe's values (blur 0.5, jitter 0.5)
+    come with the training config (jax_csfcn/defaults.py)."""
+
+    crop_size: tuple[int, int] = (1024, 1024)  # (H, W)
+    base_size: tuple[int, int] | None = None  # (H, W) whose short side f multiplies; None = the image's own
+    scale_range: tuple[float, float] = (0.125, 2.0)  # f ~ U(lo, hi)
+    flip: bool = True
+    blur_prob: float = 0.0  # probability of a Gaussian blur
+    blur_sigma: tuple[float, float] = (
+        0.0,
+        1.0,
+    )  # its radius ~ U(lo, hi), in pixels of the crop (the upstream's U(0, 1))
+    color_jitter: float = 0.0  # brightness/contrast/saturation factors ~ U(1 - c, 1 + c); 0 = off
+    hue_jitter: float = 0.0  # hue shift ~ U(-h, h) of the colour circle (CamVid: 0.1); 0 = off
+    ignore_index: int = 255
+    # Where blur and jitter run: "host" (here, the batches are finished images) or "device" (the
+    # batches carry their parameters and the train step applies them: the same function, module
+    # doc step 6). Not part of the loader's identity: both give the same draws.
+    photometric: str = "host"
+
+    def __post_init__(self):
+        crop = _pair(self.crop_size, "crop_size", int)
+        if min(crop) < 1:
+            raise ValueError(f"AugmentConfig.crop_size must be positive (H, W), got {self.crop_size!r}")
+        object.__setattr__(self, "crop_size", crop)
+        if self.base_size is not None:
+            base = _pair(self.base_size, "base_size", int)
+            if min(base) < 1:
+                raise ValueError(f"AugmentConfig.base_size must be positive (H, W) or None, got {self.base_size!r}")
+            object.__setattr__(self, "base_size", base)
+        lo, hi = _pair(self.scale_range, "scale_range", float)
+        if not 0 < lo <= hi:
+            raise ValueError(f"AugmentConfig.scale_range must satisfy 0 < lo <= hi, got {self.scale_range!r}")
+        object.__setattr__(self, "scale_range", (lo, hi))
+        s_lo, s_hi = _pair(self.blur_sigma, "blur_sigma", float)
+        if not 0 <= s_lo <= s_hi or s_hi <= 0:
+            raise ValueError(f"AugmentConfig.blur_sigma must satisfy 0 <= lo <= hi, hi > 0, got {self.blur_sigma!r}")
+        object.__setattr__(self, "blur_sigma", (s_lo, s_hi))
+        if not 0.0 <= float(self.blur_prob) <= 1.0:
+            raise ValueError(f"AugmentConfig.blur_prob must be in [0, 1], got {self.blur_prob!r}")
+        if not 0.0 <= float(self.color_jitter) < 1.0:
+            raise ValueError(f"AugmentConfig.color_jitter must be in [0, 1), got {self.color_jitter!r}")
+        if not 0.0 <= float(self.hue_jitter) <= 0.5:
+            raise ValueError(f"AugmentConfig.hue_jitter must be in [0, 0.5], got {self.hue_jitter!r}")
+        if not 0 <= int(self.ignore_index) <= 255:
+            raise ValueError(f"AugmentConfig.ignore_index must fit in uint8, got {self.ignore_index!r}")
+        if self.photometric not in PHOTOMETRIC:
+            raise ValueError(f"AugmentConfig.photometric must be one of {PHOTOMETRIC}, got {self.photometric!r}")
+        object.__setattr__(self, "flip", bool(self.flip))
+        object.__setattr__(self, "blur_prob", float(self.blur_prob))
+        object.__setattr__(self, "color_jitter", float(self.color_jitter))
+        object.__setattr__(self, "hue_jitter", float(self.hue_jitter))
+        object.__setattr__(self, "ignore_index", int(self.ignore_index))
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _check_record(item, where: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(image, label, name) of a source item, with dtype/shape checks that name the record."""
+    if not isinstance(item, dict) or "image" not in item or "label" not in item:
+        keys = sorted(item) if isinstance(item, dict) else type(item).__name__
+        raise PipelineError(f"{where}: expected a dict with 'image' and 'label', got {keys}")
+    image, label = np.asarray(item["image"]), np.asarray(item["label"])
+    name = str(item.get("name", where))
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise PipelineError(f"record {name!r} ({where}): image must be uint8 HxWx3, got {image.dtype} {image.shape}")
+    if label.dtype != np.uint8 or label.shape != image.shape[:2]:
+        raise PipelineError(
+            f"record {name!r} ({where}): label must be uint8 HxW matching the image {image.shape[:2]}, "
+            f"got {label.dtype} {label.shape}"
+        )
+    return image, label, name
+
+
+def scaled_size(hw: tuple[int, int], factor: float, base_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(H, W) of an ``hw`` image after random scale ``factor`` (see module doc, step 2)."""
+    h, w = hw
+    s = factor if base_size is None else factor * min(base_size) / min(h, w)
+    return max(1, int(round(h * s))), max(1, int(round(w * s)))
+
+
+def _jitter(img: np.ndarray, strength: float, rng: np.random.Generator, hue: float = 0.0) -> np.ndarray:
+    """Colour jitter as the upstream's (torchvision's ``ColorJitter``): brightness, contrast and
+    saturation factors ~ U(1 - s, 1 + s) and, when ``hue`` > 0, a hue shift ~ U(-hue, hue), drawn
+    first, then applied in a random order, each result rounded to uint8 as PIL does between steps
+    (jax_csfcn/data/photometric.py holds the draws and both forms of the ops)."""
+    only_jitter = AugmentConfig(crop_size=(1, 1), color_jitter=strength, hue_jitter=hue)
+    return apply_photometric_host(img, draw_photometric(rng, only_jitter))
+
+
+def augment(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng: np.random.Generator):
+    """One train example: (uint8 crop_H x crop_W x 3, uint8 crop_H x crop_W), see module doc.
+
+    With ``aug.photometric == "device"`` the image comes back without its blur and jitter: see
+    :func:`augment_record`, which also returns their parameters."""
+    record = augment_record(image, label, aug, rng)
+    return record["image"], record["label"]
+
+
+def augment_record(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> dict:
+    """One train example as a dict: ``image``, ``label`` and, when ``aug.photometric == "device"``,
+    ``photometric``: the blur and jitter parameters the train step applies
+    (jax_csfcn/data/photometric.py), with ``content`` the (y0, x0, y1, x1) box of the crop that
+    holds image content (the rest is padding).
+
+    Random draws happen in a fixed order (scale, crop y, crop x, flip, then blur, then jitter),
+    so turning blur or jitter on does not change the geometry of a record, and where they run
+    (host or device) changes no draw.
+    """
+    h, w = label.shape
+    ch, cw = aug.crop_size
+    nh, nw = scaled_size((h, w), rng.uniform(*aug.scale_range), aug.base_size)
+    oh, ow = min(ch, nh), min(cw, nw)  # the part of the crop covered by image content
+    y0 = int(rng.integers(0, nh - oh + 1))
+    x0 = int(rng.integers(0, nw - ow + 1))
+    flip = aug.flip and rng.random() < 0.5
+    # Fused scale + crop: resample only the source box that maps onto the crop window.
+    box = (x0 * w / nw, y0 * h / nh, (x0 + ow) * w / nw, (y0 + oh) * h / nh)
+    img = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR, box=box))
+    lab = np.asarray(Image.fromarray(label).resize((ow, oh), Image.NEAREST, box=box))
+    params = draw_photometric(rng, aug)
+    if aug.photometric == "host":
+        img = apply_photometric_host(img, params)
+    out_img = np.zeros((ch, cw, 3), np.uint8)
+    out_lab = np.full((ch, cw), aug.ignore_index, np.uint8)
+    out_img[:oh, :ow] = img
+    out_lab[:oh, :ow] = lab
+    if flip:
+        out_img, out_lab = out_img[:, ::-1], out_lab[:, ::-1]
+    record = {"image": np.ascontiguousarray(out_img), "label": np.ascontiguousarray(out_lab)}
+    if aug.photometric == "device":
+        record["photometric"] = {**params, "content": content_box((oh, ow), (ch, cw), flip)}
+    return record
