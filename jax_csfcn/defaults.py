@@ -59,6 +59,11 @@ DEFAULTS: dict = {
         "blur_prob": 0.5,
         "color_jitter": 0.5,
         "hue_jitter": 0.0,
+        # Where blur and colour jitter run: "device" (inside the jitted train step, on the uint8
+        # batch; the loader only draws their parameters) or "host" (in the loader's workers).
+        # The same function either way (exact for blur and hue, colour jitter to within one grey
+        # level: jax_csfcn/data/photometric.py); "device" frees most of the loader's CPU.
+        "photometric": "device",
         "ignore_index": 255,
         "workers": 2,  # grain worker processes per host (0 = in the main process)
         "worker_buffer_size": 2,

@@ -46,7 +46,9 @@ from csfcn.files import write_failure
 from csfcn.interrupt import Preempted, StopRequest
 from jax_csfcn import checkpointing as ckpt
 from jax_csfcn.data.folder import read_table
+from jax_csfcn.data.photometric import max_box_radius
 from jax_csfcn.data.pipeline import AugmentConfig, loader_state, restore_loader_state, train_loader
+from jax_csfcn.data.sources import family
 from jax_csfcn.evaluation import (
     build_split,
     check_source,
@@ -263,7 +265,7 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool, readers
     _refuse_to_overwrite(workdir, resume)
     config = model_config(cfg)
     pi, pc = jax.process_index(), jax.process_count()
-    if cfg.data.dataset == "folder":  # the user's label space travels inside every checkpoint
+    if family(cfg.data.dataset, cfg.data.root) == "folder":  # the user's label space travels inside every checkpoint
         table = read_table(cfg.data.root, cfg.data.classes or None)
         if table.num_classes != cfg.model.num_classes:
             raise TrainError(
@@ -283,6 +285,20 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool, readers
     # Data first: a bad dataset fails here, before anything is compiled.
     train_src = build_split(cfg, cfg.data.train_split)
     val_src = build_split(cfg, cfg.data.val_split)
+    try:  # bad augmentation settings fail here too, named by their config key
+        aug = AugmentConfig(
+            crop_size=tuple(cfg.data.crop_size),
+            base_size=tuple(cfg.data.base_size) if cfg.data.base_size else None,
+            scale_range=tuple(cfg.data.scale_range),
+            flip=cfg.data.flip,
+            blur_prob=cfg.data.blur_prob,
+            color_jitter=cfg.data.color_jitter,
+            hue_jitter=cfg.data.hue_jitter,
+            ignore_index=cfg.data.ignore_index,
+            photometric=cfg.data.photometric,
+        )
+    except ValueError as e:
+        raise TrainError(str(e).replace("AugmentConfig.", "data.") + "; fix it with --config.data.KEY=VALUE") from None
     check_source(train_src, cfg, f"train split {cfg.data.train_split!r}")
     check_source(val_src, cfg, f"val split {cfg.data.val_split!r}")
 
@@ -305,16 +321,6 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool, readers
             "or set --config.workdir to a new folder"
         )
     local_bs = cfg.train.batch_size // pc
-    aug = AugmentConfig(
-        crop_size=tuple(cfg.data.crop_size),
-        base_size=tuple(cfg.data.base_size) if cfg.data.base_size else None,
-        scale_range=tuple(cfg.data.scale_range),
-        flip=cfg.data.flip,
-        blur_prob=cfg.data.blur_prob,
-        color_jitter=cfg.data.color_jitter,
-        hue_jitter=cfg.data.hue_jitter,
-        ignore_index=cfg.data.ignore_index,
-    )
     it = iter(
         train_loader(
             train_src,
@@ -343,7 +349,9 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool, readers
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
     logger = Logger(workdir, step)
-    train_step = make_train_step(graphdef, tx, cfg, mesh)
+    on_device = aug.photometric == "device" and (aug.blur_prob > 0 or aug.color_jitter > 0 or aug.hue_jitter > 0)
+    reach = max_box_radius(aug) if on_device else None
+    train_step = make_train_step(graphdef, tx, cfg, mesh, photometric_reach=reach)
     eval_step = make_eval_step(
         eval_graphdef,
         mesh,
@@ -395,7 +403,14 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool, readers
                 batch = next(it)
                 images = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["image"]))
                 labels = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["label"]))
-                state, m = train_step(state, images, labels)
+                if reach is None:
+                    state, m = train_step(state, images, labels)
+                else:  # blur and jitter on the device (jax_csfcn/data/photometric.py)
+                    photo = jax.tree.map(
+                        lambda a: jax.make_array_from_process_local_data(data_sharding, np.asarray(a)),
+                        batch["photometric"],
+                    )
+                    state, m = train_step(state, images, labels, photo)
                 step += 1
                 window_steps += 1
                 if pending is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 # tools.gpu_check must run without them. It has orbax, onnx/onnxruntime and matplotlib.
 GPU_MACHINE_LACKS = (
     "grain",
+    "array_record",
     "ml_collections",
     "tensorflow",
     "tensorflow_datasets",

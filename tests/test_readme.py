@@ -211,6 +211,8 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         for flag, value in (("--train", "2"), ("--val", "1")):
             rest[rest.index(flag) + 1] = value
         return [*py, *rest, "--size", "32", "64", "--no-progress"]
+    if mod == "tools.prepare":
+        return [*py, *rest, "--no-progress"]
     if mod == "tools.folder_data":
         return [*py, *rest, "--no-progress"] + (
             ["--size", "48", "64", "--train", "4", "--val", "2"] if "--write-example" in rest else []
@@ -265,6 +267,7 @@ IN_PROCESS = {
     "tools.evaluate": "tools.evaluate",
     "tools.synthetic_data": "tools.synthetic_data",
     "tools.folder_data": "tools.folder_data",
+    "tools.prepare": "tools.prepare",
     "jax_csfcn.train": "tools.train",
 }
 

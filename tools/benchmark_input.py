@@ -1,19 +1,29 @@
-"""Throughput of the train input pipeline: images per second that ``train_loader`` delivers.
+"""The train input path, old and new side by side: host CPU per image and loader images/s.
 
     python -m tools.benchmark_input --root /tmp/synth1024 --size 1024 2048 --train 16 \\
-        --workers 2 --batch 12 --crop 1024 1024 --seconds 20 --json pipeline.json
+        --workers 0 2 --batch 12 --crop 1024 1024 --seconds 20 --json input.json
 
-If ``--root`` is missing or empty, a synthetic Cityscapes-layout dataset of ``--train`` images at
-``--size`` is written there first.  For each ``--workers`` value the loader is started, warmed up
-(worker start-up and the first batches are not timed), then timed over ``--windows`` consecutive
-windows of ``--seconds / --windows`` seconds each; the table gives the median images/s with the
-min..max over the windows.  A per-image breakdown (decode by the source, augmentation alone, one
-thread of this process) is measured too, to show where the time goes.
+Two pipelines over the same records and the same augmentation draws (the full recipe by
+default: random scale, crop, flip, Gaussian blur p = 0.5, colour jitter 0.5):
+
+* ``png+host``: the dataset's PNG files decoded by its source, every augmentation on the host;
+* ``prepared+device``: the prepared format (``python -m tools.prepare``; written here to
+  ``ROOT/prepared-ENCODING`` when missing), geometry on the host, blur and colour jitter left
+  to the train step on the device (the loader ships their parameters).
+
+Measured, one thread of this process: milliseconds per image of each host stage (read/decode,
+geometry, blur, jitter, drawing the device's parameters), median and min..max over the records;
+the disk size and read time of each prepared encoding beside the PNG source; the device-side
+augmentation (jax_csfcn/data/photometric.py) jitted on this machine's default JAX backend, per
+image. Then each pipeline's loader with each ``--workers`` count: warmed up, then
+``--windows`` windows of ``--seconds / --windows`` seconds; images/s median and min..max.
+If ``--root`` is missing or empty, a synthetic Cityscapes-layout dataset is written there first.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -23,37 +33,225 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageFilter
 
-from jax_csfcn.data.cityscapes import CityscapesSource
-from jax_csfcn.data.pipeline import AugmentConfig, augment, train_loader
-from jax_csfcn.data.synthetic import write_synthetic_cityscapes
+from jax_csfcn.data.augment import AugmentConfig, augment, augment_record
+from jax_csfcn.data.photometric import (
+    apply_photometric,
+    apply_photometric_host,
+    draw_photometric,
+    max_box_radius,
+    stack_photometric,
+)
+
+# The GPU check (tools/gpu_check.py) calls step_with_device_augment on a machine that may lack
+# grain, array_record and cityscapesscripts: the functions that need them import them inside.
+
+PIPELINES = ("png+host", "prepared+device")
 
 
 def _ensure_dataset(root: Path, size, n_train: int) -> None:
-    if root.is_dir() and any(root.iterdir()):
+    from jax_csfcn.data.synthetic import write_synthetic_cityscapes  # optional: cityscapesscripts
+
+    if (root / "leftImg8bit").is_dir():
         return
     print(f"writing {n_train} synthetic {size[0]}x{size[1]} train images to {root} ...", flush=True)
     write_synthetic_cityscapes(root, splits={"train": n_train}, size=tuple(size), seed=0, progress=True)
 
 
-def per_image_breakdown(source, aug: AugmentConfig, n: int = 6) -> dict:
-    """Median ms per image of decode (source[i]) and of augmentation, single-threaded."""
-    decode, aug_ms = [], []
-    rng = np.random.default_rng(0)
-    for i in range(min(n, len(source))):
+def _prepared(root: Path, split: str, encoding: str, source):
+    from jax_csfcn.data import prepared  # optional: array_record (with grain)
+
+    out = root / f"prepared-{encoding}"
+    prepared.prepare({split: source}, out, origin={"dataset": "cityscapes"}, encoding=encoding, progress=True)
+    return prepared.PreparedSource(out, split)
+
+
+def _stats(ms: list[float]) -> dict:
+    return {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "n": len(ms)}
+
+
+def _timed(fn, items) -> tuple[list[float], list]:
+    ms, out = [], []
+    for x in items:
         t0 = time.perf_counter()
-        item = source[i]
-        t1 = time.perf_counter()
-        augment(item["image"], item["label"], aug, rng)
-        t2 = time.perf_counter()
-        decode.append((t1 - t0) * 1e3)
-        aug_ms.append((t2 - t1) * 1e3)
-    return {"decode_ms": statistics.median(decode), "augment_ms": statistics.median(aug_ms)}
+        out.append(fn(x))
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return ms, out
+
+
+def encodings_table(root: Path, split: str, source, encodings, n: int) -> list[dict]:
+    """Disk MB per image and read (+ decode) ms per image: the PNG source and each encoding."""
+    idx = list(range(min(n, len(source))))
+    rows = []
+    files = sorted((root / "leftImg8bit" / split).rglob("*.png")) + sorted((root / "gtFine" / split).rglob("*.png"))
+    png_mb = sum(f.stat().st_size for f in files) / len(source) / 1e6
+    ms, _ = _timed(lambda i: source[i], idx)
+    rows.append({"encoding": "png (the source, decoded by PIL)", "mb_per_image": png_mb, "read_ms": _stats(ms)})
+    for enc in encodings:
+        src = _prepared(root, split, enc, source)
+        mb = sum(p.stat().st_size for p in src.paths) / len(src) / 1e6
+        src[0]  # open the reader
+        ms, _ = _timed(lambda i, s=src: s[i], idx)
+        rows.append({"encoding": f"prepared {enc}", "mb_per_image": mb, "read_ms": _stats(ms)})
+    return rows
+
+
+def host_stages(source, prep, aug: AugmentConfig, n: int) -> dict:
+    """ms per image of each host stage, both pipelines, on the same records and draws."""
+    idx = list(range(min(n, len(source))))
+    geometry_only = dataclasses.replace(aug, blur_prob=0.0, color_jitter=0.0, hue_jitter=0.0)
+    device = dataclasses.replace(aug, photometric="device")
+    host = dataclasses.replace(aug, photometric="host")
+    png_ms, items = _timed(lambda i: source[i], idx)
+    prep_ms, _ = _timed(lambda i: prep[i], idx)
+    crops = []
+
+    def geo(item):
+        img, _ = augment(item["image"], item["label"], geometry_only, np.random.default_rng(len(crops)))
+        crops.append(img)
+
+    geo_ms, _ = _timed(geo, items)
+    radius = max(aug.blur_sigma)
+    blur_ms, _ = _timed(lambda c: Image.fromarray(c).filter(ImageFilter.GaussianBlur(radius)), crops)
+    jitter = dataclasses.replace(aug, blur_prob=0.0, color_jitter=max(aug.color_jitter, 1e-6))
+    jit_params = [draw_photometric(np.random.default_rng(k), jitter) for k in range(len(crops))]
+    jit_ms, _ = _timed(lambda k: apply_photometric_host(crops[k], jit_params[k]), range(len(crops)))
+    full_host_ms, _ = _timed(
+        lambda k: augment(items[k]["image"], items[k]["label"], host, np.random.default_rng(100 + k)), range(len(items))
+    )
+    full_dev_ms, _ = _timed(
+        lambda k: augment(items[k]["image"], items[k]["label"], device, np.random.default_rng(100 + k)),
+        range(len(items)),
+    )
+    old = [a + b for a, b in zip(png_ms, full_host_ms)]
+    new = [a + b for a, b in zip(prep_ms, full_dev_ms)]
+    return {
+        "png_decode": _stats(png_ms),
+        "prepared_read": _stats(prep_ms),
+        "geometry": _stats(geo_ms),
+        "blur_when_applied": _stats(blur_ms),
+        "jitter": _stats(jit_ms),
+        "augment_host_full_recipe": _stats(full_host_ms),
+        "augment_device_mode_host_part": _stats(full_dev_ms),
+        "total_png+host": _stats(old),
+        "total_prepared+device": _stats(new),
+    }
+
+
+def device_augment_cost(aug: AugmentConfig, crop, batch: int, repeats: int) -> dict:
+    """ms per image of the jitted device-side blur + jitter on this machine's JAX backend."""
+    import jax  # lazy: the host-side stages need no JAX
+
+    rng = np.random.default_rng(0)
+    h, w = crop
+    images = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    full = dataclasses.replace(aug, blur_prob=1.0)  # every image blurred: the costlier case
+    params = [draw_photometric(np.random.default_rng(k), full) for k in range(batch)]
+    stacked = stack_photometric(params)
+    content = np.tile(np.array([0, 0, h, w], np.int32), (batch, 1))
+    reach = max_box_radius(full)
+    fn = jax.jit(lambda x, p, c: apply_photometric(x, p, c, max_box_radius=reach))
+    args = jax.device_put((images, stacked, content))
+    t0 = time.perf_counter()
+    fn(*args).block_until_ready()
+    compile_s = time.perf_counter() - t0
+    ms = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(*args).block_until_ready()
+        ms.append((time.perf_counter() - t0) * 1e3 / batch)
+    return {"backend": jax.default_backend(), "batch": batch, "first_call_s": compile_s, "ms_per_image": _stats(ms)}
+
+
+def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype: str = "bfloat16",
+                             min_kept: int | None = None, aug: AugmentConfig | None = None) -> dict:  # fmt: skip
+    """The input path on this machine's JAX device, for the GPU check: per image, the host's
+    share of the loader (one record's geometry and parameter draws, one thread), the device-side
+    blur + jitter alone, and the real train step (:func:`jax_csfcn.step.make_train_step`) with
+    that augmentation inside, fed by those batches; images/s of the step.
+
+    Records are random ``source_hw`` images (any content costs the same); ``aug`` defaults to
+    the full Cityscapes recipe with every image blurred (the costlier case), photometric on the
+    device. Needs JAX, Flax, Optax, NumPy and Pillow only (no grain): the loader's per-record
+    function is timed in one thread; its worker processes are measured by :func:`main`."""
+    import jax  # lazy: the host-side stages need no JAX
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jax_csfcn import step as jstep  # lazy: the host-side stages need no JAX
+    from jax_csfcn.schedule import optimizer_of  # lazy: the host-side stages need no JAX
+
+    h, w = crop
+    aug = aug or AugmentConfig(crop_size=(h, w), blur_prob=1.0, color_jitter=0.5, photometric="device")
+    rng = np.random.default_rng(0)
+    sh, sw = source_hw
+    records = [
+        (rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8), rng.integers(0, 19, (sh, sw), dtype=np.uint8))
+        for _ in range(batch)
+    ]
+    host_ms, out = _timed(lambda r: augment_record(r[0], r[1], aug, rng), records)
+    images = np.stack([o["image"] for o in out])
+    labels = np.stack([o["label"] for o in out])
+    photo = {k: np.stack([np.asarray(o["photometric"][k]) for o in out]) for k in out[0]["photometric"]}
+
+    cfg = jstep.default_settings()
+    cfg.train.batch_size, cfg.train.dtype, cfg.data.crop_size = batch, dtype, (h, w)
+    if min_kept is not None:
+        cfg.loss.min_kept = min_kept
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    graphdef, _, params, stats = jstep.init_state(cfg, jstep.model_config(cfg))
+    tx = optimizer_of(cfg.train, params)
+    state = jstep.replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
+    reach = max_box_radius(aug)
+    step = jstep.make_train_step(graphdef, tx, cfg, mesh, photometric_reach=reach)
+    data = NamedSharding(mesh, P("data"))
+    di, dl, dp = jax.device_put(images, data), jax.device_put(labels, data), jax.device_put(photo, data)
+    content = dp["content"]
+    only = {k: v for k, v in dp.items() if k != "content"}
+    augment_fn = jax.jit(lambda x, p, c: apply_photometric(x, p, c, max_box_radius=reach))
+
+    def timed(fn, n):
+        ms = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            ms.append((time.perf_counter() - t0) * 1e3)
+        return ms
+
+    first_aug = timed(lambda: augment_fn(di, only, content), 1)[0]
+    aug_ms = [t / batch for t in timed(lambda: augment_fn(di, only, content), repeats)]
+    box = {"state": state}
+
+    def one_step():
+        box["state"], m = step(box["state"], di, dl, dp)
+        return m["loss"]
+
+    first_step = timed(one_step, 1)[0]
+    step_ms = timed(one_step, repeats)
+    loss = float(one_step())
+    return {
+        "device": str(jax.devices()[0]),
+        "batch": batch,
+        "crop": [h, w],
+        "source": [sh, sw],
+        "dtype": dtype,
+        "augment": aug.to_json(),
+        "host_ms_per_image": _stats(host_ms),
+        "device_augment_ms_per_image": _stats(aug_ms),
+        "device_augment_first_call_ms": first_aug,
+        "step_ms": _stats(step_ms),
+        "step_first_call_ms": first_step,
+        "images_per_s": batch * 1e3 / statistics.median(step_ms),
+        "loss_finite": bool(np.isfinite(loss)),
+    }
 
 
 def measure(source, aug: AugmentConfig, *, workers: int, batch: int, seconds: float, windows: int,
             warmup: float, buffer: int, threads: int) -> dict:  # fmt: skip
     """images/s of one loader configuration over ``windows`` timed windows after a warm-up."""
+    from jax_csfcn.data.pipeline import train_loader  # optional: grain
+
     loader = train_loader(
         source, aug, batch_size=batch, seed=0, worker_count=workers, worker_buffer_size=buffer, read_threads=threads
     )
@@ -90,7 +288,14 @@ def measure(source, aug: AugmentConfig, *, workers: int, batch: int, seconds: fl
     }
 
 
+def _fmt(s: dict) -> str:
+    return f"{s['median']:.1f} ({s['min']:.1f}..{s['max']:.1f})"
+
+
 def main(argv=None) -> dict:
+    from jax_csfcn.data.cityscapes import CityscapesSource  # optional: cityscapesscripts
+    from jax_csfcn.data.prepared import DEFAULT_ENCODING, ENCODINGS  # optional: array_record
+
     ap = argparse.ArgumentParser(
         prog="python -m tools.benchmark_input",
         description=__doc__.split("\n\n")[0],
@@ -101,21 +306,28 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", type=int, nargs=2, default=(1024, 2048), metavar=("H", "W"),
                     help="image size of the generated dataset")  # fmt: skip
     ap.add_argument("--train", type=int, default=16, help="number of images to generate when --root is empty")
-    ap.add_argument("--workers", type=int, nargs="+", default=[2], help="grain worker counts to time, one by one")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="grain worker counts to time, one by one")
+    ap.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES), help="pipelines to time")
+    ap.add_argument("--encodings", nargs="+", choices=sorted(ENCODINGS), default=sorted(ENCODINGS),
+                    help="prepared encodings to size and time (the loader reads the default one)")  # fmt: skip
     ap.add_argument("--batch", type=int, default=12, help="per-process batch size")
     ap.add_argument("--crop", type=int, nargs=2, default=(1024, 1024), metavar=("H", "W"), help="crop size")
     ap.add_argument("--scale", type=float, nargs=2, default=(0.125, 2.0), metavar=("LO", "HI"), help="scale range")
     ap.add_argument("--blur-prob", type=float, default=0.5, help="Gaussian blur probability (the recipe: 0.5)")
     ap.add_argument("--color-jitter", type=float, default=0.5, help="colour jitter strength (the recipe: 0.5)")
-    ap.add_argument("--seconds", type=float, default=20.0, help="timed seconds per configuration")
+    ap.add_argument("--hue-jitter", type=float, default=0.0, help="hue jitter (CamVid's recipe: 0.1)")
+    ap.add_argument("--stage-images", type=int, default=8, help="records timed per host stage")
+    ap.add_argument("--device-batch", type=int, default=2, help="batch of the timed device-side augmentation")
+    ap.add_argument("--device-repeats", type=int, default=5, help="timed calls of the device-side augmentation")
+    ap.add_argument("--seconds", type=float, default=20.0, help="timed seconds per loader configuration")
     ap.add_argument("--windows", type=int, default=5, help="timed windows per configuration (median, spread)")
     ap.add_argument("--warmup", type=float, default=5.0, help="untimed seconds after the first batch")
     ap.add_argument("--buffer", type=int, default=2, help="worker_buffer_size: finished batches per worker")
     ap.add_argument("--threads", type=int, default=1, help="read_threads per process")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
-    if args.seconds <= 0 or args.windows < 1:
-        ap.error("--seconds must be > 0 and --windows >= 1")
+    if args.seconds <= 0 or args.windows < 1 or args.stage_images < 1:
+        ap.error("--seconds must be > 0, --windows and --stage-images >= 1")
 
     root = Path(args.root)
     _ensure_dataset(root, args.size, args.train)
@@ -125,40 +337,46 @@ def main(argv=None) -> dict:
         scale_range=tuple(args.scale),
         blur_prob=args.blur_prob,
         color_jitter=args.color_jitter,
+        hue_jitter=args.hue_jitter,
     )
     h, w = source[0]["label"].shape
-    breakdown = per_image_breakdown(source, aug)
-    results = [
-        measure(
-            source,
-            aug,
-            workers=wk,
-            batch=args.batch,
-            seconds=args.seconds,
-            windows=args.windows,
-            warmup=args.warmup,
-            buffer=args.buffer,
-            threads=args.threads,
-        )  # fmt: skip
-        for wk in args.workers
-    ]
+    encodings = encodings_table(root, args.split, source, args.encodings, args.stage_images)
+    prep = _prepared(root, args.split, DEFAULT_ENCODING, source)
+    stages = host_stages(source, prep, aug, args.stage_images)
+    device = device_augment_cost(aug, aug.crop_size, args.device_batch, args.device_repeats)
+    loaders = []
+    for name in args.pipelines:
+        src, a = (source, aug) if name == "png+host" else (prep, dataclasses.replace(aug, photometric="device"))
+        for wk in args.workers:
+            r = measure(src, a, workers=wk, batch=args.batch, seconds=args.seconds, windows=args.windows,
+                        warmup=args.warmup, buffer=args.buffer, threads=args.threads)  # fmt: skip
+            loaders.append({"pipeline": name, **r})
     report = {
         "command": " ".join(["python -m tools.benchmark_input", *(sys.argv[1:] if argv is None else argv)]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
         f"{platform.python_version()}",
-        "source": repr(source),
         "image_size": [int(h), int(w)],
         "augment": aug.to_json(),
-        "per_image_single_thread": breakdown,
-        "results": results,
+        "encodings": encodings,
+        "host_ms_per_image": stages,
+        "device_augment": device,
+        "loaders": loaders,
     }
-    print(f"\n{repr(source)}: {h}x{w} images, crop {aug.crop_size[0]}x{aug.crop_size[1]}, scale {aug.scale_range}")
-    print(f"single thread per image: decode {breakdown['decode_ms']:.1f} ms, augment {breakdown['augment_ms']:.1f} ms")
-    print("\n| workers | batch | images/s median | min..max | first batch s |")
-    print("|---:|---:|---:|---:|---:|")
-    for r in results:
+    print(f"\n{h}x{w} images, crop {aug.crop_size[0]}x{aug.crop_size[1]}, scale {aug.scale_range}, "
+          f"blur {aug.blur_prob}, jitter {aug.color_jitter}, hue {aug.hue_jitter}")  # fmt: skip
+    print("\n| encoding | MB per image | read ms per image, median (min..max) |\n|---|---:|---:|")
+    for r in encodings:
+        print(f"| {r['encoding']} | {r['mb_per_image']:.2f} | {_fmt(r['read_ms'])} |")
+    print("\n| host stage, one thread | ms per image, median (min..max) |\n|---|---:|")
+    for k, s in stages.items():
+        print(f"| {k} | {_fmt(s)} |")
+    d = device
+    print(f"\ndevice-side blur + jitter ({d['backend']}, batch {d['batch']}): {_fmt(d['ms_per_image'])} ms per image "
+          f"(first call {d['first_call_s']:.1f} s)")  # fmt: skip
+    print("\n| pipeline | workers | images/s median | min..max | first batch s |\n|---|---:|---:|---:|---:|")
+    for r in loaders:
         print(
-            f"| {r['workers']} | {r['batch']} | {r['images_per_s_median']:.1f} | "
+            f"| {r['pipeline']} | {r['workers']} | {r['images_per_s_median']:.1f} | "
             f"{r['images_per_s_min']:.1f}..{r['images_per_s_max']:.1f} | {r['first_batch_s']:.1f} |"
         )
     if args.json:

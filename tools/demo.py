@@ -2,8 +2,10 @@
 
     python -m tools.demo [--workdir runs/demo] [--steps N] [--fresh] [--tiny]
 
-1. generate the synthetic Cityscapes-layout street scenes (40 train / 10 val, 256x512);
-2. train CSFCN on them with ``configs/synthetic.py`` (JAX, OHEM, warm-up poly SGD), with
+1. generate the synthetic Cityscapes-layout street scenes (40 train / 10 val, 256x512) and
+   prepare them once into the fast record format (``python -m tools.prepare``, next to them:
+   ``data/synthetic_prepared``);
+2. train CSFCN, reading the prepared records (blur and colour jitter on the device), on them with ``configs/synthetic.py`` (JAX, OHEM, warm-up poly SGD), with
    validation, checkpoints, metrics.jsonl, TensorBoard events and ``curves.png``;
 3. export the best checkpoint to the PyTorch twin with the converter (``model.safetensors``);
 4. check parity: the JAX model and the exported PyTorch model on every val image (relative
@@ -43,6 +45,7 @@ import jax_csfcn
 from csfcn.interrupt import Preempted
 from csfcn.palette import comparison_grid, write_atomic
 from jax_csfcn.cli import load_config_file
+from jax_csfcn.data import prepared
 from jax_csfcn.data.cityscapes import CityscapesSource
 from jax_csfcn.data.sources import palette
 from jax_csfcn.evaluation import build_split
@@ -158,10 +161,15 @@ def main(argv=None) -> dict:
         )
     times: dict[str, float] = {}
 
-    with _stage("data: synthetic street scenes", times):
+    with _stage("data: synthetic street scenes, prepared once", times):
         build_split(cfg, "train")
         print(f"   {args.data}: {len(CityscapesSource(args.data, 'train'))} train, "
               f"{len(CityscapesSource(args.data, 'val'))} val images")  # fmt: skip
+        ready = Path(f"{args.data.rstrip('/')}_prepared")
+        splits = {s: CityscapesSource(args.data, s) for s in ("train", "val")}
+        prepared.prepare(splits, ready, origin={"dataset": "synthetic", "root": str(Path(args.data).absolute())})
+        print(f"   {ready}: verified {prepared.verify(ready, progress=False)}")
+        cfg.data.dataset, cfg.data.root = "prepared", str(ready)
     with _stage("train + validate (JAX)", times):
         resume = (workdir / "checkpoints").is_dir()
         try:

@@ -43,7 +43,7 @@ from csfcn.palette import comparison_grid, raw_value_lut, train_id_to_label_id, 
 from jax_csfcn.checkpointing import read_flax_checkpoint, set_model_flat
 from jax_csfcn.cli import config_parser, one_line_errors, parse_config_args
 from jax_csfcn.data.folder import read_table
-from jax_csfcn.data.sources import palette
+from jax_csfcn.data.sources import family, palette
 from jax_csfcn.evaluation import (
     build_split,
     class_names_of,
@@ -122,7 +122,7 @@ def _raw_lut(cfg, fmt: str):
     """For ``--dump-format raw``: train id -> the mask value the dataset's class table stores."""
     if fmt != "raw":
         return None
-    if cfg.data.dataset != "folder":
+    if family(cfg.data.dataset, cfg.data.root) != "folder":
         raise TrainError(
             f"--dump-format raw writes a folder dataset's own mask values; for {cfg.data.dataset!r} use trainids"
             + (" or cityscapes" if "cityscapes" in cfg.data.dataset or cfg.data.dataset == "synthetic" else "")

@@ -21,7 +21,10 @@ so; ``gpu_check.json`` and ``gpu_check.md`` with the final table are rewritten a
    (c) ``torch.compile`` reduce-overhead, (d) optimize fp16 logits, (e) optimize fp16 labels;
    each kernel against the ops it replaces; every time beside its roofline floor;
 4. training: the JAX step (bf16 compute) against the PyTorch twin's (AMP bf16, channels-last;
-   same loss and optimizer), crop 1024x1024, batch 12, images/s;
+   same loss and optimizer), crop 1024x1024, batch 12, images/s; then the input path: the
+   loader's host work per image (geometry and parameter draws of 1024x2048 records), the
+   device-side blur + colour jitter alone, and the same step with them inside
+   (``tools.benchmark_input.step_with_device_augment``);
 5. compiled kernels: registers, spills and shared memory of the kernels this process loaded;
 6. every model of docs/zoo.md at 1024x2048; the benchmark at 512x1024 without (c).
 
@@ -66,6 +69,7 @@ SECTIONS = (
     ("gpu tests", 30, 75),
     ("benchmark 1024x2048", 100, 150),
     ("training", 60, 100),
+    ("input", 45, 90),
     ("compiled kernels", 1, 10),
     ("models 1024x2048", 30, 60),
     ("benchmark 512x1024", 20, 45),
@@ -397,6 +401,26 @@ def train(plan: Plan) -> dict:
     return res
 
 
+def input_path(plan: Plan) -> dict:
+    need("jax", "flax", "optax")
+    from tools.benchmark_input import step_with_device_augment  # lazy: the JAX side, after the PyTorch checks
+
+    source = (1024, 2048) if plan.device == "cuda" else (64, 128)
+    res = step_with_device_augment(
+        batch=plan.train_batch,
+        crop=plan.train_crop,
+        source_hw=source,
+        repeats=plan.train_repeats,
+        min_kept=None if plan.device == "cuda" else 100,
+    )
+    print(
+        f"   host {res['host_ms_per_image']['median']:.1f} ms/img, device augment "
+        f"{res['device_augment_ms_per_image']['median']:.3f} ms/img, step with it {res['step_ms']['median']:.1f} ms "
+        f"({res['images_per_s']:.1f} img/s)"
+    )
+    return res
+
+
 # ----------------------------------------------------------------------------- final table
 def final_rows(report: dict) -> list[list[str]]:
     rows = []
@@ -493,6 +517,16 @@ def final_rows(report: dict) -> list[list[str]]:
                     "",
                 ]
             )
+    inp = (secs.get("input") or {}).get("result")
+    if inp:
+        note = f"batch {inp['batch']}, {inp['crop'][0]}x{inp['crop'][1]} crops of {inp['source'][0]}x{inp['source'][1]}"
+        rows.append(
+            ["input", "host per image (geometry + draws)", f"{inp['host_ms_per_image']['median']:.2f} ms", "", note]
+        )
+        rows.append(["input", "device blur + jitter per image", f"{inp['device_augment_ms_per_image']['median']:.3f} ms",
+                     "target <= 2 ms", "met" if inp["device_augment_ms_per_image"]["median"] <= 2.0 and not report["dry_run"] else "not met"])  # fmt: skip
+        rows.append(["input", "train step with device augmentation", f"{inp['step_ms']['median']:.1f} ms",
+                     f"{inp['images_per_s']:.1f} img/s", note])  # fmt: skip
     return rows
 
 
@@ -586,6 +620,7 @@ def main(argv=None) -> int:
         )
     if "training" not in skip:
         check.section("training", lambda: train(plan), check.limit("training"))
+        check.section("input", lambda: input_path(plan), check.limit("input"))
     if "benchmark" not in skip:
         check.section("compiled kernels", compiled_kernels, check.limit("compiled kernels"))
     if "models" not in skip:
