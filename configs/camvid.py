@@ -41,6 +41,7 @@ def get_config(arg: str | None = None):
     c.model.num_classes = 11
     c.data.dataset = "camvid"
     c.data.root = "data/CamVid"
+    c.data.geometry = "device"  # every image has one size: resample on the device (defaults.py)
     c.data.train_split = "train+val"
     c.data.val_split = "test"
     c.data.image_size = (720, 960)

@@ -55,6 +55,7 @@ def get_config(arg: str | None = None):
     c.model.name = variant
     c.data.dataset = "cityscapes"
     c.data.root = "data/cityscapes"
+    c.data.geometry = "device"  # every image has one size: resample on the device (defaults.py)
     if SIZES[size] is not None:
         c.data.image_size = SIZES[size]  # the inference size (jax_csfcn.summary)
         c.data.eval_size = SIZES[size]

@@ -64,6 +64,12 @@ DEFAULTS: dict = {
         # The same function either way (exact for blur and hue, colour jitter to within one grey
         # level: jax_csfcn/data/photometric.py); "device" frees most of the loader's CPU.
         "photometric": "device",
+        # Where the random scale, crop, pad and flip run: "host" (Pillow, in the loader's workers)
+        # or "device" (the batch carries the whole sources and the train step resamples them:
+        # the same bytes, jax_csfcn/data/geometry.py). "device" takes the loader's last large
+        # cost off the host but needs every source image of one size (Cityscapes, CamVid: their
+        # configs choose it); "host" takes any dataset.
+        "geometry": "host",
         "ignore_index": 255,
         "workers": 2,  # grain worker processes per host (0 = in the main process)
         "worker_buffer_size": 2,

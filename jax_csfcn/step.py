@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from csfcn.model_config import ModelConfig
+from jax_csfcn.data.geometry import apply_geometry
 from jax_csfcn.data.photometric import apply_photometric
 from jax_csfcn.defaults import default_settings
 from jax_csfcn.losses import cross_entropy, ohem_cross_entropy
@@ -155,7 +156,9 @@ def loss_term(logits, labels, *, ohem: bool, thresh: float, min_kept: int, ignor
     return cross_entropy(logits, labels, ignore_index), jnp.float32(1.0)
 
 
-def make_train_step(graphdef, tx, cfg, mesh, *, photometric_reach: int | None = None):
+def make_train_step(
+    graphdef, tx, cfg, mesh, *, photometric_reach: int | None = None, geometry_orders: tuple[str, ...] | None = None
+):
     """Jitted ``(state, images uint8 NHWC, labels uint8 NHW) -> (state, metrics)``.
 
     State (params, BN statistics, optimizer state) is replicated, the batch sharded on the
@@ -163,15 +166,27 @@ def make_train_step(graphdef, tx, cfg, mesh, *, photometric_reach: int | None = 
     mean, gradients) is over the global batch.  A step whose loss, gradients or updated
     parameters are not all finite leaves the state unchanged and reports ``finite = False``.
 
-    With ``photometric_reach`` (an int: the blur window's half-width,
-    ``photometric.max_box_radius``) the step takes a fourth argument, the batch's
-    ``"photometric"`` parameters (the loader's, with ``data.photometric = "device"``), and
-    applies the blur and colour jitter to the uint8 images first (jax_csfcn/data/photometric.py).
+    The loader can leave augmentation steps to the device; the step then takes a fourth
+    argument, a dict of the batch's fields for them, and applies them first, in the host's order:
+
+    * ``geometry_orders`` (the pass orders the config can draw, ``geometry.possible_orders``):
+      the batch's ``"geometry"`` tables (``data.geometry = "device"``) scale, crop, pad and flip
+      the whole sources the batch then carries (jax_csfcn/data/geometry.py);
+    * ``photometric_reach`` (the blur window's half-width, ``photometric.max_box_radius``): the
+      batch's ``"photometric"`` parameters (``data.photometric = "device"``) blur and jitter the
+      uint8 crops (jax_csfcn/data/photometric.py).
     """
     dtype = DTYPES[cfg.train.dtype]
     term = functools.partial(loss_term, **loss_settings(cfg))
+    ignore_index = int(cfg.data.ignore_index)
 
-    def step(state, images, labels, photometric=None):
+    def step(state, images, labels, extras=None):
+        extras = extras or {}
+        if geometry_orders is not None:
+            images, labels = apply_geometry(
+                images, labels, extras["geometry"], ignore_index=ignore_index, orders=geometry_orders
+            )
+        photometric = extras.get("photometric") if photometric_reach is not None else None
         if photometric is not None:
             params_ = {k: v for k, v in photometric.items() if k != "content"}
             images = apply_photometric(images, params_, photometric["content"], max_box_radius=photometric_reach)
@@ -205,7 +220,7 @@ def make_train_step(graphdef, tx, cfg, mesh, *, photometric_reach: int | None = 
         return new_state, {"loss": loss, "grad_norm": grad_norm, "ohem_kept": kept, "finite": finite}
 
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    if photometric_reach is None:
+    if photometric_reach is None and geometry_orders is None:
         return jax.jit(
             lambda state, images, labels: step(state, images, labels),
             in_shardings=(repl, data, data),

@@ -46,6 +46,7 @@ from csfcn.files import write_failure
 from csfcn.interrupt import Preempted, StopRequest
 from jax_csfcn import checkpointing as ckpt
 from jax_csfcn.data.folder import read_table
+from jax_csfcn.data.geometry import possible_orders
 from jax_csfcn.data.photometric import max_box_radius
 from jax_csfcn.data.pipeline import AugmentConfig, loader_state, restore_loader_state, train_loader
 from jax_csfcn.data.sources import family
@@ -296,7 +297,11 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool, readers
             hue_jitter=cfg.data.hue_jitter,
             ignore_index=cfg.data.ignore_index,
             photometric=cfg.data.photometric,
+            geometry=cfg.data.geometry,
         )
+        if aug.geometry == "device":  # whole sources are batched: they must share one size
+            first = train_src[0]
+            aug = dataclasses.replace(aug, source_size=tuple(np.asarray(first["label"]).shape))
     except ValueError as e:
         raise TrainError(str(e).replace("AugmentConfig.", "data.") + "; fix it with --config.data.KEY=VALUE") from None
     check_source(train_src, cfg, f"train split {cfg.data.train_split!r}")
@@ -351,7 +356,9 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool, readers
     logger = Logger(workdir, step)
     on_device = aug.photometric == "device" and (aug.blur_prob > 0 or aug.color_jitter > 0 or aug.hue_jitter > 0)
     reach = max_box_radius(aug) if on_device else None
-    train_step = make_train_step(graphdef, tx, cfg, mesh, photometric_reach=reach)
+    orders = possible_orders(aug, aug.source_size) if aug.geometry == "device" else None
+    train_step = make_train_step(graphdef, tx, cfg, mesh, photometric_reach=reach, geometry_orders=orders)
+    extra_fields = [k for k, on in (("geometry", orders is not None), ("photometric", reach is not None)) if on]
     eval_step = make_eval_step(
         eval_graphdef,
         mesh,
@@ -403,14 +410,14 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool, readers
                 batch = next(it)
                 images = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["image"]))
                 labels = jax.make_array_from_process_local_data(data_sharding, np.asarray(batch["label"]))
-                if reach is None:
+                if not extra_fields:
                     state, m = train_step(state, images, labels)
-                else:  # blur and jitter on the device (jax_csfcn/data/photometric.py)
-                    photo = jax.tree.map(
+                else:  # steps left to the device (jax_csfcn/data/geometry.py, photometric.py)
+                    extras = jax.tree.map(
                         lambda a: jax.make_array_from_process_local_data(data_sharding, np.asarray(a)),
-                        batch["photometric"],
+                        {k: batch[k] for k in extra_fields},
                     )
-                    state, m = train_step(state, images, labels, photo)
+                    state, m = train_step(state, images, labels, extras)
                 step += 1
                 window_steps += 1
                 if pending is not None:

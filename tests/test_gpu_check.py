@@ -75,10 +75,11 @@ def test_gpu_check_dry_run_without_the_training_stack(tmp_path):
     inp = sections["input"]["result"]
     assert inp["loss_finite"] and inp["images_per_s"] > 0 and inp["device_augment_ms_per_image"]["median"] > 0
     assert inp["augment"]["photometric"] == "device" and inp["augment"]["blur_prob"] == 1.0
+    assert inp["augment"]["geometry"] == "device" and inp["augment"]["source_size"] == list(inp["source"])
     # the final table comes last (a caller may read only the end of the output), also as markdown
     tail = res.stdout.strip().splitlines()[-25:]
     assert any(line.startswith("| target | JAX training") for line in tail)
-    assert any(line.startswith("| input | device blur + jitter per image") for line in tail)
+    assert any(line.startswith("| input | device geometry + blur + jitter per image") for line in tail)
     md = (out / "gpu_check.md").read_text()
     assert md.startswith("GPU check on CPU") and "python3 -m tools.gpu_check" in md
     assert "| model | 64x128 a  reference eager fp32" in md and "| model | 32x64 a  reference eager fp32" in md

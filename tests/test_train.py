@@ -171,6 +171,24 @@ def test_resume_continues_exactly(data_root, tmp_path, cache_dir):
         np.testing.assert_allclose(pb[k], pa[k], rtol=1e-6, atol=1e-7, err_msg=str(k))
 
 
+def test_the_geometry_on_the_device_trains_like_on_the_host(data_root, tmp_path, cache_dir):
+    """data.geometry=device: the loader ships whole sources and tables, the step resamples them
+    (jax_csfcn/data/geometry.py, bytes equal to the host's, tested in tests/test_geometry.py):
+    the same losses and parameters as the host's geometry, blur and jitter on the device in both."""
+    from tools.train import train
+
+    # tiny_config's own settings, so the host run reuses the other tests' compiled step
+    train(tiny_config(data_root, tmp_path / "host"), stop_after=2, progress=False)
+    train(tiny_config(data_root, tmp_path / "device", **{"data.geometry": "device"}), stop_after=2, progress=False)
+    a, b = losses(tmp_path / "host"), losses(tmp_path / "device")
+    assert sorted(b) == [1, 2]
+    # One fused program instead of two inputs: XLA may order the model's fp32 sums differently.
+    np.testing.assert_allclose([b[1], b[2]], [a[1], a[2]], rtol=1e-6, atol=0)
+    pa, pb = final_params(tmp_path / "host"), final_params(tmp_path / "device")
+    for k in pa:
+        np.testing.assert_allclose(pb[k], pa[k], rtol=1e-5, atol=1e-6, err_msg=str(k))
+
+
 def test_resume_refuses_another_model(data_root, tmp_path):
     from jax_csfcn.step import TrainError
     from tools.train import train

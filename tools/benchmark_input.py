@@ -8,14 +8,15 @@ default: random scale, crop, flip, Gaussian blur p = 0.5, colour jitter 0.5):
 
 * ``png+host``: the dataset's PNG files decoded by its source, every augmentation on the host;
 * ``prepared+device``: the prepared format (``python -m tools.prepare``; written here to
-  ``ROOT/prepared-ENCODING`` when missing), geometry on the host, blur and colour jitter left
-  to the train step on the device (the loader ships their parameters).
+  ``ROOT/prepared-ENCODING`` when missing), the scale/crop/flip and the blur and colour jitter
+  left to the train step on the device (the loader ships the whole source, the resampling tables
+  and the photometric parameters: ``data.geometry=device``, ``data.photometric=device``).
 
 Measured, one thread of this process: milliseconds per image of each host stage (read/decode,
-geometry, blur, jitter, drawing the device's parameters), median and min..max over the records;
-the disk size and read time of each prepared encoding beside the PNG source; the device-side
-augmentation (jax_csfcn/data/photometric.py) jitted on this machine's default JAX backend, per
-image. Then each pipeline's loader with each ``--workers`` count: warmed up, then
+geometry, blur, jitter, the host's part of each device mode), median and min..max over the
+records; the disk size and read time of each prepared encoding beside the PNG source; the
+device-side augmentation (jax_csfcn/data/geometry.py, photometric.py) jitted on this machine's
+default JAX backend, per image, geometry and blur + jitter apart. Then each pipeline's loader with each ``--workers`` count: warmed up, then
 ``--windows`` windows of ``--seconds / --windows`` seconds; images/s median and min..max.
 If ``--root`` is missing or empty, a synthetic Cityscapes-layout dataset is written there first.
 """
@@ -36,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from jax_csfcn.data.augment import AugmentConfig, augment, augment_record
+from jax_csfcn.data.geometry import apply_geometry, possible_orders, stack_geometry
 from jax_csfcn.data.photometric import (
     apply_photometric,
     apply_photometric_host,
@@ -101,8 +103,9 @@ def host_stages(source, prep, aug: AugmentConfig, n: int) -> dict:
     """ms per image of each host stage, both pipelines, on the same records and draws."""
     idx = list(range(min(n, len(source))))
     geometry_only = dataclasses.replace(aug, blur_prob=0.0, color_jitter=0.0, hue_jitter=0.0)
-    device = dataclasses.replace(aug, photometric="device")
-    host = dataclasses.replace(aug, photometric="host")
+    photometric_only = dataclasses.replace(aug, photometric="device", geometry="host")
+    device = _all_on_device(aug, source[0]["label"].shape)
+    host = dataclasses.replace(aug, photometric="host", geometry="host")
     png_ms, items = _timed(lambda i: source[i], idx)
     prep_ms, _ = _timed(lambda i: prep[i], idx)
     crops = []
@@ -120,8 +123,14 @@ def host_stages(source, prep, aug: AugmentConfig, n: int) -> dict:
     full_host_ms, _ = _timed(
         lambda k: augment(items[k]["image"], items[k]["label"], host, np.random.default_rng(100 + k)), range(len(items))
     )
+    photo_dev_ms, _ = _timed(
+        lambda k: augment_record(
+            items[k]["image"], items[k]["label"], photometric_only, np.random.default_rng(100 + k)
+        ),
+        range(len(items)),
+    )
     full_dev_ms, _ = _timed(
-        lambda k: augment(items[k]["image"], items[k]["label"], device, np.random.default_rng(100 + k)),
+        lambda k: augment_record(items[k]["image"], items[k]["label"], device, np.random.default_rng(100 + k)),
         range(len(items)),
     )
     old = [a + b for a, b in zip(png_ms, full_host_ms)]
@@ -133,48 +142,92 @@ def host_stages(source, prep, aug: AugmentConfig, n: int) -> dict:
         "blur_when_applied": _stats(blur_ms),
         "jitter": _stats(jit_ms),
         "augment_host_full_recipe": _stats(full_host_ms),
-        "augment_device_mode_host_part": _stats(full_dev_ms),
+        "augment_photometric_on_device_host_part": _stats(photo_dev_ms),
+        "augment_all_on_device_host_part": _stats(full_dev_ms),
         "total_png+host": _stats(old),
         "total_prepared+device": _stats(new),
     }
 
 
-def device_augment_cost(aug: AugmentConfig, crop, batch: int, repeats: int) -> dict:
-    """ms per image of the jitted device-side blur + jitter on this machine's JAX backend."""
+def _all_on_device(aug: AugmentConfig, source_hw) -> AugmentConfig:
+    """``aug`` with the geometry and the photometric steps left to the device."""
+    return dataclasses.replace(aug, photometric="device", geometry="device", source_size=tuple(source_hw))
+
+
+def _device_batch(aug: AugmentConfig, source_hw, batch: int, rng) -> tuple[dict, tuple]:
+    """A batch as the loader ships it with everything on the device, from random sources; and
+    the pass orders the config can draw."""
+    aug = _all_on_device(aug, source_hw)
+    sh, sw = source_hw
+    out = [
+        augment_record(
+            rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8), rng.integers(0, 19, (sh, sw), dtype=np.uint8), aug, rng
+        )
+        for _ in range(batch)
+    ]
+    arrays = {
+        "image": np.stack([o["image"] for o in out]),
+        "label": np.stack([o["label"] for o in out]),
+        "geometry": stack_geometry([o["geometry"] for o in out]),
+        "photometric": stack_photometric([o["photometric"] for o in out]),
+    }
+    return arrays, possible_orders(aug, source_hw)
+
+
+def device_augment_cost(aug: AugmentConfig, source_hw, batch: int, repeats: int) -> dict:
+    """ms per image of the jitted device-side geometry and blur + jitter on this machine's JAX
+    backend, each alone and chained (as the train step runs them)."""
     import jax  # lazy: the host-side stages need no JAX
 
-    rng = np.random.default_rng(0)
-    h, w = crop
-    images = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
     full = dataclasses.replace(aug, blur_prob=1.0)  # every image blurred: the costlier case
-    params = [draw_photometric(np.random.default_rng(k), full) for k in range(batch)]
-    stacked = stack_photometric(params)
-    content = np.tile(np.array([0, 0, h, w], np.int32), (batch, 1))
+    arrays, orders = _device_batch(full, source_hw, batch, np.random.default_rng(0))
     reach = max_box_radius(full)
-    fn = jax.jit(lambda x, p, c: apply_photometric(x, p, c, max_box_radius=reach))
-    args = jax.device_put((images, stacked, content))
-    t0 = time.perf_counter()
-    fn(*args).block_until_ready()
-    compile_s = time.perf_counter() - t0
-    ms = []
-    for _ in range(repeats):
+    photo = {k: v for k, v in arrays["photometric"].items() if k != "content"}
+    content = arrays["photometric"]["content"]
+
+    def geometry(x, lab, t):
+        return apply_geometry(x, lab, t, ignore_index=aug.ignore_index, orders=orders)
+
+    def photometric(x, p, c):
+        return apply_photometric(x, p, c, max_box_radius=reach)
+
+    def both(x, lab, t, p, c):
+        crops, labels = geometry(x, lab, t)
+        return photometric(crops, p, c), labels
+
+    crops = jax.jit(geometry)(arrays["image"], arrays["label"], arrays["geometry"])[0]
+    runs = {
+        "geometry": (jax.jit(geometry), (arrays["image"], arrays["label"], arrays["geometry"])),
+        "blur_jitter": (jax.jit(photometric), (crops, photo, content)),
+        "both": (jax.jit(both), (arrays["image"], arrays["label"], arrays["geometry"], photo, content)),
+    }
+    result = {"backend": jax.default_backend(), "batch": batch, "orders": list(orders)}
+    for name, (fn, args) in runs.items():
+        args = jax.device_put(args)
         t0 = time.perf_counter()
-        fn(*args).block_until_ready()
-        ms.append((time.perf_counter() - t0) * 1e3 / batch)
-    return {"backend": jax.default_backend(), "batch": batch, "first_call_s": compile_s, "ms_per_image": _stats(ms)}
+        jax.block_until_ready(fn(*args))
+        first = time.perf_counter() - t0
+        ms = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            ms.append((time.perf_counter() - t0) * 1e3 / batch)
+        result[name] = {"first_call_s": first, "ms_per_image": _stats(ms)}
+    return result
 
 
 def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype: str = "bfloat16",
                              min_kept: int | None = None, aug: AugmentConfig | None = None) -> dict:  # fmt: skip
     """The input path on this machine's JAX device, for the GPU check: per image, the host's
-    share of the loader (one record's geometry and parameter draws, one thread), the device-side
-    blur + jitter alone, and the real train step (:func:`jax_csfcn.step.make_train_step`) with
-    that augmentation inside, fed by those batches; images/s of the step.
+    share of the loader (one record's tables and parameter draws, one thread), the device-side
+    geometry + blur + jitter alone, and the real train step (:func:`jax_csfcn.step.make_train_step`)
+    with that augmentation inside, fed by those batches; images/s of the step.
 
     Records are random ``source_hw`` images (any content costs the same); ``aug`` defaults to
-    the full Cityscapes recipe with every image blurred (the costlier case), photometric on the
-    device. Needs JAX, Flax, Optax, NumPy and Pillow only (no grain): the loader's per-record
-    function is timed in one thread; its worker processes are measured by :func:`main`."""
+    the full Cityscapes recipe with every image blurred (the costlier case); the geometry and
+    the photometric steps run on the device. Needs JAX, Flax, Optax, NumPy and Pillow only (no
+    grain): the loader's per-record function is timed in one thread; its worker processes are
+    measured by :func:`main`."""
     import jax  # lazy: the host-side stages need no JAX
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
@@ -183,17 +236,15 @@ def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype
     from jax_csfcn.schedule import optimizer_of  # lazy: the host-side stages need no JAX
 
     h, w = crop
-    aug = aug or AugmentConfig(crop_size=(h, w), blur_prob=1.0, color_jitter=0.5, photometric="device")
-    rng = np.random.default_rng(0)
     sh, sw = source_hw
+    aug = _all_on_device(aug or AugmentConfig(crop_size=(h, w), blur_prob=1.0, color_jitter=0.5), (sh, sw))
+    rng = np.random.default_rng(0)
     records = [
         (rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8), rng.integers(0, 19, (sh, sw), dtype=np.uint8))
         for _ in range(batch)
     ]
-    host_ms, out = _timed(lambda r: augment_record(r[0], r[1], aug, rng), records)
-    images = np.stack([o["image"] for o in out])
-    labels = np.stack([o["label"] for o in out])
-    photo = {k: np.stack([np.asarray(o["photometric"][k]) for o in out]) for k in out[0]["photometric"]}
+    host_ms, _ = _timed(lambda r: augment_record(r[0], r[1], aug, rng), records)
+    arrays, orders = _device_batch(aug, (sh, sw), batch, rng)
 
     cfg = jstep.default_settings()
     cfg.train.batch_size, cfg.train.dtype, cfg.data.crop_size = batch, dtype, (h, w)
@@ -204,12 +255,19 @@ def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype
     tx = optimizer_of(cfg.train, params)
     state = jstep.replicate({"params": params, "batch_stats": stats, "opt_state": tx.init(params)}, mesh)
     reach = max_box_radius(aug)
-    step = jstep.make_train_step(graphdef, tx, cfg, mesh, photometric_reach=reach)
+    step = jstep.make_train_step(graphdef, tx, cfg, mesh, photometric_reach=reach, geometry_orders=orders)
     data = NamedSharding(mesh, P("data"))
-    di, dl, dp = jax.device_put(images, data), jax.device_put(labels, data), jax.device_put(photo, data)
+    di, dl = jax.device_put(arrays["image"], data), jax.device_put(arrays["label"], data)
+    extras = jax.device_put({"geometry": arrays["geometry"], "photometric": arrays["photometric"]}, data)
+    dg, dp = extras["geometry"], extras["photometric"]
     content = dp["content"]
     only = {k: v for k, v in dp.items() if k != "content"}
-    augment_fn = jax.jit(lambda x, p, c: apply_photometric(x, p, c, max_box_radius=reach))
+
+    def augment_all(x, lab, t, p, c):
+        crops, _ = apply_geometry(x, lab, t, ignore_index=aug.ignore_index, orders=orders)
+        return apply_photometric(crops, p, c, max_box_radius=reach)
+
+    augment_fn = jax.jit(augment_all)
 
     def timed(fn, n):
         ms = []
@@ -219,12 +277,12 @@ def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype
             ms.append((time.perf_counter() - t0) * 1e3)
         return ms
 
-    first_aug = timed(lambda: augment_fn(di, only, content), 1)[0]
-    aug_ms = [t / batch for t in timed(lambda: augment_fn(di, only, content), repeats)]
+    first_aug = timed(lambda: augment_fn(di, dl, dg, only, content), 1)[0]
+    aug_ms = [t / batch for t in timed(lambda: augment_fn(di, dl, dg, only, content), repeats)]
     box = {"state": state}
 
     def one_step():
-        box["state"], m = step(box["state"], di, dl, dp)
+        box["state"], m = step(box["state"], di, dl, extras)
         return m["loss"]
 
     first_step = timed(one_step, 1)[0]
@@ -343,10 +401,10 @@ def main(argv=None) -> dict:
     encodings = encodings_table(root, args.split, source, args.encodings, args.stage_images)
     prep = _prepared(root, args.split, DEFAULT_ENCODING, source)
     stages = host_stages(source, prep, aug, args.stage_images)
-    device = device_augment_cost(aug, aug.crop_size, args.device_batch, args.device_repeats)
+    device = device_augment_cost(aug, (h, w), args.device_batch, args.device_repeats)
     loaders = []
     for name in args.pipelines:
-        src, a = (source, aug) if name == "png+host" else (prep, dataclasses.replace(aug, photometric="device"))
+        src, a = (source, aug) if name == "png+host" else (prep, _all_on_device(aug, (h, w)))
         for wk in args.workers:
             r = measure(src, a, workers=wk, batch=args.batch, seconds=args.seconds, windows=args.windows,
                         warmup=args.warmup, buffer=args.buffer, threads=args.threads)  # fmt: skip
@@ -371,8 +429,9 @@ def main(argv=None) -> dict:
     for k, s in stages.items():
         print(f"| {k} | {_fmt(s)} |")
     d = device
-    print(f"\ndevice-side blur + jitter ({d['backend']}, batch {d['batch']}): {_fmt(d['ms_per_image'])} ms per image "
-          f"(first call {d['first_call_s']:.1f} s)")  # fmt: skip
+    print(f"\ndevice side ({d['backend']}, batch {d['batch']}), ms per image, median (min..max):")
+    for name in ("geometry", "blur_jitter", "both"):
+        print(f"  {name}: {_fmt(d[name]['ms_per_image'])} (first call {d[name]['first_call_s']:.1f} s)")
     print("\n| pipeline | workers | images/s median | min..max | first batch s |\n|---|---:|---:|---:|---:|")
     for r in loaders:
         print(

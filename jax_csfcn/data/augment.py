@@ -14,9 +14,11 @@ import json
 import numpy as np
 from PIL import Image
 
+from jax_csfcn.data.geometry import geometry_tables, max_taps, scaled_size  # noqa: F401  (scaled_size: re-exported)
 from jax_csfcn.data.photometric import apply_photometric_host, content_box, draw_photometric
 
 PHOTOMETRIC = ("host", "device")  # where blur and colour jitter run (AugmentConfig.photometric)
+GEOMETRY = ("host", "device")  # where scale, crop, pad and flip run (AugmentConfig.geometry)
 
 
 class PipelineError(ValueError):
@@ -53,6 +55,12 @@ class AugmentConfig:
     # batches carry their parameters and the train step applies them: the same function, module
     # doc step 6). Not part of the loader's identity: both give the same draws.
     photometric: str = "host"
+    # Where the scale, crop, pad and flip run: "host" (Pillow here) or "device" (the batches carry
+    # the whole sources and small tables, and the train step resamples: the same bytes,
+    # jax_csfcn/data/geometry.py). "device" needs sources of one size, ``source_size`` (H, W):
+    # a record of another size is refused by name. Neither is part of the loader's identity.
+    geometry: str = "host"
+    source_size: tuple[int, int] | None = None
 
     def __post_init__(self):
         crop = _pair(self.crop_size, "crop_size", int)
@@ -82,6 +90,17 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.ignore_index must fit in uint8, got {self.ignore_index!r}")
         if self.photometric not in PHOTOMETRIC:
             raise ValueError(f"AugmentConfig.photometric must be one of {PHOTOMETRIC}, got {self.photometric!r}")
+        if self.geometry not in GEOMETRY:
+            raise ValueError(f"AugmentConfig.geometry must be one of {GEOMETRY}, got {self.geometry!r}")
+        if self.geometry == "device" and self.photometric != "device":
+            raise ValueError(
+                "AugmentConfig.geometry='device' needs photometric='device' (blur and jitter follow the crop)"
+            )
+        if self.source_size is not None:
+            size = _pair(self.source_size, "source_size", int)
+            if min(size) < 1:
+                raise ValueError(f"AugmentConfig.source_size must be positive (H, W) or None, got {self.source_size!r}")
+            object.__setattr__(self, "source_size", size)
         object.__setattr__(self, "flip", bool(self.flip))
         object.__setattr__(self, "blur_prob", float(self.blur_prob))
         object.__setattr__(self, "color_jitter", float(self.color_jitter))
@@ -90,6 +109,11 @@ class AugmentConfig:
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def identity(self) -> dict:
+        """The settings that decide a record's draws and pixels: what a loader's state checks
+        on resume. Where the steps run (``photometric``, ``geometry``) changes neither."""
+        return {k: v for k, v in self.to_json().items() if k not in ("photometric", "geometry", "source_size")}
 
 
 def _check_record(item, where: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -107,13 +131,6 @@ def _check_record(item, where: str) -> tuple[np.ndarray, np.ndarray, str]:
             f"got {label.dtype} {label.shape}"
         )
     return image, label, name
-
-
-def scaled_size(hw: tuple[int, int], factor: float, base_size: tuple[int, int] | None) -> tuple[int, int]:
-    """(H, W) of an ``hw`` image after random scale ``factor`` (see module doc, step 2)."""
-    h, w = hw
-    s = factor if base_size is None else factor * min(base_size) / min(h, w)
-    return max(1, int(round(h * s))), max(1, int(round(w * s)))
 
 
 def _jitter(img: np.ndarray, strength: float, rng: np.random.Generator, hue: float = 0.0) -> np.ndarray:
@@ -140,6 +157,10 @@ def augment_record(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng
     (jax_csfcn/data/photometric.py), with ``content`` the (y0, x0, y1, x1) box of the crop that
     holds image content (the rest is padding).
 
+    With ``aug.geometry == "device"`` the image and label come back as the whole source and
+    ``geometry`` holds the tables the train step resamples them with
+    (jax_csfcn/data/geometry.py); the draws are the same.
+
     Random draws happen in a fixed order (scale, crop y, crop x, flip, then blur, then jitter),
     so turning blur or jitter on does not change the geometry of a record, and where they run
     (host or device) changes no draw.
@@ -151,6 +172,8 @@ def augment_record(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng
     y0 = int(rng.integers(0, nh - oh + 1))
     x0 = int(rng.integers(0, nw - ow + 1))
     flip = aug.flip and rng.random() < 0.5
+    if aug.geometry == "device":
+        return _device_geometry_record(image, label, aug, rng, (nh, nw), (y0, x0), (oh, ow), flip)
     # Fused scale + crop: resample only the source box that maps onto the crop window.
     box = (x0 * w / nw, y0 * h / nh, (x0 + ow) * w / nw, (y0 + oh) * h / nh)
     img = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR, box=box))
@@ -168,3 +191,23 @@ def augment_record(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng
     if aug.photometric == "device":
         record["photometric"] = {**params, "content": content_box((oh, ow), (ch, cw), flip)}
     return record
+
+
+def _device_geometry_record(image, label, aug: AugmentConfig, rng, scaled_hw, offset, content_hw, flip) -> dict:
+    """augment_record's result when the geometry runs on the device: the source itself, the
+    tables that resample it, and the photometric parameters (drawn after the geometry, as on the
+    host)."""
+    hw = label.shape
+    if aug.source_size is not None and tuple(hw) != aug.source_size:
+        raise PipelineError(
+            f"a {hw[0]}x{hw[1]} record among {aug.source_size[0]}x{aug.source_size[1]} sources: the geometry on "
+            "the device batches whole sources of one size; use data.geometry=host for datasets of mixed sizes"
+        )
+    tables = geometry_tables(hw, scaled_hw, offset, content_hw, aug.crop_size, flip, max_taps(aug, hw))
+    params = draw_photometric(rng, aug)
+    return {
+        "image": image,
+        "label": label,
+        "geometry": tables,
+        "photometric": {**params, "content": content_box(content_hw, aug.crop_size, flip)},
+    }

@@ -38,6 +38,9 @@ Steps 2-4 are fused: only the source region that lands in the crop is resampled 
 with a ``box``), which gives the same pixels as resizing the whole image and cropping it (up to
 one grey level of rounding for the image, identical labels) at a fraction of the cost: a 2x scale
 of a 1024x2048 image never materialises the 2048x4096 intermediate.
+With ``AugmentConfig.geometry = "device"`` steps 2-5 leave the host too: each record carries its
+whole source and small resampling tables (``"geometry"``) from which the train step computes the
+same bytes (jax_csfcn/data/geometry.py); the sources must then share one size.
 
 Images stay **uint8** in the batches; normalisation (``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD``)
 belongs inside the jitted train step on the device, which moves 4x fewer bytes host -> device than
@@ -89,6 +92,7 @@ from csfcn.model_config import IMAGENET_MEAN, IMAGENET_STD  # RGB, in 0..1 units
 
 # One record's augmentation lives in augment.py (no grain there: the GPU check uses it alone).
 from jax_csfcn.data.augment import (  # noqa: F401  (_jitter: re-exported for its test)
+    GEOMETRY,
     PHOTOMETRIC,
     AugmentConfig,
     PipelineError,
@@ -420,8 +424,8 @@ def train_loader(source, aug: AugmentConfig, *, batch_size: int, seed: int, work
         "shard_index": int(shard_index),
         "shard_count": int(shard_count),
         "num_epochs": None if num_epochs is None else int(num_epochs),
-        # where the photometric steps run changes no draw and not the function (module doc)
-        "augment": {k: v for k, v in aug.to_json().items() if k != "photometric"},
+        # where the photometric and geometric steps run changes no draw and not the function (module doc)
+        "augment": aug.identity(),
     }
     return Loader(batches, identity=identity, worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                   read_threads=read_threads, infinite=num_epochs is None)  # fmt: skip
@@ -464,6 +468,8 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "AugmentConfig",
+    "GEOMETRY",
+    "PHOTOMETRIC",
     "EvalBatch",
     "Loader",
     "LoaderIterator",
