@@ -61,8 +61,8 @@ DEFAULTS: dict = {
         "hue_jitter": 0.0,
         # Where blur and colour jitter run: "device" (inside the jitted train step, on the uint8
         # batch; the loader only draws their parameters) or "host" (in the loader's workers).
-        # The same function either way (exact for blur and hue, colour jitter to within one grey
-        # level: jax_csfcn/data/photometric.py); "device" frees most of the loader's CPU.
+        # The same function either way, bit for bit (jax_csfcn/data/photometric.py); "device" frees
+        # most of the loader's CPU.
         "photometric": "device",
         # Where the random scale, crop, pad and flip run: "host" (Pillow, in the loader's workers)
         # or "device" (the batch carries the whole sources and the train step resamples them:

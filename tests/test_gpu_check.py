@@ -76,6 +76,8 @@ def test_gpu_check_dry_run_without_the_training_stack(tmp_path):
     assert inp["loss_finite"] and inp["images_per_s"] > 0 and inp["device_augment_ms_per_image"]["median"] > 0
     assert inp["augment"]["photometric"] == "device" and inp["augment"]["blur_prob"] == 1.0
     assert inp["augment"]["geometry"] == "device" and inp["augment"]["source_size"] == list(inp["source"])
+    eq = inp["device_vs_host"]
+    assert eq["records"] == 2 and eq["values"] > 0 and eq["differing"] == 0 and eq["label_pixels_differing"] == 0, eq
     # the final table comes last (a caller may read only the end of the output), also as markdown
     tail = res.stdout.strip().splitlines()[-25:]
     assert any(line.startswith("| target | JAX training") for line in tail)

@@ -159,19 +159,39 @@ def _device_batch(aug: AugmentConfig, source_hw, batch: int, rng) -> tuple[dict,
     the pass orders the config can draw."""
     aug = _all_on_device(aug, source_hw)
     sh, sw = source_hw
+    seeds = [int(s) for s in rng.integers(2**32, size=batch)]  # each record's own augmentation RNG
     out = [
         augment_record(
-            rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8), rng.integers(0, 19, (sh, sw), dtype=np.uint8), aug, rng
+            rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8),
+            rng.integers(0, 19, (sh, sw), dtype=np.uint8),
+            aug,
+            np.random.default_rng(seed),
         )
-        for _ in range(batch)
+        for seed in seeds
     ]
     arrays = {
+        "seeds": seeds,
         "image": np.stack([o["image"] for o in out]),
         "label": np.stack([o["label"] for o in out]),
         "geometry": stack_geometry([o["geometry"] for o in out]),
         "photometric": stack_photometric([o["photometric"] for o in out]),
     }
     return arrays, possible_orders(aug, source_hw)
+
+
+def compare_with_host(arrays: dict, aug: AugmentConfig, images, labels, n: int) -> dict:
+    """The device's augmented ``images`` and ``labels`` of the first ``n`` records of a
+    :func:`_device_batch` against the host pipeline's (Pillow and numpy, the same draws):
+    how many values differ, and by how much at most (the rule: none)."""
+    host = dataclasses.replace(aug, photometric="host", geometry="host", source_size=None)
+    diff = worst = lab_diff = total = 0
+    for k in range(min(n, len(arrays["seeds"]))):
+        want = augment_record(arrays["image"][k], arrays["label"][k], host, np.random.default_rng(arrays["seeds"][k]))
+        d = np.abs(np.asarray(images[k], np.int32) - want["image"])
+        diff, worst, total = diff + int(np.count_nonzero(d)), max(worst, int(d.max())), total + d.size
+        lab_diff += int(np.count_nonzero(np.asarray(labels[k]) != want["label"]))
+    return {"records": min(n, len(arrays["seeds"])), "values": total, "differing": diff, "max_abs": worst,
+            "label_pixels_differing": lab_diff}  # fmt: skip
 
 
 def device_augment_cost(aug: AugmentConfig, source_hw, batch: int, repeats: int) -> dict:
@@ -264,8 +284,8 @@ def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype
     only = {k: v for k, v in dp.items() if k != "content"}
 
     def augment_all(x, lab, t, p, c):
-        crops, _ = apply_geometry(x, lab, t, ignore_index=aug.ignore_index, orders=orders)
-        return apply_photometric(crops, p, c, max_box_radius=reach)
+        crops, labels = apply_geometry(x, lab, t, ignore_index=aug.ignore_index, orders=orders)
+        return apply_photometric(crops, p, c, max_box_radius=reach), labels
 
     augment_fn = jax.jit(augment_all)
 
@@ -278,6 +298,8 @@ def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype
         return ms
 
     first_aug = timed(lambda: augment_fn(di, dl, dg, only, content), 1)[0]
+    got_images, got_labels = (np.asarray(a) for a in augment_fn(di, dl, dg, only, content))
+    equal = compare_with_host(arrays, aug, got_images, got_labels, n=2)
     aug_ms = [t / batch for t in timed(lambda: augment_fn(di, dl, dg, only, content), repeats)]
     box = {"state": state}
 
@@ -298,6 +320,7 @@ def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype
         "host_ms_per_image": _stats(host_ms),
         "device_augment_ms_per_image": _stats(aug_ms),
         "device_augment_first_call_ms": first_aug,
+        "device_vs_host": equal,
         "step_ms": _stats(step_ms),
         "step_first_call_ms": first_step,
         "images_per_s": batch * 1e3 / statistics.median(step_ms),

@@ -23,7 +23,8 @@ so; ``gpu_check.json`` and ``gpu_check.md`` with the final table are rewritten a
 4. training: the JAX step (bf16 compute) against the PyTorch twin's (AMP bf16, channels-last;
    same loss and optimizer), crop 1024x1024, batch 12, images/s; then the input path: the
    loader's host work per image (resampling tables and parameter draws of 1024x2048 records),
-   the device-side geometry + blur + colour jitter alone, and the same step with them inside
+   the device-side geometry + blur + colour jitter alone (and its output against the host
+   pipeline's, which must be bit-identical), and the same step with them inside
    (``tools.benchmark_input.step_with_device_augment``);
 5. compiled kernels: registers, spills and shared memory of the kernels this process loaded;
 6. every model of docs/zoo.md at 1024x2048; the benchmark at 512x1024 without (c).
@@ -525,6 +526,9 @@ def final_rows(report: dict) -> list[list[str]]:
         )
         rows.append(["input", "device geometry + blur + jitter per image", f"{inp['device_augment_ms_per_image']['median']:.3f} ms",
                      "target <= 2 ms", "met" if inp["device_augment_ms_per_image"]["median"] <= 2.0 and not report["dry_run"] else "not met"])  # fmt: skip
+        eq = inp["device_vs_host"]
+        rows.append(["input", "device augmentation vs the host's", f"{eq['differing']} of {eq['values']} values differ",
+                     "bit-identical", "met" if eq["differing"] == 0 and eq["label_pixels_differing"] == 0 else "not met"])  # fmt: skip
         rows.append(["input", "train step with device augmentation", f"{inp['step_ms']['median']:.1f} ms",
                      f"{inp['images_per_s']:.1f} img/s", note])  # fmt: skip
     return rows

@@ -43,15 +43,19 @@ What is exact, and why.
   multiples) never tie at .5, and Pillow's float error is smaller than their distance to a tie,
   so exact integer arithmetic reproduces it: both checked on all 2^24 inputs against PIL.
 * Brightness is one float32 product, rounded half to even as ``np.rint`` does: exact.  Contrast
-  and saturation use the float32 gray ``x @ (0.299, 0.587, 0.114)``, which numpy computes through
-  BLAS (its accumulation order and FMA use depend on the CPU and even on the array's shape), and
-  the contrast mean is a float32 sum whose order differs (numpy's pairwise sum on the host, exact
-  integer channel sums on the device).  A difference of an ulp or so before rounding moves a value
-  across a .5 boundary only when it lies within ~1e-5 of it: one op alone differs by at most one
-  grey level, on about one value in a million.  A later op of the chain can widen such a rare
-  flip (a factor up to 1 + jitter: 2 levels; the hue's quantisation of a greyish pixel: a few),
-  still on about one pixel in 300 000 (tests/test_photometric.py states the bounds it checks).
-  No bit-exact device version exists for these two: the host's own gray varies with the BLAS.
+  and saturation are float32 expressions too, and both forms evaluate them the same way: the
+  grey ``(0.299 r + 0.587 g) + 0.114 b`` element by element in that order (:func:`gray_host`; not
+  a matrix product, whose BLAS kernel rounds differently on different CPUs and even at different
+  positions of a row), the contrast mean from exact integer channel sums
+  (:func:`contrast_mean_host`: ``((0.299 R + 0.587 G) + 0.114 B) / n`` in float32, so the order
+  of the pixels, a flipped canvas too, cannot matter), and ``(x - m) * f + m`` as written.  The
+  one thing a compiler may change is to fuse a product with the addition that follows it into
+  one FMA, rounding once instead of twice (XLA does on CPU, and on GPUs by default); the device
+  form keeps every such product apart: its bits pass through an XOR with a zero computed at run
+  time, an identity no compiler can see through (a ``where(p == p, p, 0)`` guard was seen
+  through inside the jitted loop), so each operation rounds as numpy's does: bit-identical,
+  every op and every chain of them (tests/test_photometric.py; 25 M values per recipe checked
+  on 1024x1024 crops).
 
 Padding and flip.  ``apply_photometric`` works on the final canvas: ``content = (y0, x0, y1, x1)``
 says where the image is; pixels outside it come back 0.  The box filter is symmetric and the
@@ -77,7 +81,20 @@ BLUR_PASSES = 3  # PIL's GaussianBlur: 3 box passes per direction
 _ONE = 1 << 24  # fixed-point 1.0 of the box blur
 _HALF = 1 << 23
 
-GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # the pipeline's luma weights (``pipeline._GRAY``)
+GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # the pipeline's luma weights
+
+
+def gray_host(x: np.ndarray) -> np.ndarray:
+    """float32 grey of float32 RGB ``(..., 3)``: ``(0.299 r + 0.587 g) + 0.114 b``, each product and
+    sum rounded in that order (module doc: the same on every CPU and on the device)."""
+    return (x[..., 0] * GRAY[0] + x[..., 1] * GRAY[1]) + x[..., 2] * GRAY[2]
+
+
+def contrast_mean_host(img: np.ndarray) -> np.float32:
+    """The contrast op's mean grey of a uint8 ``H x W x 3`` image, from its exact channel sums."""
+    s = img.reshape(-1, 3).sum(axis=0, dtype=np.int64).astype(np.float32)
+    count = np.float32(img.shape[0] * img.shape[1])
+    return ((s[0] * GRAY[0] + s[1] * GRAY[1]) + s[2] * GRAY[2]) / count
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,10 +238,10 @@ def apply_photometric_host(img: np.ndarray, params: dict) -> np.ndarray:
         if op == BRIGHTNESS:
             img = to_uint8(x * factors[0])
         elif op == CONTRAST:
-            m = float((x @ GRAY).mean())
+            m = contrast_mean_host(img)
             img = to_uint8((x - m) * factors[1] + m)
         elif op == SATURATION:
-            gray = (x @ GRAY)[..., None]
+            gray = gray_host(x)[..., None]
             img = to_uint8((x - gray) * factors[2] + gray)
         else:
             img = hue_shift_host(img, int(params["hue_shift"]))
@@ -332,16 +349,25 @@ def _jitter_ops(x, mask, count, factors, hue_steps):
     def to_u8(y):
         return jnp.clip(jnp.round(y), 0, 255).astype(jnp.int32)  # round half to even, like np.rint
 
+    from jax import lax  # lazy: the loader's workers import this module without JAX
+
+    # A zero the compiler cannot know (count >= 1 at run time), for apart().
+    unknown_zero = (count < 0).astype(jnp.uint32)
+
+    def apart(p):  # a product that no FMA may fuse into the next addition (module doc)
+        bits = lax.bitcast_convert_type(p, jnp.uint32) ^ unknown_zero
+        return lax.bitcast_convert_type(bits, jnp.float32)
+
     xf = x.astype(jnp.float32)
     w = jnp.asarray(GRAY)
     bright = to_u8(xf * factors[0])
-    # Contrast mean over the content: exact integer channel sums, so any order of the pixels
-    # (a flipped canvas too) gives the same mean.
+    # Contrast mean over the content: exact integer channel sums (contrast_mean_host), so any
+    # order of the pixels (a flipped canvas too) gives the same mean.
     sums = jnp.sum(jnp.where(mask[..., None], x, 0), axis=(0, 1)).astype(jnp.float32)
-    m = (w[0] * sums[0] + w[1] * sums[1] + w[2] * sums[2]) / count
-    contrast = to_u8((xf - m) * factors[1] + m)
-    gray = (xf[..., 0] * w[0] + xf[..., 1] * w[1] + xf[..., 2] * w[2])[..., None]
-    saturation = to_u8((xf - gray) * factors[2] + gray)
+    m = (apart(sums[0] * w[0]) + apart(sums[1] * w[1]) + apart(sums[2] * w[2])) / count
+    contrast = to_u8(apart((xf - m) * factors[1]) + m)
+    gray = (apart(xf[..., 0] * w[0]) + apart(xf[..., 1] * w[1]) + apart(xf[..., 2] * w[2]))[..., None]  # gray_host
+    saturation = to_u8(apart((xf - gray) * factors[2]) + gray)
     hsv = rgb_to_hsv(x)
     hue = hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + hue_steps) & 255))
     return bright, contrast, saturation, hue
@@ -410,9 +436,11 @@ __all__ = [
     "apply_photometric",
     "apply_photometric_host",
     "box_blur_weights",
+    "contrast_mean_host",
     "content_box",
     "draw_photometric",
     "gaussian_box_radius",
+    "gray_host",
     "hsv_tables",
     "hsv_to_rgb",
     "hue_shift_host",

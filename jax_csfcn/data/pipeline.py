@@ -29,8 +29,8 @@ Train pipeline, per record (``AugmentConfig``; defaults = the upstream Cityscape
    U(0, 1), then jitter 0.5; its CamVid pipeline adds hue 0.1 with jitter 0.3 (configs/camvid.py).
    They are drawn here in any case; with ``AugmentConfig.photometric = "device"`` they are not
    applied here: each record carries their parameters (``"photometric"``, with the ``content``
-   box) and the train step applies them on the device, the same function to within one grey
-   level (exact for blur and hue; jax_csfcn/data/photometric.py). That takes the most expensive
+   box) and the train step applies them on the device, the same function bit for bit
+   (jax_csfcn/data/photometric.py). That takes the most expensive
    host steps off the loader;
 7. batch (``batch_size`` records per process, ``drop_remainder``).
 
