@@ -10,8 +10,9 @@ saturation are float32 expressions that both forms evaluate in the same order, w
 kept apart from the following addition on the device (no FMA: jax_csfcn/data/photometric.py,
 module doc), so each operation rounds alike.  A fused multiply-add would not stay hidden: it
 moves about one value in a million across a .5 boundary per op (measured before the products
-were kept apart, with the grey still a BLAS product: up to 4 levels after a chain with hue), and
-the full-recipe tests below compare ~100 000 values per run.
+were kept apart, with the grey still a BLAS product: up to 4 levels after a chain with hue), so
+``test_contrast_and_saturation_round_like_numpy_at_scale`` compares 3 M values per op: it fails
+with the products left to the compiler.
 
 The frozen pre-split reference (``_frozen_augment``) computed its grey as a BLAS matrix product,
 which rounds differently on different CPUs; today's reference computes it element by element.
