@@ -144,6 +144,26 @@ def _validate(cfg) -> None:
         raise TrainError(
             f"data.scale_range={sr} must be (low, high) random scale factors with 0 < low <= high; pass {fix}"
         )
+    augment_config(cfg)  # every other augmentation setting, before the run takes its folder
+
+
+def augment_config(cfg) -> AugmentConfig:
+    """The loader's augmentation from ``cfg.data``; a bad value is a TrainError naming its key."""
+    try:
+        return AugmentConfig(
+            crop_size=tuple(cfg.data.crop_size),
+            base_size=tuple(cfg.data.base_size) if cfg.data.base_size else None,
+            scale_range=tuple(cfg.data.scale_range),
+            flip=cfg.data.flip,
+            blur_prob=cfg.data.blur_prob,
+            color_jitter=cfg.data.color_jitter,
+            hue_jitter=cfg.data.hue_jitter,
+            ignore_index=cfg.data.ignore_index,
+            photometric=cfg.data.photometric,
+            geometry=cfg.data.geometry,
+        )
+    except ValueError as e:
+        raise TrainError(str(e).replace("AugmentConfig.", "data.") + "; fix it with --config.data.KEY=VALUE") from None
 
 
 # What a run writes into its workdir besides checkpoints/: a new run there would overwrite them.
@@ -286,24 +306,9 @@ def _train(cfg, *, resume: bool, stop_after: int | None, progress: bool, readers
     # Data first: a bad dataset fails here, before anything is compiled.
     train_src = build_split(cfg, cfg.data.train_split)
     val_src = build_split(cfg, cfg.data.val_split)
-    try:  # bad augmentation settings fail here too, named by their config key
-        aug = AugmentConfig(
-            crop_size=tuple(cfg.data.crop_size),
-            base_size=tuple(cfg.data.base_size) if cfg.data.base_size else None,
-            scale_range=tuple(cfg.data.scale_range),
-            flip=cfg.data.flip,
-            blur_prob=cfg.data.blur_prob,
-            color_jitter=cfg.data.color_jitter,
-            hue_jitter=cfg.data.hue_jitter,
-            ignore_index=cfg.data.ignore_index,
-            photometric=cfg.data.photometric,
-            geometry=cfg.data.geometry,
-        )
-        if aug.geometry == "device":  # whole sources are batched: they must share one size
-            first = train_src[0]
-            aug = dataclasses.replace(aug, source_size=tuple(np.asarray(first["label"]).shape))
-    except ValueError as e:
-        raise TrainError(str(e).replace("AugmentConfig.", "data.") + "; fix it with --config.data.KEY=VALUE") from None
+    aug = augment_config(cfg)
+    if aug.geometry == "device":  # whole sources are batched: they must share one size
+        aug = dataclasses.replace(aug, source_size=tuple(np.asarray(train_src[0]["label"]).shape))
     check_source(train_src, cfg, f"train split {cfg.data.train_split!r}")
     check_source(val_src, cfg, f"val split {cfg.data.val_split!r}")
 

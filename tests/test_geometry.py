@@ -161,7 +161,7 @@ def test_loader_batches_equal_after_the_device_step():
 def test_a_record_of_another_size_is_refused_by_name(rng):
     aug = AugmentConfig(crop_size=(16, 16), photometric="device", geometry="device", source_size=(32, 48))
     image = rng.integers(0, 256, (30, 48, 3), dtype=np.uint8)
-    with pytest.raises(PipelineError, match=r"30x48 record among 32x48 sources.*data\.geometry=host"):
-        augment_record(image, np.zeros((30, 48), np.uint8), aug, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="needs photometric='device'"):
+    with pytest.raises(PipelineError, match=r"record 'b/odd' is 30x48 among 32x48 sources.*data\.geometry=host"):
+        augment_record(image, np.zeros((30, 48), np.uint8), aug, np.random.default_rng(0), "b/odd")
+    with pytest.raises(ValueError, match="needs AugmentConfig.photometric='device'"):
         AugmentConfig(geometry="device", photometric="host")

@@ -94,6 +94,7 @@ def test_a_new_run_refuses_a_folder_with_an_earlier_runs_files_and_resume_takes_
             (2.0, 0.5),
             r"data\.scale_range=\(2\.0, 0\.5\) .*--config\.data\.scale_range='\(0\.5, 2\.0\)'",
         ),
+        ("data.geometry", "gpu", r"data\.geometry must be one of \('host', 'device'\), got 'gpu'"),
     ],
 )
 def test_an_impossible_model_or_scale_range_stops_before_any_work(data_root, tmp_path, key, value, message):

@@ -94,7 +94,7 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.geometry must be one of {GEOMETRY}, got {self.geometry!r}")
         if self.geometry == "device" and self.photometric != "device":
             raise ValueError(
-                "AugmentConfig.geometry='device' needs photometric='device' (blur and jitter follow the crop)"
+                "AugmentConfig.geometry='device' needs AugmentConfig.photometric='device' (blur and jitter follow the crop)"
             )
         if self.source_size is not None:
             size = _pair(self.source_size, "source_size", int)
@@ -151,7 +151,9 @@ def augment(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng: np.ra
     return record["image"], record["label"]
 
 
-def augment_record(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> dict:
+def augment_record(
+    image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng: np.random.Generator, name: str | None = None
+) -> dict:
     """One train example as a dict: ``image``, ``label`` and, when ``aug.photometric == "device"``,
     ``photometric``: the blur and jitter parameters the train step applies
     (jax_csfcn/data/photometric.py), with ``content`` the (y0, x0, y1, x1) box of the crop that
@@ -173,7 +175,7 @@ def augment_record(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng
     x0 = int(rng.integers(0, nw - ow + 1))
     flip = aug.flip and rng.random() < 0.5
     if aug.geometry == "device":
-        return _device_geometry_record(image, label, aug, rng, (nh, nw), (y0, x0), (oh, ow), flip)
+        return _device_geometry_record(image, label, aug, rng, (nh, nw), (y0, x0), (oh, ow), flip, name)
     # Fused scale + crop: resample only the source box that maps onto the crop window.
     box = (x0 * w / nw, y0 * h / nh, (x0 + ow) * w / nw, (y0 + oh) * h / nh)
     img = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR, box=box))
@@ -193,14 +195,15 @@ def augment_record(image: np.ndarray, label: np.ndarray, aug: AugmentConfig, rng
     return record
 
 
-def _device_geometry_record(image, label, aug: AugmentConfig, rng, scaled_hw, offset, content_hw, flip) -> dict:
+def _device_geometry_record(image, label, aug: AugmentConfig, rng, scaled_hw, offset, content_hw, flip, name) -> dict:
     """augment_record's result when the geometry runs on the device: the source itself, the
     tables that resample it, and the photometric parameters (drawn after the geometry, as on the
     host)."""
     hw = label.shape
     if aug.source_size is not None and tuple(hw) != aug.source_size:
+        which = f"record {name!r}" if name else "a record"
         raise PipelineError(
-            f"a {hw[0]}x{hw[1]} record among {aug.source_size[0]}x{aug.source_size[1]} sources: the geometry on "
+            f"{which} is {hw[0]}x{hw[1]} among {aug.source_size[0]}x{aug.source_size[1]} sources: the geometry on "
             "the device batches whole sources of one size; use data.geometry=host for datasets of mixed sizes"
         )
     tables = geometry_tables(hw, scaled_hw, offset, content_hw, aug.crop_size, flip, max_taps(aug, hw))

@@ -130,8 +130,8 @@ class TrainAugment(grain.transforms.RandomMap):
         self.aug = aug
 
     def random_map(self, element, rng: np.random.Generator):
-        image, label, _ = _check_record(element, "train record")
-        return augment_record(image, label, self.aug, rng)
+        image, label, name = _check_record(element, "train record")
+        return augment_record(image, label, self.aug, rng, name)
 
 
 # ----------------------------------------------------------------------------------------------
