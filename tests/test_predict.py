@@ -221,6 +221,38 @@ def test_cli_video(ckpt, rng, tmp_path):
     r.close()
 
 
+def test_a_video_stopped_part_way_records_the_frames_it_wrote(ckpt, rng, tmp_path, monkeypatch):
+    """Ctrl-C during a --save-frames video: the frames already written are in the folder's record,
+    so a later --overwrite (another model) removes them instead of leaving them mixed in."""
+    import json
+
+    import imageio.v2 as iio
+
+    import tools.predict as tp
+
+    video = tmp_path / "clip.mp4"
+    w = iio.get_writer(str(video), format="FFMPEG", fps=4, codec="libx264", macro_block_size=1)
+    for _ in range(4):
+        w.append_data(random_image(rng, 48, 80))
+    w.close()
+    out = tmp_path / "out"
+    real, calls = tp._write_visuals, []
+
+    def stopped_at_the_third_frame(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tp, "_write_visuals", stopped_at_the_third_frame)
+    args = ["--checkpoint", ckpt, "--input", str(video), "--out", str(out), "--save-frames", "--quiet"]
+    assert predict_main(args + ["--batch-size", "1"]) == 130
+    on_disk = {f for f in _files(out) if f.startswith("clip/")}
+    assert on_disk == {f"clip/{sub}/{i:06d}.png" for i in range(2) for sub in ("labels", "color", "overlay")}
+    assert not (out / "clip_overlay.mp4").exists()  # the video in progress is not left half-written
+    assert on_disk <= set(json.loads((out / MANIFEST).read_text())["files"])
+
+
 @pytest.mark.parametrize(
     "case",
     ["text_checkpoint", "garbage_safetensors", "bad_image", "bad_video", "out_under_file", "unknown_dataset"]

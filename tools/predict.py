@@ -524,9 +524,12 @@ def _predict(args, out, kind, items, predictor, names, palette, raw_lut, dataset
         raise
     except Exception as e:
         raise PredictError(f"writing {dst} failed ({type(e).__name__}: {e})") from e
-    if args.save_frames:  # the frames' names are known now: recorded for a later --overwrite
-        frame_files = [f"{stem}/{sub}/{i:06d}.png" for i in range(written) for sub in ("labels", "color", "overlay")]
-        write_manifest(out, dict(record, files=sorted(set(record["files"]) | set(frame_files))))
+    finally:  # the frames on disk are recorded for a later --overwrite, also when the run stops part-way
+        if args.save_frames and written:
+            frame_files = [
+                f"{stem}/{sub}/{i:06d}.png" for i in range(written) for sub in ("labels", "color", "overlay")
+            ]
+            write_manifest(out, dict(record, files=sorted(set(record["files"]) | set(frame_files))))
     summary = {"frames": written, "video": str(dst), "fps": fps, "dataset": dataset, "device": str(predictor.device)}
     summary["precision"] = predictor.path
     if total is not None and written < total - 1:  # (duration x fps rounds; one frame of slack)
