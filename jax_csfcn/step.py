@@ -35,8 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from csfcn.model_config import ModelConfig
-from jax_csfcn.data.geometry import apply_geometry
-from jax_csfcn.data.photometric import apply_photometric
+from jax_csfcn.data.augment import augment_on_device
 from jax_csfcn.defaults import default_settings
 from jax_csfcn.losses import cross_entropy, ohem_cross_entropy
 from jax_csfcn.model import build_model
@@ -181,15 +180,14 @@ def make_train_step(
     ignore_index = int(cfg.data.ignore_index)
 
     def step(state, images, labels, extras=None):
-        extras = extras or {}
-        if geometry_orders is not None:
-            images, labels = apply_geometry(
-                images, labels, extras["geometry"], ignore_index=ignore_index, orders=geometry_orders
-            )
-        photometric = extras.get("photometric") if photometric_reach is not None else None
-        if photometric is not None:
-            params_ = {k: v for k, v in photometric.items() if k != "content"}
-            images = apply_photometric(images, params_, photometric["content"], max_box_radius=photometric_reach)
+        images, labels = augment_on_device(
+            images,
+            labels,
+            extras or {},
+            ignore_index=ignore_index,
+            geometry_orders=geometry_orders,
+            photometric_reach=photometric_reach,
+        )
         params, stats, opt_state = state["params"], state["batch_stats"], state["opt_state"]
 
         def loss_fn(p, s):

@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from jax_csfcn.data.augment import AugmentConfig, augment, augment_record
-from jax_csfcn.data.geometry import apply_geometry, possible_orders, stack_geometry
+from jax_csfcn.data.augment import AugmentConfig, augment, augment_on_device, augment_record
+from jax_csfcn.data.geometry import possible_orders, stack_geometry
 from jax_csfcn.data.photometric import (
-    apply_photometric,
     apply_photometric_host,
     draw_photometric,
     max_box_radius,
@@ -154,21 +153,19 @@ def _all_on_device(aug: AugmentConfig, source_hw) -> AugmentConfig:
     return dataclasses.replace(aug, photometric="device", geometry="device", source_size=tuple(source_hw))
 
 
-def _device_batch(aug: AugmentConfig, source_hw, batch: int, rng) -> tuple[dict, tuple]:
-    """A batch as the loader ships it with everything on the device, from random sources; and
-    the pass orders the config can draw."""
+def _device_batch(aug: AugmentConfig, source_hw, batch: int, rng) -> tuple[dict, tuple, list[float]]:
+    """A batch as the loader ships it with everything on the device, from random sources; the
+    pass orders the config can draw; and the ms each record's host work took (one thread)."""
     aug = _all_on_device(aug, source_hw)
     sh, sw = source_hw
     seeds = [int(s) for s in rng.integers(2**32, size=batch)]  # each record's own augmentation RNG
-    out = [
-        augment_record(
-            rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8),
-            rng.integers(0, 19, (sh, sw), dtype=np.uint8),
-            aug,
-            np.random.default_rng(seed),
-        )
-        for seed in seeds
+    sources = [
+        (rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8), rng.integers(0, 19, (sh, sw), dtype=np.uint8))
+        for _ in seeds
     ]
+    host_ms, out = _timed(
+        lambda k: augment_record(*sources[k], aug, np.random.default_rng(seeds[k])), range(len(seeds))
+    )
     arrays = {
         "seeds": seeds,
         "image": np.stack([o["image"] for o in out]),
@@ -176,7 +173,7 @@ def _device_batch(aug: AugmentConfig, source_hw, batch: int, rng) -> tuple[dict,
         "geometry": stack_geometry([o["geometry"] for o in out]),
         "photometric": stack_photometric([o["photometric"] for o in out]),
     }
-    return arrays, possible_orders(aug, source_hw)
+    return arrays, possible_orders(aug, source_hw), host_ms
 
 
 def compare_with_host(arrays: dict, aug: AugmentConfig, images, labels, n: int) -> dict:
@@ -200,26 +197,28 @@ def device_augment_cost(aug: AugmentConfig, source_hw, batch: int, repeats: int)
     import jax  # lazy: the host-side stages need no JAX
 
     full = dataclasses.replace(aug, blur_prob=1.0)  # every image blurred: the costlier case
-    arrays, orders = _device_batch(full, source_hw, batch, np.random.default_rng(0))
+    arrays, orders, _ = _device_batch(full, source_hw, batch, np.random.default_rng(0))
     reach = max_box_radius(full)
-    photo = {k: v for k, v in arrays["photometric"].items() if k != "content"}
-    content = arrays["photometric"]["content"]
 
-    def geometry(x, lab, t):
-        return apply_geometry(x, lab, t, ignore_index=aug.ignore_index, orders=orders)
+    def on_device(geometry_orders, photometric_reach):
+        return jax.jit(
+            lambda x, lab, e: augment_on_device(
+                x,
+                lab,
+                e,
+                ignore_index=aug.ignore_index,
+                geometry_orders=geometry_orders,
+                photometric_reach=photometric_reach,
+            )
+        )
 
-    def photometric(x, p, c):
-        return apply_photometric(x, p, c, max_box_radius=reach)
-
-    def both(x, lab, t, p, c):
-        crops, labels = geometry(x, lab, t)
-        return photometric(crops, p, c), labels
-
-    crops = jax.jit(geometry)(arrays["image"], arrays["label"], arrays["geometry"])[0]
+    extras = {"geometry": arrays["geometry"], "photometric": arrays["photometric"]}
+    sources = (arrays["image"], arrays["label"], extras)
+    crops = on_device(orders, None)(*sources)
     runs = {
-        "geometry": (jax.jit(geometry), (arrays["image"], arrays["label"], arrays["geometry"])),
-        "blur_jitter": (jax.jit(photometric), (crops, photo, content)),
-        "both": (jax.jit(both), (arrays["image"], arrays["label"], arrays["geometry"], photo, content)),
+        "geometry": (on_device(orders, None), sources),
+        "blur_jitter": (on_device(None, reach), (*crops, extras)),
+        "both": (on_device(orders, reach), sources),
     }
     result = {"backend": jax.default_backend(), "batch": batch, "orders": list(orders)}
     for name, (fn, args) in runs.items():
@@ -258,13 +257,7 @@ def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype
     h, w = crop
     sh, sw = source_hw
     aug = _all_on_device(aug or AugmentConfig(crop_size=(h, w), blur_prob=1.0, color_jitter=0.5), (sh, sw))
-    rng = np.random.default_rng(0)
-    records = [
-        (rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8), rng.integers(0, 19, (sh, sw), dtype=np.uint8))
-        for _ in range(batch)
-    ]
-    host_ms, _ = _timed(lambda r: augment_record(r[0], r[1], aug, rng), records)
-    arrays, orders = _device_batch(aug, (sh, sw), batch, rng)
+    arrays, orders, host_ms = _device_batch(aug, (sh, sw), batch, np.random.default_rng(0))
 
     cfg = jstep.default_settings()
     cfg.train.batch_size, cfg.train.dtype, cfg.data.crop_size = batch, dtype, (h, w)
@@ -279,15 +272,11 @@ def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype
     data = NamedSharding(mesh, P("data"))
     di, dl = jax.device_put(arrays["image"], data), jax.device_put(arrays["label"], data)
     extras = jax.device_put({"geometry": arrays["geometry"], "photometric": arrays["photometric"]}, data)
-    dg, dp = extras["geometry"], extras["photometric"]
-    content = dp["content"]
-    only = {k: v for k, v in dp.items() if k != "content"}
-
-    def augment_all(x, lab, t, p, c):
-        crops, labels = apply_geometry(x, lab, t, ignore_index=aug.ignore_index, orders=orders)
-        return apply_photometric(crops, p, c, max_box_radius=reach), labels
-
-    augment_fn = jax.jit(augment_all)
+    augment_fn = jax.jit(
+        lambda x, lab, e: augment_on_device(
+            x, lab, e, ignore_index=aug.ignore_index, geometry_orders=orders, photometric_reach=reach
+        )
+    )
 
     def timed(fn, n):
         ms = []
@@ -297,10 +286,10 @@ def step_with_device_augment(*, batch: int, crop, source_hw, repeats: int, dtype
             ms.append((time.perf_counter() - t0) * 1e3)
         return ms
 
-    first_aug = timed(lambda: augment_fn(di, dl, dg, only, content), 1)[0]
-    got_images, got_labels = (np.asarray(a) for a in augment_fn(di, dl, dg, only, content))
+    first_aug = timed(lambda: augment_fn(di, dl, extras), 1)[0]
+    got_images, got_labels = (np.asarray(a) for a in augment_fn(di, dl, extras))
     equal = compare_with_host(arrays, aug, got_images, got_labels, n=2)
-    aug_ms = [t / batch for t in timed(lambda: augment_fn(di, dl, dg, only, content), repeats)]
+    aug_ms = [t / batch for t in timed(lambda: augment_fn(di, dl, extras), repeats)]
     box = {"state": state}
 
     def one_step():

@@ -14,8 +14,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from jax_csfcn.data.geometry import geometry_tables, max_taps, scaled_size  # noqa: F401  (scaled_size: re-exported)
-from jax_csfcn.data.photometric import apply_photometric_host, content_box, draw_photometric
+from jax_csfcn.data.geometry import apply_geometry, crop_box, geometry_tables, max_taps, scaled_size  # noqa: F401  (scaled_size: re-exported)
+from jax_csfcn.data.photometric import apply_photometric, apply_photometric_host, content_box, draw_photometric
 
 PHOTOMETRIC = ("host", "device")  # where blur and colour jitter run (AugmentConfig.photometric)
 GEOMETRY = ("host", "device")  # where scale, crop, pad and flip run (AugmentConfig.geometry)
@@ -116,6 +116,16 @@ class AugmentConfig:
         return {k: v for k, v in self.to_json().items() if k not in ("photometric", "geometry", "source_size")}
 
 
+def pixels_problem(image: np.ndarray, label: np.ndarray) -> str | None:
+    """What is wrong with an example's arrays for this project's pipeline (uint8 HxWx3 image,
+    uint8 HxW label of the same size), or None."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        return f"image must be uint8 HxWx3, got {image.dtype} {image.shape}"
+    if label.dtype != np.uint8 or label.shape != image.shape[:2]:
+        return f"label must be uint8 HxW matching the image {image.shape[:2]}, got {label.dtype} {label.shape}"
+    return None
+
+
 def _check_record(item, where: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(image, label, name) of a source item, with dtype/shape checks that name the record."""
     if not isinstance(item, dict) or "image" not in item or "label" not in item:
@@ -123,13 +133,9 @@ def _check_record(item, where: str) -> tuple[np.ndarray, np.ndarray, str]:
         raise PipelineError(f"{where}: expected a dict with 'image' and 'label', got {keys}")
     image, label = np.asarray(item["image"]), np.asarray(item["label"])
     name = str(item.get("name", where))
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise PipelineError(f"record {name!r} ({where}): image must be uint8 HxWx3, got {image.dtype} {image.shape}")
-    if label.dtype != np.uint8 or label.shape != image.shape[:2]:
-        raise PipelineError(
-            f"record {name!r} ({where}): label must be uint8 HxW matching the image {image.shape[:2]}, "
-            f"got {label.dtype} {label.shape}"
-        )
+    problem = pixels_problem(image, label)
+    if problem:
+        raise PipelineError(f"record {name!r} ({where}): {problem}")
     return image, label, name
 
 
@@ -177,7 +183,7 @@ def augment_record(
     if aug.geometry == "device":
         return _device_geometry_record(image, label, aug, rng, (nh, nw), (y0, x0), (oh, ow), flip, name)
     # Fused scale + crop: resample only the source box that maps onto the crop window.
-    box = (x0 * w / nw, y0 * h / nh, (x0 + ow) * w / nw, (y0 + oh) * h / nh)
+    box = crop_box((h, w), (nh, nw), (y0, x0), (oh, ow))
     img = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR, box=box))
     lab = np.asarray(Image.fromarray(label).resize((ow, oh), Image.NEAREST, box=box))
     params = draw_photometric(rng, aug)
@@ -214,3 +220,27 @@ def _device_geometry_record(image, label, aug: AugmentConfig, rng, scaled_hw, of
         "geometry": tables,
         "photometric": {**params, "content": content_box(content_hw, aug.crop_size, flip)},
     }
+
+
+def augment_on_device(
+    images,
+    labels,
+    extras: dict,
+    *,
+    ignore_index: int,
+    geometry_orders: tuple[str, ...] | None = None,
+    photometric_reach: int | None = None,
+):
+    """The steps a loader left to the device, on a batch, in the host's order: with
+    ``geometry_orders`` (``geometry.possible_orders``) the ``extras["geometry"]`` tables scale,
+    crop, pad and flip the whole sources; with ``photometric_reach`` (``photometric.max_box_radius``)
+    the ``extras["photometric"]`` parameters blur and jitter the crops. Jittable; returns
+    ``(images, labels)``. The train step (jax_csfcn/step.py) calls it."""
+    if geometry_orders is not None:
+        images, labels = apply_geometry(
+            images, labels, extras["geometry"], ignore_index=ignore_index, orders=geometry_orders
+        )
+    if photometric_reach is not None:
+        p = extras["photometric"]
+        images = apply_photometric(images, p, p["content"], max_box_radius=photometric_reach)
+    return images, labels

@@ -116,6 +116,15 @@ def scaled_size(hw: tuple[int, int], factor: float, base_size: tuple[int, int] |
     return max(1, int(round(h * s))), max(1, int(round(w * s)))
 
 
+def crop_box(
+    source_hw: tuple[int, int], scaled_hw: tuple[int, int], offset: tuple[int, int], content_hw: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """The source span ``(x0, y0, x1, y1)`` (Pillow's ``box``) that lands in the crop window at
+    ``offset = (y0, x0)`` of size ``content_hw`` once ``source_hw`` is scaled to ``scaled_hw``."""
+    (h, w), (nh, nw), (y0, x0), (oh, ow) = source_hw, scaled_hw, offset, content_hw
+    return x0 * w / nw, y0 * h / nh, (x0 + ow) * w / nw, (y0 + oh) * h / nh
+
+
 def _taps_for_ratio(ratio: float) -> int:
     return int(math.ceil(max(ratio, 1.0))) * 2 + 1
 
@@ -175,12 +184,9 @@ def geometry_tables(
     jax_csfcn/data/augment.py's ``augment_record``.  Weight tables are padded to ``taps`` columns
     (:func:`max_taps`); a record that would need more is refused."""
     h, w = source_hw
-    nh, nw = scaled_hw
-    y0, x0 = offset
     oh, ow = content_hw
     ch, cw = crop_hw
-    # The box of augment_record: the source span that lands in the crop window.
-    bx0, by0, bx1, by1 = x0 * w / nw, y0 * h / nh, (x0 + ow) * w / nw, (y0 + oh) * h / nh
+    bx0, by0, bx1, by1 = crop_box(source_hw, scaled_hw, offset, content_hw)  # the host's resize box
     xs, xk = bilinear_taps(w, bx0, bx1, ow)
     ys, yk = bilinear_taps(h, by0, by1, oh)
     need = max(xk.shape[1], yk.shape[1])
@@ -300,6 +306,7 @@ __all__ = [
     "apply_geometry",
     "apply_geometry_host",
     "bilinear_taps",
+    "crop_box",
     "geometry_tables",
     "max_taps",
     "nearest_index",

@@ -40,6 +40,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from csfcn.files import write_atomic
+from jax_csfcn.data.augment import pixels_problem
 from jax_csfcn.data.cityscapes import DataError
 
 FORMAT = "csfcn-prepared-v1"
@@ -60,13 +61,9 @@ def encode_record(image: np.ndarray, label: np.ndarray, name: str) -> bytes:
     """One example as bytes (layout: module doc). ``image`` uint8 HxWx3, ``label`` uint8 HxW."""
     image = np.ascontiguousarray(image)
     label = np.ascontiguousarray(label)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(f"record {name!r}: image must be uint8 HxWx3, got {image.dtype} {image.shape}")
-    if label.dtype != np.uint8 or label.shape != image.shape[:2]:
-        raise DataError(
-            f"record {name!r}: label must be uint8 HxW matching the image {image.shape[:2]}, "
-            f"got {label.dtype} {label.shape}"
-        )
+    problem = pixels_problem(image, label)
+    if problem:
+        raise DataError(f"record {name!r}: {problem}")
     h, w = label.shape
     raw_name = name.encode("utf-8")
     crc = zlib.crc32(label.data, zlib.crc32(image.data))
