@@ -200,14 +200,21 @@ def test_cityscapes_submission_read_by_official_evaluation(ckpt, predictor, rng,
     assert result["averageScoreClasses"] == pytest.approx(want, abs=1e-9)
 
 
+def _write_clip(path, rng, frames: int) -> None:
+    """A 4 fps H.264 clip of ``frames`` random 48x80 frames."""
+    import imageio.v2 as iio
+
+    w = iio.get_writer(str(path), format="FFMPEG", fps=4, codec="libx264", macro_block_size=1)
+    for _ in range(frames):
+        w.append_data(random_image(rng, 48, 80))
+    w.close()
+
+
 def test_cli_video(ckpt, rng, tmp_path):
     import imageio.v2 as iio
 
     video = tmp_path / "clip.mp4"
-    w = iio.get_writer(str(video), format="FFMPEG", fps=4, codec="libx264", macro_block_size=1)
-    for _ in range(3):
-        w.append_data(random_image(rng, 48, 80))
-    w.close()
+    _write_clip(video, rng, 3)
     out = tmp_path / "out"
     args = ["--checkpoint", ckpt, "--input", str(video), "--out", str(out), "--save-frames", "--quiet"]
     assert predict_main(args + ["--opacity", "0.7", "--batch-size", "2"]) == 0
@@ -226,15 +233,10 @@ def test_a_video_stopped_part_way_records_the_frames_it_wrote(ckpt, rng, tmp_pat
     so a later --overwrite (another model) removes them instead of leaving them mixed in."""
     import json
 
-    import imageio.v2 as iio
-
     import tools.predict as tp
 
     video = tmp_path / "clip.mp4"
-    w = iio.get_writer(str(video), format="FFMPEG", fps=4, codec="libx264", macro_block_size=1)
-    for _ in range(4):
-        w.append_data(random_image(rng, 48, 80))
-    w.close()
+    _write_clip(video, rng, 4)
     out = tmp_path / "out"
     real, calls = tp._write_visuals, []
 
