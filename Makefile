@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-gpu gpu-rehearsal mutants lint venv clean
+.PHONY: demo test test-slow test-gpu gpu-rehearsal mutants lint venv serve-venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,24 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
+# The serving environment (torch_deploy/serving.py): nvidia-pytriton pins numpy<2, which JAX
+# refuses, so `csfcn[serve]` gets a venv of its own. Its own site-packages (numpy 1.26, PyTriton
+# and its tritonserver, tritonclient) come first; a .pth then adds .venv's, so torch, Triton and
+# csfcn itself are shared instead of installed twice (several GB). pip's note that jax wants
+# numpy>=2 is about .venv's packages seen through that .pth; JAX never runs here.
+SERVE_VENV  ?= .serve-venv
+SERVE_PY    := $(SERVE_VENV)/bin/python
+SERVE_STAMP := $(SERVE_VENV)/.installed
+$(SERVE_STAMP): pyproject.toml $(STAMP)
+	rm -rf $(SERVE_VENV)
+	$(PYTHON) -m venv $(SERVE_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+		> "$$($(SERVE_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_csfcn_main_venv.pth"
+	$(SERVE_PY) -m pip install --quiet -e '.[serve]'
+	touch $(SERVE_STAMP)
+
+serve-venv: $(SERVE_STAMP)
+
 # The main job on the embedded synthetic dataset: data, train, evaluate, export, parity,
 # predict, pictures and runs/demo/report.md.  Re-running continues an interrupted demo.
 # DEMO_FLAGS passes options to python -m tools.demo, e.g. DEMO_FLAGS=--tiny (a quick
@@ -28,9 +46,9 @@ DEMO_FLAGS ?=
 demo: $(STAMP)
 	$(PY) -m tools.demo $(DEMO_FLAGS)
 
-test: $(STAMP)
+test: $(STAMP) $(SERVE_STAMP)
 	$(PY) -m ruff check .
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 --dist worksteal -m 'not slow and not gpu'
+	CSFCN_SERVE_PYTHON=$(SERVE_PY) TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 --dist worksteal -m 'not slow and not gpu'
 
 test-slow: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m slow
@@ -53,4 +71,4 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs data/synthetic data/synthetic_tiny .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) runs data/synthetic data/synthetic_tiny .pytest_cache .ruff_cache

@@ -8,6 +8,8 @@ upstream ``.pth``, predict, optimize, benchmark). The extras add the rest (pypro
     onnx    onnx, onnxscript, onnxruntime: python -m tools.export_onnx
     triton  the Triton kernels of the GPU fast path
     openvino  OpenVINO, a CPU peer in python -m torch_deploy.benchmark --device cpu
+    serve   nvidia-pytriton, tritonclient: python -m torch_deploy.serve and predict --server
+            (PyTriton pins numpy < 2: an environment without the train extra)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ EXTRAS = {
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "triton": ("triton",),
     "openvino": ("openvino",),
+    "serve": ("pytriton", "tritonclient"),
 }
 
 

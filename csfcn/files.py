@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import stat
@@ -212,3 +213,19 @@ def child_path(folder, name: str) -> Path:
             "(following '..' and symbolic links); refusing it"
         )
     return path
+
+
+def checkpoint_fingerprint(path) -> str:
+    """sha256 of a checkpoint file; of the names, sizes and times of a folder's files (a run or
+    Orbax directory, which can be large)."""
+    h = hashlib.sha256()
+    p = Path(path)
+    if p.is_dir():
+        for f in walk_files(p)[0]:
+            st = f.stat()
+            h.update(f"{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return "files:" + h.hexdigest()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()

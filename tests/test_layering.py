@@ -208,6 +208,9 @@ OPTIONAL = {
     "onnx": "the onnx extra",
     "onnxruntime": "the onnx extra",
     "onnxscript": "the onnx extra",
+    "pytriton": "the serve extra (an environment of its own: PyTriton pins numpy < 2)",
+    "tritonclient": "the serve extra",
+    "triton_python_backend_utils": "provided by Triton's Python backend, only inside a tritonserver",
     "absl": "grain's flags, read only when grain starts workers",
     **dict.fromkeys(
         ("grain", "orbax", "ml_collections", "cityscapesscripts", "tensorboardX", "matplotlib"),
@@ -268,7 +271,9 @@ def _project_module(name: str, mods) -> str | None:
 
 def test_packages_depend_one_way_with_no_import_cycle():
     mods, launchers = _modules(), _launchers()
-    assert launchers == {"jax_csfcn.train", "torch_deploy.predict", "torch_deploy.benchmark"}, launchers
+    assert launchers == {"jax_csfcn.train", "torch_deploy.predict", "torch_deploy.benchmark", "torch_deploy.serve"}, (
+        launchers
+    )
     graph, wrong_way = {m: set() for m in mods}, []
     for mod, path in mods.items():
         pkg = mod.split(".")[0]

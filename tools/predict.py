@@ -5,6 +5,11 @@
     python -m torch_deploy.predict --checkpoint model.safetensors --input drive.mp4 --out pred/
     python -m torch_deploy.predict --checkpoint model.safetensors \\
         --input cityscapes/leftImg8bit/test --out submission/ --format cityscapes-submission
+    python -m torch_deploy.predict --server http://127.0.0.1:8000 --input frames/ --out pred/
+
+``--server URL`` sends the images (or a video's frames) to a running ``python -m
+torch_deploy.serve`` instead of loading a checkpoint: ``--in-flight`` requests at once, outputs
+in input order, the same files as a local run of the server's checkpoint (torch_deploy/remote.py).
 
 Outputs for images (``REL`` is the image's path relative to the input folder, or its name):
 
@@ -50,7 +55,6 @@ import argparse
 import contextlib
 import fcntl
 import glob
-import hashlib
 import json
 import os
 import re
@@ -69,7 +73,7 @@ from tqdm import tqdm
 from convert.formats import load_torch_model
 from csfcn.cli import DEBUG_HELP, report_errors
 from csfcn.extras import MissingExtra
-from csfcn.files import child_path, probe_folder, walk_files
+from csfcn.files import checkpoint_fingerprint, child_path, probe_folder, walk_files
 from csfcn.palette import (
     DATASETS,
     colorize,
@@ -83,6 +87,7 @@ from csfcn.palette import (
 )
 from torch_deploy.precision import AUTO_HELP, CHOICES
 from torch_deploy.predictor import InputError, Predictor, _check_8_bit, load_image
+from torch_deploy.remote import RemoteError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -229,22 +234,6 @@ def check_out_apart(spec: str, out: Path, items) -> None:
                 f"--input {spec!r} matches {len(inside)} file(s) inside --out {out} (earlier outputs, e.g. "
                 f"{inside[0]}); narrow the pattern or choose an --out outside it"
             )
-
-
-def checkpoint_fingerprint(path) -> str:
-    """sha256 of a checkpoint file; of the names, sizes and times of a folder's files (a run or
-    Orbax directory, which can be large)."""
-    h = hashlib.sha256()
-    p = Path(path)
-    if p.is_dir():
-        for f in walk_files(p)[0]:
-            st = f.stat()
-            h.update(f"{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return "files:" + h.hexdigest()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -397,6 +386,39 @@ def run(args) -> dict:
         if args.format == "cityscapes-submission":
             check_submission_names(items)
 
+    predictor = _remote(args) if args.server else _local(args)
+    try:
+        return _run_with(args, kind, items, predictor)
+    finally:
+        if args.server:
+            predictor.close()
+
+
+def _remote(args):
+    """--server: a running torch_deploy.serve does the predicting; precision and device are its own."""
+    from torch_deploy.remote import RemotePredictor
+
+    given = [
+        f
+        for f, v in (("--checkpoint", args.checkpoint), ("--calibration", args.calibration), ("--device", args.device))
+        if v
+    ] + (["--precision"] if args.precision != "auto" else [])
+    if given:
+        raise PredictError(
+            f"--server {args.server}: {', '.join(given)} belong to the server (python -m torch_deploy.serve); "
+            "drop them here"
+        )
+    if args.in_flight < 1:
+        raise PredictError(f"--in-flight {args.in_flight}: must be >= 1")
+    try:
+        return RemotePredictor(args.server, in_flight=args.in_flight)
+    except (RuntimeError, MissingExtra) as e:
+        raise PredictError(str(e)) from None
+
+
+def _local(args):
+    if not args.checkpoint:
+        raise PredictError("give --checkpoint (a model file or run) or --server (a running torch_deploy.serve)")
     try:
         model = load_torch_model(args.checkpoint)  # any format: a training run needs the training extra
         calibration = None
@@ -417,6 +439,10 @@ def run(args) -> dict:
     except (OSError, ValueError, KeyError, RuntimeError, MissingExtra) as e:
         # ConversionError (a ValueError) names the checkpoint; RuntimeError: no CUDA for --device
         raise PredictError(str(e)) from e
+    return predictor
+
+
+def _run_with(args, kind, items, predictor) -> dict:
     k = predictor.num_classes
     own = predictor.config.classes  # a user's class table, carried by the checkpoint
     raw_lut = None
@@ -447,8 +473,11 @@ def run(args) -> dict:
     out = Path(args.out)
     prepare_out_dir(out)
     record = {
-        "checkpoint": os.path.abspath(args.checkpoint),
-        "fingerprint": checkpoint_fingerprint(args.checkpoint),
+        "checkpoint": f"{args.server} ({predictor.info['checkpoint']})"
+        if args.server
+        else os.path.abspath(args.checkpoint),
+        # a server's is its checkpoint's: a folder may hold a local and a served run of one model
+        "fingerprint": predictor.fingerprint if args.server else checkpoint_fingerprint(args.checkpoint),
         "format": args.format,
         "dataset": dataset,
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -465,8 +494,8 @@ def _predict(args, out, kind, items, predictor, names, palette, raw_lut, dataset
 
     if kind == "images":
         bar = tqdm(total=len(items), unit="img", desc="predict", disable=args.quiet)
-        for s in range(0, len(items), args.batch_size):
-            chunk = items[s : s + args.batch_size]
+        for s in range(0, len(items), predictor.batch_size):
+            chunk = items[s : s + predictor.batch_size]
             images = [load_image(p) for p, _ in chunk]
             for (path, rel), image, labels in zip(chunk, images, predictor.predict(images)):
                 if args.format == "cityscapes-submission":
@@ -503,7 +532,7 @@ def _predict(args, out, kind, items, predictor, names, palette, raw_lut, dataset
         bar = tqdm(total=total, unit="frame", desc="predict", disable=args.quiet)
         writer = iio.get_writer(tmp, format="FFMPEG", fps=fps, codec=args.codec, macro_block_size=1)
         try:
-            for frame in _chunks(frames(), args.batch_size):
+            for frame in _chunks(frames(), predictor.batch_size):
                 buffer = [np.ascontiguousarray(np.asarray(f)[..., :3]) for f in frame]
                 for image, labels in zip(buffer, predictor.predict(buffer)):
                     writer.append_data(_even(overlay(image, labels, palette, args.opacity)))
@@ -560,7 +589,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Cityscapes test-server export. See the module docstring for the output layout.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help=".safetensors, upstream .pth, or Orbax Flax directory")
+    p.add_argument("--checkpoint", default=None, help=".safetensors, upstream .pth, or Orbax Flax directory")
+    p.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="instead of --checkpoint: a running python -m torch_deploy.serve, http://HOST:8000 or grpc://HOST:8001 "
+        "(needs the serve extra); the outputs are those of a local run of the server's checkpoint",
+    )
+    p.add_argument("--in-flight", type=int, default=8, help="with --server: requests on the wire at once")
     p.add_argument(
         "--input",
         required=True,
@@ -624,7 +661,7 @@ def main(argv=None) -> int:
         if not args.quiet:
             print(" ".join(f"{k}={v}" for k, v in summary.items()))
 
-    return report_errors(predict, (PredictError, InputError), debug=args.debug)  # csfcn/cli.py
+    return report_errors(predict, (PredictError, InputError, RemoteError), debug=args.debug)  # csfcn/cli.py
 
 
 if __name__ == "__main__":

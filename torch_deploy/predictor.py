@@ -147,16 +147,29 @@ class Predictor:
         if not self.fast:
             return
         if precision == "int8":
-            images = [
+            self._calibration = [
                 self._normalise_padded([im], *padded_size(*im.shape[:2])) for im in map(load_image, calibration or [])
             ]
-            if not images:
+            if not self._calibration:
                 raise ValueError("precision int8 needs calibration images (a few of the training set)")
-            self._optimized = optimize(self.model, precision="int8", output="labels", calibration=images)
-        elif self.device.type == "cuda":
-            self._optimized = optimize(self.model, precision=precision, output="labels")
-        else:  # CPU: the folded graph on oneDNN, the reference ops are its own
-            self._optimized = optimize(self.model, precision=precision, output="labels", kernels=False)
+        self._optimized = self._build("labels")
+        self._optimized_logits = None
+
+    def _build(self, output: str):
+        """``optimize`` of the model for this plan, ending in ``output`` ("labels" or "logits")."""
+        if self.precision == "int8":
+            return optimize(self.model, precision="int8", output=output, calibration=self._calibration)
+        if self.device.type == "cuda":
+            return optimize(self.model, precision=self.precision, output=output)
+        # CPU: the folded graph on oneDNN, the reference ops are its own
+        return optimize(self.model, precision=self.precision, output=output, kernels=False)
+
+    def enable_logits(self) -> None:
+        """Build what :meth:`predict_logits` runs (the fast path's labels come straight from the
+        head, without full-resolution logits): a second ``optimize`` of the same plan ending in
+        logits. The twin (fp32 on a CPU) needs nothing more."""
+        if self.fast and self._optimized_logits is None:
+            self._optimized_logits = self._build("logits")
 
     @property
     def path(self) -> str:
@@ -185,8 +198,17 @@ class Predictor:
             batch[i, :, : img.shape[0], : img.shape[1]] = (t / 255.0 - self._mean) / self._std
         return batch
 
+    def _run_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fast:
+            return self.model(x).float()
+        if self._optimized_logits is None:
+            raise RuntimeError("Predictor.predict_logits: call enable_logits() first (it builds the logits graph)")
+        return self._optimized_logits(x).float()
+
     @torch.inference_mode()
-    def _predict_arrays(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def _batched(self, images: list[np.ndarray], run, dtype) -> list[np.ndarray]:
+        """``run`` on images of any sizes, grouped by padded size, ``batch_size`` at a time; each
+        result (..., Hp, Wp) cropped back to its image."""
         out: list[np.ndarray | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
@@ -194,12 +216,20 @@ class Predictor:
         for (hp, wp), idx in groups.items():
             for s in range(0, len(idx), self.batch_size):
                 chunk = idx[s : s + self.batch_size]
-                labels = self._run(self._normalise_padded([images[i] for i in chunk], hp, wp))
-                labels = labels.to(torch.uint8).cpu().numpy()
+                result = run(self._normalise_padded([images[i] for i in chunk], hp, wp))
+                result = result.to(dtype).cpu().numpy()
                 for j, i in enumerate(chunk):
                     h, w = images[i].shape[:2]
-                    out[i] = np.ascontiguousarray(labels[j, :h, :w])
+                    out[i] = np.ascontiguousarray(result[j, ..., :h, :w])
         return out  # type: ignore[return-value]
+
+    def _predict_arrays(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return self._batched(images, self._run, torch.uint8)
+
+    def predict_logits(self, images) -> list[np.ndarray]:
+        """fp32 (K, Hi, Wi) logits of images of any sizes, on the same path (precision, batching)
+        as :meth:`predict` (the fast path after :meth:`enable_logits`)."""
+        return self._batched([load_image(im) for im in images], self._run_logits, torch.float32)
 
     def predict(self, image_or_batch):
         """Label maps (uint8 train ids) for one image or a batch.
