@@ -39,7 +39,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,8 @@ from PIL import Image, UnidentifiedImageError
 
 from csfcn.files import checkpoint_fingerprint, write_atomic
 from torch_deploy.checkpoint import load_model
-from torch_deploy.predictor import InputError, Predictor, _check_8_bit
+from torch_deploy.precision import plan
+from torch_deploy.predictor import InputError, Predictor, _check_8_bit, default_device
 
 OUTPUTS = ("labels", "probabilities", "logits")
 INFO_MODEL = "csfcn_info"
@@ -144,6 +144,22 @@ def request_images(request, max_pixels: int) -> list[np.ndarray]:
     return images
 
 
+def describe(
+    config, path: str, device, *, fingerprint: str, checkpoint: str, models, max_pixels: int, max_batch: int
+) -> dict:
+    """What ``csfcn_info`` answers: enough for a client to name and colour outputs as a local run would."""
+    return {
+        "config": json.loads(config.to_json()),
+        "fingerprint": fingerprint,
+        "checkpoint": os.path.basename(checkpoint),
+        "precision": path,
+        "device": str(device),
+        "models": list(models),
+        "max_pixels": max_pixels,
+        "max_batch": max_batch,
+    }
+
+
 # --------------------------------------------------------------------------- the engine
 class Engine:
     """What a served model runs: a :class:`Predictor` and the outputs it was started with."""
@@ -195,16 +211,16 @@ class Engine:
 
     def info(self) -> dict:
         p = self.predictor
-        return {
-            "config": json.loads(p.config.to_json()),
-            "fingerprint": self.fingerprint,
-            "checkpoint": os.path.basename(self.checkpoint),
-            "precision": p.path,
-            "device": str(p.device),
-            "models": list(self.outputs),
-            "max_pixels": self.max_pixels,
-            "max_batch": p.batch_size,
-        }
+        return describe(
+            p.config,
+            p.path,
+            p.device,
+            fingerprint=self.fingerprint,
+            checkpoint=self.checkpoint,
+            models=self.outputs,
+            max_pixels=self.max_pixels,
+            max_batch=p.batch_size,
+        )
 
     def run(self, output: str, images: list[np.ndarray]) -> list[np.ndarray]:
         """One output for images of any sizes (grouped and batched by the predictor)."""
@@ -284,20 +300,20 @@ INFO_CONFIG = (
 # The model.py of every exported model: the class lives in this module, so that a repository is
 # a checkpoint and a few lines, and runs whichever csfcn the server's Python imports.
 MODEL_PY = '''"""Triton Python-backend model written by `python -m torch_deploy.serve --export-repository`.
-The server's Python must import csfcn (pip install csfcn); paths.json lists where the exporting
-environment found it, tried when the import fails."""
 
-import json
-import os
-import sys
+The backend's Python is the environment of the first python3 on tritonserver's PATH (its stub
+ignores PYTHONPATH): one with csfcn and numpy < 2, i.e. pip install 'csfcn[serve]'. Put its bin/
+first on PATH, and its interpreter's LIBDIR first on LD_LIBRARY_PATH (README, "Serving").
+"""
 
 try:
     from torch_deploy.serving import PythonBackendModel
-except ImportError:
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    with open(os.path.join(here, "paths.json")) as f:
-        sys.path.extend(p for p in json.load(f) if os.path.isdir(p) and p not in sys.path)
-    from torch_deploy.serving import PythonBackendModel
+except ImportError as e:
+    raise ImportError(
+        f"this model needs csfcn in the Python that tritonserver runs ({e}): the environment of the first "
+        "python3 on its PATH; pip install 'csfcn[serve]' there, or put the bin/ of an environment that has it "
+        "first on PATH"
+    ) from e
 
 
 class TritonPythonModel(PythonBackendModel):
@@ -348,16 +364,12 @@ def export_repository(
         "max_batch": batching.max_batch,
     }
     put("csfcn_serve.json", json.dumps(settings, indent=1) + "\n")
-    put("paths.json", json.dumps([p for p in sys.path if p and os.path.isdir(p)], indent=1) + "\n")
     for output in outputs:
         put(f"{output}/config.pbtxt", model_config_pbtxt(output, num_classes, batching))
         put(f"{output}/1/model.py", MODEL_PY)
     put(f"{INFO_MODEL}/config.pbtxt", INFO_CONFIG)
     put(f"{INFO_MODEL}/1/model.py", MODEL_PY)
     return written
-
-
-_ENGINES: dict[str, Engine] = {}  # one engine per repository, shared by its models in one stub process
 
 
 class PythonBackendModel:
@@ -368,28 +380,38 @@ class PythonBackendModel:
         import triton_python_backend_utils as pb_utils  # provided by Triton's Python backend stub
 
         self._pb = pb_utils
-        config = json.loads(args["model_config"])
-        self.name = config["name"]
+        self.name = json.loads(args["model_config"])["name"]
         repo = os.path.dirname(os.path.abspath(args["model_repository"]))
-        if repo not in _ENGINES:
-            with open(os.path.join(repo, "csfcn_serve.json")) as f:
-                s = json.load(f)
-            engine = Engine.from_checkpoint(
-                os.path.join(repo, s["checkpoint"]),
-                s["outputs"],
-                device=s["device"],
-                precision=s["precision"],
-                batch_size=s["max_batch"],
+        with open(os.path.join(repo, "csfcn_serve.json")) as f:
+            s = json.load(f)
+        checkpoint = os.path.join(repo, s["checkpoint"])
+        if self.name == INFO_MODEL:  # its own process: describe the model without building it
+            device = torch.device(s["device"]) if s["device"] else default_device()
+            path = plan(s["precision"], device, calibration=False).path
+            self.info = describe(
+                load_model(checkpoint).config,
+                path,
+                device,
+                fingerprint=s["fingerprint"],
+                checkpoint=checkpoint,
+                models=s["outputs"],
                 max_pixels=s["max_pixels"],
+                max_batch=s["max_batch"],
             )
-            engine.fingerprint = s["fingerprint"]
-            _ENGINES[repo] = engine
-        self.engine = _ENGINES[repo]
+            return
+        self.engine = Engine.from_checkpoint(
+            checkpoint,
+            [self.name],
+            device=s["device"],
+            precision=s["precision"],
+            batch_size=s["max_batch"],
+            max_pixels=s["max_pixels"],
+        )
 
     def execute(self, requests):
         pb = self._pb
         if self.name == INFO_MODEL:
-            blob = np.array([json.dumps(self.engine.info()).encode()], dtype=object)
+            blob = np.array([json.dumps(self.info).encode()], dtype=object)
             return [pb.InferenceResponse(output_tensors=[pb.Tensor("info", blob)]) for _ in requests]
         inputs = []
         for request in requests:
