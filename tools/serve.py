@@ -96,10 +96,10 @@ def _info_fn(engine: Engine):
 
 
 def serve(args) -> dict:
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    batching = Batching(args.max_batch, args.queue_delay_us, not args.no_dynamic_batching)
+    batching = Batching(args.max_batch, args.queue_delay_us, not args.no_dynamic_batching, args.max_queue)
     engine = _engine(args, batching)
     say = (lambda *a: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     say(
@@ -136,6 +136,10 @@ def serve(args) -> dict:
         Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3), optional=True),
         Tensor(name="encoded", dtype=np.bytes_, shape=(1,), optional=True),
     ]
+    batcher = None  # Triton's default scheduler: each request runs as it comes
+    if batching.dynamic:
+        policy = QueuePolicy(max_queue_size=batching.max_queue) if batching.max_queue else None
+        batcher = DynamicBatcher(max_queue_delay_microseconds=batching.queue_delay_us, default_queue_policy=policy)
     started = time.perf_counter()
     triton = Triton(config=config)
     try:
@@ -147,17 +151,7 @@ def serve(args) -> dict:
                 infer_func=_infer_fn(engine, output, stats, lock),
                 inputs=image_inputs,
                 outputs=[Tensor(name=output, dtype=dtype, shape=shape)],
-                config=ModelConfig(
-                    max_batch_size=batching.max_batch,
-                    batcher=DynamicBatcher(max_queue_delay_microseconds=batching.queue_delay_us),
-                    batching=True,
-                )
-                if batching.dynamic
-                else ModelConfig(
-                    max_batch_size=batching.max_batch,
-                    batching=True,
-                    batcher=DynamicBatcher(max_queue_delay_microseconds=0),
-                ),
+                config=ModelConfig(max_batch_size=batching.max_batch, batching=True, batcher=batcher),
                 strict=True,
             )
         triton.bind(
@@ -218,7 +212,7 @@ def export(args) -> dict:
             args.export_repository,
             args.checkpoint,
             outputs=args.outputs,
-            batching=Batching(args.max_batch, args.queue_delay_us, not args.no_dynamic_batching),
+            batching=Batching(args.max_batch, args.queue_delay_us, not args.no_dynamic_batching, args.max_queue),
             precision=args.precision,
             device=args.device,
             max_pixels=args.max_pixels,
@@ -261,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the dynamic batcher holds a request for others of its shape",
     )
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request as it arrives")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests a model's dynamic batcher may hold; beyond it a request is refused at once with "
+        "'Exceeds maximum queue size' (0: unbounded)",
+    )
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -306,6 +307,8 @@ def main(argv=None) -> int:
             raise ServeError(f"--max-batch {args.max_batch}: must be >= 1")
         if args.queue_delay_us < 0:
             raise ServeError(f"--queue-delay-us {args.queue_delay_us}: must be >= 0")
+        if args.max_queue < 0:
+            raise ServeError(f"--max-queue {args.max_queue}: must be >= 0 (0: unbounded)")
         if args.max_pixels < 1:
             raise ServeError(f"--max-pixels {args.max_pixels}: must be >= 1")
         if args.export_repository:

@@ -66,18 +66,22 @@ class RequestError(ValueError):
 @dataclass(frozen=True)
 class Batching:
     """Triton's dynamic batcher: requests of one shape waiting at most ``queue_delay_us`` are
-    merged, up to ``max_batch`` images per forward pass. ``dynamic=False``: every request runs
-    as it comes (``max_batch`` still bounds a request's own batch)."""
+    merged, up to ``max_batch`` images per forward pass; at most ``max_queue`` requests wait (0:
+    no bound), the next is refused at once. ``dynamic=False``: every request runs as it comes
+    (``max_batch`` still bounds a request's own batch)."""
 
     max_batch: int = 4
     queue_delay_us: int = 2000
     dynamic: bool = True
+    max_queue: int = 64
 
     def __post_init__(self):
         if self.max_batch < 1:
             raise ValueError(f"max batch {self.max_batch}: must be >= 1")
         if self.queue_delay_us < 0:
             raise ValueError(f"queue delay {self.queue_delay_us} us: must be >= 0")
+        if self.max_queue < 0:
+            raise ValueError(f"max queue {self.max_queue}: must be >= 0 (0: no bound)")
 
 
 # --------------------------------------------------------------------------- request checks
@@ -273,11 +277,10 @@ TRITON_DTYPES = {"labels": "TYPE_UINT8", "probabilities": "TYPE_FP32", "logits":
 def model_config_pbtxt(output: str, num_classes: int, batching: Batching) -> str:
     """``config.pbtxt`` of one served output for the Python backend."""
     dims = "[ -1, -1 ]" if output == "labels" else f"[ {num_classes}, -1, -1 ]"
-    dynamic = (
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {batching.queue_delay_us}\n}}\n"
-        if batching.dynamic
-        else ""
-    )
+    dynamic = ""
+    if batching.dynamic:
+        queue = f"  default_queue_policy {{ max_queue_size: {batching.max_queue} }}\n" if batching.max_queue else ""
+        dynamic = f"dynamic_batching {{\n  max_queue_delay_microseconds: {batching.queue_delay_us}\n{queue}}}\n"
     return (
         f'name: "{output}"\nbackend: "python"\nmax_batch_size: {batching.max_batch}\n'
         "input [\n"
