@@ -25,6 +25,7 @@ no new request after ``--deadline`` seconds. Needs the ``serve`` extra.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -36,15 +37,9 @@ import threading
 import time
 from pathlib import Path
 
-from csfcn.cli import run_main
-from csfcn.extras import require
-
-require("serve", "python -m tools.benchmark_serve")
-
-import contextlib
-
 import numpy as np
 
+from csfcn.cli import run_main
 from csfcn.extras import require
 from csfcn.files import write_atomic
 from torch_deploy.predictor import Predictor
@@ -88,9 +83,12 @@ def percentiles(values_ms) -> dict:
 class ServerProcess:
     """``python -m torch_deploy.serve`` on free loopback ports, its output in ``log``."""
 
-    def __init__(self, checkpoint, log: Path, args=(), python=sys.executable, startup_timeout_s=180.0):
+    def __init__(
+        self, checkpoint, log: Path, args=(), python=sys.executable, startup_timeout_s=180.0, models=("labels",)
+    ):
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.log = Path(log)
+        self.models = tuple(models)
         cmd = [
             python, "-m", "torch_deploy.serve", "--checkpoint", str(checkpoint),
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
@@ -111,17 +109,20 @@ class ServerProcess:
     def url(self, protocol: str) -> str:
         return self.http if protocol == "http" else self.grpc
 
-    def ready(self, model: str = "labels") -> bool:
-        """The model's readiness (``/v2/health/ready`` turns green as soon as tritonserver runs,
-        before PyTriton loads the models; a model's is green once it is loaded, after warm-up)."""
+    def ready(self) -> bool:
+        """Every model's readiness (``/v2/health/ready`` turns green as soon as tritonserver runs,
+        before PyTriton loads the models; a model's turns green once it is loaded, after warm-up)."""
         import urllib.error
         import urllib.request
 
-        try:
-            with urllib.request.urlopen(f"{self.http}/v2/models/{model}/ready", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        for model in self.models:
+            try:
+                with urllib.request.urlopen(f"{self.http}/v2/models/{model}/ready", timeout=2) as r:
+                    if r.status != 200:
+                        return False
+            except (urllib.error.URLError, OSError):
+                return False
+        return True
 
     def _wait_ready(self, timeout_s: float) -> float:
         t0 = time.monotonic()

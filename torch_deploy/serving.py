@@ -117,9 +117,14 @@ def decode(blob: bytes, max_pixels: int, what: str = "encoded") -> np.ndarray:
         raise
     except InputError as e:
         raise RequestError(str(e)) from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:
         raise RequestError(
-            f"{what}: {len(blob)} bytes that are no readable image ({e}); send PNG or JPEG file bytes"
+            f"{what}: {len(blob)} bytes that are no readable image (not PNG, JPEG or another format Pillow reads); "
+            "send the bytes of an image file"
+        ) from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise RequestError(
+            f"{what}: {len(blob)} bytes that are no readable image ({e}); send the bytes of a whole image file"
         ) from None
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise RequestError(f"{what}: the image has no pixels")
@@ -427,7 +432,8 @@ class PythonBackendModel:
         responses = []
         for answer in self.engine.handle(self.name, inputs):  # a refusal stays with its own request
             if isinstance(answer, RequestError):
-                responses.append(pb.InferenceResponse(error=pb.TritonError(str(answer))))
+                error = pb.TritonError(str(answer), pb.TritonError.INVALID_ARG)  # HTTP 400, gRPC INVALID_ARGUMENT
+                responses.append(pb.InferenceResponse(error=error))
             else:
                 responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(self.name, answer[self.name])]))
         return responses
