@@ -376,3 +376,30 @@ def test_exported_repository_runs_on_the_bundled_tritonserver(serve_python, ckpt
         proc.terminate()
         proc.wait(60)
         log.close()
+
+
+def test_engine_answers_each_request_with_its_own_images(local, rng):
+    """Requests merged by the batcher run as one forward per size; each answer is its own request's
+    images, a refused request gets its own error and the others are served."""
+    from torch_deploy.serving import Engine, RequestError
+
+    engine = Engine(local, ("labels",), max_pixels=MAX_PIXELS)
+    images = [random_image(rng, 40, 56) for _ in range(3)] + [random_image(rng, 24, 32) for _ in range(2)]
+    requests = [
+        {"image": np.stack(images[0:2])},  # two images in one request
+        {"image": np.zeros((1, 300, 300, 3), np.uint8)},  # above max_pixels: refused alone
+        {"image": images[2][None]},
+        {"encoded": np.array([[_png(images[3])]], dtype=object)},
+        {"image": images[4][None]},
+    ]
+    answers = engine.handle("labels", requests)
+    assert isinstance(answers[1], RequestError) and "above this server's limit" in str(answers[1])
+    expect = [np.stack(images[0:2]), None, images[2][None], images[3][None], images[4][None]]
+    for answer, imgs in zip(answers, expect):
+        if imgs is None:
+            continue
+        labels = answer["labels"]
+        assert labels.shape == imgs.shape[:3] and labels.dtype == np.uint8
+        for got, image in zip(labels, imgs):
+            assert (got == local.predict(image)).mean() >= 0.999  # merged forwards: near-ties may round apart
+    assert engine.served == 5
