@@ -48,7 +48,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(SERVE_STAMP)
 	$(PY) -m ruff check .
-	CSFCN_SERVE_PYTHON=$(SERVE_PY) TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 --dist worksteal -m 'not slow and not gpu'
+	CSFCN_SERVE_PYTHON=$(abspath $(SERVE_PY)) TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 --dist worksteal -m 'not slow and not gpu'
 
 test-slow: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m slow

@@ -111,6 +111,13 @@ def free_port() -> int:
 
 
 # ----------------------------------------------------------------------------- the workspace
+@pytest.fixture(scope="module", autouse=True)
+def _no_server_left_behind():
+    yield
+    while SERVERS:  # a command after the server failed: stop it here
+        SERVERS.pop().kill()
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     """What a user brings, tiny: datasets, the official zips, upstream and ImageNet checkpoints, a video."""
@@ -174,6 +181,13 @@ def _replace_size(argv: list[str], flag: str, new: tuple[int, int]) -> list[str]
     return argv[: i + 1] + [str(new[0]), str(new[1])] + argv[i + 3 :]
 
 
+def _replace_values(argv: list[str], flag: str, new: list[str]) -> list[str]:
+    """``flag``'s values (up to the next --option) replaced by ``new``."""
+    i = argv.index(flag) + 1
+    j = next((k for k in range(i, len(argv)) if argv[k].startswith("--")), len(argv))
+    return [*argv[:i], *new, *argv[j:]]
+
+
 def tiny(argv: list[str], ws: Path) -> list[str] | None:
     """The README command ``argv`` with the overrides that make it tiny, or None if unknown."""
     if re.match(r"^[A-Z_]+=", argv[0]):
@@ -188,6 +202,8 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
             return [*make, target]
         if target in ("test", "test-slow", "test-gpu") and len(argv) == 2:
             return ["collect-only", *make, target]
+        if target == "serve-venv" and len(argv) == 2:  # built by make test already: an up-to-date check
+            return [*make, target]
         return None
     if argv[:2] == ["python3", "-m"] and argv[2] == "tools.gpu_check":
         argv = ["python", *argv[1:]]  # the GPU machine's command, written as it is typed there
@@ -217,6 +233,18 @@ def tiny(argv: list[str], ws: Path) -> list[str] | None:
         return [*py, *rest, "--no-progress"] + (
             ["--size", "48", "64", "--train", "4", "--val", "2"] if "--write-example" in rest else []
         )
+    # serving: its own environment (PyTriton pins numpy < 2); the server runs in the background
+    # on free ports until the README's commands end, and the clients are pointed at it
+    if mod == "torch_deploy.serve" and "--export-repository" in rest:
+        return [SERVE_PY, "-m", mod, *rest, "--quiet"]
+    if mod == "torch_deploy.serve":
+        return ["serve-start", *rest, "--warmup", "32x64"]
+    if mod == "torch_deploy.predict" and "--server" in rest:
+        return [SERVE_PY, "-m", mod, *rest, "--quiet"]
+    if mod == "tools.benchmark_serve":
+        for flag, value in (("--sizes", ["32x64"]), ("--clients", ["2"]), ("--requests", ["2"])):
+            rest = _replace_values(rest, flag, value)
+        return [SERVE_PY, "-m", mod, *rest, "--batching", "dynamic", "--protocols", "grpc", "--quiet"]
     if mod in ("tools.evaluate", "tools.official_eval", "convert", "torch_deploy.predict"):
         return [*py, *rest]
     if mod == "tools.accuracy":
@@ -296,8 +324,39 @@ def run_in_process(module: str, argv: list[str], ws: Path) -> subprocess.Complet
     return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
 
 
+# (relative to the repository; not resolved: a venv's python is a symbolic link that must stay one)
+SERVE_PY = str(ROOT / os.environ.get("CSFCN_SERVE_PYTHON", ".serve-venv/bin/python"))
+SERVERS: list = []  # the README's server, running while the commands after it run
+
+
+def start_server(argv: list[str], ws: Path) -> subprocess.CompletedProcess:
+    from tools.benchmark_serve import ServerProcess
+
+    rest = argv[1:]
+    ckpt = rest[rest.index("--checkpoint") + 1]
+    rest = rest[: rest.index("--checkpoint")] + rest[rest.index("--checkpoint") + 2 :]
+    outputs = [a for a in rest if a in ("labels", "probabilities", "logits")]  # --outputs: wait for each
+    server = ServerProcess(ws / ckpt, ws / "server.log", rest, python=SERVE_PY, models=outputs or ["labels"])
+    SERVERS.append(server)
+    return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def _point_at_server(argv: list[str]) -> list[str]:
+    """A client's --server URL -> the running README server's port for that protocol."""
+    if "--server" not in argv or not SERVERS:
+        return argv
+    i = argv.index("--server") + 1
+    url = argv[i]
+    argv = list(argv)
+    argv[i] = SERVERS[-1].grpc if url.startswith("grpc://") else SERVERS[-1].http
+    return argv
+
+
 def run(cmd: Command, argv: list[str], ws: Path) -> subprocess.CompletedProcess:
     where = f"README.md line {cmd.line}: {cmd.text}\nran: {shlex.join(argv)}"
+    if argv[0] == "serve-start":
+        return start_server(argv, ws)
+    argv = _point_at_server(argv)
     if argv[0] == "collect-only":
         dry = subprocess.run(argv[1:] + ["-n"], capture_output=True, text=True, cwd=ws)
         assert dry.returncode == 0, f"{where}\n{dry.stdout}{dry.stderr}"
@@ -472,6 +531,9 @@ def test_every_readme_command_runs(ws):
     assert not pending_pair, f"README.md line {pending_pair[0][0].line}: a multi-host command without its partner"
     for line in sorted(python_blocks):
         run_python_block(python_blocks.pop(line), ws)
+    assert len(SERVERS) == 1, "the README's Serving section starts one server"
+    rc, _ = SERVERS.pop().terminate()  # SIGTERM: a graceful stop, status 0
+    assert rc == 0, (ws / "server.log").read_text()[-3000:]
     # two processes train what one process trains (the csfcn100 run: same config and data, and
     # stopped after step 1 then resumed, on MULTIHOST_DEVICES devices): each process feeds its
     # shard of the global batch, BN statistics and gradients are over the global batch, so with

@@ -35,7 +35,8 @@ from tools.benchmark_serve import ServerProcess, free_ports
 from torch_deploy import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVE_PY = os.environ.get("CSFCN_SERVE_PYTHON") or str(ROOT / ".serve-venv" / "bin" / "python")
+# (relative to the repository; not resolved: a venv's python is a symbolic link that must stay one)
+SERVE_PY = str(ROOT / os.environ.get("CSFCN_SERVE_PYTHON", ".serve-venv/bin/python"))
 MAX_PIXELS = 60_000
 
 

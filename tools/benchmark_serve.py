@@ -88,7 +88,7 @@ class ServerProcess:
     ):
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.log = Path(log)
-        self.models = tuple(models)
+        self.models = (*models, "csfcn_info")  # all loaded: then tritonserver's own readiness is green too
         cmd = [
             python, "-m", "torch_deploy.serve", "--checkpoint", str(checkpoint),
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),

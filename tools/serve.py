@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import sysconfig
 import threading
@@ -95,11 +96,11 @@ def _info_fn(engine: Engine):
     return info
 
 
-def serve(args) -> dict:
+def serve(args, batching: Batching) -> dict:
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    batching = Batching(args.max_batch, args.queue_delay_us, not args.no_dynamic_batching, args.max_queue)
+    check_ports(args)
     engine = _engine(args, batching)
     say = (lambda *a: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     say(
@@ -179,6 +180,22 @@ def serve(args) -> dict:
     return {"stopped": received[0] if received else "", "requests": stats["requests"], "images": engine.served}
 
 
+def check_ports(args) -> None:
+    """Each endpoint's port free at --address, or one line naming it (tritonserver would otherwise
+    fail to bind, and PyTriton wait two minutes for it before a traceback)."""
+    for flag, port in (("--http-port", args.http_port), ("--grpc-port", args.grpc_port),
+                       ("--metrics-port", args.metrics_port)):  # fmt: skip
+        with socket.socket(socket.AF_INET6 if ":" in args.address else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver: TIME_WAIT is no conflict
+            try:
+                s.bind((args.address, port))
+            except OSError as e:
+                raise ServeError(
+                    f"{flag} {port}: cannot listen on {args.address}:{port} ({e.strerror}); another server may hold "
+                    "it: choose another port"
+                ) from None
+
+
 def _engine(args, batching: Batching) -> Engine:
     try:
         calibration = None
@@ -200,7 +217,7 @@ def _engine(args, batching: Batching) -> Engine:
         raise ServeError(str(e)) from e
 
 
-def export(args) -> dict:
+def export(args, batching: Batching) -> dict:
     if not os.path.isfile(args.checkpoint):
         raise ServeError(
             f"--checkpoint {args.checkpoint}: --export-repository copies a checkpoint file "
@@ -212,7 +229,7 @@ def export(args) -> dict:
             args.export_repository,
             args.checkpoint,
             outputs=args.outputs,
-            batching=Batching(args.max_batch, args.queue_delay_us, not args.no_dynamic_batching, args.max_queue),
+            batching=batching,
             precision=args.precision,
             device=args.device,
             max_pixels=args.max_pixels,
@@ -303,20 +320,18 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> None:
-        if args.max_batch < 1:
-            raise ServeError(f"--max-batch {args.max_batch}: must be >= 1")
-        if args.queue_delay_us < 0:
-            raise ServeError(f"--queue-delay-us {args.queue_delay_us}: must be >= 0")
-        if args.max_queue < 0:
-            raise ServeError(f"--max-queue {args.max_queue}: must be >= 0 (0: unbounded)")
+        try:
+            batching = Batching(args.max_batch, args.queue_delay_us, not args.no_dynamic_batching, args.max_queue)
+        except ValueError as e:
+            raise ServeError(str(e)) from None
         if args.max_pixels < 1:
             raise ServeError(f"--max-pixels {args.max_pixels}: must be >= 1")
         if args.export_repository:
-            summary = export(args)
+            summary = export(args, batching)
         else:
             require("serve", "python -m torch_deploy.serve", cli=True)
             logging.basicConfig(level=logging.WARNING)
-            summary = serve(args)
+            summary = serve(args, batching)
         if not args.quiet:
             print(" ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
@@ -56,7 +57,15 @@ def parse_url(url: str) -> tuple[str, str]:
 class RemotePredictor:
     """``predict`` on a Triton server; the interface :mod:`tools.predict` uses of a Predictor."""
 
-    def __init__(self, url: str, *, model: str = "labels", in_flight: int = 4, timeout_s: float = 600.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str = "labels",
+        in_flight: int = 4,
+        timeout_s: float = 600.0,
+        ready_timeout_s: float = 60.0,
+    ):
         require("serve", "predict --server", modules=("tritonclient",))
         if in_flight < 1:
             raise RemoteError(f"in flight {in_flight}: must be >= 1")
@@ -67,15 +76,23 @@ class RemotePredictor:
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=self.batch_size, thread_name_prefix="csfcn-remote")
         client = self._client()
-        try:
-            live = client.is_server_ready()
-        except Exception as e:
-            raise RemoteError(
-                f"--server {url}: cannot reach a Triton server ({server_message(e)}); start one with "
-                "python -m torch_deploy.serve --checkpoint CKPT"
-            ) from None
-        if not live:
-            raise RemoteError(f"--server {url}: the server is up but not ready (still warming up?); try again")
+        t0 = time.monotonic()
+        while True:  # a server just started may still be loading its models: wait, bounded
+            try:
+                ready = client.is_model_ready(INFO_MODEL) and client.is_model_ready(model)
+            except Exception as e:
+                raise RemoteError(
+                    f"--server {url}: cannot reach a Triton server ({server_message(e)}); start one with "
+                    "python -m torch_deploy.serve --checkpoint CKPT"
+                ) from None
+            if ready:
+                break
+            if time.monotonic() - t0 > ready_timeout_s:
+                raise RemoteError(
+                    f"--server {url}: the server answers but its models {INFO_MODEL!r} and {model!r} were not ready "
+                    f"within {ready_timeout_s:.0f} s (still warming up, or not a csfcn server serving {model!r})"
+                )
+            time.sleep(0.25)
         try:
             info = self._ask_info(client)
         except Exception as e:

@@ -39,6 +39,7 @@ import io
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +77,13 @@ class Batching:
     max_queue: int = 64
 
     def __post_init__(self):
+        # (named by the serve command's flags, which set them)
         if self.max_batch < 1:
-            raise ValueError(f"max batch {self.max_batch}: must be >= 1")
+            raise ValueError(f"--max-batch {self.max_batch}: must be >= 1")
         if self.queue_delay_us < 0:
-            raise ValueError(f"queue delay {self.queue_delay_us} us: must be >= 0")
+            raise ValueError(f"--queue-delay-us {self.queue_delay_us}: must be >= 0")
         if self.max_queue < 0:
-            raise ValueError(f"max queue {self.max_queue}: must be >= 0 (0: no bound)")
+            raise ValueError(f"--max-queue {self.max_queue}: must be >= 0 (0: no bound)")
 
 
 # --------------------------------------------------------------------------- request checks
@@ -194,6 +196,9 @@ class Engine:
         if any(o != "labels" for o in self.outputs):
             predictor.enable_logits()
         self.served = 0  # images answered
+        # one forward at a time: each served output is its own Triton model, called from its own
+        # thread, and on a GPU the fast path replays CUDA graphs whose input buffers are static
+        self._lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(
@@ -233,6 +238,10 @@ class Engine:
 
     def run(self, output: str, images: list[np.ndarray]) -> list[np.ndarray]:
         """One output for images of any sizes (grouped and batched by the predictor)."""
+        with self._lock:
+            return self._run(output, images)
+
+    def _run(self, output: str, images: list[np.ndarray]) -> list[np.ndarray]:
         if output == "labels":
             return self.predictor.predict(images)
         logits = self.predictor.predict_logits(images)

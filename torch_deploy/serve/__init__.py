@@ -1,1 +1,5 @@
-"""``python -m torch_deploy.serve``: the launcher of tools/serve.py (a Triton Inference Server for a checkpoint)."""
+"""``python -m torch_deploy.serve``: a launcher package, holding only ``__main__.py``.
+
+The command itself is tools/serve.py; the libraries never import it (docs/architecture.md,
+"Package layering"). What it serves and how: docs/serving.md.
+"""
