@@ -243,6 +243,36 @@ def load(
     return records, time.monotonic() - t_start
 
 
+TRITON_TIMES = {  # Triton's cumulative per-model counters (microseconds) -> our names
+    "queue": "nv_inference_queue_duration_us",
+    "compute_input": "nv_inference_compute_input_duration_us",
+    "compute_infer": "nv_inference_compute_infer_duration_us",
+    "compute_output": "nv_inference_compute_output_duration_us",
+    "request": "nv_inference_request_duration_us",
+}
+
+
+def triton_counters(server: ServerProcess, model: str = "labels") -> dict:
+    """Triton's cumulative time counters and request count of ``model`` (Prometheus text)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for name, metric in {**TRITON_TIMES, "count": "nv_inference_request_success"}.items():
+        m = re.search(rf'^{metric}{{model="{model}",version="1"}} (\S+)$', text, re.M)
+        out[name] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def server_side_ms(before: dict, after: dict) -> dict:
+    """Mean milliseconds per request inside the server between two readings: time in the dynamic
+    batcher's queue, and the model's execution (compute_infer: PyTriton's proxy round trip and
+    our forward)."""
+    n = after["count"] - before["count"]
+    return {k: round((after[k] - before[k]) / n / 1e3, 2) for k in TRITON_TIMES} if n > 0 else {}
+
+
 def summarize(records: list[dict], wall_s: float) -> dict:
     status = {s: sum(r["status"] == s for r in records) for s in ("correct", "mismatched", "refused", "lost")}
     ms = [r["ms"] for r in records if r["status"] == "correct"]
@@ -342,6 +372,7 @@ def main(argv=None) -> int:
             for j, (proto, clients) in enumerate(runs):
                 last = mode == args.batching[-1] and j == len(runs) - 1
                 sigterm = (server.proc.pid, args.sigterm_after) if args.sigterm_after and last else None
+                before = triton_counters(server)
                 records, wall = load(
                     server.url(proto),
                     proto,
@@ -354,12 +385,15 @@ def main(argv=None) -> int:
                     sigterm=sigterm,
                 )
                 s = summarize(records, wall)
+                with contextlib.suppress(OSError):  # (the server may be stopping: --sigterm-after)
+                    s["server_ms"] = server_side_ms(before, triton_counters(server))
                 s.update(
                     batching=mode, protocol=proto, clients=clients, sigterm_after=args.sigterm_after if sigterm else 0
                 )
                 result["served"].append(s)
                 say(
                     f"served {mode} {proto} x{clients}: {s['images_per_s']} img/s, latency {s['latency_ms']}, "
+                    f"in the server {s.get('server_ms')}, "
                     f"correct {s['correct']}/{s['requests']} (identical {s['identical']}), refused {s['refused']}, "
                     f"lost {s['lost']}, mismatched {s['mismatched']}"
                 )
