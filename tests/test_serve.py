@@ -65,7 +65,10 @@ def server(serve_python, ckpt, tmp_path_factory):
             "--max-queue", 4, "--max-batch", 4]  # fmt: skip
     s = ServerProcess(ckpt, log, args, python=serve_python, models=("labels", "probabilities", "logits"))
     yield s
-    s.kill()
+    try:
+        s.terminate(timeout_s=60)  # graceful, as a user stops it
+    finally:
+        s.kill()
 
 
 def _run(python, *args, check=True, timeout=300):

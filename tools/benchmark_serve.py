@@ -35,6 +35,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +47,11 @@ from csfcn.files import write_atomic
 from torch_deploy.predictor import Predictor
 
 # Errors that mean "refused at the door", not "accepted and lost" (HTTP and gRPC clients' texts).
+# (While Triton stops it unloads the models: a request for one then is "unknown model ... has no
+# available versions", refused before anything runs.)
 REFUSED = re.compile(
     r"connection refused|failed to connect|unavailable|server is stopping|exiting|not ready|"
+    r"has no available versions|"
     r"connect call failed|cannot assign|broken pipe|connection reset by peer before",
     re.IGNORECASE,
 )
@@ -88,6 +93,7 @@ class ServerProcess:
     ):
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.log = Path(log)
+        self.stop_requested = False
         self.models = (*models, "csfcn_info")  # all loaded: then tritonserver's own readiness is green too
         cmd = [
             python, "-m", "torch_deploy.serve", "--checkpoint", str(checkpoint),
@@ -95,7 +101,8 @@ class ServerProcess:
             "--metrics-port", str(self.metrics_port), *map(str, args),
         ]  # fmt: skip
         self._log_file = open(self.log, "w")  # noqa: SIM115 (open while the server runs)
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
+        # its own process group: kill() takes tritonserver and its backend stubs down with it
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.ready_at = self._wait_ready(startup_timeout_s)
 
     @property
@@ -112,9 +119,6 @@ class ServerProcess:
     def ready(self) -> bool:
         """Every model's readiness (``/v2/health/ready`` turns green as soon as tritonserver runs,
         before PyTriton loads the models; a model's turns green once it is loaded, after warm-up)."""
-        import urllib.error
-        import urllib.request
-
         for model in self.models:
             try:
                 with urllib.request.urlopen(f"{self.http}/v2/models/{model}/ready", timeout=2) as r:
@@ -138,11 +142,16 @@ class ServerProcess:
         self.kill()
         raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s:\n{self.log.read_text()[-3000:]}")
 
-    def terminate(self, timeout_s: float = 60.0) -> tuple[int, float]:
-        """SIGTERM, then wait: (exit status, seconds to exit)."""
-        t0 = time.monotonic()
-        if self.proc.poll() is None:
+    def request_stop(self) -> None:
+        """SIGTERM, once (a second one during the graceful stop would take the default action)."""
+        if not self.stop_requested and self.proc.poll() is None:
+            self.stop_requested = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def terminate(self, timeout_s: float = 60.0) -> tuple[int, float]:
+        """SIGTERM (unless already sent), then wait: (exit status, seconds to exit)."""
+        t0 = time.monotonic()
+        self.request_stop()
         try:
             rc = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -153,9 +162,10 @@ class ServerProcess:
         return rc, time.monotonic() - t0
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL to the server's whole process group (tritonserver and the stubs included)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
         self._log_file.close()
 
 
@@ -186,7 +196,7 @@ def load(
 ) -> tuple[list[dict], float]:
     """``clients`` threads x ``requests`` requests (image i of client c: (c * requests + i) mod n),
     after ``warmup`` untimed requests per client; (records, seconds from the first timed request).
-    ``sigterm=(pid, n)``: SIGTERM to ``pid`` once ``n`` responses have come back."""
+    ``sigterm=(stop, n)``: ``stop()`` (the server's SIGTERM) once ``n`` responses have come back."""
     records: list[dict] = []
     lock = threading.Lock()
     done = [0]
@@ -228,7 +238,7 @@ def load(
                 if record["status"] == "correct":
                     done[0] += 1
                     if sigterm and done[0] == sigterm[1]:
-                        os.kill(sigterm[0], signal.SIGTERM)
+                        sigterm[0]()
                         record["sigterm_sent_after"] = done[0]
         with contextlib.suppress(Exception):
             client.close()
@@ -254,8 +264,6 @@ TRITON_TIMES = {  # Triton's cumulative per-model counters (microseconds) -> our
 
 def triton_counters(server: ServerProcess, model: str = "labels") -> dict:
     """Triton's cumulative time counters and request count of ``model`` (Prometheus text)."""
-    import urllib.request
-
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
         text = r.read().decode()
     out = {}
@@ -371,7 +379,7 @@ def main(argv=None) -> int:
             runs = [(proto, c) for proto in args.protocols for c in args.clients]
             for j, (proto, clients) in enumerate(runs):
                 last = mode == args.batching[-1] and j == len(runs) - 1
-                sigterm = (server.proc.pid, args.sigterm_after) if args.sigterm_after and last else None
+                sigterm = (server.request_stop, args.sigterm_after) if args.sigterm_after and last else None
                 before = triton_counters(server)
                 records, wall = load(
                     server.url(proto),
