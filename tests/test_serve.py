@@ -25,13 +25,14 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 from torch_checkpoints import make_checkpoint, random_image
 
-from tools.benchmark_serve import ServerProcess, free_ports
+from tools.benchmark_serve import ServerProcess, free_ports, wait_until_ready
 from torch_deploy import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -349,20 +350,8 @@ def test_exported_repository_runs_on_the_bundled_tritonserver(serve_python, ckpt
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
     )  # fmt: skip
     try:
-        stock = type("Stock", (), {"http": f"http://127.0.0.1:{http}"})()
-        import time
-
-        t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, (tmp_path / "tritonserver.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{stock.http}/v2/models/labels/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() - t0 < 180, (tmp_path / "tritonserver.log").read_text()[-3000:]
-            time.sleep(0.2)
+        stock = SimpleNamespace(http=f"http://127.0.0.1:{http}")
+        wait_until_ready(stock.http, ["labels"], proc, tmp_path / "tritonserver.log", timeout_s=180)
         image = random_image(rng, 40, 64)
         np.testing.assert_array_equal(_labels(stock, image), local.predict(image))
         status, head, _ = _infer(stock, "labels", [("encoded", "BYTES", (1, 1), _bytes_tensor(b"junk"))])

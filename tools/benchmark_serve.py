@@ -44,7 +44,9 @@ import numpy as np
 from csfcn.cli import run_main
 from csfcn.extras import require
 from csfcn.files import write_atomic
+from tools.serve import parse_size
 from torch_deploy.predictor import Predictor
+from torch_deploy.remote import triton_client
 
 # Errors that mean "refused at the door", not "accepted and lost" (HTTP and gRPC clients' texts).
 # (While Triton stops it unloads the models: a request for one then is "unknown model ... has no
@@ -55,13 +57,6 @@ REFUSED = re.compile(
     r"connect call failed|cannot assign|broken pipe|connection reset by peer before",
     re.IGNORECASE,
 )
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r}: give HxW, e.g. 512x1024")
-    return int(m[1]), int(m[2])
 
 
 def free_ports(n: int) -> list[int]:
@@ -85,6 +80,32 @@ def percentiles(values_ms) -> dict:
 
 
 # --------------------------------------------------------------------------- the server process
+def models_ready(http: str, models) -> bool:
+    """Every model's own readiness (``/v2/health/ready`` turns green as soon as tritonserver runs,
+    before PyTriton loads the models; a model's turns green once it is loaded, after warm-up)."""
+    for model in models:
+        try:
+            with urllib.request.urlopen(f"{http}/v2/models/{model}/ready", timeout=2) as r:
+                if r.status != 200:
+                    return False
+        except (urllib.error.URLError, OSError):
+            return False
+    return True
+
+
+def wait_until_ready(http: str, models, proc: subprocess.Popen, log: Path, timeout_s: float) -> float:
+    """Seconds until every model of the server at ``http`` (process ``proc``, output in ``log``) is
+    ready; RuntimeError with the log's tail if the process exits first or the time runs out."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode}:\n{Path(log).read_text()[-3000:]}")
+        if models_ready(http, models):
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s:\n{Path(log).read_text()[-3000:]}")
+
+
 class ServerProcess:
     """``python -m torch_deploy.serve`` on free loopback ports, its output in ``log``."""
 
@@ -116,31 +137,14 @@ class ServerProcess:
     def url(self, protocol: str) -> str:
         return self.http if protocol == "http" else self.grpc
 
-    def ready(self) -> bool:
-        """Every model's readiness (``/v2/health/ready`` turns green as soon as tritonserver runs,
-        before PyTriton loads the models; a model's turns green once it is loaded, after warm-up)."""
-        for model in self.models:
-            try:
-                with urllib.request.urlopen(f"{self.http}/v2/models/{model}/ready", timeout=2) as r:
-                    if r.status != 200:
-                        return False
-            except (urllib.error.URLError, OSError):
-                return False
-        return True
-
     def _wait_ready(self, timeout_s: float) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout_s:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the server exited with status {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
-                )
-            if self.ready():
-                self.log_at_ready = self.log.read_text()  # what the server had said when it turned ready
-                return time.monotonic() - t0
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s:\n{self.log.read_text()[-3000:]}")
+        try:
+            waited = wait_until_ready(self.http, self.models, self.proc, self.log, timeout_s)
+        except RuntimeError:
+            self.kill()
+            raise
+        self.log_at_ready = self.log.read_text()  # what the server had said when it turned ready
+        return waited
 
     def request_stop(self) -> None:
         """SIGTERM, once (a second one during the graceful stop would take the default action)."""
@@ -170,17 +174,6 @@ class ServerProcess:
 
 
 # --------------------------------------------------------------------------- load
-def _client(protocol: str, url: str, timeout_s: float):
-    address = url.split("://", 1)[1]
-    if protocol == "http":
-        import tritonclient.http as tc
-
-        return tc, tc.InferenceServerClient(address, connection_timeout=timeout_s, network_timeout=timeout_s)
-    import tritonclient.grpc as tc
-
-    return tc, tc.InferenceServerClient(address)
-
-
 def load(
     url: str,
     protocol: str,
@@ -209,7 +202,7 @@ def load(
         return client.infer("labels", [tensor], **kwargs).as_numpy("labels")
 
     def worker(c: int):
-        tc, client = _client(protocol, url, request_timeout_s)
+        tc, client = triton_client(protocol, url.split("://", 1)[1], request_timeout_s)
         kwargs = {"client_timeout": request_timeout_s} if protocol == "grpc" else {}
         for _ in range(warmup):  # the connection's first requests, not timed (checked by the timed ones)
             send(tc, client, images[c % len(images)], kwargs)

@@ -43,11 +43,13 @@ from torch_deploy.precision import AUTO_HELP, CHOICES
 from torch_deploy.serving import (
     DEFAULT_MAX_PIXELS,
     INFO_MODEL,
+    INPUTS,
     OUTPUTS,
     Batching,
     Engine,
     RequestError,
     export_repository,
+    output_tensor,
 )
 
 
@@ -55,7 +57,7 @@ class ServeError(Exception):
     """A problem with the command's input; the message says what and where."""
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)x(\d+)", text)
     if not m or int(m[1]) < 1 or int(m[2]) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give HxW, e.g. 512x1024")
@@ -74,11 +76,9 @@ def use_own_libpython() -> str:
     return libdir
 
 
-def _infer_fn(engine: Engine, output: str, stats: dict, lock: threading.Lock):
+def _infer_fn(engine: Engine, output: str):
     def infer(requests):
         answers = engine.handle(output, [r.data for r in requests])
-        with lock:
-            stats["requests"] += len(requests)
         errors = [a for a in answers if isinstance(a, RequestError)]
         if errors:  # PyTriton answers a call as a whole: the refusal goes to the requests merged with it
             raise errors[0]
@@ -130,13 +130,8 @@ def serve(args, batching: Batching) -> dict:
         exit_timeout_secs=args.exit_timeout,
         log_verbose=0,
     )
-    stats = {"requests": 0}
-    lock = threading.Lock()
     k = engine.predictor.num_classes
-    image_inputs = [
-        Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3), optional=True),
-        Tensor(name="encoded", dtype=np.bytes_, shape=(1,), optional=True),
-    ]
+    image_inputs = [Tensor(name=name, dtype=dtype, shape=dims, optional=True) for name, dtype, dims in INPUTS]
     batcher = None  # Triton's default scheduler: each request runs as it comes
     if batching.dynamic:
         policy = QueuePolicy(max_queue_size=batching.max_queue) if batching.max_queue else None
@@ -145,13 +140,12 @@ def serve(args, batching: Batching) -> dict:
     triton = Triton(config=config)
     try:
         for output in engine.outputs:
-            shape = (-1, -1) if output == "labels" else (k, -1, -1)
-            dtype = np.uint8 if output == "labels" else np.float32
+            name, dtype, dims = output_tensor(output, k)
             triton.bind(
                 model_name=output,
-                infer_func=_infer_fn(engine, output, stats, lock),
+                infer_func=_infer_fn(engine, output),
                 inputs=image_inputs,
-                outputs=[Tensor(name=output, dtype=dtype, shape=shape)],
+                outputs=[Tensor(name=name, dtype=dtype, shape=dims)],
                 config=ModelConfig(max_batch_size=batching.max_batch, batching=True, batcher=batcher),
                 strict=True,
             )
@@ -177,7 +171,7 @@ def serve(args, batching: Batching) -> dict:
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal during the stop: default action
             signal.signal(sig, signal.SIG_DFL)
         triton.stop()
-    return {"stopped": received[0] if received else "", "requests": stats["requests"], "images": engine.served}
+    return {"stopped": received[0] if received else "", "requests": engine.requests, "images": engine.served}
 
 
 def check_ports(args) -> None:
@@ -288,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warmup",
         nargs="*",
-        type=_size,
+        type=parse_size,
         default=[(512, 1024)],
         metavar="HxW",
         help="image sizes to run once before the server reports ready",

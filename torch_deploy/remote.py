@@ -54,6 +54,17 @@ def parse_url(url: str) -> tuple[str, str]:
     return parsed.scheme, f"{parsed.hostname}:{parsed.port or DEFAULT_PORTS[parsed.scheme]}"
 
 
+def triton_client(protocol: str, address: str, timeout_s: float):
+    """(tritonclient module, client) for ``protocol`` ("http" | "grpc") at "host:port"."""
+    if protocol == "http":
+        import tritonclient.http as tc
+
+        return tc, tc.InferenceServerClient(address, connection_timeout=timeout_s, network_timeout=timeout_s)
+    import tritonclient.grpc as tc
+
+    return tc, tc.InferenceServerClient(address)
+
+
 class RemotePredictor:
     """``predict`` on a Triton server; the interface :mod:`tools.predict` uses of a Predictor."""
 
@@ -112,17 +123,8 @@ class RemotePredictor:
     def _client(self):
         client = getattr(self._local, "client", None)
         if client is None:
-            if self.protocol == "http":
-                import tritonclient.http as tc
-
-                client = tc.InferenceServerClient(
-                    self.address, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
-                )
-            else:
-                import tritonclient.grpc as tc
-
-                client = tc.InferenceServerClient(self.address)
-            self._local.client, self._local.module = client, tc
+            self._local.module, client = triton_client(self.protocol, self.address, self.timeout_s)
+            self._local.client = client
         return client
 
     def _ask_info(self, client) -> dict:

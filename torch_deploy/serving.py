@@ -96,9 +96,14 @@ def check_images(tensor: np.ndarray, max_pixels: int, what: str = "image") -> No
     b, h, w, _ = tensor.shape
     if b < 1 or h < 1 or w < 1:
         raise RequestError(f"{what}: shape {tuple(tensor.shape)} holds no pixels; send at least one 1x1 image")
+    check_pixels(h, w, max_pixels, what)
+
+
+def check_pixels(h: int, w: int, max_pixels: int, what: str) -> None:
+    """An h x w image within the server's ``--max-pixels``, or the refusal naming both."""
     if h * w > max_pixels:
         raise RequestError(
-            f"{what}: {h}x{w} is {h * w:,} pixels, above this server's limit of {max_pixels:,} "
+            f"{what}: a {h}x{w} image is {h * w:,} pixels, above this server's limit of {max_pixels:,} "
             "(--max-pixels); downscale it, or start the server with a larger --max-pixels"
         )
 
@@ -107,12 +112,7 @@ def decode(blob: bytes, max_pixels: int, what: str = "encoded") -> np.ndarray:
     """PNG/JPEG/... bytes -> uint8 (H, W, 3); the size is checked from the header, before decoding."""
     try:
         with Image.open(io.BytesIO(blob)) as im:
-            w, h = im.size
-            if h * w > max_pixels:
-                raise RequestError(
-                    f"{what}: a {h}x{w} image is {h * w:,} pixels, above this server's limit of {max_pixels:,} "
-                    "(--max-pixels); downscale it, or start the server with a larger --max-pixels"
-                )
+            check_pixels(im.size[1], im.size[0], max_pixels, what)
             _check_8_bit(im, what)
             rgb = np.asarray(im.convert("RGB"))
     except RequestError:
@@ -194,7 +194,7 @@ class Engine:
         self.outputs = tuple(dict.fromkeys(outputs))
         self.max_pixels = int(max_pixels)
         self.fingerprint, self.checkpoint = fingerprint, checkpoint
-        self.served = 0  # images answered
+        self.served = self.requests = 0  # images and requests answered
         # Every forward runs on one thread of its own (``thread``), one at a time. Each served output
         # is its own Triton model, called from a thread of PyTriton's; on a GPU the fast path replays
         # CUDA graphs whose input buffers are static. And on a CPU a forward is fastest on the thread
@@ -278,6 +278,7 @@ class Engine:
             answers.append({output: np.stack(results[i : i + len(images)])})
             i += len(images)
         self.served += len(flat)
+        self.requests += len(requests)
         return answers
 
     def warm_up(self, sizes, log=print) -> None:
@@ -292,24 +293,36 @@ class Engine:
                 log(f"warm-up: {output} at {h}x{w} x{self.predictor.batch_size} in {time.perf_counter() - t0:.2f} s")
 
 
-# --------------------------------------------------------------------------- Triton model configs
-TRITON_DTYPES = {"labels": "TYPE_UINT8", "probabilities": "TYPE_FP32", "logits": "TYPE_FP32"}
+# --------------------------------------------------------------------------- the tensors, once
+# (name, numpy dtype, dims without the batch): what PyTriton binds (tools/serve.py) and what
+# config.pbtxt declares. Both inputs are optional; a request sends exactly one (request_images).
+INPUTS = (("image", np.uint8, (-1, -1, 3)), ("encoded", np.bytes_, (1,)))
+TRITON_TYPES = {np.uint8: "TYPE_UINT8", np.float32: "TYPE_FP32", np.bytes_: "TYPE_STRING"}
+
+
+def output_tensor(output: str, num_classes: int) -> tuple[str, type, tuple[int, ...]]:
+    """(name, numpy dtype, dims without the batch) of a served output."""
+    if output == "labels":
+        return output, np.uint8, (-1, -1)
+    return output, np.float32, (num_classes, -1, -1)
+
+
+def _pbtxt_tensor(name: str, dtype, dims, optional: bool = False) -> str:
+    opt = " optional: true" if optional else ""
+    return f'{{ name: "{name}" data_type: {TRITON_TYPES[dtype]} dims: [ {", ".join(map(str, dims))} ]{opt} }}'
 
 
 def model_config_pbtxt(output: str, num_classes: int, batching: Batching) -> str:
     """``config.pbtxt`` of one served output for the Python backend."""
-    dims = "[ -1, -1 ]" if output == "labels" else f"[ {num_classes}, -1, -1 ]"
     dynamic = ""
     if batching.dynamic:
         queue = f"  default_queue_policy {{ max_queue_size: {batching.max_queue} }}\n" if batching.max_queue else ""
         dynamic = f"dynamic_batching {{\n  max_queue_delay_microseconds: {batching.queue_delay_us}\n{queue}}}\n"
+    inputs = ",\n".join("  " + _pbtxt_tensor(*spec, optional=True) for spec in INPUTS)
     return (
         f'name: "{output}"\nbackend: "python"\nmax_batch_size: {batching.max_batch}\n'
-        "input [\n"
-        '  { name: "image" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] optional: true },\n'
-        '  { name: "encoded" data_type: TYPE_STRING dims: [ 1 ] optional: true }\n'
-        "]\n"
-        f'output [\n  {{ name: "{output}" data_type: {TRITON_DTYPES[output]} dims: {dims} }}\n]\n'
+        f"input [\n{inputs}\n]\n"
+        f"output [\n  {_pbtxt_tensor(*output_tensor(output, num_classes))}\n]\n"
         f"{dynamic}"
         "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
     )
